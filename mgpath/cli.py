@@ -1,0 +1,51 @@
+"""`mgpath` command line: dispatches each subcommand to the module that owns it.
+
+Subcommands are imported lazily so that `mgpath tile` does not import the model code and vice versa.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: subcommand -> (module, function taking argv list, one-line help)
+SUBCOMMANDS = {
+    "tile": ("mgpath.slides.tiling", "main", "segment tissue and tile slides into a coordinates h5 per slide"),
+    "extract": ("mgpath.features", "main", "encode tiles with a frozen encoder into a features h5 per slide"),
+    "splits": ("mgpath.splits", "main", "make K-shot, patient-grouped, stratified folds from a labels CSV"),
+    "fit": ("mgpath.lightning_cli", "main", "train MGPATH (LightningCLI)"),
+    "validate": ("mgpath.lightning_cli", "main", "validate MGPATH (LightningCLI)"),
+    "test": ("mgpath.lightning_cli", "main", "test MGPATH (LightningCLI)"),
+    "predict": ("mgpath.lightning_cli", "main", "predict with MGPATH (LightningCLI)"),
+    "folds": ("mgpath.folds", "main", "train and test over all folds; mean and std per metric"),
+    "zeroshot": ("mgpath.zeroshot", "main", "classify slides from the class descriptions alone"),
+    "import-official": ("mgpath.official", "main", "convert an official MGPATH checkpoint into this model"),
+    "heatmap": ("mgpath.heatmap", "main", "draw prompt attention and transport mass over a slide"),
+    "demo": ("mgpath.demo", "main", "end-to-end demo on generated slides (CPU, a few minutes)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: mgpath SUBCOMMAND [options]", "", "subcommands:"]
+    lines += [f"  {name:<16} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"mgpath: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = SUBCOMMANDS[name]
+    func = getattr(importlib.import_module(module_name), func_name)
+    if module_name == "mgpath.lightning_cli":
+        rest = [name, *rest]
+    result = func(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
