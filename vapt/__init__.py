@@ -1,19 +1,27 @@
-"""vapt: visual prompt tuning (VPT shallow/deep, VAPT adaptive prompts) of frozen Vision Transformers."""
+"""vapt: visual prompt tuning (VPT shallow/deep, VAPT adaptive prompts) of frozen Vision Transformers.
+
+The public names are imported lazily so that `import vapt` stays cheap for command-line tools.
+"""
 from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from vapt.prompts import PromptConfig  # noqa: E402
-from vapt.model import PromptedViT, build_model  # noqa: E402
-from vapt.backbones import ViTEncoder, build_encoder  # noqa: E402
-from vapt.checkpoints import export_official_checkpoint, load_official_checkpoint  # noqa: E402
+_EXPORTS = {
+    "PromptConfig": "vapt.prompts",
+    "PromptedViT": "vapt.model",
+    "build_model": "vapt.model",
+    "ViTEncoder": "vapt.backbones",
+    "build_encoder": "vapt.backbones",
+    "BackboneError": "vapt.backbones",
+    "load_official_checkpoint": "vapt.checkpoints",
+    "export_official_checkpoint": "vapt.checkpoints",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "PromptConfig",
-    "PromptedViT",
-    "build_model",
-    "ViTEncoder",
-    "build_encoder",
-    "load_official_checkpoint",
-    "export_official_checkpoint",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vapt' has no attribute {name!r}")

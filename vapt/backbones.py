@@ -1,0 +1,414 @@
+"""Frozen Vision Transformer encoders from timm or open_clip, with local checkpoint loading.
+
+`build_encoder` turns a name plus an optional local file into a ready, frozen `ViTEncoder`: a uniform view
+over a timm ``VisionTransformer`` or an open_clip vision tower that exposes the pieces prompt tuning needs
+(token embedding, the block list, the final norm, pooling) without re-implementing any of them.
+
+Names
+-----
+* any timm ViT name: ``vit_base_patch16_224``, ``vit_small_patch14_reg4_dinov2``, ``vit_huge_patch14_224`` ...
+  (timm keywords such as ``img_size`` are passed through);
+* ``open_clip:<model name>``: the vision tower of an open_clip model, e.g. ``open_clip:ViT-B-32``.
+
+Checkpoint files (``checkpoint=``) are recognised by their content:
+timm ``.pth``/``.bin``/``.safetensors`` state dicts, the original big_vision / ViT ``.npz`` (the ImageNet-21k
+ViT-B/16 file VPT and VAPT use), MAE pretrain ``.pth`` (``model`` key), MoCo v3 ``.pth.tar`` (``state_dict``,
+``module.base_encoder.`` prefix) and open_clip checkpoints (full CLIP or visual tower only).
+Nothing is downloaded unless ``pretrained=True`` or an ``hf-hub:`` name is given explicitly.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
+class BackboneError(ValueError):
+    """A backbone name, checkpoint or input size that cannot be used; the message says how to fix it."""
+
+
+class ViTEncoder(nn.Module):
+    """A frozen ViT seen through one interface, whatever library built it.
+
+    Token layout produced by :meth:`embed`: ``[CLS, (register tokens,) patches]``, position embeddings added.
+
+    Attributes
+    ----------
+    embed_dim : int
+        Token width D.
+    feature_dim : int
+        Width of :meth:`pool` output (D, or the CLIP projection width for open_clip towers).
+    patch_size : tuple[int, int]
+    img_size : tuple[int, int]
+        Input size the position embeddings were built for.
+    num_prefix_tokens : int
+        CLS plus register tokens in front of the patches.
+    blocks : nn.ModuleList
+        Transformer blocks; each maps (B, L, D) -> (B, L, D).
+    global_pool : str
+        ``"token"`` (CLS after the final norm) or ``"avg"`` (mean of non-CLS tokens, then ``fc_norm``).
+    data_config : dict
+        ``input_size`` (3, H, W), ``mean``, ``std``, ``interpolation`` for preprocessing.
+    """
+
+    def __init__(self, model: nn.Module, library: str, name: str):
+        super().__init__()
+        self.model = model
+        self.library = library
+        self.name = name
+        if library == "timm":
+            self.blocks = model.blocks
+            self.embed_dim = model.embed_dim
+            self.patch_size = tuple(model.patch_embed.patch_size)
+            self.img_size = tuple(model.patch_embed.img_size)
+            self.num_prefix_tokens = model.num_prefix_tokens
+            self.global_pool = "avg" if model.global_pool == "avg" else "token"
+            self.feature_dim = self.embed_dim
+            cfg = getattr(model, "pretrained_cfg", {}) or {}
+            mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+            interpolation = cfg.get("interpolation", "bicubic")
+        else:
+            self.blocks = model.transformer.resblocks
+            self.embed_dim = model.conv1.out_channels
+            self.patch_size = tuple(model.conv1.kernel_size)
+            self.img_size = tuple(model.image_size) if isinstance(model.image_size, Sequence) else (
+                model.image_size, model.image_size)
+            self.num_prefix_tokens = 1
+            self.global_pool = "token" if model.pool_type == "tok" else "avg"
+            self.feature_dim = model.proj.shape[1] if model.proj is not None else self.embed_dim
+            mean, std = getattr(model, "image_mean", None), getattr(model, "image_std", None)
+            mean = tuple(mean) if mean is not None else (0.48145466, 0.4578275, 0.40821073)
+            std = tuple(std) if std is not None else (0.26862954, 0.26130258, 0.27577711)
+            interpolation = "bicubic"
+        self.data_config = {"input_size": (3, *self.img_size), "mean": tuple(mean), "std": tuple(std),
+                            "interpolation": interpolation}
+        self.freeze()
+
+    # ------------------------------------------------------------------ pieces used by prompt models
+    def grid_size(self, hw: Sequence[int] | None = None) -> tuple[int, int]:
+        """Patch grid (gh, gw) for an input of spatial size ``hw`` (default: the built size)."""
+        h, w = hw if hw is not None else self.img_size
+        ph, pw = self.patch_size
+        if h % ph or w % pw:
+            raise BackboneError(f"Image size {h}x{w} is not divisible by the patch size {ph}x{pw} of {self.name}; "
+                                f"resize inputs to a multiple of the patch size (e.g. {h // ph * ph}x{w // pw * pw}).")
+        return h // ph, w // pw
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear error when ``x`` (B, 3, H, W) does not match the size the encoder was built for."""
+        if x.ndim != 4:
+            raise BackboneError(f"{self.name} expects images shaped (B, 3, H, W); got {tuple(x.shape)}.")
+        self.grid_size(x.shape[-2:])
+        if tuple(x.shape[-2:]) != self.img_size:
+            raise BackboneError(f"{self.name} was built for {self.img_size[0]}x{self.img_size[1]} inputs but got "
+                                f"{x.shape[-2]}x{x.shape[-1]}; build it with img_size={tuple(x.shape[-2:])}.")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + prefix tokens + position embedding (+ pre-norm). (B, 3, H, W) -> (B, P + G, D)."""
+        self.check_input(x)
+        m = self.model
+        if self.library == "timm":
+            x = m.patch_embed(x)
+            x = m._pos_embed(x)
+            x = m.patch_drop(x)
+            return m.norm_pre(x)
+        return m._embeds(x)
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One transformer block, (B, L, D) -> (B, L, D)."""
+        if self.library == "open_clip" and not self.model.transformer.batch_first:
+            return block(x.transpose(0, 1)).transpose(0, 1)
+        return block(x)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm over all tokens (identity where the model normalises after pooling). (B, L, D)."""
+        m = self.model
+        if self.library == "timm":
+            return m.norm(x)
+        if m.final_ln_after_pool:
+            return x
+        return m.ln_post(x)
+
+    def pool(self, x: torch.Tensor, num_skip: int = 1) -> torch.Tensor:
+        """Pool normalised tokens (B, L, D) -> (B, feature_dim).
+
+        ``"token"``: the CLS token. ``"avg"``: mean over ``x[:, num_skip:]`` then ``fc_norm`` (MAE style; the
+        official VPT/VAPT MAE code averages over everything after CLS, prompts included).
+        """
+        m = self.model
+        if self.library == "timm":
+            pooled = x[:, 0] if self.global_pool == "token" else x[:, num_skip:].mean(dim=1)
+            return m.fc_norm(pooled)
+        pooled = x[:, 0] if self.global_pool == "token" else x[:, num_skip:].mean(dim=1)
+        if m.final_ln_after_pool:
+            pooled = m.ln_post(pooled)
+        return pooled @ m.proj if m.proj is not None else pooled
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens after the last block and final norm. (B, 3, H, W) -> (B, P + G, D)."""
+        h = self.embed(x)
+        for block in self.blocks:
+            h = self.run_block(block, h)
+        return self.final_norm(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled frozen features. (B, 3, H, W) -> (B, feature_dim)."""
+        return self.pool(self.forward_tokens(x), num_skip=self.num_prefix_tokens)
+
+    # ------------------------------------------------------------------ freezing
+    def freeze(self) -> None:
+        """No gradients and eval mode for every backbone parameter."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Make every backbone parameter trainable (full fine-tuning)."""
+        for p in self.parameters():
+            p.requires_grad_(True)
+
+
+# ---------------------------------------------------------------------------------------------------- build
+def build_encoder(
+    name: str,
+    checkpoint: str | os.PathLike | None = None,
+    img_size: int | Sequence[int] | None = None,
+    pretrained: bool = False,
+    global_pool: str | None = None,
+    **timm_kwargs,
+) -> ViTEncoder:
+    """Build a frozen ViT encoder, optionally from a local checkpoint file.
+
+    Parameters
+    ----------
+    name : str
+        timm ViT name, or ``open_clip:<model name>``.
+    checkpoint : path, optional
+        Local weights (see module docstring for the formats). Backbone keys that are missing or unexpected
+        raise :class:`BackboneError` listing them; classification heads are ignored.
+    img_size : int or (H, W), optional
+        Input size; position embeddings of a checkpoint are resized to it.
+    pretrained : bool
+        Download the library's pretrained weights (the only path that touches the network).
+    global_pool : {"token", "avg"}, optional
+        Pooling for the timm model (``"avg"`` gives MAE-style mean pooling + fc_norm).
+    """
+    if name.startswith(OPEN_CLIP_PREFIX):
+        if global_pool is not None or timm_kwargs:
+            raise BackboneError(f"open_clip towers take no timm keywords; got {sorted(timm_kwargs)} / global_pool.")
+        return _build_open_clip(name[len(OPEN_CLIP_PREFIX):], checkpoint, img_size, pretrained)
+    return _build_timm(name, checkpoint, img_size, pretrained, global_pool, **timm_kwargs)
+
+
+def _as_hw(img_size) -> tuple[int, int] | None:
+    if img_size is None:
+        return None
+    if isinstance(img_size, int):
+        return (img_size, img_size)
+    return tuple(int(v) for v in img_size)
+
+
+def _unknown_name_error(name: str, candidates: Iterable[str], library: str) -> BackboneError:
+    close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return BackboneError(f"Unknown {library} backbone {name!r}.{hint}")
+
+
+def _build_timm(name, checkpoint, img_size, pretrained, global_pool, **kwargs) -> ViTEncoder:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    arch = name.split(".")[0]
+    if not name.startswith("hf-hub:") and not timm.is_model(arch):
+        raise _unknown_name_error(name, timm.list_models("*vit*"), "timm")
+    hw = _as_hw(img_size)
+    if hw is not None:
+        kwargs["img_size"] = hw
+    if global_pool is not None:
+        kwargs["global_pool"] = global_pool
+        if global_pool == "avg":
+            kwargs.setdefault("fc_norm", True)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except (AssertionError, RuntimeError, TypeError) as err:
+        raise BackboneError(f"timm could not build {name!r} with {kwargs}: {err}") from err
+    if not isinstance(model, VisionTransformer):
+        raise BackboneError(f"{name!r} is a {type(model).__name__}, not a Vision Transformer; "
+                            "prompt tuning needs a timm VisionTransformer (e.g. vit_base_patch16_224).")
+    ph, pw = model.patch_embed.patch_size
+    h, w = model.patch_embed.img_size
+    if h % ph or w % pw:
+        raise BackboneError(f"Image size {h}x{w} is not divisible by the patch size {ph}x{pw} of {name}; "
+                            f"choose img_size as a multiple of the patch size (e.g. {h // ph * ph}).")
+    if checkpoint is not None:
+        _load_timm_checkpoint(model, checkpoint)
+    return ViTEncoder(model, "timm", name)
+
+
+def _build_open_clip(model_name, checkpoint, img_size, pretrained) -> ViTEncoder:
+    import open_clip
+    from open_clip.transformer import VisionTransformer as OpenClipViT
+
+    if model_name not in open_clip.list_models():
+        raise _unknown_name_error(model_name, open_clip.list_models(), "open_clip")
+    kwargs = {}
+    if img_size is not None:
+        hw = _as_hw(img_size)
+        if hw[0] != hw[1]:
+            raise BackboneError("open_clip vision towers take square inputs; pass a single img_size.")
+        kwargs["force_image_size"] = hw[0]
+    tag = pretrained if isinstance(pretrained, str) else None
+    model = open_clip.create_model(model_name, pretrained=tag, **kwargs)
+    visual = model.visual
+    if not isinstance(visual, OpenClipViT):
+        raise BackboneError(f"open_clip model {model_name!r} has a {type(visual).__name__} vision tower; "
+                            "only ViT towers (open_clip VisionTransformer) are supported.")
+    if checkpoint is not None:
+        _load_open_clip_checkpoint(visual, checkpoint)
+    return ViTEncoder(visual, "open_clip", OPEN_CLIP_PREFIX + model_name)
+
+
+# ---------------------------------------------------------------------------------------------------- files
+def read_checkpoint_file(path: str | os.PathLike) -> dict:
+    """Read a checkpoint file into a dict of tensors / objects, with a clear error for unreadable files.
+
+    ``.safetensors`` through safetensors, ``.npz`` through numpy, everything else through ``torch.load``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BackboneError(f"Checkpoint file {path} does not exist; check the path.")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return dict(load_file(path))
+        if path.endswith(".npz"):
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as weights_only_error:  # noqa: BLE001 - old checkpoints pickle extra objects
+            if "Weights only load failed" not in str(weights_only_error):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except BackboneError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any reader failure means a corrupt or foreign file
+        raise BackboneError(f"Could not read checkpoint {path} ({type(err).__name__}: {err}); the file is corrupt, "
+                            "truncated or not a model checkpoint. Re-download or re-save it.") from err
+
+
+def unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
+    """Find the tensor dict inside common wrappers (``model``, ``state_dict``, ``module``) and strip prefixes.
+
+    MoCo v3 checkpoints keep the ViT under ``module.base_encoder.``; DDP checkpoints under ``module.``.
+    """
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    sd = {k: v for k, v in obj.items() if torch.is_tensor(v)}
+    for prefix in ("module.base_encoder.", "base_encoder.", "module."):
+        if any(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            break
+    return sd
+
+
+_HEAD_PREFIXES = ("head.", "head_drop.", "fc_norm.", "pre_logits.")
+
+
+def _load_timm_checkpoint(model: nn.Module, path) -> None:
+    from timm.layers import resample_abs_pos_embed
+    from timm.models.vision_transformer import _load_weights
+
+    path = os.fspath(path)
+    if path.endswith(".npz"):
+        raw = read_checkpoint_file(path)  # validates the file before timm touches it
+        _check_npz_keys(model, raw, path)
+        try:
+            _load_weights(model, path)
+        except Exception as err:  # noqa: BLE001
+            raise BackboneError(f"Could not load the .npz checkpoint {path} into {type(model).__name__} "
+                                f"({type(err).__name__}: {err}); is it a ViT of the same size?") from err
+        return
+    sd = unwrap_state_dict(read_checkpoint_file(path))
+    if not sd:
+        raise BackboneError(f"Checkpoint {path} holds no tensors; it is not a model state dict.")
+    own = model.state_dict()
+    uses_fc_norm = not isinstance(model.fc_norm, nn.Identity)
+    if uses_fc_norm and isinstance(model.norm, nn.Identity):
+        # MAE pretrain files carry `norm.*` but a mean-pooling model uses fc_norm; the official VPT/VAPT
+        # MAE code loads with strict=False, so fc_norm keeps its (1, 0) init. We do the same, knowingly.
+        sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
+    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        num_prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+        sd["pos_embed"] = resample_abs_pos_embed(
+            sd["pos_embed"], new_size=model.patch_embed.grid_size, num_prefix_tokens=num_prefix)
+    if "patch_embed.proj.weight" in sd and sd["patch_embed.proj.weight"].shape != own["patch_embed.proj.weight"].shape:
+        raise BackboneError(f"Checkpoint {path} has patch embedding {tuple(sd['patch_embed.proj.weight'].shape)} but "
+                            f"the model expects {tuple(own['patch_embed.proj.weight'].shape)}; wrong architecture.")
+    backbone_sd = {k: v for k, v in sd.items() if not k.startswith(_HEAD_PREFIXES)}
+    _strict_load(model, backbone_sd, path, ignore_missing_prefixes=_HEAD_PREFIXES)
+
+
+def _check_npz_keys(model: nn.Module, raw: dict, path: str) -> None:
+    prefix = "opt/target/" if "opt/target/embedding/kernel" in raw else ""
+    needed = [f"{prefix}embedding/kernel", f"{prefix}Transformer/encoder_norm/scale"]
+    needed += [f"{prefix}Transformer/encoderblock_{i}/LayerNorm_0/scale" for i in range(len(model.blocks))]
+    missing = [k for k in needed if k not in raw]
+    extra_blocks = [k for k in raw if k.startswith(f"{prefix}Transformer/encoderblock_{len(model.blocks)}/")]
+    if missing or extra_blocks:
+        raise BackboneError(f"Checkpoint {path} does not match a {len(model.blocks)}-block ViT: missing "
+                            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}; unexpected {extra_blocks[:4]}.")
+    kernel = raw[f"{prefix}embedding/kernel"]
+    expected = tuple(model.patch_embed.proj.weight.shape)
+    if (kernel.shape[3], kernel.shape[2], kernel.shape[0], kernel.shape[1]) != expected:
+        raise BackboneError(f"Checkpoint {path} has patch embedding kernel {kernel.shape} (HWIO) but the model "
+                            f"expects {expected} (OIHW); wrong architecture.")
+
+
+def _strict_load(model: nn.Module, sd: dict, path, ignore_missing_prefixes: tuple = ()) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.startswith(ignore_missing_prefixes)]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        def show(keys):
+            return ", ".join(keys[:10]) + (f" ... (+{len(keys) - 10})" if len(keys) > 10 else "") or "none"
+        raise BackboneError(f"Checkpoint {path} does not fit {type(model).__name__}: missing keys [{show(missing)}]; "
+                            f"unexpected keys [{show(unexpected)}]; shape mismatches [{show(mismatched)}]. "
+                            "Check that the backbone name matches the checkpoint.")
+    model.load_state_dict(sd, strict=False)
+
+
+def _load_open_clip_checkpoint(visual: nn.Module, path) -> None:
+    sd = unwrap_state_dict(read_checkpoint_file(path))
+    if any(k.startswith("visual.") for k in sd):
+        sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    own = visual.state_dict()
+    pos = sd.get("positional_embedding")
+    if pos is not None and pos.shape != own["positional_embedding"].shape:
+        sd["positional_embedding"] = resize_open_clip_pos_embed(pos, own["positional_embedding"].shape[0])
+    _strict_load(visual, sd, path)
+
+
+def resize_open_clip_pos_embed(pos: torch.Tensor, new_len: int) -> torch.Tensor:
+    """Bicubic resize of an open_clip position table (1 + g*g, D) -> (new_len, D), CLS row kept."""
+    cls, grid = pos[:1], pos[1:]
+    old, new = int(math.isqrt(grid.shape[0])), int(math.isqrt(new_len - 1))
+    grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(new * new, -1).to(pos.dtype)
+    return torch.cat([cls, grid], dim=0)
