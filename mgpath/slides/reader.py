@@ -1,0 +1,307 @@
+"""Whole-slide reading over OpenSlide: MPP from every place it is stored, reads at a target MPP, on white.
+
+Coordinates are always level-0 pixels ``(x, y)`` of the top-left corner; sizes are ``(width, height)``.
+Magnification and MPP are tied by the usual convention ``mpp = 10 / magnification`` (10x = 1.0 um/px,
+20x = 0.5, 40x = 0.25).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "Slide",
+    "SlideError",
+    "MPPError",
+    "MPP_RANGE",
+    "magnification_to_mpp",
+    "mpp_to_magnification",
+    "slide_id_from_path",
+]
+
+#: plausible level-0 MPP window (um/px); values outside are treated as wrong metadata (e.g. 72 dpi = 352.8)
+MPP_RANGE = (0.05, 4.0)
+
+_UNIT_TO_UM = {"centimeter": 1e4, "cm": 1e4, "inch": 25400.0, "millimeter": 1e3, "mm": 1e3, "micrometer": 1.0}
+
+
+class SlideError(RuntimeError):
+    """A slide could not be opened or read; the message names the slide and what to do."""
+
+
+class MPPError(SlideError):
+    """A slide has no usable MPP (microns per pixel) metadata."""
+
+
+def magnification_to_mpp(magnification: float) -> float:
+    """Objective magnification -> um/px by the convention 10x = 1.0 um/px."""
+    if magnification <= 0:
+        raise ValueError(f"magnification must be > 0, got {magnification}")
+    return 10.0 / float(magnification)
+
+
+def mpp_to_magnification(mpp: float) -> float:
+    """um/px -> objective magnification by the convention 10x = 1.0 um/px (not rounded)."""
+    if mpp <= 0:
+        raise ValueError(f"mpp must be > 0, got {mpp}")
+    return 10.0 / float(mpp)
+
+
+def slide_id_from_path(path: str | os.PathLike) -> str:
+    """Slide id: the file name without its last extension (``TCGA-xx.svs`` -> ``TCGA-xx``)."""
+    name = Path(path).name
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def _float(v) -> float | None:
+    try:
+        f = float(str(v).strip())
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None
+
+
+def mpp_from_properties(props: dict) -> tuple[float | None, str, list[str]]:
+    """Level-0 MPP from OpenSlide properties.
+
+    Looks, in order, at ``openslide.mpp-x`` (and ``-y``), ``aperio.MPP``, ``openslide.mirax.MPP``,
+    ``hamamatsu.XResolution``-style vendor keys, an ``MPP = x`` in ``openslide.comment``, and finally
+    ``tiff.XResolution`` with ``tiff.ResolutionUnit`` (centimetre, inch or millimetre).
+
+    Returns
+    -------
+    (mpp or None, source key, list of what was looked at and found implausible or missing)
+    """
+    notes: list[str] = []
+    candidates: list[tuple[str, float | None]] = []
+    mx, my = _float(props.get("openslide.mpp-x")), _float(props.get("openslide.mpp-y"))
+    if mx and my:
+        candidates.append(("openslide.mpp-x/y", (mx + my) / 2))
+    else:
+        candidates.append(("openslide.mpp-x", mx or my))
+    for key in ("aperio.MPP", "openslide.mirax.MPP", "mirax.GENERAL.SLIDE_RESOLUTION", "philips.DICOM_PIXEL_SPACING"):
+        if key in props:
+            v = props[key]
+            if key == "philips.DICOM_PIXEL_SPACING":  # '"0.000227" "0.000227"' in mm
+                nums = re.findall(r"[0-9.eE+-]+", str(v))
+                f = _float(nums[0]) if nums else None
+                candidates.append((key, f * 1e3 if f else None))
+            else:
+                candidates.append((key, _float(v)))
+    comment = str(props.get("openslide.comment", ""))
+    m = re.search(r"MPP\s*=\s*([0-9.]+)", comment)
+    if m:
+        candidates.append(("openslide.comment MPP", _float(m.group(1))))
+    xres, unit = _float(props.get("tiff.XResolution")), str(props.get("tiff.ResolutionUnit", "")).lower()
+    if xres and unit in _UNIT_TO_UM:
+        candidates.append((f"tiff.XResolution ({unit})", _UNIT_TO_UM[unit] / xres))
+    elif "tiff.XResolution" in props:
+        notes.append(f"tiff.XResolution={props.get('tiff.XResolution')} with ResolutionUnit={unit or 'missing'}")
+    for key, val in candidates:
+        if val is None:
+            notes.append(f"{key} missing")
+            continue
+        if MPP_RANGE[0] <= val <= MPP_RANGE[1]:
+            return val, key, notes
+        notes.append(f"{key}={val:g} outside {MPP_RANGE[0]}-{MPP_RANGE[1]}")
+    return None, "", notes
+
+
+def _open_osr(path: str):
+    import openslide
+
+    try:
+        return openslide.OpenSlide(path)
+    except openslide.OpenSlideUnsupportedFormatError as e:
+        raise SlideError(
+            f"{path} is not a whole-slide image OpenSlide can open ({e or 'unsupported format'}); "
+            "check the file is a supported slide (svs, ndpi, mrxs, tiled pyramidal tiff, ...)"
+        ) from None
+    except openslide.OpenSlideError as e:
+        raise SlideError(f"{path} could not be read by OpenSlide ({e}); the file may be truncated or corrupt") from None
+    except FileNotFoundError:
+        raise SlideError(f"slide {path} does not exist") from None
+
+
+class Slide:
+    """A whole-slide image opened through OpenSlide.
+
+    Parameters
+    ----------
+    path : slide file.
+    mpp : level-0 microns per pixel; overrides the file's metadata (use it when the metadata is missing
+        or wrong).
+
+    The OpenSlide handle opens lazily and is not pickled, so a ``Slide`` can be sent to DataLoader worker
+    processes: each process opens its own handle on first use. Use as a context manager or call
+    :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike, mpp: float | None = None):
+        self.path = str(path)
+        self.slide_id = slide_id_from_path(self.path)
+        if mpp is not None and not (_float(mpp) and float(mpp) < 1e3):
+            raise MPPError(f"mpp override for slide {self.path} must be a positive number of um/px, got {mpp!r}")
+        self._mpp_override = float(mpp) if mpp is not None else None
+        self._osr = None
+        osr = self._handle()
+        self.dimensions: tuple[int, int] = tuple(osr.dimensions)
+        self.level_count: int = osr.level_count
+        self.level_dimensions: list[tuple[int, int]] = [tuple(d) for d in osr.level_dimensions]
+        self.level_downsamples: list[float] = [float(d) for d in osr.level_downsamples]
+        self.properties: dict[str, str] = dict(osr.properties)
+        if self._mpp_override is not None:
+            self._mpp, self.mpp_source, self._mpp_notes = self._mpp_override, "override", []
+        else:
+            self._mpp, self.mpp_source, self._mpp_notes = mpp_from_properties(self.properties)
+
+    # -- handle management -------------------------------------------------------------------------
+    def _handle(self):
+        if self._osr is None:
+            self._osr = _open_osr(self.path)
+        return self._osr
+
+    def close(self) -> None:
+        """Close the OpenSlide handle (a later read reopens it)."""
+        if self._osr is not None:
+            self._osr.close()
+            self._osr = None
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_osr"] = None
+        return state
+
+    def __repr__(self) -> str:
+        mpp = f"{self._mpp:.4g}" if self._mpp else "unknown"
+        return f"Slide({self.path!r}, dimensions={self.dimensions}, levels={self.level_count}, mpp={mpp})"
+
+    # -- resolution ----------------------------------------------------------------------------------
+    @property
+    def mpp(self) -> float:
+        """Level-0 microns per pixel; raises :class:`MPPError` when the slide has no plausible MPP."""
+        if self._mpp is None:
+            looked = "; ".join(self._mpp_notes) or "no resolution metadata"
+            raise MPPError(
+                f"Slide {self.path} has no usable MPP metadata ({looked}); pass the level-0 microns per pixel "
+                "with --mpp (e.g. --mpp 0.25 for a 40x scan) or Slide(path, mpp=0.25)"
+            )
+        return self._mpp
+
+    @property
+    def has_mpp(self) -> bool:
+        return self._mpp is not None
+
+    @property
+    def magnification(self) -> float:
+        """Level-0 magnification derived from MPP (``10 / mpp``)."""
+        return mpp_to_magnification(self.mpp)
+
+    @property
+    def objective_power(self) -> float | None:
+        """The scanner's ``openslide.objective-power`` if stored (may disagree with the MPP)."""
+        return _float(self.properties.get("openslide.objective-power"))
+
+    def level_mpp(self, level: int) -> float:
+        """Microns per pixel of pyramid ``level``."""
+        return self.mpp * self.level_downsamples[level]
+
+    def best_level_for_downsample(self, downsample: float, tolerance: float = 0.01) -> tuple[int, float]:
+        """Deepest level whose downsample is <= ``downsample * (1 + tolerance)``.
+
+        Returns ``(level, residual)`` where ``residual = downsample / level_downsample`` (>= about 1) is the
+        resize factor still to apply after reading that level (1.0: no resize).
+        """
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * (1 + tolerance):
+                best = i
+        return best, downsample / self.level_downsamples[best]
+
+    def best_level_for_mpp(self, target_mpp: float, tolerance: float = 0.01) -> tuple[int, float]:
+        """Level to read for ``target_mpp`` plus the residual shrink factor (see best_level_for_downsample)."""
+        return self.best_level_for_downsample(target_mpp / self.mpp, tolerance)
+
+    # -- reading -------------------------------------------------------------------------------------
+    def read_region(self, xy_level0: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """Read ``size=(w, h)`` pixels of ``level`` at level-0 ``xy``; RGB uint8 ``(h, w, 3)`` on white."""
+        import openslide
+
+        x, y = int(round(xy_level0[0])), int(round(xy_level0[1]))
+        w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0:
+            raise ValueError(f"region size must be positive, got {size} for slide {self.path}")
+        try:
+            rgba = self._handle().read_region((x, y), level, (w, h))
+        except openslide.OpenSlideError as e:
+            self.close()
+            raise SlideError(f"reading {self.path} at ({x}, {y}) level {level} failed ({e}); the file may be corrupt") from None
+        return _on_white(rgba)
+
+    def read_footprint(self, xy_level0: tuple[float, float], size_level0: float | tuple[float, float],
+                       out_size: int | tuple[int, int]) -> np.ndarray:
+        """Read the level-0 box ``xy + size_level0`` resized to ``out_size`` px: RGB uint8 ``(h, w, 3)``.
+
+        The deepest level not coarser than needed is read, then resized with antialiasing (only when the
+        residual factor differs from 1). Works without MPP.
+        """
+        sw, sh = (size_level0, size_level0) if np.isscalar(size_level0) else size_level0
+        ow, oh = (out_size, out_size) if np.isscalar(out_size) else out_size
+        level, _ = self.best_level_for_downsample(min(sw / ow, sh / oh))
+        ds = self.level_downsamples[level]
+        rw, rh = max(1, int(round(sw / ds))), max(1, int(round(sh / ds)))
+        img = self.read_region(xy_level0, level, (rw, rh))
+        if (rw, rh) != (ow, oh):
+            img = np.asarray(Image.fromarray(img).resize((int(ow), int(oh)), Image.Resampling.BILINEAR))
+        return img
+
+    def read(self, xy_level0: tuple[float, float], size_px: int, mpp: float | None = None) -> np.ndarray:
+        """A ``size_px x size_px`` tile at ``mpp`` um/px (level-0 MPP if None) -> RGB uint8 ``(size, size, 3)``."""
+        scale = 1.0 if mpp is None else float(mpp) / self.mpp
+        return self.read_footprint(xy_level0, size_px * scale, size_px)
+
+    def read_level(self, level: int, max_pixels: int = 2**28) -> np.ndarray:
+        """A whole pyramid level as RGB uint8 ``(H_l, W_l, 3)`` on white (refuses levels over ``max_pixels``)."""
+        w, h = self.level_dimensions[level]
+        if w * h > max_pixels:
+            raise SlideError(f"level {level} of {self.path} is {w}x{h} px, too large to read whole; use a coarser "
+                             f"level or thumbnail()")
+        return self.read_region((0, 0), level, (w, h))
+
+    def read_at_downsample(self, downsample: float, max_side: int = 16384) -> np.ndarray:
+        """The whole slide resized to ``dimensions / downsample``: RGB uint8 ``(h, w, 3)`` on white."""
+        w0, h0 = self.dimensions
+        downsample = max(downsample, w0 / max_side, h0 / max_side, 1e-9)
+        ow, oh = max(1, int(round(w0 / downsample))), max(1, int(round(h0 / downsample)))
+        level, _ = self.best_level_for_downsample(downsample)
+        img = self.read_level(level)
+        if img.shape[1] != ow or img.shape[0] != oh:
+            img = np.asarray(Image.fromarray(img).resize((ow, oh), Image.Resampling.BILINEAR))
+        return img
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """Whole-slide RGB uint8 ``(h, w, 3)`` on white whose longer side is ``max_size`` px."""
+        w0, h0 = self.dimensions
+        return self.read_at_downsample(max(w0, h0) / float(max_size))
+
+
+def _on_white(rgba: Image.Image) -> np.ndarray:
+    """Composite a PIL RGBA image (openslide-python un-premultiplies) onto white -> ``(h, w, 3)`` uint8."""
+    a = np.asarray(rgba)
+    alpha = a[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(a[..., :3])
+    al = alpha.astype(np.float32) / 255.0
+    rgb = a[..., :3].astype(np.float32) * al + 255.0 * (1.0 - al)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
