@@ -1,0 +1,71 @@
+"""The demo dataset: generated shapes in the VTAB-1k layout, written on first use into a cache folder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+from vapt.data.base import ClassificationDataModule, Sample, read_list_file
+from vapt.data.synthetic import write_shapes_vtab
+from vapt.data.transforms import vtab_transform
+
+
+class DemoShapesDataModule(ClassificationDataModule):
+    """Coloured shapes (class = shape) on noisy backgrounds; nothing to download.
+
+    Parameters
+    ----------
+    root : str
+        Cache folder; generated on first use (deterministic for ``data_seed``), reused afterwards.
+    num_classes : int
+        Number of shapes, 2..6.
+    train_size, val_size, test_size : int
+        Images per split (``train800val200`` = train + val, as in VTAB-1k).
+    image_pixels : int
+        Side of the generated images (they are resized to ``img_size`` like VTAB images).
+    """
+
+    def __init__(
+        self,
+        root: str = "~/.cache/vapt/demo_shapes",
+        num_classes: int = 4,
+        train_size: int = 800,
+        val_size: int = 200,
+        test_size: int = 400,
+        image_pixels: int = 32,
+        data_seed: int = 0,
+        train_split: Literal["train800", "train800val200"] = "train800",
+        val_split: Optional[Literal["val200"]] = "val200",
+        test_split: Optional[Literal["test"]] = "test",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        img_size: int = 32,
+        normalize: bool = True,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ):
+        super().__init__(batch_size, num_workers, img_size, normalize, seed, pin_memory)
+        self.num_classes = num_classes
+        self.sizes = {"train800": train_size, "val200": val_size, "test": test_size}
+        self.image_pixels = image_pixels
+        self.data_seed = data_seed
+        self.root = root
+        self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": test_split}
+
+    @property
+    def task_dir(self) -> Path:
+        s = self.sizes
+        name = f"c{self.num_classes}_n{s['train800']}-{s['val200']}-{s['test']}_p{self.image_pixels}_s{self.data_seed}"
+        return Path(self.root).expanduser() / name
+
+    def prepare_data(self) -> None:
+        write_shapes_vtab(self.task_dir, self.num_classes, self.sizes, self.image_pixels, self.data_seed)
+
+    def _split_name(self, which: str) -> Optional[str]:
+        return self.splits[which]
+
+    def _split_samples(self, split: str) -> list[Sample]:
+        self.prepare_data()  # no-op when present; also covers use outside a Trainer
+        return read_list_file(self.task_dir / f"{split}.txt", self.task_dir)
+
+    def _transform(self, which: str) -> Callable:
+        return vtab_transform(self.img_size, self.normalize)

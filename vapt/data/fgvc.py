@@ -1,0 +1,153 @@
+"""FGVC: CUB-200-2011, NABirds, Oxford Flowers, Stanford Dogs, Stanford Cars from VPT's json splits.
+
+On-disk layout (VPT's released splits next to the images)::
+
+    <root>/train.json   {"relative/image/path.jpg": class_id, ...}
+    <root>/val.json
+    <root>/test.json
+    <root>/<image_dir>/relative/image/path.jpg   image_dir: "images" (CUB, NABirds), "Images" (Dogs), "" otherwise
+
+Class ids are remapped to ``0..C-1`` in sorted order of the ids found in all split files present
+(the official code remaps each split on its own, which silently shifts labels if a split misses a class).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+from vapt.data.base import ClassificationDataModule, DataError, Sample
+from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform
+
+
+@dataclass(frozen=True)
+class FGVCDataset:
+    """One FGVC dataset: config name, official ``DATA.NAME``, classes, image folder inside the root."""
+
+    name: str
+    official: str
+    num_classes: int
+    image_dir: str
+    short: str
+
+
+_DATASETS = [
+    FGVCDataset("cub", "CUB", 200, "images", "CUB"),
+    FGVCDataset("nabirds", "nabirds", 555, "images", "NABirds"),
+    FGVCDataset("flowers", "OxfordFlowers", 102, "", "Flowers"),
+    FGVCDataset("dogs", "StanfordDogs", 120, "Images", "Dogs"),
+    FGVCDataset("cars", "StanfordCars", 196, "", "Cars"),
+]
+#: config name -> dataset, in the paper's column order
+FGVC_DATASETS: dict[str, FGVCDataset] = {d.name: d for d in _DATASETS}
+_ALIASES = {d.official.lower(): d.name for d in _DATASETS} | {"cub_200_2011": "cub", "cub200": "cub"}
+
+
+def get_fgvc(name: str) -> FGVCDataset:
+    """Look a dataset up by config name or official name (case-insensitive)."""
+    key = name.lower()
+    key = key if key in FGVC_DATASETS else _ALIASES.get(key)
+    if key is None:
+        raise DataError(f"Unknown FGVC dataset {name!r}; choose one of: {', '.join(FGVC_DATASETS)}.")
+    return FGVC_DATASETS[key]
+
+
+def read_json_split(path: Path) -> dict[str, int]:
+    """``{relative_path: class_id}`` from a split file, with a clear error for a missing/bad file."""
+    if not path.is_file():
+        raise DataError(f"FGVC split file {path} does not exist; put VPT's train/val/test.json in the data root.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"FGVC split file {path} is not valid JSON ({e}).") from e
+    if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+        raise DataError(f"FGVC split file {path} must map 'relative/image/path' to an integer class id.")
+    return data
+
+
+class FGVCDataModule(ClassificationDataModule):
+    """FGVC dataset from ``{train,val,test}.json`` with the official train/eval transforms.
+
+    Parameters
+    ----------
+    root : str
+        Dataset folder holding the json split files.
+    dataset : str
+        ``cub`` | ``nabirds`` | ``flowers`` | ``dogs`` | ``cars``.
+    train_split, val_split, test_split : str or None
+        Split file stems (``train`` / ``val`` / ``test`` / ``trainval``); ``None`` disables the loop.
+    num_classes : int, optional
+        Must agree with the registry when given.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/fgvc/CUB_200_2011",
+        dataset: Literal["cub", "nabirds", "flowers", "dogs", "cars"] = "cub",
+        train_split: str = "train",
+        val_split: Optional[str] = "val",
+        test_split: Optional[str] = "test",
+        num_classes: Optional[int] = None,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        img_size: int = 224,
+        normalize: bool = True,
+        seed: int = 0,
+        pin_memory: bool = True,
+    ):
+        super().__init__(batch_size, num_workers, img_size, normalize, seed, pin_memory)
+        self.root = root
+        self.info = get_fgvc(dataset)
+        if num_classes is not None and num_classes != self.info.num_classes:
+            raise DataError(
+                f"FGVC dataset {self.info.name!r} has {self.info.num_classes} classes but the config says "
+                f"num_classes={num_classes}; remove data.num_classes or set it to {self.info.num_classes}."
+            )
+        self.num_classes = self.info.num_classes
+        self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": test_split}
+        self._id_map: Optional[dict[int, int]] = None
+
+    def _root(self) -> Path:
+        root = Path(self.root).expanduser()
+        if not root.is_dir():
+            raise DataError(
+                f"FGVC root {root} does not exist; pass --data.init_args.root pointing at the folder with "
+                "train.json/val.json/test.json (see data/fgvc/README.md)."
+            )
+        return root
+
+    def _class_map(self) -> dict[int, int]:
+        if self._id_map is None:
+            root = self._root()
+            ids: set[int] = set()
+            for split in {s for s in self.splits.values() if s is not None}:
+                ids |= set(read_json_split(root / f"{split}.json").values())
+            if len(ids) > self.num_classes:
+                raise DataError(
+                    f"FGVC {self.info.name!r}: the split files in {root} hold {len(ids)} distinct class ids but "
+                    f"the dataset has {self.num_classes} classes; check the root or the dataset name."
+                )
+            self._id_map = {c: i for i, c in enumerate(sorted(ids))}
+        return self._id_map
+
+    def _split_name(self, which: str) -> Optional[str]:
+        return self.splits[which]
+
+    def _split_samples(self, split: str) -> list[Sample]:
+        root = self._root()
+        ann = read_json_split(root / f"{split}.json")
+        id_map = self._class_map()
+        image_root = root / self.info.image_dir
+        missing = [p for p in ann if not (image_root / p).is_file()]
+        if missing:
+            raise DataError(
+                f"{len(missing)} image(s) named in {root / f'{split}.json'} do not exist under {image_root}, "
+                f"e.g. {image_root / missing[0]}; check the root and that the images were extracted there."
+            )
+        return [(str(image_root / p), id_map[c]) for p, c in sorted(ann.items())]
+
+    def _transform(self, which: str) -> Callable:
+        if which == "train":
+            return fgvc_train_transform(self.img_size, self.normalize)
+        return fgvc_eval_transform(self.img_size, self.normalize)
