@@ -1,0 +1,141 @@
+"""`PromptedViT`: a frozen ViT encoder + prompt modules + a linear head, and `build_model`."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vapt.backbones import ViTEncoder, build_encoder
+from vapt.prompts import PromptConfig, PromptGenerator
+
+
+def official_head_bias(prior: float = 0.01) -> float:
+    """The official head bias ``-log((1 - prior) / prior)`` (-4.595 for prior 0.01)."""
+    return -math.log((1.0 - prior) / prior)
+
+
+class PromptedViT(nn.Module):
+    """A frozen ViT adapted by prompts (VPT / VAPT), a linear probe or full fine-tuning.
+
+    Parameters
+    ----------
+    backbone : ViTEncoder
+    num_classes : int
+    prompt : PromptConfig
+    head_bias_prior : float or None
+        Head bias starts at ``-log((1 - prior) / prior)`` and the weight at kaiming-normal (fan_out), as in
+        the official code; ``None`` keeps PyTorch's default Linear init.
+
+    Forward: images (B, 3, H, W) -> logits (B, num_classes).
+    """
+
+    def __init__(self, backbone: ViTEncoder, num_classes: int, prompt: PromptConfig | None = None,
+                 head_bias_prior: float | None = 0.01):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1; got {num_classes}.")
+        self.prompt_config = prompt or PromptConfig()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        cfg = self.prompt_config
+        if cfg.method == "full":
+            backbone.unfreeze()
+        else:
+            backbone.freeze()
+        self.prompts = (
+            PromptGenerator(cfg, backbone.embed_dim, len(backbone.blocks), backbone.patch_size,
+                            backbone.grid_size()) if cfg.uses_prompts else None)
+        self.head = nn.Linear(backbone.feature_dim, num_classes)
+        if head_bias_prior is not None:
+            nn.init.kaiming_normal_(self.head.weight, a=0, mode="fan_out")
+            nn.init.constant_(self.head.bias, official_head_bias(head_bias_prior))
+        self.train()
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode: bool = True) -> "PromptedViT":
+        """Prompt modules and head follow ``mode``; a frozen backbone always stays in eval mode (its dropout and
+        drop-path never fire during prompt tuning, as in the official code). Full fine-tuning trains it."""
+        self.training = mode
+        for child in self.children():
+            child.train(mode)
+        if self.prompt_config.method != "full":
+            self.backbone.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features after the final norm. (B, 3, H, W) -> (B, feature_dim)."""
+        enc = self.backbone
+        h = enc.embed(images)
+        if self.prompts is None:
+            for block in enc.blocks:
+                h = enc.run_block(block, h)
+            return enc.pool(enc.final_norm(h), num_skip=enc.num_prefix_tokens)
+        n = self.prompts.num_tokens
+        first = 1 + n + enc.num_prefix_tokens - 1  # index of the first patch token after prompt insertion
+        h = torch.cat([h[:, :1], self.prompts.input_prompts(h.shape[0]).to(h.dtype), h[:, 1:]], dim=1)
+        for i, block in enumerate(enc.blocks):
+            if self.prompts.replaces_prompts(i):
+                new = self.prompts.prompts_for_block(i, h[:, first:]).to(h.dtype)
+                h = torch.cat([h[:, :1], new, h[:, 1 + n:]], dim=1)
+            h = enc.run_block(block, h)
+        # official MAE pooling averages everything after CLS, prompts and registers included
+        return enc.pool(enc.final_norm(h), num_skip=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, num_classes)."""
+        return self.head(self.forward_features(images))
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {k: p for k, p in self.named_parameters() if p.requires_grad}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changes: prompts + head (everything for ``full``), plus buffers of those modules."""
+        names = set(self.trainable_parameters())
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Load a dict from :meth:`trainable_state_dict`; every trainable key must be present."""
+        expected = set(self.trainable_parameters())
+        missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - set(self.state_dict()))
+        if missing or unexpected:
+            raise KeyError(f"Trainable state does not fit this model: missing {missing[:10]}, "
+                           f"unexpected {unexpected[:10]}; was it saved for another method or backbone?")
+        own = self.state_dict()
+        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
+        if bad:
+            raise KeyError(f"Trainable state has wrong shapes: {bad[:10]}")
+        self.load_state_dict(sd, strict=False)
+
+
+def build_model(
+    backbone: str = "vit_base_patch16_224",
+    num_classes: int = 100,
+    prompt: PromptConfig | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    img_size: int | Sequence[int] | None = None,
+    pretrained: bool = False,
+    head_bias_prior: float | None = 0.01,
+    **backbone_kwargs,
+) -> PromptedViT:
+    """Backbone name (+ optional local checkpoint) -> ready `PromptedViT`.
+
+    Parameters
+    ----------
+    backbone : str
+        timm ViT name or ``open_clip:<name>`` (see :func:`vapt.backbones.build_encoder`).
+    num_classes : int
+    prompt : PromptConfig, optional
+        Defaults to VAPT with the official defaults.
+    checkpoint : path, optional
+        Local backbone weights.
+    img_size : int or (H, W), optional
+    """
+    encoder = build_encoder(backbone, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained,
+                            **backbone_kwargs)
+    return PromptedViT(encoder, num_classes=num_classes, prompt=prompt or PromptConfig(),
+                       head_bias_prior=head_bias_prior)
