@@ -1,0 +1,134 @@
+"""K-shot few-shot folds: stratified by class, grouped by patient (no patient in two parts).
+
+``mgpath splits --labels labels.csv --k 16 --folds 5 --out splits/mycohort/16shots`` writes
+``splits_{fold}.csv`` in the official MGPATH/CLAM format (columns ``train, val, test``), readable by
+:func:`mgpath.data.read_split_csv`, plus ``summary.csv`` with the class counts per part.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mgpath.data import read_labels, read_split_csv
+
+__all__ = ["make_kshot_splits", "write_split_csv", "check_no_leakage", "main"]
+
+
+def _patient_labels(df: pd.DataFrame) -> dict[str, str]:
+    per = df.groupby("case_id")["label"].agg(lambda s: sorted(set(s)))
+    mixed = {c: v for c, v in per.items() if len(v) > 1}
+    if mixed:
+        c, v = next(iter(mixed.items()))
+        raise ValueError(f"mgpath/splits.py: patient {c!r} has slides with different labels {v} "
+                         f"({len(mixed)} such patients); fix the labels CSV")
+    return {c: v[0] for c, v in per.items()}
+
+
+def make_kshot_splits(labels: pd.DataFrame, k: int, n_folds: int = 5, val_frac: float = 0.3,
+                      seed: int = 2023, classes: list[str] | None = None) -> list[dict[str, list[str]]]:
+    """K-shot folds.
+
+    For each fold and class, patients are drawn at random until ``k`` training slides are collected (a
+    patient's slides beyond the k-th are left out of every part, so no patient is in two parts). The remaining
+    patients are split per class into validation (``val_frac``) and test.
+
+    Parameters
+    ----------
+    labels : DataFrame with ``slide_id, case_id, label``.
+
+    Returns
+    -------
+    one ``{"train", "val", "test"}`` dict of slide-id lists per fold.
+    """
+    if k < 1:
+        raise ValueError(f"mgpath/splits.py: k must be >= 1, got {k}")
+    if not 0 <= val_frac < 1:
+        raise ValueError(f"mgpath/splits.py: val_frac must be in [0, 1), got {val_frac}")
+    classes = classes or sorted(labels["label"].unique())
+    plabel = _patient_labels(labels)
+    slides_of = labels.groupby("case_id")["slide_id"].apply(list).to_dict()
+    for c in classes:
+        n = int((labels["label"] == c).sum())
+        if n <= k:
+            raise ValueError(f"mgpath/splits.py: class {c!r} has {n} slides; a {k}-shot split needs more than {k} "
+                             "(some must remain for val/test); lower --k")
+    folds = []
+    for f in range(n_folds):
+        rng = np.random.default_rng(seed + f)
+        part = {"train": [], "val": [], "test": []}
+        for c in classes:
+            patients = sorted(p for p, l in plabel.items() if l == c)
+            patients = [patients[i] for i in rng.permutation(len(patients))]
+            taken, i = [], 0
+            while len(taken) < k:
+                slides = sorted(slides_of[patients[i]])
+                taken += [slides[j] for j in rng.permutation(len(slides))][:k - len(taken)]
+                i += 1
+            rest = patients[i:]
+            n_val = int(round(val_frac * len(rest)))
+            part["train"] += taken
+            part["val"] += [s for p in rest[:n_val] for s in sorted(slides_of[p])]
+            part["test"] += [s for p in rest[n_val:] for s in sorted(slides_of[p])]
+        folds.append(part)
+    return folds
+
+
+def check_no_leakage(split: dict[str, list[str]], labels: pd.DataFrame) -> None:
+    """Raise if a patient or a slide appears in two parts."""
+    case = dict(zip(labels["slide_id"], labels["case_id"]))
+    seen: dict[str, str] = {}
+    for part, ids in split.items():
+        for s in ids:
+            p = case.get(s, s)
+            if seen.setdefault(p, part) != part:
+                raise ValueError(f"mgpath/splits.py: patient {p!r} is in both {seen[p]} and {part}")
+
+
+def write_split_csv(split: dict[str, list[str]], path: str | os.PathLike) -> None:
+    """Write the official format (columns train, val, test; ragged columns padded with empty cells),
+    atomically."""
+    n = max(len(v) for v in split.values())
+    df = pd.DataFrame({p: pd.Series(split[p] + [None] * (n - len(split[p])), dtype=object)
+                       for p in ("train", "val", "test")})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mgpath splits", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--labels", required=True, help="CSV with slide_id, case_id, label")
+    ap.add_argument("--k", type=int, default=16, help="training slides per class (default 16)")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--val-frac", type=float, default=0.3, help="fraction of the remaining patients for val")
+    ap.add_argument("--seed", type=int, default=2023)
+    ap.add_argument("--classes", nargs="*", default=None, help="class names (default: all labels, sorted)")
+    ap.add_argument("--out", required=True, help="output folder for splits_{fold}.csv")
+    ap.add_argument("--check", default=None, help="only check an existing split CSV for patient leakage")
+    a = ap.parse_args(argv)
+    labels = read_labels(a.labels)
+    if a.check:
+        check_no_leakage(read_split_csv(a.check), labels)
+        print(f"{a.check}: no patient in two parts")
+        return 0
+    folds = make_kshot_splits(labels, a.k, a.folds, a.val_frac, a.seed, a.classes)
+    lab = dict(zip(labels["slide_id"], labels["label"]))
+    rows = []
+    for f, split in enumerate(folds):
+        check_no_leakage(split, labels)
+        write_split_csv(split, Path(a.out) / f"splits_{f}.csv")
+        for part, ids in split.items():
+            counts = pd.Series([lab[s] for s in ids]).value_counts().to_dict()
+            rows.append({"fold": f, "part": part, "n": len(ids), **counts})
+    pd.DataFrame(rows).fillna(0).to_csv(Path(a.out) / "summary.csv", index=False)
+    print(pd.DataFrame(rows).fillna(0).to_string(index=False))
+    return 0
