@@ -20,7 +20,7 @@ def slide_dir(tmp_path_factory):
     """A folder of small generated slides (two tissue classes, different MPPs and level layouts)."""
     d = tmp_path_factory.mktemp("slides")
     make_synthetic_slide(d / "s0_ihc.tiff", size=(4096, 3072), mpp=0.5, levels=3, downsample=2, tissue_class=0)
-    make_synthetic_slide(d / "s1_he.tiff", size=(6000, 4000), mpp=0.25, levels=3, downsample=4, tissue_class=1)
+    make_synthetic_slide(d / "s1_he.tiff", size=(12000, 8000), mpp=0.25, levels=3, downsample=4, tissue_class=1)
     return d
 
 
