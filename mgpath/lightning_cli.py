@@ -34,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    make_cli(argv)
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "mgpath", *argv]  # LightningCLI warns when sys.argv and args differ
+    try:
+        make_cli(argv)
+    finally:
+        sys.argv = saved
     return 0
 
 

@@ -71,6 +71,8 @@ def make_kshot_splits(labels: pd.DataFrame, k: int, n_folds: int = 5, val_frac: 
                 i += 1
             rest = patients[i:]
             n_val = int(round(val_frac * len(rest)))
+            if val_frac > 0 and len(rest) > 1:  # at least one val and one test patient per class
+                n_val = min(max(n_val, 1), len(rest) - 1)
             part["train"] += taken
             part["val"] += [s for p in rest[:n_val] for s in sorted(slides_of[p])]
             part["test"] += [s for p in rest[n_val:] for s in sorted(slides_of[p])]

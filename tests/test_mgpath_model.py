@@ -15,6 +15,14 @@ DESC = {"5x": {"A": "small dark round nuclei", "B": "large pale glands", "C": "s
         "10x": {"A": "dark cells in sheets", "B": "pale cells in glands", "C": "long thin fibroblasts"}}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(classes=("A", "B"), feature_dim=12, **kw):
     torch.manual_seed(0)
     kw.setdefault("n_ctx", 4)
