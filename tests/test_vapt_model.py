@@ -275,3 +275,27 @@ def test_open_clip_tower_prompted(tiny_open_clip):  # noqa: F811
     out.sum().backward()
     assert model.prompts.prompt_embeddings.grad.abs().sum() > 0
     assert all(p.grad is None for p in enc.parameters())
+
+
+@pytest.mark.parametrize("name,img,grid", [("vit_base_patch16_384", 384, 24), ("vit_base_patch14_dinov2", 224, 16),
+                                           ("vit_large_patch16_224", 224, 14)])
+def test_vapt_counts_follow_the_backbone_grid(name, img, grid):
+    n, k, r = 10, 2, 8
+    with torch.device("meta"):
+        model = build_model(name, 10, PromptConfig(method="vapt", num_tokens=n), img_size=img)
+    d, depth = model.backbone.embed_dim, len(model.backbone.blocks)
+    assert model.backbone.grid_size() == (grid, grid)
+    expected = d * n + (depth - 1) * (2 * d + k * k + n * ((grid - k + 1) ** 2 + 1)) + 2 * d * r
+    assert _tuned_without_head(model) == expected
+
+
+def test_full_size_384_forward():
+    torch.manual_seed(0)
+    model = build_model("vit_tiny_patch16_384", num_classes=3, prompt=PromptConfig(method="vapt", num_tokens=2))
+    assert model.backbone.grid_size() == (24, 24)
+    model.eval()
+    _unfuse(model)
+    _randomise_prompts(model)
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference_forward(model, x), atol=1e-5, rtol=0)
