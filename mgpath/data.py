@@ -32,15 +32,27 @@ try:
 except ImportError:  # pragma: no cover
     import pytorch_lightning as pl
 
-from mgpath.granular import grid_neighbours, infer_step, neighbours_from_edges
+from mgpath.features import tile_adjacency
+from mgpath.granular import neighbours_from_edges
 from mgpath.model import Bag
 
 __all__ = ["read_feature_file", "load_bag", "find_feature_file", "read_labels", "read_split_csv",
            "SlideBagDataset", "WSIFeatureDataModule", "collate_slides"]
 
 
+def infer_step(coords: np.ndarray) -> int:
+    """Level-0 tile step when no attribute gives it: the smallest positive spacing of the coordinates along x
+    or y (1 if there is none)."""
+    diffs = []
+    for axis in (0, 1):
+        u = np.unique(coords[:, axis])
+        if len(u) > 1:
+            diffs.append(np.diff(u).min())
+    return int(min(diffs)) if diffs else 1
+
+
 def _step_from_attrs(attrs) -> float | None:
-    for key in ("patch_size_level0", "step_size_level0"):
+    for key in ("step_level0", "patch_size_level0"):
         if key in attrs:
             return float(attrs[key])
     if "patch_size" in attrs and "downsample" in attrs:  # CLAM coords attributes
@@ -106,14 +118,7 @@ def _neighbours(rec: dict, path) -> torch.Tensor:
     if rec["coords"] is None:
         return torch.full((n, 0), -1, dtype=torch.long)
     step = rec["step"] or infer_step(rec["coords"])
-    try:
-        from mgpath.features import tile_adjacency
-    except ImportError:
-        tile_adjacency = None
-    if tile_adjacency is not None:
-        adj = np.asarray(tile_adjacency(rec["coords"], step))
-        return _neighbours({**rec, "adjacency": adj}, path)
-    return grid_neighbours(rec["coords"], step)
+    return torch.from_numpy(tile_adjacency(rec["coords"], step))
 
 
 def load_bag(path: str | os.PathLike, slide_id: str = "", magnification: str = "") -> tuple[Bag, np.ndarray | None]:

@@ -8,7 +8,8 @@ layer over the 4-neighbour tile adjacency, self loop included); with the M learn
 ``Z = LayerNorm((1 - r) A_p + r A_gr + P)``, L2-normalised (``r`` = ``ratio_graph``, default 0.2).
 
 The graph layer is written with plain tensor ops: neighbours are a padded index (N, K) with -1 for "none";
-self loops are always added (the official graph builder dropped neighbour index 0; this one does not).
+self loops are always added. The 4-neighbour index itself comes from :func:`mgpath.features.tile_adjacency`
+(the official graph builder dropped neighbour index 0; that one does not).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from mgpath.text import MLPAdaptor
 
-__all__ = ["GraphAttention", "GranularAttention", "neighbours_from_edges", "grid_neighbours"]
+__all__ = ["GraphAttention", "GranularAttention", "neighbours_from_edges"]
 
 
 def neighbours_from_edges(edges: torch.Tensor | np.ndarray, n: int) -> torch.Tensor:
@@ -48,36 +49,6 @@ def neighbours_from_edges(edges: torch.Tensor | np.ndarray, n: int) -> torch.Ten
     out = torch.full((n, K), -1, dtype=torch.long)
     out[dst, slot] = src
     return out
-
-
-def grid_neighbours(coords: torch.Tensor | np.ndarray, step: float | None = None) -> torch.Tensor:
-    """4-neighbour index (N, 4) of tiles on a grid (-1 where there is no tile), from level-0 coords (N, 2).
-
-    ``step`` is the level-0 distance between neighbouring tiles; inferred from the coordinates when None.
-    """
-    c = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    n = len(c)
-    if n == 0:
-        return torch.full((0, 4), -1, dtype=torch.long)
-    if step is None:
-        step = infer_step(c)
-    step = int(round(step))
-    lookup = {(int(x), int(y)): i for i, (x, y) in enumerate(c)}
-    out = np.full((n, 4), -1, dtype=np.int64)
-    for k, (dx, dy) in enumerate(((-step, 0), (step, 0), (0, -step), (0, step))):
-        for i, (x, y) in enumerate(c):
-            out[i, k] = lookup.get((int(x) + dx, int(y) + dy), -1)
-    return torch.from_numpy(out)
-
-
-def infer_step(coords: np.ndarray) -> int:
-    """Smallest positive spacing of the tile coordinates along x or y (1 if there is none)."""
-    diffs = []
-    for axis in (0, 1):
-        u = np.unique(coords[:, axis])
-        if len(u) > 1:
-            diffs.append(np.diff(u).min())
-    return int(min(diffs)) if diffs else 1
 
 
 class GraphAttention(nn.Module):

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mgpath.granular import GraphAttention, grid_neighbours, neighbours_from_edges
+from mgpath.features import tile_adjacency
+from mgpath.granular import GraphAttention, neighbours_from_edges
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import OTConfig
 from mgpath.text import load_descriptions
@@ -34,7 +35,7 @@ def bag(n=20, d=12, seed=0, side=5):
     g = torch.Generator().manual_seed(seed)
     xy = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(math.ceil(n / side)), indexing="xy"), -1)
     xy = xy.reshape(-1, 2)[:n] * 256
-    return Bag(torch.randn(n, d, generator=g), grid_neighbours(xy, 256))
+    return Bag(torch.randn(n, d, generator=g), torch.from_numpy(tile_adjacency(xy, 256)))
 
 
 def slide(seed=0, n=20, d=12):
@@ -113,7 +114,7 @@ def test_gradients_flow_to_trainable_parts_only():
 def test_graph_attention_equals_dense_computation():
     torch.manual_seed(0)
     coords = torch.tensor([[0, 0], [256, 0], [512, 0], [0, 256], [256, 256], [1024, 1024]])  # last is isolated
-    nb = grid_neighbours(coords, 256)
+    nb = torch.from_numpy(tile_adjacency(coords, 256))
     assert nb.tolist()[0] == [-1, 1, -1, 3]  # neighbour index 0 is kept elsewhere:
     assert 0 in nb[1].tolist() and 0 in nb[3].tolist()
     gat = GraphAttention(6, 5)

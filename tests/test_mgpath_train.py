@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from mgpath.data import WSIFeatureDataModule, find_feature_file, load_bag, read_feature_file, read_split_csv
-from mgpath.granular import grid_neighbours
+from mgpath.features import tile_adjacency
 from mgpath.splits import check_no_leakage, make_kshot_splits, write_split_csv
 
 @pytest.fixture(autouse=True)
@@ -57,7 +57,7 @@ def test_reads_project_clam_and_trident_files(tmp_path):
     rng = np.random.default_rng(0)
     coords = _grid(3)[[0, 1, 2, 3, 4, 6]]  # a hole at grid position 5
     feats = rng.normal(size=(6, D)).astype(np.float32)
-    expected = grid_neighbours(coords, 512)
+    expected = torch.from_numpy(tile_adjacency(coords, 512))
     # this project: features + coords + adjacency (neighbour index)
     with h5py.File(tmp_path / "ours.h5", "w") as h:
         h["features"], h["coords"], h["adjacency"] = feats, coords, expected.numpy()
