@@ -238,28 +238,44 @@ class PromptLearner(nn.Module):
             raise ValueError(f"mgpath/text.py: n_ctx={n_ctx} does not fit the tower's context length {L}")
         texts = [[descriptions[m][c][s % len(descriptions[m][c])] for m in self.magnifications for c in self.classes]
                  for s in range(self.n_sets)]
-        flat = [t for row in texts for t in row]
-        if placement == "insert":
+        self.texts = [t for row in texts for t in row]
+        self._embed(tower)
+        if self.n_ctx:
+            self.ctx = nn.Parameter(torch.randn(self.n_sets, self.n_ctx, W) * ctx_init_std)
+        else:
+            self.register_parameter("ctx", None)
+
+    @torch.no_grad()
+    def _embed(self, tower: TextTower) -> None:
+        """(Re)build the prompt buffers from the descriptions with the tower's token embeddings."""
+        W, L = tower.width, tower.context_length
+        flat = self.texts
+        if self.placement == "insert":
             flat = [" ".join(["X"] * self.n_ctx) + " " + t for t in flat]
         tokens = tower.tokenize(flat)  # (S*P, L)
         eot = tower.eot_token_id
         eot_index = (tokens == eot).int().argmax(-1)
         if not (tokens[torch.arange(len(tokens)), eot_index] == eot).all():
             raise ValueError("mgpath/text.py: tokenizer output has no end-of-text token")
-        with torch.no_grad():
-            emb = tower.token_embedding(tokens)
-            if placement == "official":  # token + position embeddings, the context overwrites tokens 1..n_ctx
-                emb = emb + tower.positional_embedding
+        emb = tower.token_embedding(tokens)
+        if self.placement == "official":  # token + position embeddings, the context overwrites tokens 1..n_ctx
+            emb = emb + tower.positional_embedding
         P = len(self.magnifications) * len(self.classes)
         emb = emb.reshape(self.n_sets, P, L, W)
-        self.register_buffer("token_prefix", emb[:, :, :1].clone())
-        self.register_buffer("token_suffix", emb[:, :, 1 + self.n_ctx:].clone())
-        self.register_buffer("eot_index", eot_index.reshape(self.n_sets, P).clone())
-        self.register_buffer("positional_embedding", tower.positional_embedding.detach().clone(), persistent=False)
-        if self.n_ctx:
-            self.ctx = nn.Parameter(torch.randn(self.n_sets, self.n_ctx, W) * ctx_init_std)
+        for name, value in (("token_prefix", emb[:, :, :1].clone()), ("token_suffix", emb[:, :, 1 + self.n_ctx:].clone()),
+                            ("eot_index", eot_index.reshape(self.n_sets, P).clone())):
+            if hasattr(self, name) and name in self._buffers:
+                self._buffers[name] = value.to(self._buffers[name].device)
+            else:
+                self.register_buffer(name, value)
+        if "positional_embedding" in self._buffers:
+            self._buffers["positional_embedding"] = tower.positional_embedding.detach().clone()
         else:
-            self.register_parameter("ctx", None)
+            self.register_buffer("positional_embedding", tower.positional_embedding.detach().clone(), persistent=False)
+
+    def refresh(self, tower: TextTower) -> None:
+        """Re-embed the descriptions after the tower's token/position embeddings were replaced."""
+        self._embed(tower)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         S, P = self.token_prefix.shape[:2]

@@ -1,0 +1,232 @@
+"""Import checkpoints of the official MGPATH code (HauschildLab/MGPATH) into :class:`mgpath.model.MGPATH`.
+
+Two official layouts are understood (reference: shared/reference/mgpath.md section 6):
+
+- a fine-tuned MGPATH ``state_dict`` (``s_{fold}_checkpoint.pt``): ``prompt_learner.{ctx,token_prefix,
+  token_suffix}``, ``text_encoder.transformer.layers.*`` (HF CLIP text encoder naming),
+  ``text_encoder.final_layer_norm.*``, ``text_encoder.proj.linear{1,2}.*`` (TextMLP), ``ImageMLP.linear{1,2}.*``,
+  ``logit_scale``, ``norm.*``, ``learnable_image_center`` (M, 1, D), ``graph.{lin|lin_src/lin_dst}.weight``
+  (both PyG namings), ``graph.att_src``, ``graph.att_dst`` (1, 1, D), ``graph.bias``;
+- the PLIP-G alignment checkpoint (``ProjectorPLIP``, under ``model_state_dict``): ``ImageMLP.*``,
+  ``TextMLP.*``, ``temperature`` and the whole HF ``CLIPModel`` under ``text_model.*`` (token and position
+  embeddings included).
+
+``compat=True`` builds the model with ``placement="official"`` (context vectors overwrite description tokens
+1..n_ctx, no position embedding on them; the checkpoint's ``token_prefix``/``token_suffix`` buffers are used as
+they are) and the official OT stopping rule (``ot backend "plot"``), so an official checkpoint gives the
+official outputs. ``compat=False`` re-tokenises the descriptions with the correct insertion (needs the token
+embeddings, i.e. the alignment checkpoint or a fine-tuned checkpoint plus ``--alignment``).
+
+``mgpath import-official --checkpoint s_0_checkpoint.pt --descriptions prompts.csv --classes LUAD LUSC
+--out mgpath_fold0.pt`` writes ``{"state_dict", "config"}``: load it with :func:`load_converted`, or use
+``config`` as the model block and the file as ``model.init_checkpoint``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mgpath.model import MGPATH, build_mgpath
+from mgpath.ot import OTConfig
+from mgpath.text import load_state_dict_file
+
+__all__ = ["hf_text_to_open_clip", "convert_official", "load_converted", "main"]
+
+_HF_LAYER = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(.+)$")
+_LAYER_MAP = {"layer_norm1.weight": "ln_1.weight", "layer_norm1.bias": "ln_1.bias",
+              "layer_norm2.weight": "ln_2.weight", "layer_norm2.bias": "ln_2.bias",
+              "mlp.fc1.weight": "mlp.c_fc.weight", "mlp.fc1.bias": "mlp.c_fc.bias",
+              "mlp.fc2.weight": "mlp.c_proj.weight", "mlp.fc2.bias": "mlp.c_proj.bias",
+              "self_attn.out_proj.weight": "attn.out_proj.weight", "self_attn.out_proj.bias": "attn.out_proj.bias"}
+
+
+def hf_text_to_open_clip(layers: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """HF CLIP text-encoder layers (``{prefix}layers.i.self_attn.q_proj.weight`` ...) -> open_clip
+    ``transformer.resblocks.i.*`` (q/k/v concatenated into ``in_proj``)."""
+    out, qkv = {}, {}
+    for k, v in layers.items():
+        if not k.startswith(prefix):
+            continue
+        m = _HF_LAYER.match(k[len(prefix):])
+        if not m:
+            continue
+        i, rest = int(m.group(1)), m.group(2)
+        if rest in _LAYER_MAP:
+            out[f"transformer.resblocks.{i}.{_LAYER_MAP[rest]}"] = v
+        elif rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+            _, proj, kind = rest.split(".")
+            qkv.setdefault((i, kind), {})[proj[0]] = v
+    for (i, kind), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise KeyError(f"mgpath/official.py: layer {i} lacks one of q/k/v_proj.{kind}")
+        out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def _strip(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def convert_official(checkpoint: dict, alignment: dict | None = None, heads: int | None = None) -> tuple[dict, dict]:
+    """Official state dict(s) -> (state dict of :class:`MGPATH` with ``placement="official"``, model settings).
+
+    Parameters
+    ----------
+    checkpoint : a fine-tuned MGPATH state dict, or the PLIP-G alignment state dict.
+    alignment : optionally the alignment state dict too (gives the token/position embeddings).
+    heads : attention heads of the text tower (default width // 64, as CLIP).
+
+    Returns
+    -------
+    ``(state_dict, settings)``; settings has ``feature_dim``, ``embed_dim``, ``n_ctx``, ``n_sets``,
+    ``n_prompts``, ``text_model_cfg``, ``quick_gelu`` and (fine-tuned only) ``rows`` = prompt rows.
+    """
+    sd = dict(checkpoint)
+    finetuned = "prompt_learner.ctx" in sd
+    aligned = alignment if alignment is not None else (None if finetuned else sd)
+    if not finetuned and "ImageMLP.linear1.weight" not in sd:
+        raise KeyError("mgpath/official.py: not an official MGPATH checkpoint (no prompt_learner.ctx or "
+                       f"ImageMLP.linear1.weight among keys such as {list(sd)[:5]})")
+    out: dict[str, torch.Tensor] = {}
+    for i in (1, 2):
+        for t in ("weight", "bias"):
+            out[f"visual.adaptor.linear{i}.{t}"] = sd[f"ImageMLP.linear{i}.{t}"]
+            text_key = f"text_encoder.proj.linear{i}.{t}" if finetuned else f"TextMLP.linear{i}.{t}"
+            out[f"text.adaptor.linear{i}.{t}"] = sd[text_key]
+    if finetuned:
+        tower = hf_text_to_open_clip(sd, "text_encoder.transformer.")
+        tower.update({f"ln_final.{t}": sd[f"text_encoder.final_layer_norm.{t}"] for t in ("weight", "bias")})
+        out["logit_scale"] = sd["logit_scale"].reshape(1)
+        out["visual.norm.weight"], out["visual.norm.bias"] = sd["norm.weight"], sd["norm.bias"]
+        center = sd["learnable_image_center"]
+        out["visual.prompts"] = center.reshape(center.shape[0], -1)
+        lin = sd.get("graph.lin.weight", sd.get("graph.lin_src.weight"))
+        if lin is None:
+            raise KeyError("mgpath/official.py: no graph.lin.weight / graph.lin_src.weight in the checkpoint")
+        if "graph.lin_dst.weight" in sd and not torch.equal(sd["graph.lin_dst.weight"], lin):
+            raise ValueError("mgpath/official.py: graph.lin_src and graph.lin_dst differ; GATConv shares them")
+        out["visual.graph.lin.weight"] = lin
+        out["visual.graph.att_src"] = sd["graph.att_src"].reshape(-1)
+        out["visual.graph.att_dst"] = sd["graph.att_dst"].reshape(-1)
+        out["visual.graph.bias"] = sd["graph.bias"]
+        ctx = sd["prompt_learner.ctx"]
+        n_sets, n_ctx, width = ctx.shape
+        prefix, suffix = sd["prompt_learner.token_prefix"], sd["prompt_learner.token_suffix"]
+        rows = prefix.shape[0] // n_sets
+        out["text.prompts.ctx"] = ctx
+        out["text.prompts.token_prefix"] = prefix.reshape(n_sets, rows, 1, width)
+        out["text.prompts.token_suffix"] = suffix.reshape(n_sets, rows, suffix.shape[1], width)
+        context_length = 1 + n_ctx + suffix.shape[1]
+    else:
+        tower = {}
+        out["logit_scale"] = sd["temperature"].reshape(1)
+        n_sets = n_ctx = rows = None
+    if aligned is not None:
+        hf = _strip(aligned, "text_model.text_model.")
+        emb = {"token_embedding.weight": hf["embeddings.token_embedding.weight"],
+               "positional_embedding": hf["embeddings.position_embedding.weight"]}
+        if not tower:
+            tower = hf_text_to_open_clip(hf, "encoder.")
+            tower.update({f"ln_final.{t}": hf[f"final_layer_norm.{t}"] for t in ("weight", "bias")})
+        tower.update(emb)
+        context_length = emb["positional_embedding"].shape[0]
+        if "temperature" in aligned and not finetuned:
+            out["logit_scale"] = aligned["temperature"].reshape(1)
+    out.update({f"text.tower.{k}": v for k, v in tower.items()})
+    width = tower["ln_final.weight"].shape[0]
+    n_layers = 1 + max(int(k.split(".")[2]) for k in tower if k.startswith("transformer.resblocks."))
+    vocab = tower["token_embedding.weight"].shape[0] if "token_embedding.weight" in tower else 49408
+    settings = {
+        "feature_dim": int(out["visual.adaptor.linear1.weight"].shape[1]),
+        "embed_dim": int(out["visual.adaptor.linear2.weight"].shape[0]),
+        "image_adaptor_hidden": int(out["visual.adaptor.linear1.weight"].shape[0]),
+        "text_adaptor_hidden": int(out["text.adaptor.linear1.weight"].shape[0]),
+        "quick_gelu": True,
+        "text_model_cfg": {"embed_dim": width, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                                              "head_width": 16, "patch_size": 16},
+                           "text_cfg": {"context_length": int(context_length), "vocab_size": int(vocab),
+                                        "width": int(width), "heads": int(heads or max(1, width // 64)),
+                                        "layers": int(n_layers)}},
+    }
+    if finetuned:
+        settings.update(n_ctx=int(n_ctx), n_sets=int(n_sets), n_prompts=int(out["visual.prompts"].shape[0]),
+                        rows=int(rows))
+    return out, settings
+
+
+def load_converted(state_dict: dict, settings: dict, descriptions, classes: list[str],
+                   magnifications: list[str] = ("5x", "10x"), compat: bool = True) -> MGPATH:
+    """Build an :class:`MGPATH` from :func:`convert_official` output.
+
+    With ``compat`` the model uses the official context placement and OT stopping rule and takes the prompt
+    buffers from the checkpoint; the descriptions are only tokenised to find the end-of-text positions (they
+    must be the prompts the checkpoint was trained with, in the official order).
+    """
+    kw = {k: settings[k] for k in ("feature_dim", "embed_dim", "image_adaptor_hidden", "text_adaptor_hidden",
+                                   "quick_gelu", "text_model_cfg")}
+    for k in ("n_ctx", "n_sets", "n_prompts"):
+        if k in settings:
+            kw[k] = settings[k]
+    ot = OTConfig(backend="plot") if compat else OTConfig()
+    model = build_mgpath(descriptions, list(classes), magnifications=list(magnifications), ot=ot,
+                         placement="official" if compat else "insert", **kw)
+    sd = dict(state_dict)
+    if not compat:
+        for k in ("text.prompts.token_prefix", "text.prompts.token_suffix"):
+            sd.pop(k, None)
+        if "text.tower.token_embedding.weight" not in sd:
+            raise KeyError("mgpath/official.py: compat=False re-embeds the descriptions and needs the token "
+                           "embeddings; pass the PLIP-G alignment checkpoint as well (--alignment)")
+    elif "text.prompts.token_prefix" in sd:
+        rows = model.text.prompts.token_prefix.shape[1]
+        if sd["text.prompts.token_prefix"].shape[1] != rows:
+            raise ValueError(f"mgpath/official.py: the checkpoint has {sd['text.prompts.token_prefix'].shape[1]} "
+                             f"prompt rows but {len(magnifications)} magnifications x {len(classes)} classes = "
+                             f"{rows}; check --classes and --descriptions")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    allowed = ("text.tower.token_embedding", "text.tower.positional_embedding", "text.prompts.token_",
+               "text.prompts.eot_index")
+    bad = [k for k in missing if not k.startswith(allowed)]
+    if bad or unexpected:
+        raise KeyError(f"mgpath/official.py: converted weights do not fit the model: missing {bad[:5]}, "
+                       f"unexpected {unexpected[:5]}")
+    if not compat:
+        model.text.prompts.refresh(model.text.tower)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mgpath import-official", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="official fine-tuned (s_k_checkpoint.pt) or alignment file")
+    ap.add_argument("--alignment", default=None, help="PLIP-G alignment checkpoint (token/position embeddings)")
+    ap.add_argument("--descriptions", required=True, help="prompt file used in training (official CSV or JSON)")
+    ap.add_argument("--classes", nargs="+", required=True, help="class names in label order, e.g. LUAD LUSC")
+    ap.add_argument("--magnifications", nargs="+", default=["5x", "10x"])
+    ap.add_argument("--heads", type=int, default=None, help="text attention heads (default width // 64)")
+    ap.add_argument("--no-compat", action="store_true", help="use the correct context insertion instead")
+    ap.add_argument("--out", required=True, help="output .pt with {'state_dict', 'config'}")
+    a = ap.parse_args(argv)
+    ckpt = load_state_dict_file(a.checkpoint)
+    align = load_state_dict_file(a.alignment) if a.alignment else None
+    sd, settings = convert_official(ckpt, align, a.heads)
+    model = load_converted(sd, settings, a.descriptions, a.classes, a.magnifications, compat=not a.no_compat)
+    config = {k: v for k, v in settings.items() if k != "rows"}
+    config.update(descriptions=a.descriptions, placement="official" if not a.no_compat else "insert",
+                  ot_backend="plot" if not a.no_compat else "torch", text_model="custom")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save({"state_dict": model.state_dict(), "config": config}, tmp)
+    os.replace(tmp, out)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"wrote {out}: {len(model.state_dict())} tensors, {n} trainable parameters")
+    print("model settings:", json.dumps(config))
+    return 0
