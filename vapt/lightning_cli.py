@@ -1,0 +1,141 @@
+"""`vapt fit|validate|test|predict`: LightningCLI over `PromptTuningModule` and the vapt DataModules.
+
+- ``num_classes`` and ``img_size`` are linked from the DataModule to the model.
+- Unless ``--trainer.logger`` is given, a CSV and a TensorBoard logger write into the same folder,
+  ``<default_root_dir>/<task>/<method>/version_<n>/`` (``metrics.csv``, TensorBoard events, ``config.yaml``,
+  ``checkpoints/``).
+- ``--result_json PATH`` writes the final metrics of the subcommand (rank 0, atomically).
+
+Multi-GPU / multi-node runs come from Lightning: ``--trainer.devices 4 --trainer.strategy ddp``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningCLI
+
+from vapt.data.base import ClassificationDataModule, atomic_write_text
+from vapt.module import PromptTuningModule
+
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+_VERSION_ENV = "VAPT_LOG_VERSION"
+
+
+def method_label(model_args: Any) -> str:
+    """``vpt`` + ``deep`` -> ``vpt_deep`` / ``vpt_shallow``; other methods keep their name."""
+    get = model_args.get if hasattr(model_args, "get") else lambda k, d=None: getattr(model_args, k, d)
+    method = get("method", "vapt")
+    if method == "vpt":
+        return "vpt_deep" if get("deep", True) else "vpt_shallow"
+    return method
+
+
+def experiment_name(config: Namespace) -> str:
+    """``<task>/<method>`` from a parsed config (``task`` or ``dataset`` of the data, else the class name)."""
+    data = config.get("data") or Namespace()
+    init = data.get("init_args") or Namespace()
+    task = init.get("task") or init.get("dataset") or str(data.get("class_path", "data")).rsplit(".", 1)[-1]
+    model_init = (config.get("model") or Namespace()).get("init_args") or Namespace()
+    return f"{task}/{method_label(model_init)}"
+
+
+def _next_version(folder: Path) -> int:
+    versions = [int(p.name.split("_", 1)[1]) for p in folder.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
+    return max(versions, default=-1) + 1
+
+
+def _default_loggers(save_dir: str, name: str) -> list[Namespace]:
+    version = os.environ.get(_VERSION_ENV)
+    if version is None:
+        version = str(_next_version(Path(save_dir) / name))
+        os.environ[_VERSION_ENV] = version  # DDP children re-run this CLI and inherit it
+    kw = Namespace(save_dir=save_dir, name=name, version=int(version))
+    return [
+        Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=kw.clone()),
+        Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=kw.clone()),
+    ]
+
+
+class VaptCLI(LightningCLI):
+    """LightningCLI with data -> model links, default CSV + TensorBoard loggers and ``--result_json``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.img_size", "model.init_args.img_size", apply_on="instantiate")
+        parser.add_argument("--result_json", type=Optional[str], default=None,
+                            help="write the subcommand's final metrics to this JSON file")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if trainer.get("logger") in (None, True):
+            root = trainer.get("default_root_dir") or "runs"
+            trainer.logger = _default_loggers(str(root), experiment_name(config))
+
+    def _write_result(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        path = config.get("result_json")
+        if not path or not self.trainer.is_global_zero:
+            return
+        write_result(path, self.trainer, self.model, extra={"subcommand": self.subcommand})
+
+    after_fit = _write_result
+    after_validate = _write_result
+    after_test = _write_result
+
+
+def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, extra: Optional[dict] = None) -> dict:
+    """Write ``trainer.callback_metrics`` plus run facts to ``path`` (atomic). Returns the dict."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or getattr(
+        trainer.checkpoint_callback, "best_model_path", "")
+    result = {
+        "metrics": metrics,
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "effective_lr": model.effective_lr,
+        "world_size": trainer.world_size,
+        "checkpoint": ckpt or None,
+        **(extra or {}),
+    }
+    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def build_cli(argv: list[str], run: bool = True) -> VaptCLI:
+    """Construct the CLI (``run=False``: instantiate model, data and trainer only; argv has no subcommand)."""
+    return VaptCLI(
+        PromptTuningModule,
+        ClassificationDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``argv[0]`` is ``fit`` | ``validate`` | ``test`` | ``predict``; the rest are LightningCLI options."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    owns_version = _VERSION_ENV not in os.environ
+    try:
+        build_cli(argv, run=True)
+    finally:
+        if owns_version:
+            os.environ.pop(_VERSION_ENV, None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""`PromptTuningModule`: the LightningModule that trains a `PromptedViT` with the official recipe.
+
+Optimisation (official VPT / VAPT defaults): SGD with momentum 0.9, weight decay on prompts and the head
+weight but not the head bias, linear warmup + cosine decay stepped once per epoch (so epoch 0 runs at
+lr = 0), learning rate given as a *base* rate scaled by ``global_batch / 256``, cross-entropy loss, top-1
+accuracy. Checkpoints hold only the trainable tensors (prompts + head) plus the hyper-parameters that
+rebuild the model, so a ViT-B/16 VAPT checkpoint is a few hundred kB instead of 340 MB.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from vapt.model import PromptedViT, build_model
+from vapt.prompts import PromptConfig
+
+CHECKPOINT_FORMAT = "vapt-trainable-v1"
+
+
+def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
+    """LR multiplier of the official ``WarmupCosineSchedule`` (cycles = 0.5).
+
+    ``step / warmup`` for ``step < warmup`` (0 at step 0), then ``0.5 (1 + cos(pi (step - warmup) / (total - warmup)))``.
+    """
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class PromptTuningModule(pl.LightningModule):
+    """Train a `PromptedViT` (linear probe, full fine-tuning, VPT shallow/deep, VAPT).
+
+    Parameters
+    ----------
+    num_classes : int
+        Linked from the DataModule by the CLI.
+    backbone, checkpoint, img_size, backbone_kwargs
+        Passed to :func:`vapt.build_model`: timm / open_clip name, local weights file, input size
+        (linked from the DataModule), extra timm keywords (e.g. a tiny ``depth`` for tests).
+    method, num_tokens, deep, dropout, project, kernel_size, hidden_dim, mlp_dropout, conv_dropout,
+    share_projector, vpt_depth
+        Fields of :class:`vapt.PromptConfig`; ``prompt_kwargs`` sets any other field.
+    optimizer : {"sgd", "adamw"}
+    lr : float
+        Base learning rate; the optimiser uses ``lr * global_batch / 256`` when ``scale_lr`` (VAPT
+        ``train.py`` and both tune scripts), ``lr`` itself otherwise (VPT ``train.py``).
+    weight_decay, momentum : float
+    no_decay : {"auto", "head_bias", "biases_and_norms", "none"}
+        Tensors without weight decay. ``auto``: the official choice, the head bias for SGD, biases and
+        norm parameters for AdamW.
+    warmup_epochs : int
+    schedule : {"cosine", "constant"}
+    schedule_interval : {"epoch", "step"}
+        ``epoch`` is the official semantics (one scheduler step per epoch, epoch 0 at lr 0).
+    label_smoothing : float
+    store_frozen : bool, optional
+        Also store the frozen backbone in checkpoints. Default (None): only when ``checkpoint`` is None, i.e.
+        when the backbone is a random initialisation that could not be rebuilt from a file.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 100,
+        backbone: str = "vit_base_patch16_224",
+        checkpoint: Optional[str] = None,
+        img_size: int = 224,
+        backbone_kwargs: Optional[dict[str, Any]] = None,
+        method: Literal["linear", "full", "vpt", "vapt"] = "vapt",
+        num_tokens: int = 10,
+        deep: bool = True,
+        dropout: float = 0.0,
+        project: int = -1,
+        kernel_size: int = 2,
+        hidden_dim: int = 8,
+        mlp_dropout: float = 0.1,
+        conv_dropout: float = 0.1,
+        share_projector: bool = True,
+        vpt_depth: int = 1,
+        prompt_kwargs: Optional[dict[str, Any]] = None,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.01,
+        scale_lr: bool = True,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        no_decay: Literal["auto", "head_bias", "biases_and_norms", "none"] = "auto",
+        warmup_epochs: int = 10,
+        schedule: Literal["cosine", "constant"] = "cosine",
+        schedule_interval: Literal["epoch", "step"] = "epoch",
+        label_smoothing: float = 0.0,
+        store_frozen: Optional[bool] = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.prompt_config = PromptConfig(
+            method=method, num_tokens=num_tokens, deep=deep, dropout=dropout, project=project,
+            kernel_size=kernel_size, hidden_dim=hidden_dim, mlp_dropout=mlp_dropout, conv_dropout=conv_dropout,
+            share_projector=share_projector, vpt_depth=vpt_depth, **(prompt_kwargs or {}),
+        )
+        self.model: PromptedViT = build_model(
+            backbone, num_classes=num_classes, prompt=self.prompt_config, checkpoint=checkpoint,
+            img_size=img_size, **(backbone_kwargs or {}),
+        )
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.effective_lr: Optional[float] = None
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> logits (B, num_classes)."""
+        return self.model(images)
+
+    def _shared_step(self, batch, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+        images, labels = batch
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        metric(logits.detach(), labels)
+        bs = labels.shape[0]
+        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True, batch_size=bs,
+                 prog_bar=stage != "train")
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, batch_size=bs, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test", self.test_acc)
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        probs = self.model(images).softmax(-1)
+        return {"pred": probs.argmax(-1), "probs": probs}
+
+    def on_train_epoch_start(self) -> None:
+        opt = self.optimizers(use_pl_optimizer=False)
+        self.log("lr", opt.param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=1)
+
+    # ------------------------------------------------------------------ optimisation
+    def global_batch_size(self) -> int:
+        """Images per optimiser step over all devices: ``batch_size x world_size x accumulate``."""
+        trainer = self.trainer
+        dm = getattr(trainer, "datamodule", None)
+        bs = getattr(dm, "batch_size", None)
+        if bs is None:
+            raise ValueError("PromptTuningModule: cannot find the batch size (the DataModule has no batch_size); "
+                             "set scale_lr: false and give the actual lr.")
+        return int(bs) * trainer.world_size * trainer.accumulate_grad_batches
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Two groups of trainable tensors: with and without weight decay (see ``no_decay``)."""
+        rule = self.hparams.no_decay
+        if rule == "auto":
+            rule = "head_bias" if self.hparams.optimizer == "sgd" else "biases_and_norms"
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if rule == "head_bias":
+                skip = name == "head.bias"
+            elif rule == "biases_and_norms":
+                skip = name.endswith(".bias") or p.ndim == 1 and "norm" in name.lower()
+            else:
+                skip = False
+            (no_decay if skip else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        lr = hp.lr * self.global_batch_size() / 256 if hp.scale_lr else hp.lr
+        self.effective_lr = lr
+        groups = self.param_groups()
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum)
+        else:
+            opt = torch.optim.AdamW(groups, lr=lr)
+        if hp.schedule == "constant":
+            return opt
+        if hp.schedule_interval == "epoch":
+            total = self.trainer.max_epochs
+            if total is None or total < 1:
+                raise ValueError("The cosine schedule needs trainer.max_epochs >= 1 (official: 100); "
+                                 f"got {total}. Set --trainer.max_epochs.")
+            warmup = hp.warmup_epochs
+        else:
+            total = int(self.trainer.estimated_stepping_batches)
+            steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+            warmup = hp.warmup_epochs * steps_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine_factor(s, warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": hp.schedule_interval}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_keys(self) -> list[str]:
+        return [f"model.{k}" for k in self.model.trainable_state_dict()]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trainable tensors (the frozen backbone is rebuilt from ``backbone`` / ``checkpoint``)."""
+        store_frozen = self.hparams.store_frozen
+        if store_frozen is None:
+            store_frozen = self.hparams.checkpoint is None
+        if not store_frozen:
+            keys = set(self.trainable_keys())
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+        checkpoint["vapt"] = {
+            "format": CHECKPOINT_FORMAT,
+            "trainable_only": not store_frozen,
+            "prompt_config": self.prompt_config.to_dict(),
+            "backbone": self.hparams.backbone,
+            "backbone_checkpoint": self.hparams.checkpoint,
+            "num_classes": self.hparams.num_classes,
+            "effective_lr": self.effective_lr,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Complete a trainable-only state dict with this module's frozen backbone; refuse mismatches."""
+        meta = checkpoint.get("vapt", {})
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            return
+        sd = checkpoint["state_dict"]
+        own = self.state_dict()
+        expected = set(self.trainable_keys())
+        missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - set(own))
+        if missing or unexpected:
+            raise KeyError(
+                f"Checkpoint does not fit this model (method {self.prompt_config.method!r}, backbone "
+                f"{self.hparams.backbone!r}): missing {missing[:5]}, unexpected {unexpected[:5]}. Build the model "
+                "with the checkpoint's hyper-parameters (PromptTuningModule.load_from_checkpoint does)."
+            )
+        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
+        if bad:
+            raise KeyError(f"Checkpoint tensors have the wrong shapes for this model: {bad[:5]}")
+        checkpoint["state_dict"] = {**{k: v for k, v in own.items() if k not in sd}, **sd}
+
+
+def load_trained_model(path: str, map_location: str | torch.device = "cpu", **overrides) -> PromptedViT:
+    """Rebuild a trained `PromptedViT` from a checkpoint written by `PromptTuningModule`.
+
+    ``overrides`` replace saved hyper-parameters, e.g. ``checkpoint="/new/place/ViT-B_16.npz"`` when the
+    backbone weights moved. Returns the model in eval mode.
+    """
+    module = PromptTuningModule.load_from_checkpoint(path, map_location=map_location, **overrides)
+    return module.model.eval()
