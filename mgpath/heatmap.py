@@ -61,7 +61,8 @@ def draw_heatmaps(thumbnail: np.ndarray, slide_dims: tuple[int, int], scores: di
                   tile_level0: dict[str, float], classes: list[str], out: str | os.PathLike, title: str = "") -> Path:
     """Draw attention and per-class transport maps over the thumbnail into one PNG (written atomically).
 
-    Rows: magnifications; columns: attention, then one map per class.
+    Rows: magnifications; columns: attention, then one map per class showing the class's transport score
+    minus the average over classes (where the tile pulls towards that class), each scaled to [0, 1].
     """
     import matplotlib
 
@@ -75,7 +76,8 @@ def draw_heatmaps(thumbnail: np.ndarray, slide_dims: tuple[int, int], scores: di
     for r, m in enumerate(mags):
         s = scores[m]
         maps = [("attention", s["attention"], "viridis")]
-        maps += [(f"{c} (p={s['probs'][i]:.2f})", s["transport"][i], "magma") for i, c in enumerate(classes)]
+        contrast = s["transport"] - s["transport"].mean(0, keepdims=True)  # class c vs the class average
+        maps += [(f"{c} (p={s['probs'][i]:.2f})", contrast[i], "magma") for i, c in enumerate(classes)]
         for col, (name, vals, cmap) in enumerate(maps):
             v = np.asarray(vals, dtype=np.float64)
             lo, hi = np.nanmin(v), np.nanmax(v)

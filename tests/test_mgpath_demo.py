@@ -1,0 +1,62 @@
+"""Heatmap scores and the end-to-end demo (generated slides -> tiles -> features -> fit -> test -> heatmap)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mgpath.features import tile_adjacency
+from mgpath.heatmap import draw_heatmaps, heatmap_scores
+from mgpath.model import Bag, build_mgpath
+from mgpath.ot import ot_similarity
+
+DESC = {"5x": {"A": "dark nuclei", "B": "pale glands"}, "10x": {"A": "dark cells", "B": "pale cells"}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_heatmap_scores_add_up_to_the_ot_similarity(tmp_path):
+    torch.manual_seed(0)
+    model = build_mgpath(DESC, ["A", "B"], 12, embed_dim=16, text_model="mgpath-tiny", n_ctx=4, n_sets=2, n_prompts=8)
+    xy = {"5x": np.stack(np.meshgrid(np.arange(3), np.arange(3)), -1).reshape(-1, 2) * 512,
+          "10x": np.stack(np.meshgrid(np.arange(6), np.arange(6)), -1).reshape(-1, 2) * 256}
+    bags = {m: Bag(torch.randn(len(c), 12), torch.from_numpy(tile_adjacency(c, 512 if m == "5x" else 256)))
+            for m, c in xy.items()}
+    scores = heatmap_scores(model, bags)
+    with torch.no_grad():
+        text = model.text()
+        for m in ("5x", "10x"):
+            s = scores[m]
+            assert s["attention"].shape == (len(xy[m]),) and s["transport"].shape == (2, len(xy[m]))
+            np.testing.assert_allclose(s["attention"].sum(), 1.0, rtol=1e-5)  # mean of M softmax rows
+            sim = ot_similarity(model.visual(bags[m].features, bags[m].neighbours)[None], text[m])[0]
+            np.testing.assert_allclose(s["transport"].sum(1), sim.numpy(), rtol=1e-4, atol=1e-5)
+    thumb = np.full((96, 128, 3), 255, np.uint8)
+    png = draw_heatmaps(thumb, (3072, 2304), scores, xy, {"5x": 512, "10x": 256}, ["A", "B"], tmp_path / "h.png")
+    from PIL import Image
+    im = Image.open(png)
+    assert im.size[0] > 300 and im.size[1] > 200
+
+
+def test_demo_end_to_end(tmp_path):
+    from mgpath.demo import run_demo
+    from mgpath.heatmap import main as heatmap_main
+    res = run_demo(tmp_path / "demo", slides_per_class=5, shots=2, epochs=3, size=(2048, 1536), log=lambda *a: None)
+    t = res["test"]
+    assert set(t) >= {"auc", "f1", "acc"} and all(0 <= t[k] <= 1 for k in ("auc", "f1", "acc"))
+    assert res["n_train"] == 4 and res["n_test"] > 0
+    saved = json.loads((tmp_path / "demo" / "demo_result.json").read_text())
+    assert saved["test"] == t
+    assert (tmp_path / "demo" / "heatmaps").is_dir() and res["heatmap"].endswith(".png")
+    # the heatmap command on the trained checkpoint
+    sid = "class_b_00"
+    rc = heatmap_main(["--ckpt", res["checkpoint"], "--slide", str(tmp_path / "demo" / "slides" / f"{sid}.tiff"),
+                       "--features-root", str(tmp_path / "demo" / "features"), "--out", str(tmp_path / "h.png"),
+                       "--max-size", "256"])
+    assert rc == 0 and (tmp_path / "h.png").stat().st_size > 1000
