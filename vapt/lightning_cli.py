@@ -73,6 +73,8 @@ class VaptCLI(LightningCLI):
         parser.link_arguments("data.img_size", "model.init_args.img_size", apply_on="instantiate")
         parser.add_argument("--result_json", type=Optional[str], default=None,
                             help="write the subcommand's final metrics to this JSON file")
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="after fit, test the last-epoch model (the official protocol reports it)")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -81,14 +83,23 @@ class VaptCLI(LightningCLI):
             root = trainer.get("default_root_dir") or "runs"
             trainer.logger = _default_loggers(str(root), experiment_name(config))
 
+    def _config(self) -> Namespace:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def after_fit(self) -> None:
+        if self._config().get("test_after_fit"):
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+            if self.trainer.is_global_zero:
+                acc = self.trainer.callback_metrics.get("test/acc")
+                print(f"test/acc = {float(acc):.4f} (last-epoch model, {self.trainer.current_epoch} epochs)")
+        self._write_result()
+
     def _write_result(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        path = config.get("result_json")
+        path = self._config().get("result_json")
         if not path or not self.trainer.is_global_zero:
             return
         write_result(path, self.trainer, self.model, extra={"subcommand": self.subcommand})
 
-    after_fit = _write_result
     after_validate = _write_result
     after_test = _write_result
 

@@ -10,7 +10,8 @@ from vapt.data.transforms import vtab_transform
 
 
 class DemoShapesDataModule(ClassificationDataModule):
-    """Coloured shapes (class = shape) on noisy backgrounds; nothing to download.
+    """Generated images, nothing to download: oriented textures (``kind="patterns"``, class = pattern) or
+    coloured shapes on noisy backgrounds (``kind="shapes"``, class = shape).
 
     Parameters
     ----------
@@ -33,6 +34,7 @@ class DemoShapesDataModule(ClassificationDataModule):
         test_size: int = 400,
         image_pixels: int = 32,
         data_seed: int = 0,
+        kind: Literal["shapes", "patterns"] = "patterns",
         train_split: Literal["train800", "train800val200"] = "train800",
         val_split: Optional[Literal["val200"]] = "val200",
         test_split: Optional[Literal["test"]] = "test",
@@ -48,17 +50,19 @@ class DemoShapesDataModule(ClassificationDataModule):
         self.sizes = {"train800": train_size, "val200": val_size, "test": test_size}
         self.image_pixels = image_pixels
         self.data_seed = data_seed
+        self.kind = kind
         self.root = root
         self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": test_split}
 
     @property
     def task_dir(self) -> Path:
         s = self.sizes
-        name = f"c{self.num_classes}_n{s['train800']}-{s['val200']}-{s['test']}_p{self.image_pixels}_s{self.data_seed}"
+        name = f"{self.kind}_c{self.num_classes}_n{s['train800']}-{s['val200']}-{s['test']}_p{self.image_pixels}_s{self.data_seed}"
         return Path(self.root).expanduser() / name
 
     def prepare_data(self) -> None:
-        write_shapes_vtab(self.task_dir, self.num_classes, self.sizes, self.image_pixels, self.data_seed)
+        write_shapes_vtab(self.task_dir, self.num_classes, self.sizes, self.image_pixels, self.data_seed,
+                          self.kind)
 
     def _split_name(self, which: str) -> Optional[str]:
         return self.splits[which]

@@ -54,6 +54,39 @@ def draw_shape(rng: np.random.Generator, shape: int, size: int = 32) -> Image.Im
     return img
 
 
+CLASS_HUES = ((230, 40, 40), (40, 200, 40), (50, 80, 240), (230, 210, 40), (200, 60, 220), (40, 210, 220))
+PATTERNS = ("horizontal", "vertical", "diagonal", "antidiagonal", "checker", "dots")
+
+
+def draw_pattern(rng: np.random.Generator, pattern: int, size: int = 32) -> Image.Image:
+    """One RGB image ``(size, size)``: a ``PATTERNS[pattern]`` texture with random period and phase in a
+    jittered class colour over a random dark colour, plus pixel noise."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    period = rng.uniform(4.0, 8.0)
+    phase = rng.uniform(0, 2 * np.pi)
+    k = 2 * np.pi / period
+    name = PATTERNS[pattern]
+    if name == "horizontal":
+        wave = np.sin(k * yy + phase)
+    elif name == "vertical":
+        wave = np.sin(k * xx + phase)
+    elif name == "diagonal":
+        wave = np.sin(k * (xx + yy) / np.sqrt(2) + phase)
+    elif name == "antidiagonal":
+        wave = np.sin(k * (xx - yy) / np.sqrt(2) + phase)
+    elif name == "checker":
+        wave = np.sin(k * xx + phase) * np.sin(k * yy + phase)
+    else:  # dots
+        wave = np.maximum(np.sin(k * xx + phase) * np.sin(k * yy + phase), 0) * 2 - 1
+    # each class also has its own hue (random-init backbones, as in the demo, pick up colour, not orientation)
+    hue = np.array(CLASS_HUES[pattern % len(CLASS_HUES)], dtype=np.float64)
+    c1 = np.clip(hue * rng.uniform(0.6, 1.0) + rng.normal(0, 25, size=3), 0, 255)
+    c2 = rng.uniform(0, 110, size=3)
+    alpha = (wave[..., None] + 1) / 2
+    img = c1 * alpha + c2 * (1 - alpha) + rng.normal(0, 10, size=(size, size, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
 def _write_split(task_dir: Path, split: str, items: list[tuple[Image.Image, int]], ext: str = "png") -> None:
     img_dir = task_dir / "images" / split
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -71,8 +104,9 @@ def write_shapes_vtab(
     sizes: Optional[dict[str, int]] = None,
     img_size: int = 32,
     seed: int = 0,
+    kind: str = "shapes",
 ) -> Path:
-    """Write the shapes dataset in the VTAB-1k layout (``train800``, ``val200``, ``train800val200``,
+    """Write the shapes (or ``kind="patterns"``: oriented textures) dataset in the VTAB-1k layout (``train800``, ``val200``, ``train800val200``,
     ``test``); ``train800val200`` holds the ``train800`` + ``val200`` images again, as in the real layout.
 
     Skips the work when ``task_dir/test.txt`` exists already (written last). Returns ``task_dir``.
@@ -80,15 +114,18 @@ def write_shapes_vtab(
     task_dir = Path(task_dir).expanduser()
     if (task_dir / "test.txt").is_file():
         return task_dir
+    draw = {"shapes": draw_shape, "patterns": draw_pattern}.get(kind)
+    if draw is None:
+        raise ValueError(f"unknown generated dataset kind {kind!r}; use 'shapes' or 'patterns'")
     if not 1 < num_classes <= len(SHAPES):
-        raise ValueError(f"shapes dataset supports 2..{len(SHAPES)} classes, got num_classes={num_classes}")
+        raise ValueError(f"generated datasets support 2..{len(SHAPES)} classes, got num_classes={num_classes}")
     sizes = {**SPLIT_SIZES, **(sizes or {})}
     data = {}
     for k, split in enumerate(("train800", "val200", "test")):
         rng = np.random.default_rng([seed, k])
         labels = np.arange(sizes[split]) % num_classes
         rng.shuffle(labels)
-        data[split] = [(draw_shape(rng, int(y), img_size), int(y)) for y in labels]
+        data[split] = [(draw(rng, int(y), img_size), int(y)) for y in labels]
     _write_split(task_dir, "train800", data["train800"])
     _write_split(task_dir, "val200", data["val200"])
     _write_split(task_dir, "train800val200", data["train800"] + data["val200"])
