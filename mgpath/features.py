@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 __all__ = [
     "tile_adjacency",
@@ -190,8 +190,8 @@ class TileDataset(torch.utils.data.Dataset):
     def __init__(self, jobs: list[SlideJob], input_size: tuple[int, int], mean, std, max_open: int = 4):
         self.jobs = jobs
         self.input_size = tuple(int(v) for v in input_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self._mean_np = np.asarray(mean, np.float32).reshape(1, 1, 3)
+        self._std_np = np.asarray(std, np.float32).reshape(1, 1, 3)
         self.offsets = np.concatenate([[0], np.cumsum([j.n for j in jobs])]).astype(np.int64)
         self.max_open = max_open
         self._open: OrderedDict = OrderedDict()
@@ -222,11 +222,17 @@ class TileDataset(torch.utils.data.Dataset):
         return self._slide(j).read_footprint(job.coords[t], job.attrs["patch_size_level0"], job.attrs["patch_size"])
 
     def transform(self, tile: np.ndarray) -> torch.Tensor:
-        """``(S, S, 3)`` uint8 -> ``(3, H, W)`` float32: scale to [0, 1], bilinear antialiased resize, normalise."""
-        x = torch.from_numpy(np.array(tile, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
-        if tuple(x.shape[-2:]) != self.input_size:
-            x = F.interpolate(x[None], size=self.input_size, mode="bilinear", antialias=True, align_corners=False)[0]
-        return (x - self.mean) / self.std
+        """``(S, S, 3)`` uint8 -> ``(3, H, W)`` float32: PIL bilinear resize (antialiased), /255, normalise.
+
+        Done in numpy/PIL (single-threaded), so DataLoader workers and the main process do not fight over
+        cores with the encoder's threads.
+        """
+        h, w = self.input_size
+        if tile.shape[:2] != (h, w):
+            tile = np.asarray(Image.fromarray(tile).resize((w, h), Image.Resampling.BILINEAR))
+        x = tile.astype(np.float32) * np.float32(1 / 255.0)
+        x = (x - self._mean_np) / self._std_np
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
     def __getitem__(self, i: int):
         j = int(np.searchsorted(self.offsets, i, side="right") - 1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from mgpath.features import (
     adjacency_to_edge_index,
@@ -103,11 +103,17 @@ def _direct(model, slide_path, coords_file, mean, std, size=64):
         ps, mpp = int(f.attrs["patch_size"]), float(f.attrs["target_mpp"])
     with Slide(slide_path) as s:
         tiles = np.stack([s.read(c, ps, mpp) for c in xy])
-    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    x = (x - torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)) / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return _forward(model, tiles, mean, std, size), xy
+
+
+def _forward(model, tiles, mean, std, size=64):
+    """``(N, S, S, 3)`` uint8 tiles -> PIL bilinear resize to ``size`` -> [0, 1] -> normalise -> model."""
+    small = np.stack([np.asarray(Image.fromarray(t).resize((size, size), Image.Resampling.BILINEAR)) for t in tiles])
+    x = torch.from_numpy(small).permute(0, 3, 1, 2).double() / 255
+    x = (x - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(std, dtype=torch.float64).view(
+        1, 3, 1, 1)
     with torch.no_grad():
-        return model(x).numpy(), xy
+        return model(x.float()).numpy()
 
 
 def test_extract_equals_direct_forward(tiled, slide_dir, tiny_vit, tmp_path):
@@ -181,11 +187,7 @@ def test_extract_from_clam_coords(slide_dir, tiny_vit, tiny_enc, tmp_path):
     assert np.array_equal(d["adjacency"], [[-1, 1, -1, 2], [0, -1, -1, -1], [-1, -1, 0, -1]])
     with Slide(slide_dir / "s0_ihc.tiff") as s:
         tiles = np.stack([s.read_region(c, 1, (256, 256)) for c in xy])
-    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
-    x = F.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
-    m, sd = torch.tensor(enc.data_config["mean"]).view(1, 3, 1, 1), torch.tensor(enc.data_config["std"]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        ref = model((x - m) / sd).numpy()
+    ref = _forward(model, tiles, enc.data_config["mean"], enc.data_config["std"])
     np.testing.assert_allclose(d["features"], ref, atol=1e-5, rtol=0)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Ellipse", "Region", "SyntheticSlide", "default_regions", "make_synthetic_slide", "TISSUE_CLASSES"]
+__all__ = ["Ellipse", "Region", "SyntheticSlide", "default_regions", "jitter_regions", "make_synthetic_slide", "TISSUE_CLASSES"]
 
 #: names of the available tissue-class variants (``tissue_class`` may be the index or the name)
 TISSUE_CLASSES = ("ihc", "he_coarse", "blue_fine")
@@ -118,6 +118,22 @@ def default_regions(width: int, height: int, layout: str = "three") -> list[Regi
     ]
 
 
+def jitter_regions(regions: list[Region], size: tuple[int, int], seed: int) -> list[Region]:
+    """Move each piece (with its holes) by up to 4% of the slide and scale it by 0.9-1.1, reproducibly."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in regions:
+        dx, dy = rng.uniform(-0.04, 0.04, 2) * np.asarray(size, float)
+        k = float(rng.uniform(0.9, 1.1))
+        o = r.outer
+
+        def move(e: Ellipse) -> Ellipse:
+            return Ellipse(o.cx + dx + (e.cx - o.cx) * k, o.cy + dy + (e.cy - o.cy) * k, e.rx * k, e.ry * k)
+
+        out.append(Region(move(o), tuple(move(h) for h in r.holes)))
+    return out
+
+
 def _texture(tissue_class: str) -> tuple[np.ndarray, int]:
     """Tissue texture ``(T, T, 3)`` uint8 for a class plus its level-0 pixels per texture pixel."""
     from skimage.data import immunohistochemistry
@@ -181,6 +197,7 @@ def make_synthetic_slide(
     regions: list[Region] | None = None,
     tile: int = 256,
     compression: str | None = "zlib",
+    seed: int | None = None,
 ) -> SyntheticSlide:
     """Write a pyramidal tiled TIFF slide and return its ground truth.
 
@@ -196,6 +213,8 @@ def make_synthetic_slide(
         ``2``/``"blue_fine"`` (blue, fine texture): visibly different classes for classification demos.
     layout : see :func:`default_regions`; ignored when ``regions`` is given.
     compression : ``"zlib"``, ``"jpeg"`` (needs imagecodecs) or ``None``.
+    seed : when given, the layout's pieces are randomly moved (up to 4% of the slide) and resized (up to 10%),
+        so several slides of one class differ.
     """
     import tifffile
 
@@ -209,6 +228,8 @@ def make_synthetic_slide(
     w0, h0 = int(size[0]), int(size[1])
     if regions is None:
         regions = default_regions(w0, h0, layout)
+        if seed is not None:
+            regions = jitter_regions(regions, (w0, h0), seed)
     tex, tex_scale = _texture(tissue_class)
     dims = []
     for i in range(levels):
@@ -235,6 +256,9 @@ def make_synthetic_slide(
                     metadata=None,
                     **kw,
                 )
+        from mgpath.slides.tissue import _file_mode
+
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mgpath.slides.reader import Slide, SlideError, magnification_to_mpp, slide_id_from_path
-from mgpath.slides.tissue import TissueParams, segment_tissue, write_geojson, write_preview
+from mgpath.slides.tissue import TissueParams, _file_mode, segment_tissue, write_geojson, write_preview
 
 __all__ = [
     "TileParams",
@@ -166,6 +166,7 @@ def _atomic_h5(path: Path, fill) -> None:
     try:
         with h5py.File(tmp, "w") as f:
             fill(f)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -206,12 +206,20 @@ def segment_tissue(slide, params: TissueParams | None = None) -> Tissue:
 
 
 # -- output ------------------------------------------------------------------------------------------
+def _file_mode() -> int:
+    """Permissions a plain ``open(..., "w")`` would give (mkstemp makes 0600 files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
