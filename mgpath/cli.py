@@ -4,8 +4,9 @@ Subcommands are imported lazily so that `mgpath tile` does not import the model 
 """
 from __future__ import annotations
 
-import importlib
 import sys
+
+from vapt.cli import dispatch
 
 #: subcommand -> (module, function taking argv list, one-line help)
 SUBCOMMANDS = {
@@ -24,27 +25,11 @@ SUBCOMMANDS = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: mgpath SUBCOMMAND [options]", "", "subcommands:"]
-    lines += [f"  {name:<16} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
-    return "\n".join(lines)
+_LIGHTNING = {"fit", "validate", "test", "predict"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in SUBCOMMANDS:
-        print(f"mgpath: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module_name, func_name, _ = SUBCOMMANDS[name]
-    func = getattr(importlib.import_module(module_name), func_name)
-    if module_name == "mgpath.lightning_cli":
-        rest = [name, *rest]
-    result = func(rest)
-    return int(result or 0)
+    return dispatch("mgpath", SUBCOMMANDS, argv, _LIGHTNING)
 
 
 if __name__ == "__main__":

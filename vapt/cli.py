@@ -17,25 +17,26 @@ SUBCOMMANDS = {
 _LIGHTNING = {"fit", "validate", "test", "predict"}
 
 
-def _usage() -> str:
-    lines = ["usage: vapt SUBCOMMAND [options]", "", "subcommands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
-    return "\n".join(lines)
+def dispatch(prog: str, subcommands: dict, argv: list[str] | None, pass_name: set[str]) -> int:
+    """Run ``subcommands[argv[0]]`` with the remaining arguments (and the name itself for ``pass_name``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    width = max(len(name) for name in subcommands) + 2
+    usage = "\n".join([f"usage: {prog} SUBCOMMAND [options]", "", "subcommands:"]
+                      + [f"  {name:<{width}} {help_}" for name, (_, _, help_) in subcommands.items()])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in subcommands:
+        print(f"{prog}: unknown subcommand {name!r}\n\n{usage}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = subcommands[name]
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func([name, *rest] if name in pass_name else rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in SUBCOMMANDS:
-        print(f"vapt: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module_name, func_name, _ = SUBCOMMANDS[name]
-    func = getattr(importlib.import_module(module_name), func_name)
-    result = func([name, *rest] if name in _LIGHTNING else rest)
-    return int(result or 0)
+    return dispatch("vapt", SUBCOMMANDS, argv, _LIGHTNING)
 
 
 if __name__ == "__main__":
