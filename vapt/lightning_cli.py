@@ -26,6 +26,8 @@ from vapt.module import PromptTuningModule
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
+warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended to run from within Python.*")
 
 _VERSION_ENV = "VAPT_LOG_VERSION"
 
@@ -66,7 +68,15 @@ def _default_loggers(save_dir: str, name: str) -> list[Namespace]:
 
 
 class VaptCLI(LightningCLI):
-    """LightningCLI with data -> model links, default CSV + TensorBoard loggers and ``--result_json``."""
+    """LightningCLI with data -> model links, default CSV + TensorBoard loggers and ``--result_json``.
+
+    ``log_name`` replaces the default ``<task>/<method>`` logger sub-folder (``""``: log into
+    ``default_root_dir/version_<n>`` directly).
+    """
+
+    def __init__(self, *args, log_name: Optional[str] = None, **kwargs):
+        self.log_name = log_name
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -81,7 +91,8 @@ class VaptCLI(LightningCLI):
         trainer = config.trainer
         if trainer.get("logger") in (None, True):
             root = trainer.get("default_root_dir") or "runs"
-            trainer.logger = _default_loggers(str(root), experiment_name(config))
+            name = experiment_name(config) if self.log_name is None else self.log_name
+            trainer.logger = _default_loggers(str(root), name)
 
     def _config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -122,11 +133,12 @@ def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, ex
     return result
 
 
-def build_cli(argv: list[str], run: bool = True) -> VaptCLI:
+def build_cli(argv: list[str], run: bool = True, log_name: Optional[str] = None) -> VaptCLI:
     """Construct the CLI (``run=False``: instantiate model, data and trainer only; argv has no subcommand)."""
     return VaptCLI(
         PromptTuningModule,
         ClassificationDataModule,
+        log_name=log_name,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},

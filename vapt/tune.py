@@ -143,7 +143,7 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     log(f"  {'resuming' if resume else 'running'}: {run_dir}" + (f" from {resume.name}" if resume else ""))
     t0 = time.time()
     try:
-        cli = build_cli(args, run=False)
+        cli = build_cli(args, run=False, log_name="")
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
         metrics = (trainer.validate if evaluate == "validate" else trainer.test)(

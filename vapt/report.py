@@ -1,0 +1,224 @@
+"""`vapt report RUNS_DIR`: results tables (markdown + CSV) and a bar plot, next to the published numbers.
+
+Reads every ``summary.json`` written by ``vapt tune`` under ``RUNS_DIR`` and writes ``report.md``,
+``report.csv`` and ``report.png`` (into ``--out``, default ``RUNS_DIR``). Rows: each task, each VTAB-1k
+group (Natural / Specialized / Structured) and the mean; columns per method: ours (mean +- std over
+seeds), the paper's number and the delta. When only some tasks of a group ran, the group's published
+value is the mean of the published per-task numbers of the same tasks (marked ``k/n``); a published
+group mean with no per-task numbers (VAPT) is compared only when the group is complete.
+Published numbers: ``data/vtab/published.csv`` and ``data/fgvc/published.csv`` (sources in the files).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+from vapt.data.base import atomic_write_text
+from vapt.data.fgvc import FGVC_DATASETS
+from vapt.data.vtab import GROUPS, VTAB_TASKS
+
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+METHOD_ORDER = ("full", "linear", "vpt_shallow", "vpt_deep", "vapt")
+
+
+def load_summaries(runs_dir: str | os.PathLike) -> list[dict]:
+    """Every ``summary.json`` under ``runs_dir`` (clear error if there is none)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"vapt report: {runs_dir} is not a folder; pass the --out folder of vapt tune.")
+    out = [json.loads(p.read_text()) for p in sorted(runs_dir.rglob("summary.json"))]
+    if not out:
+        raise FileNotFoundError(f"vapt report: no summary.json under {runs_dir}; run vapt tune (or "
+                                "scripts/reproduce_vtab.py) first, or wait for the seeds of a run to finish.")
+    return out
+
+
+def load_published(path: Optional[str | os.PathLike]) -> dict[tuple[str, str], float]:
+    """``{(method, task): top1}`` from a published-numbers CSV (``method,task,top1,source``); {} if absent."""
+    if path is None or not Path(path).is_file():
+        return {}
+    with open(path) as fh:
+        return {(r["method"], r["task"]): float(r["top1"]) for r in csv.DictReader(fh)}
+
+
+def _mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def build_rows(summaries: list[dict], family: str, published: dict) -> tuple[list[dict], list[str]]:
+    """Rows ``{level, name, method, ours, std, n_seeds, published, delta, note}`` for one family."""
+    names = list(VTAB_TASKS) if family == "vtab" else list(FGVC_DATASETS)
+    ours = {(s["method"], s["task"]): s for s in summaries if s.get("family") == family}
+    methods = [m for m in METHOD_ORDER if any(k[0] == m for k in ours)]
+    methods += sorted({k[0] for k in ours} - set(methods))
+    tasks = [t for t in names if any(k[1] == t for k in ours)]
+    rows = []
+    for method in methods:
+        accs = {}
+        for task in tasks:
+            s = ours.get((method, task))
+            acc = 100 * s["test_acc_mean"] if s else None
+            pub = published.get((method, task))
+            accs[task] = acc
+            rows.append({"level": "task", "name": task, "method": method, "ours": acc,
+                         "std": 100 * s["test_acc_std"] if s else None, "n_seeds": len(s["test_acc"]) if s else 0,
+                         "best_lr": s["best_lr"] if s else None, "best_wd": s["best_wd"] if s else None,
+                         "published": pub, "delta": acc - pub if acc is not None and pub is not None else None,
+                         "note": ""})
+        groups = [(g, [t for t in names if VTAB_TASKS[t].group == g]) for g in GROUPS] if family == "vtab" else []
+        groups.append(("mean", names))
+        for gname, members in groups:
+            done = [t for t in members if accs.get(t) is not None]
+            if not done:
+                continue
+            acc = _mean(accs[t] for t in done)
+            per_task = [published.get((method, t)) for t in done]
+            key = "mean" if gname == "mean" else f"group:{gname}"
+            if all(p is not None for p in per_task):
+                pub = _mean(per_task)
+            elif len(done) == len(members):
+                pub = published.get((method, key))
+            else:
+                pub = None
+            rows.append({"level": "group" if gname != "mean" else "mean", "name": gname, "method": method,
+                         "ours": acc, "std": None, "n_seeds": None, "best_lr": None, "best_wd": None,
+                         "published": pub, "delta": acc - pub if pub is not None else None,
+                         "note": f"{len(done)}/{len(members)}"})
+    return rows, methods
+
+
+def _cell(v, fmt="{:.2f}") -> str:
+    return "" if v is None else fmt.format(v)
+
+
+def to_markdown(rows: list[dict], methods: list[str], family: str) -> str:
+    title = {"vtab": "VTAB-1k", "fgvc": "FGVC"}[family]
+    header = ["task"] + [f"{m} {c}" for m in methods for c in ("ours", "paper", "Δ")]
+    lines = [f"### {title} top-1 (%)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    by = defaultdict(dict)
+    order = []
+    for r in rows:
+        key = (r["level"], r["name"])
+        if key not in by:
+            order.append(key)
+        by[key][r["method"]] = r
+    order.sort(key=lambda k: {"task": 0, "group": 1, "mean": 2}[k[0]])
+    for key in order:
+        level, name = key
+        label = name if level == "task" else f"**{name}** ({next(iter(by[key].values()))['note']})"
+        cells = [label]
+        for m in methods:
+            r = by[key].get(m)
+            if r is None:
+                cells += ["", "", ""]
+                continue
+            ours = _cell(r["ours"])
+            if r["std"] is not None and r["ours"] is not None:
+                ours += f" ± {r['std']:.2f}"
+            cells += [ours, _cell(r["published"]), _cell(r["delta"], "{:+.2f}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows_by_family: dict[str, list[dict]], path: Path) -> None:
+    """Grouped bars: ours (solid) and the paper (hatched) per task and group, one panel per family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = [f for f, rows in rows_by_family.items() if rows]
+    fig, axes = plt.subplots(len(fams), 1, figsize=(12, 4 * len(fams)), squeeze=False)
+    for ax, fam in zip(axes[:, 0], fams):
+        rows = rows_by_family[fam]
+        names = list(dict.fromkeys(r["name"] for r in rows))
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        width = 0.8 / max(1, len(methods))
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for j, m in enumerate(methods):
+            get = {r["name"]: r for r in rows if r["method"] == m}
+            xs = [i + j * width for i in range(len(names))]
+            ours = [get[n]["ours"] if n in get and get[n]["ours"] is not None else 0 for n in names]
+            pub = [get[n]["published"] if n in get and get[n]["published"] is not None else 0 for n in names]
+            c = colours[j % len(colours)]
+            ax.bar(xs, ours, width * 0.5, color=c, label=f"{m} (ours)")
+            ax.bar([x + width * 0.5 for x in xs], pub, width * 0.5, color="none", edgecolor=c, hatch="//",
+                   label=f"{m} (paper)")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("top-1 (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title({"vtab": "VTAB-1k", "fgvc": "FGVC"}[fam])
+        ax.legend(fontsize=7, ncol=max(1, len(methods)))
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def report(runs_dir: str | os.PathLike, out: Optional[str | os.PathLike] = None,
+           published: Optional[dict[str, Optional[str]]] = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.csv`` and ``report.png``; returns their paths."""
+    summaries = load_summaries(runs_dir)
+    out = Path(out or runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    published = published or {}
+    pub_paths = {"vtab": published.get("vtab", REPO_DATA / "vtab" / "published.csv"),
+                 "fgvc": published.get("fgvc", REPO_DATA / "fgvc" / "published.csv")}
+    md = ["# Results", "", f"Runs: `{runs_dir}`. Ours = mean ± std of test top-1 over seeds (last epoch); "
+          "paper = published number (sources in data/*/published.csv); Δ = ours − paper.", ""]
+    rows_by_family, csv_rows = {}, []
+    for family in ("vtab", "fgvc"):
+        if not any(s.get("family") == family for s in summaries):
+            continue
+        pub = load_published(pub_paths[family])
+        if not pub:
+            md.append(f"(no published numbers found at {pub_paths[family]})\n")
+        rows, methods = build_rows(summaries, family, pub)
+        rows_by_family[family] = rows
+        md.append(to_markdown(rows, methods, family))
+        csv_rows += [{"family": family, **r} for r in rows]
+    buf = io.StringIO()
+    fields = ["family", "level", "name", "method", "ours", "std", "n_seeds", "published", "delta", "note",
+              "best_lr", "best_wd"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for r in csv_rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    paths = {"md": out / "report.md", "csv": out / "report.csv", "png": out / "report.png"}
+    atomic_write_text(paths["md"], "\n".join(md))
+    atomic_write_text(paths["csv"], buf.getvalue())
+    plot(rows_by_family, paths["png"])
+    return paths
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="vapt report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs_dir", help="folder written by vapt tune / scripts/reproduce_vtab.py")
+    ap.add_argument("--out", default=None, help="where to write report.{md,csv,png} (default: runs_dir)")
+    ap.add_argument("--published-vtab", default=None, help="CSV method,task,top1 (default data/vtab/published.csv)")
+    ap.add_argument("--published-fgvc", default=None, help="CSV method,task,top1 (default data/fgvc/published.csv)")
+    args = ap.parse_args(argv)
+    published = {k: v for k, v in (("vtab", args.published_vtab), ("fgvc", args.published_fgvc)) if v}
+    try:
+        paths = report(args.runs_dir, args.out, published)
+    except FileNotFoundError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    print(Path(paths["md"]).read_text())
+    print("wrote", *paths.values())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
