@@ -1,7 +1,8 @@
 """Tile features from a frozen encoder, one h5 per slide (and per magnification), via Lightning ``predict``.
 
 Tiles are read straight from the slide inside DataLoader workers (each worker opens its own OpenSlide
-handle), resized to the encoder's input size, normalised with its mean/std and encoded by any encoder
+handle): each tile's level-0 footprint is read from the best pyramid level and resized once, directly to the
+encoder's input size (bilinear, antialiased), then normalised with its mean/std and encoded by any encoder
 ``vapt.backbones.build_encoder`` builds. Output per slide (written atomically)::
 
     features   (N, D) float32
@@ -216,10 +217,15 @@ class TileDataset(torch.utils.data.Dataset):
             self._open.popitem(last=False)[1].close()
         return s
 
-    def read_tile(self, j: int, t: int) -> np.ndarray:
-        """Raw tile ``(S, S, 3)`` uint8, ``S`` = the coordinates file's ``patch_size``."""
+    def read_tile(self, j: int, t: int, size: int | tuple[int, int] | None = None) -> np.ndarray:
+        """Tile ``t`` of job ``j``: its level-0 footprint read at ``size`` px (default: the file's ``patch_size``).
+
+        The dataset reads each footprint straight at the encoder's input size (one resize from the best
+        pyramid level instead of two), so ``(H, W, 3)`` uint8.
+        """
         job = self.jobs[j]
-        return self._slide(j).read_footprint(job.coords[t], job.attrs["patch_size_level0"], job.attrs["patch_size"])
+        size = job.attrs["patch_size"] if size is None else size
+        return self._slide(j).read_footprint(job.coords[t], job.attrs["patch_size_level0"], size)
 
     def transform(self, tile: np.ndarray) -> torch.Tensor:
         """``(S, S, 3)`` uint8 -> ``(3, H, W)`` float32: PIL bilinear resize (antialiased), /255, normalise.
@@ -240,10 +246,9 @@ class TileDataset(torch.utils.data.Dataset):
         from mgpath.slides.reader import SlideError
 
         try:
-            tile, ok = self.read_tile(j, t), True
+            tile, ok = self.read_tile(j, t, self.input_size[::-1]), True
         except SlideError:
-            s = int(self.jobs[j].attrs["patch_size"])
-            tile, ok = np.full((s, s, 3), 255, np.uint8), False
+            tile, ok = np.full((*self.input_size, 3), 255, np.uint8), False
             self._open.pop(j, None)
         return self.transform(tile), j, t, ok
 
@@ -292,9 +297,11 @@ class H5FeatureWriter(_lightning().Callback):
         self.failed: dict[int, str] = {}
         self.rows: dict[int, dict] = {}
         self.t0: dict[int, float] = {}
+        self.batch_times: list[tuple[float, int]] = []  # (time, tiles) per batch, for throughput figures
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         feats, js, ts, oks = outputs
+        self.batch_times.append((time.perf_counter(), int(len(js))))
         feats = feats.numpy()
         for j in np.unique(js.numpy()):
             j = int(j)
@@ -450,6 +457,7 @@ def extract_features(jobs: list[SlideJob], encoder: torch.nn.Module, encoder_nam
                          callbacks=[writer], use_distributed_sampler=False, inference_mode=True)
     trainer.predict(FeatureExtractor(encoder), datamodule=dm, return_predictions=False)
     rows += [writer.rows[j] for j in sorted(writer.rows)]
+    extract_features.last_writer = writer  # batch timings of the last run (used by scripts/bench/tiling.py)
     return rows
 
 

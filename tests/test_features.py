@@ -102,14 +102,14 @@ def _direct(model, slide_path, coords_file, mean, std, size=64):
         xy = f["coords"][()]
         ps, mpp = int(f.attrs["patch_size"]), float(f.attrs["target_mpp"])
     with Slide(slide_path) as s:
-        tiles = np.stack([s.read(c, ps, mpp) for c in xy])
-    return _forward(model, tiles, mean, std, size), xy
+        # the tile of ps px at mpp um/px covers ps * mpp / slide_mpp level-0 px; read it at the encoder's size
+        tiles = np.stack([s.read_footprint(c, ps * mpp / s.mpp, size) for c in xy])
+    return _forward(model, tiles, mean, std), xy
 
 
-def _forward(model, tiles, mean, std, size=64):
-    """``(N, S, S, 3)`` uint8 tiles -> PIL bilinear resize to ``size`` -> [0, 1] -> normalise -> model."""
-    small = np.stack([np.asarray(Image.fromarray(t).resize((size, size), Image.Resampling.BILINEAR)) for t in tiles])
-    x = torch.from_numpy(small).permute(0, 3, 1, 2).double() / 255
+def _forward(model, tiles, mean, std):
+    """``(N, H, W, 3)`` uint8 tiles -> [0, 1] -> normalise (float64) -> model."""
+    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).double() / 255
     x = (x - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(std, dtype=torch.float64).view(
         1, 3, 1, 1)
     with torch.no_grad():
@@ -185,8 +185,8 @@ def test_extract_from_clam_coords(slide_dir, tiny_vit, tiny_enc, tmp_path):
     d = read_features(tmp_path / "f" / "s0_ihc.h5")
     assert d["attrs"]["coords_source"] == "clam"
     assert np.array_equal(d["adjacency"], [[-1, 1, -1, 2], [0, -1, -1, -1], [-1, -1, 0, -1]])
-    with Slide(slide_dir / "s0_ihc.tiff") as s:
-        tiles = np.stack([s.read_region(c, 1, (256, 256)) for c in xy])
+    with Slide(slide_dir / "s0_ihc.tiff") as s:  # 256 px at level 1 (downsample 2) = 512 level-0 px
+        tiles = np.stack([s.read_footprint(c, 512, 64) for c in xy])
     ref = _forward(model, tiles, enc.data_config["mean"], enc.data_config["std"])
     np.testing.assert_allclose(d["features"], ref, atol=1e-5, rtol=0)
 

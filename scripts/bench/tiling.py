@@ -34,9 +34,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--encoder", default="vit_small_patch16_224")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--max-tiles", type=int, default=256)
+    p.add_argument("--max-tiles", type=int, default=128, help="tiles encoded (keep small on CPU)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--extract-magnification", type=float, default=None,
+                   help="magnification of the tiles encoded (default: --magnification)")
     p.add_argument("--skip-extract", action="store_true")
     args = p.parse_args(argv)
 
@@ -83,27 +85,39 @@ def main(argv=None) -> int:
             from mgpath.features import SlideJob, TileDataset, extract_features
             from vapt.backbones import build_encoder
 
+            if args.extract_magnification and args.extract_magnification != args.magnification:
+                tpe = TileParams(tile_size=args.tile_size, magnification=args.extract_magnification)
+                tile_slide(slide_path, tmp, tpe, overwrite=True)
+                coords_file = Path(tmp) / tpe.tag / "coords" / f"{slide_path.stem}.h5"
             xy, attrs = read_coords(coords_file)
-            xy = xy[: args.max_tiles]
+            result["extract_magnification"] = attrs["target_magnification"]
+            result["extract_unique_tiles"] = int(min(len(xy), args.max_tiles))
+            xy = np.resize(xy, (args.max_tiles, 2)) if args.max_tiles > len(xy) else xy[: args.max_tiles]
             enc = build_encoder(args.encoder, img_size=224)
             cfg = enc.data_config
             out = Path(tmp) / "feats" / f"{slide_path.stem}.h5"
             job = SlideJob(slide_path.stem, str(slide_path), str(coords_file), str(out), xy, attrs)
             dev = torch.device(args.device)
             accel = "gpu" if args.device == "cuda" else "cpu"
-            # warm-up run (also builds any cuDNN/bf16 kernels), then the timed run
-            extract_features([job], enc, args.encoder, batch_size=args.batch_size, workers=args.workers,
-                             accelerator=accel, devices=1, overwrite=True, progress=False)
+            if args.device == "cuda":  # warm-up run (CUDA context, kernels), then the timed run
+                extract_features([job], enc, args.encoder, batch_size=args.batch_size, workers=args.workers,
+                                 accelerator=accel, devices=1, overwrite=True, progress=False)
             t = time.perf_counter()
             rows = extract_features([job], enc, args.encoder, batch_size=args.batch_size, workers=args.workers,
                                     accelerator=accel, devices=1, overwrite=True, progress=False)
             extract_s = time.perf_counter() - t
             assert rows[0]["status"] == "done", rows
+            bt = extract_features.last_writer.batch_times
+            steady = (sum(n for _, n in bt[1:]) / (bt[-1][0] - bt[0][0])) if len(bt) > 2 else None
             # the same tensors, encoder alone
             ds = TileDataset([job], tuple(cfg["input_size"][-2:]), cfg["mean"], cfg["std"])
+            n1 = min(len(ds), 128)
             t = time.perf_counter()
-            x = torch.stack([ds[i][0] for i in range(len(ds))])
-            read_s = time.perf_counter() - t
+            for i in range(n1):
+                ds[i]
+            read_s = (time.perf_counter() - t) * len(ds) / n1  # one process, extrapolated
+            loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=args.workers)
+            x = torch.cat([b[0] for b in loader])
             enc = enc.to(dev).eval()
             amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else torch.autocast(
                 "cpu", enabled=False)
@@ -124,9 +138,11 @@ def main(argv=None) -> int:
                 "encoder": args.encoder, "device": args.device, "torch_threads": torch.get_num_threads(),
                 "extract_tiles": n, "batch_size": args.batch_size, "workers": args.workers,
                 "extract_tiles_per_s": round(n / extract_s, 2),
+                "extract_steady_tiles_per_s": None if steady is None else round(steady, 2),
                 "encoder_alone_tiles_per_s": round(n / enc_s, 2),
                 "read_transform_tiles_per_s_1proc": round(n / read_s, 2),
                 "extract_vs_encoder": round(enc_s / extract_s, 3),
+                "extract_steady_vs_encoder": None if steady is None else round(steady * enc_s / n, 3),
             })
     print(json.dumps(result))
     return 0
