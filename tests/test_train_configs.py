@@ -1,0 +1,88 @@
+"""Every shipped YAML config (19 VTAB-1k tasks + 5 FGVC datasets, x 4 methods, + the demo) runs one
+fast_dev_run fit on a tiny random ViT and generated data in the real on-disk layout."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vapt.data.fgvc import FGVC_DATASETS
+from vapt.data.synthetic import write_fgvc_tree, write_vtab_tree
+from vapt.data.vtab import VTAB_TASKS
+from vapt.lightning_cli import build_cli, main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs" / "vtab").glob("*/*.yaml")) + sorted((REPO / "configs" / "fgvc").glob("*/*.yaml"))
+TINY = json.dumps({"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 1})
+QUIET = ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+         "--trainer.enable_model_summary=false", "--trainer.accelerator=cpu", "--trainer.devices=1"]
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    sizes = {"train800": 2, "val200": 2, "test": 2}
+    write_vtab_tree(root / "vtab", list(VTAB_TASKS), sizes=sizes, img_size=8)
+    for name in FGVC_DATASETS:
+        write_fgvc_tree(root / "fgvc" / name, name, sizes={"train": 2, "val": 2, "test": 2}, img_size=8)
+    return root
+
+
+def test_shipped_config_set_is_complete():
+    names = {(p.parent.parent.name, p.parent.name, p.stem) for p in CONFIGS}
+    methods = ("vapt", "vpt_deep", "vpt_shallow", "linear")
+    expected = {("vtab", m, t) for m in methods for t in VTAB_TASKS}
+    expected |= {("fgvc", m, d) for m in methods for d in FGVC_DATASETS}
+    assert names == expected  # 96 files
+    spec = importlib.util.spec_from_file_location("make_vapt_configs", REPO / "scripts" / "make_vapt_configs.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    generated = gen.all_configs()
+    assert sorted(generated) == sorted(CONFIGS)
+    stale = [p for p, text in generated.items() if p.read_text() != text]
+    assert not stale, f"configs out of date, run python scripts/make_vapt_configs.py: {stale}"
+
+
+def test_configs_encode_the_official_recipe():
+    cfg = yaml.safe_load((REPO / "configs/vtab/vapt/cifar100.yaml").read_text())
+    init = cfg["model"]["init_args"]
+    assert (init["method"], init["num_tokens"], init["hidden_dim"], init["kernel_size"]) == ("vapt", 10, 8, 2)
+    assert (init["lr"], init["weight_decay"], cfg["data"]["init_args"]["batch_size"]) == (2.5, 0.01, 64)
+    assert cfg["trainer"]["max_epochs"] == 100
+    shallow = yaml.safe_load((REPO / "configs/vtab/vpt_shallow/svhn.yaml").read_text())["model"]["init_args"]
+    assert (shallow["method"], shallow["deep"], shallow["num_tokens"]) == ("vpt", False, 50)
+    for path in CONFIGS:  # every number in a config is a number (YAML 1.1 reads 1e-3 as a string)
+        init = yaml.safe_load(path.read_text())["model"]["init_args"]
+        assert isinstance(init["lr"], float) and isinstance(init["weight_decay"], float), path
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}/{p.stem}")
+def test_config_fast_dev_run(config: Path, trees: Path, tmp_path: Path):
+    family = config.parent.parent.name
+    root = trees / "vtab" if family == "vtab" else trees / "fgvc" / config.stem
+    # run=False builds one parser instead of four (the `fit` subcommand path is tested with the demo config)
+    cli = build_cli(["--config", str(config), f"--data.root={root}", "--model.checkpoint=null",
+                     f"--model.backbone_kwargs={TINY}", "--data.img_size=16", "--data.batch_size=2",
+                     "--data.num_workers=0", "--trainer.fast_dev_run=true", *QUIET], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    spec = yaml.safe_load(config.read_text())
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes  # linked from the data
+    assert cli.model.model.head.out_features == cli.datamodule.num_classes
+    assert cli.model.prompt_config.method == spec["model"]["init_args"]["method"]
+    assert cli.model.effective_lr == pytest.approx(spec["model"]["init_args"]["lr"] * 2 / 256)  # x batch / 256
+
+
+def test_demo_config_parses_and_runs_one_step(tmp_path: Path):
+    result = tmp_path / "demo.json"
+    main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), f"--data.root={tmp_path / 'cache'}",
+          "--data.train_size=8", "--data.val_size=4", "--data.test_size=4", "--trainer.fast_dev_run=true",
+          f"--result_json={result}", *QUIET])
+    out = json.loads(result.read_text())
+    assert out["global_step"] == 1 and "test/acc" in out["metrics"]  # test_after_fit ran
+    assert (tmp_path / "cache").is_dir()
