@@ -234,8 +234,7 @@ class Slide:
         return self.best_level_for_downsample(target_mpp / self.mpp, tolerance)
 
     # -- reading -------------------------------------------------------------------------------------
-    def read_region(self, xy_level0: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        """Read ``size=(w, h)`` pixels of ``level`` at level-0 ``xy``; RGB uint8 ``(h, w, 3)`` on white."""
+    def _read_pil(self, xy_level0, level: int, size) -> Image.Image:
         import openslide
 
         x, y = int(round(xy_level0[0])), int(round(xy_level0[1]))
@@ -249,22 +248,26 @@ class Slide:
             raise SlideError(f"reading {self.path} at ({x}, {y}) level {level} failed ({e}); the file may be corrupt") from None
         return _on_white(rgba)
 
+    def read_region(self, xy_level0: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """Read ``size=(w, h)`` pixels of ``level`` at level-0 ``xy``; RGB uint8 ``(h, w, 3)`` on white."""
+        return np.array(self._read_pil(xy_level0, level, size))
+
     def read_footprint(self, xy_level0: tuple[float, float], size_level0: float | tuple[float, float],
                        out_size: int | tuple[int, int]) -> np.ndarray:
         """Read the level-0 box ``xy + size_level0`` resized to ``out_size`` px: RGB uint8 ``(h, w, 3)``.
 
-        The deepest level not coarser than needed is read, then resized with antialiasing (only when the
-        residual factor differs from 1). Works without MPP.
+        The deepest level not coarser than needed is read, then resized (bilinear, antialiased) only when
+        the residual factor differs from 1. Works without MPP.
         """
         sw, sh = (size_level0, size_level0) if np.isscalar(size_level0) else size_level0
         ow, oh = (out_size, out_size) if np.isscalar(out_size) else out_size
         level, _ = self.best_level_for_downsample(min(sw / ow, sh / oh))
         ds = self.level_downsamples[level]
         rw, rh = max(1, int(round(sw / ds))), max(1, int(round(sh / ds)))
-        img = self.read_region(xy_level0, level, (rw, rh))
-        if (rw, rh) != (ow, oh):
-            img = np.asarray(Image.fromarray(img).resize((int(ow), int(oh)), Image.Resampling.BILINEAR))
-        return img
+        img = self._read_pil(xy_level0, level, (rw, rh))
+        if (rw, rh) != (int(ow), int(oh)):
+            img = img.resize((int(ow), int(oh)), Image.Resampling.BILINEAR)
+        return np.array(img)
 
     def read(self, xy_level0: tuple[float, float], size_px: int, mpp: float | None = None) -> np.ndarray:
         """A ``size_px x size_px`` tile at ``mpp`` um/px (level-0 MPP if None) -> RGB uint8 ``(size, size, 3)``."""
@@ -287,7 +290,7 @@ class Slide:
         level, _ = self.best_level_for_downsample(downsample)
         img = self.read_level(level)
         if img.shape[1] != ow or img.shape[0] != oh:
-            img = np.asarray(Image.fromarray(img).resize((ow, oh), Image.Resampling.BILINEAR))
+            img = np.array(Image.fromarray(img).resize((ow, oh), Image.Resampling.BILINEAR))
         return img
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
@@ -296,12 +299,9 @@ class Slide:
         return self.read_at_downsample(max(w0, h0) / float(max_size))
 
 
-def _on_white(rgba: Image.Image) -> np.ndarray:
-    """Composite a PIL RGBA image (openslide-python un-premultiplies) onto white -> ``(h, w, 3)`` uint8."""
-    a = np.asarray(rgba)
-    alpha = a[..., 3:4]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(a[..., :3])
-    al = alpha.astype(np.float32) / 255.0
-    rgb = a[..., :3].astype(np.float32) * al + 255.0 * (1.0 - al)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+def _on_white(rgba: Image.Image) -> Image.Image:
+    """Composite OpenSlide's RGBA (straight alpha; transparent outside the scanned area) onto white -> RGB."""
+    if rgba.getchannel("A").getextrema()[0] == 255:
+        return rgba.convert("RGB")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
