@@ -10,6 +10,8 @@
 5. fits MGPATH (tiny random text tower, ``configs/wsi/demo_tiny.yaml``), keeps the best validation macro-F1
    checkpoint and tests it (AUC, macro-F1, accuracy);
 6. draws the heatmap of one test slide (``mgpath.heatmap``).
+
+``--augment`` adds training bags from features of randomly rotated/flipped tiles, as in the paper.
 """
 from __future__ import annotations
 
@@ -37,8 +39,12 @@ def _find(rel: str) -> Path:
 
 def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs: int = 10,
              size: tuple[int, int] = (3072, 2304), tile_size: int = 128, encoder: str = "vit_tiny_patch16_224",
-             img_size: int = 64, seed: int = 0, log=print) -> dict:
-    """Run the whole pipeline in ``out``; returns the test metrics and output paths."""
+             img_size: int = 64, seed: int = 0, augment: bool = False, log=print) -> dict:
+    """Run the whole pipeline in ``out``; returns the test metrics and output paths.
+
+    ``augment`` also extracts features of randomly rotated/flipped tiles and adds them as extra training bags
+    (the paper's doubled training set).
+    """
     from mgpath.features import extract_features, find_jobs
     from mgpath.heatmap import slide_heatmap
     from mgpath.lightning_cli import make_cli
@@ -72,6 +78,14 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     extract_features(jobs, enc, encoder, batch_size=64, workers=0, accelerator="cpu", progress=False)
     log(f"[3/6] features ({enc.embed_dim if hasattr(enc, 'embed_dim') else ''}-d, random {encoder}) in "
         f"{out / 'features'} ({time.perf_counter() - t0:.0f}s)")
+    extra = []
+    if augment:
+        from mgpath.data import extract_augmented_features
+
+        extract_augmented_features(out / "tiles", out / "features_aug", enc, encoder, seed=seed, batch_size=64,
+                                   workers=0, accelerator="cpu", progress=False)
+        extra = ["--data.augmented_dirs", json.dumps({m: str(out / "features_aug" / m) for m in ("5x", "10x")})]
+        log(f"      + features of rotated/flipped tiles in {out / 'features_aug'} ({time.perf_counter() - t0:.0f}s)")
     labels = pd.DataFrame(rows)
     labels.to_csv(out / "labels.csv", index=False)
     split = make_kshot_splits(labels, k=shots, n_folds=1, val_frac=0.3, seed=seed)[0]
@@ -88,7 +102,8 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
                     "--data.features_root", str(out / "features"),
                     "--model.descriptions", str(_find("data/prompts/demo.json")),
                     "--model.feature_dim", str(dim), "--trainer.max_epochs", str(epochs),
-                    "--trainer.default_root_dir", str(out / "run"), "--seed_everything", str(seed)], run=False)
+                    "--trainer.default_root_dir", str(out / "run"), "--seed_everything", str(seed), *extra],
+                   run=False)
     trainer, module, dm = cli.trainer, cli.model, cli.datamodule
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path or None
@@ -101,7 +116,7 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     png, _ = slide_heatmap(module.model.cpu(), str(out / "slides" / f"{sid}.tiff"), files,
                            str(out / "heatmaps" / f"{sid}.png"), max_size=512)
     log(f"[6/6] heatmap {png} ({time.perf_counter() - t0:.0f}s total)")
-    result = {"test": metrics, "checkpoint": best, "heatmap": str(png), "seconds": round(time.perf_counter() - t0, 1),
+    result = {"test": metrics, "augmented": augment, "n_train_bags": len(dm.datasets["train"]), "checkpoint": best, "heatmap": str(png), "seconds": round(time.perf_counter() - t0, 1),
               "n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"])}
     (out / "demo_result.json").write_text(json.dumps(result, indent=2))
     return result
@@ -115,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--augment", action="store_true", help="add bags of rotated/flipped tiles to training")
     a = ap.parse_args(argv)
-    res = run_demo(a.out, a.slides_per_class, a.shots, a.epochs, seed=a.seed)
+    res = run_demo(a.out, a.slides_per_class, a.shots, a.epochs, seed=a.seed, augment=a.augment)
     print(json.dumps(res))
     return 0

@@ -44,13 +44,38 @@ def test_heatmap_scores_add_up_to_the_ot_similarity(tmp_path):
     assert im.size[0] > 300 and im.size[1] > 200
 
 
+def test_tile_augment_encoder_rotates_and_flips():
+    from mgpath.data import TileAugmentEncoder
+    enc = TileAugmentEncoder(torch.nn.Flatten(), seed=0)
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4).repeat(16, 1, 1, 1)
+    y = enc.augment(x)
+    # every output is one of the 8 dihedral transforms of its input, and several different ones occur
+    seen = set()
+    for xi, yi in zip(x, y):
+        cands = [torch.rot90(xi, k, (1, 2)) for k in range(4)]
+        cands += [c.flip(1) for c in cands]
+        idx = [i for i, c in enumerate(cands) if torch.equal(c, yi)]
+        assert idx
+        seen.add(idx[0])
+    assert len(seen) >= 4
+    assert enc(x).shape == (32, 48)
+
+
 def test_demo_end_to_end(tmp_path):
     from mgpath.demo import run_demo
     from mgpath.heatmap import main as heatmap_main
-    res = run_demo(tmp_path / "demo", slides_per_class=5, shots=2, epochs=3, size=(2048, 1536), log=lambda *a: None)
+    res = run_demo(tmp_path / "demo", slides_per_class=5, shots=2, epochs=3, size=(2048, 1536), augment=True,
+                   log=lambda *a: None)
     t = res["test"]
     assert set(t) >= {"auc", "f1", "acc"} and all(0 <= t[k] <= 1 for k in ("auc", "f1", "acc"))
     assert res["n_train"] == 4 and res["n_test"] > 0
+    assert res["n_train_bags"] == 8  # each training slide twice: original + rotated/flipped tiles
+    import h5py
+    with h5py.File(tmp_path / "demo" / "features" / "10x" / "class_a_00.h5") as f0, \
+            h5py.File(tmp_path / "demo" / "features_aug" / "10x" / "class_a_00.h5") as f1:
+        assert f0["features"].shape == f1["features"].shape
+        np.testing.assert_array_equal(f0["coords"][()], f1["coords"][()])
+        assert not np.allclose(f0["features"][()], f1["features"][()])
     saved = json.loads((tmp_path / "demo" / "demo_result.json").read_text())
     assert saved["test"] == t
     assert (tmp_path / "demo" / "heatmaps").is_dir() and res["heatmap"].endswith(".png")
