@@ -151,6 +151,9 @@ def find_feature_file(directory: str | os.PathLike, slide_id: str) -> Path:
 
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     """Labels CSV with columns ``slide_id, case_id, label`` (extra columns kept; ids as strings)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"mgpath/data.py: labels CSV {path} does not exist; set data.labels_csv (columns "
+                                "slide_id, case_id, label)")
     df = pd.read_csv(path, dtype=str)
     missing = {"slide_id", "label"} - set(df.columns)
     if missing:
@@ -169,6 +172,9 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
 
 def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     """Official/CLAM split CSV -> ``{"train": [...], "val": [...], "test": [...]}`` (any column order)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"mgpath/data.py: split CSV {path} does not exist; make one with `mgpath splits` "
+                                "or set data.split_csv / data.fold")
     df = pd.read_csv(path, dtype=str)
     df = df.drop(columns=[c for c in df.columns if c.startswith("Unnamed")])
     out = {}

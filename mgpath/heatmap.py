@@ -151,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     from mgpath.module import MGPATHModule
     from mgpath.slides.reader import slide_id_from_path
 
+    if not Path(a.ckpt).is_file():
+        ap.error(f"checkpoint {a.ckpt} does not exist (the best one of `mgpath fit` is under "
+                 "<default_root_dir>/checkpoints/)")
+    if not Path(a.slide).is_file():
+        ap.error(f"slide {a.slide} does not exist")
     module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu")
     sid = a.slide_id or slide_id_from_path(a.slide)
     if a.features:
