@@ -202,6 +202,10 @@ def test_every_shipped_config_runs(tmp_path, config):
             "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "run")]
     assert main(["fit", *args]) == 0
     assert main(["test", *args]) == 0
+    if config == "demo_tiny.yaml":  # predict writes one row per test slide
+        assert main(["predict", *args]) == 0
+        pred = pd.read_csv(tmp_path / "run" / "predictions.csv")
+        assert len(pred) > 0 and np.allclose(pred[[f"p_{c}" for c in classes]].sum(1), 1, atol=1e-5)
 
 
 def test_feature_dim_disagreeing_with_config(tmp_path):
