@@ -208,6 +208,13 @@ def test_import_official_command(tmp_path):
     saved = torch.load(tmp_path / "conv.pt", weights_only=False)
     assert saved["config"]["placement"] == "official"
     torch.testing.assert_close(saved["state_dict"]["text.prompts.ctx"], ft["prompt_learner.ctx"])
+    # the written config + file build the Lightning module that gives the official outputs
+    from mgpath.module import MGPATHModule
+    module = MGPATHModule(**saved["config"], classes=["LUAD", "LUSC"], init_checkpoint=str(tmp_path / "conv.pt"))
+    module.eval()
+    ref_slide, our_slide = _slide()
+    with torch.no_grad():
+        torch.testing.assert_close(module([our_slide])[0], reference_forward(ft, tokens, ref_slide), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="prompt rows"):  # 3 magnifications x 2 classes != 4 checkpoint rows
         three = {m: {"LUAD": "a", "LUSC": "b"} for m in ("5x", "10x", "20x")}
         load_converted(*convert_official(ft, heads=HEADS), three, ["LUAD", "LUSC"], ["5x", "10x", "20x"])
