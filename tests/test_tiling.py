@@ -157,7 +157,7 @@ def bad_folder(tmp_path_factory, slide_dir):
     (d / "truncated.svs").write_bytes(data[: len(data) // 2])
     (d / "notes.svs").write_text("this is not a slide")
     (d / "readme.txt").write_text("ignored: not a slide extension")
-    make_synthetic_slide(d / "nompp.tiff", size=(4096, 3072), mpp=None, levels=3)
+    make_synthetic_slide(d / "nompp.tiff", size=(3072, 2048), mpp=None, levels=3)
     make_synthetic_slide(d / "blank.tiff", size=(2048, 2048), mpp=0.5, levels=2, layout="none")
     return d
 
