@@ -36,9 +36,18 @@ from mgpath.features import tile_adjacency
 from mgpath.granular import neighbours_from_edges
 from mgpath.model import Bag
 
-__all__ = ["read_feature_file", "load_bag", "find_feature_file", "read_labels", "read_split_csv",
-           "SlideBagDataset", "WSIFeatureDataModule", "collate_slides", "TileAugmentEncoder",
-           "extract_augmented_features"]
+__all__ = [
+    "SlideBagDataset",
+    "TileAugmentEncoder",
+    "WSIFeatureDataModule",
+    "collate_slides",
+    "extract_augmented_features",
+    "find_feature_file",
+    "load_bag",
+    "read_feature_file",
+    "read_labels",
+    "read_split_csv",
+]
 
 
 def infer_step(coords: np.ndarray) -> int:

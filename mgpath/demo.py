@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-__all__ = ["run_demo", "main"]
+__all__ = ["main", "run_demo"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"class_a": "blue_fine", "class_b": "he_coarse"}

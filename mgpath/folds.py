@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["summarise", "run_folds", "main"]
+__all__ = ["main", "run_folds", "summarise"]
 
 METRICS = ("auc", "f1", "acc")
 

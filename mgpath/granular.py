@@ -17,12 +17,12 @@ import math
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from mgpath.text import MLPAdaptor
 
-__all__ = ["GraphAttention", "GranularAttention", "neighbours_from_edges"]
+__all__ = ["GranularAttention", "GraphAttention", "neighbours_from_edges"]
 
 
 def neighbours_from_edges(edges: torch.Tensor | np.ndarray, n: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 
 from mgpath.model import MGPATH, Bag
 
-__all__ = ["heatmap_scores", "draw_heatmaps", "main"]
+__all__ = ["draw_heatmaps", "heatmap_scores", "main"]
 
 
 @torch.no_grad()

@@ -14,13 +14,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from mgpath.granular import GranularAttention
 from mgpath.ot import OTConfig, cosine_cost, transport_plans
 from mgpath.text import PromptLearner, TextEncoder, build_text_tower, load_descriptions
 
-__all__ = ["Bag", "MGPATH", "build_mgpath"]
+__all__ = ["MGPATH", "Bag", "build_mgpath"]
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Bag:
     features: torch.Tensor
     neighbours: torch.Tensor
 
-    def to(self, device) -> "Bag":
+    def to(self, device) -> Bag:
         return Bag(self.features.to(device), self.neighbours.to(device))
 
 

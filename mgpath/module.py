@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import OTConfig
 
-__all__ = ["SlideAUROC", "MGPATHModule"]
+__all__ = ["MGPATHModule", "SlideAUROC"]
 
 
 class SlideAUROC(Metric):
@@ -96,7 +96,7 @@ class MGPATHModule(pl.LightningModule):
             from mgpath.text import load_state_dict_file
 
             sd = load_state_dict_file(init_checkpoint)
-            sd = {k[6:] if k.startswith("model.") else k: v for k, v in sd.items()}
+            sd = {k.removeprefix("model."): v for k, v in sd.items()}
             missing, unexpected = self.model.load_state_dict(sd, strict=False)
             if unexpected or [k for k in missing if not k.startswith("text.tower.")]:
                 raise KeyError(f"mgpath/module.py: {init_checkpoint} does not match the model: missing "

@@ -36,7 +36,7 @@ from mgpath.model import MGPATH, build_mgpath
 from mgpath.ot import OTConfig
 from mgpath.text import load_state_dict_file
 
-__all__ = ["hf_text_to_open_clip", "convert_official", "load_converted", "main"]
+__all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "main"]
 
 _HF_LAYER = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(.+)$")
 _LAYER_MAP = {"layer_norm1.weight": "ln_1.weight", "layer_norm1.bias": "ln_1.bias",

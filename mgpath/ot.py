@@ -22,8 +22,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["OTError", "OTConfig", "sinkhorn_log", "sinkhorn_plot", "sinkhorn_pot", "transport_plans",
-           "ot_similarity", "cosine_cost"]
+__all__ = [
+    "OTConfig",
+    "OTError",
+    "cosine_cost",
+    "ot_similarity",
+    "sinkhorn_log",
+    "sinkhorn_plot",
+    "sinkhorn_pot",
+    "transport_plans",
+]
 
 
 class OTError(RuntimeError):

@@ -16,7 +16,7 @@ import pandas as pd
 
 from mgpath.data import read_labels, read_split_csv
 
-__all__ = ["make_kshot_splits", "write_split_csv", "check_no_leakage", "main"]
+__all__ = ["check_no_leakage", "main", "make_kshot_splits", "write_split_csv"]
 
 
 def _patient_labels(df: pd.DataFrame) -> dict[str, str]:
@@ -70,7 +70,7 @@ def make_kshot_splits(labels: pd.DataFrame, k: int, n_folds: int = 5, val_frac: 
                 taken += [slides[j] for j in rng.permutation(len(slides))][:k - len(taken)]
                 i += 1
             rest = patients[i:]
-            n_val = int(round(val_frac * len(rest)))
+            n_val = round(val_frac * len(rest))
             if val_frac > 0 and len(rest) > 1:  # at least one val and one test patient per class
                 n_val = min(max(n_val, 1), len(rest) - 1)
             part["train"] += taken

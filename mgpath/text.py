@@ -22,11 +22,18 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["TINY_TEXT_CFG", "load_descriptions", "build_text_tower", "TextTower", "MLPAdaptor",
-           "PromptLearner", "load_state_dict_file"]
+__all__ = [
+    "TINY_TEXT_CFG",
+    "MLPAdaptor",
+    "PromptLearner",
+    "TextTower",
+    "build_text_tower",
+    "load_descriptions",
+    "load_state_dict_file",
+]
 
 #: a small open_clip CLIP configuration (random init) for tests and the demo; same tokenizer as CLIP.
 TINY_TEXT_CFG = {
@@ -109,8 +116,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict):
-        raise ValueError(f"mgpath/text.py: {path} does not contain a state dict")
-    return OrderedDict((k[7:] if k.startswith("module.") else k, v) for k, v in sd.items())
+        raise TypeError(f"mgpath/text.py: {path} does not contain a state dict")
+    return OrderedDict((k.removeprefix("module."), v) for k, v in sd.items())
 
 
 class TextTower(nn.Module):

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from mgpath.model import MGPATH, Bag
 from mgpath.ot import OTConfig, cosine_cost, transport_plans
@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="CSV of per-slide probabilities")
     a, overrides = ap.parse_known_args(argv)
     import pandas as pd
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
     from mgpath.lightning_cli import make_cli
     from mgpath.module import SlideAUROC
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
     cli = make_cli(["--config", a.config, *overrides], run=False)
     module, dm = cli.model, cli.datamodule

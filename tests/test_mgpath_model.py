@@ -66,7 +66,7 @@ def test_prompt_assembly_insert_and_official():
     assert eot[1, 1] == (tok == 49407).nonzero()[0, 0]
     # official: the context overwrites tokens 1..n_ctx of the description; no position on the context
     mo = tiny(placement="official")
-    xo, eo = mo.text.prompts()
+    xo, _eo = mo.text.prompts()
     tower = mo.text.tower
     tok = tower.tokenize([DESC["10x"]["A"]])[0]
     emb = tower.token_embedding(tok[None])[0] + tower.positional_embedding
@@ -83,6 +83,7 @@ def test_prompt_assembly_insert_and_official():
 def test_text_tower_equals_open_clip_encode_text():
     """With no context, the tower + pooling equals open_clip's own encode_text (before projection)."""
     import open_clip
+
     from mgpath.text import TINY_TEXT_CFG, TextTower
     torch.manual_seed(1)
     clip = open_clip.CLIP(**TINY_TEXT_CFG)
@@ -121,7 +122,7 @@ def test_graph_attention_equals_dense_computation():
     with torch.no_grad():
         gat.bias.normal_()
     x = torch.randn(6, 6)
-    out, alpha = gat(x, nb, return_attention=True)
+    out, _alpha = gat(x, nb, return_attention=True)
     # dense reference: adjacency with self loops, masked softmax over rows
     N = 6
     adj = torch.eye(N, dtype=torch.bool)
@@ -187,9 +188,11 @@ def test_official_line_file_and_shipped_prompt_files():
                           ("tcga_brca.json", ["IDC", "ILC"]), ("demo.json", ["class_a", "class_b"])]:
         t = load_descriptions(root / name, classes, ["5x", "10x"])
         assert list(t["10x"]) == classes
-    import tempfile, os
+    import os
+    import tempfile
     with tempfile.TemporaryDirectory() as d:
         f = os.path.join(d, "p.csv")
-        open(f, "w").write("low a\nlow b\nhigh a\nhigh b\n")
+        with open(f, "w") as fh:
+            fh.write("low a\nlow b\nhigh a\nhigh b\n")
         t = load_descriptions(f, ["A", "B"])
         assert t == {"5x": {"A": ["low a"], "B": ["low b"]}, "10x": {"A": ["high a"], "B": ["high b"]}}

@@ -95,7 +95,8 @@ def reference_forward(sd, tokens, slide):
     hd = W // HEADS
     for i in range(LAYERS):
         p = f"text_encoder.transformer.layers.{i}."
-        lin = lambda h, n: h @ sd[p + n + ".weight"].T + sd[p + n + ".bias"]
+        def lin(h, n, p=p):
+            return h @ sd[p + n + ".weight"].T + sd[p + n + ".bias"]
         h = _ln(x, sd[p + "layer_norm1.weight"], sd[p + "layer_norm1.bias"])
         q, k, v = (lin(h, f"self_attn.{n}_proj").reshape(-1, L, HEADS, hd).transpose(1, 2) for n in "qkv")
         att = torch.softmax(q * hd ** -0.5 @ k.transpose(-1, -2) + causal, dim=-1) @ v
@@ -159,7 +160,7 @@ def _slide():
 
 @pytest.mark.parametrize("pyg_old", [False, True])
 def test_finetuned_checkpoint_compat_gives_official_outputs(pyg_old):
-    ft, align, tokens = official_checkpoints(pyg_old)
+    ft, _align, tokens = official_checkpoints(pyg_old)
     sd, settings = convert_official(ft, heads=HEADS)
     assert settings["n_ctx"] == NCTX and settings["n_sets"] == NSETS and settings["feature_dim"] == DIN
     assert settings["text_model_cfg"]["text_cfg"]["layers"] == LAYERS
@@ -175,18 +176,18 @@ def test_finetuned_checkpoint_compat_gives_official_outputs(pyg_old):
 
 
 def test_alignment_checkpoint_and_no_compat():
-    ft, align, tokens = official_checkpoints()
+    ft, align, _tokens = official_checkpoints()
     sd, settings = convert_official(ft, align, heads=HEADS)
     model = load_converted(sd, settings, DESC, ["LUAD", "LUSC"], compat=False)
     # corrected placement: position embeddings cover the context; the description is not overwritten
-    x, eot = model.text.prompts()
+    x, _eot = model.text.prompts()
     tok = open_clip.get_tokenizer("ViT-B-32")(["X " * NCTX + DESC["5x"]["LUSC"]])[0]
     emb = align["text_model.text_model.embeddings.token_embedding.weight"][tok]
     expected = torch.cat([emb[:1], ft["prompt_learner.ctx"][0], emb[1 + NCTX:]]) + \
         align["text_model.text_model.embeddings.position_embedding.weight"]
     torch.testing.assert_close(x[0, 1], expected)
     # the PLIP-G alignment checkpoint alone gives adaptors, temperature and the text tower
-    sd2, s2 = convert_official(align, heads=HEADS)
+    sd2, _s2 = convert_official(align, heads=HEADS)
     torch.testing.assert_close(sd2["logit_scale"], align["temperature"])
     torch.testing.assert_close(sd2["text.adaptor.linear1.weight"], align["TextMLP.linear1.weight"])
     q = align["text_model.text_model.encoder.layers.1.self_attn.k_proj.weight"]
@@ -199,7 +200,7 @@ def test_alignment_checkpoint_and_no_compat():
 
 
 def test_import_official_command(tmp_path):
-    ft, align, tokens = official_checkpoints()
+    ft, _align, tokens = official_checkpoints()
     torch.save(ft, tmp_path / "s_0_checkpoint.pt")
     (tmp_path / "prompts.csv").write_text("\n".join(ROWS) + "\n")  # official line-per-prompt file
     rc = main(["--checkpoint", str(tmp_path / "s_0_checkpoint.pt"), "--descriptions", str(tmp_path / "prompts.csv"),

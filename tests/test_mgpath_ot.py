@@ -49,7 +49,7 @@ def test_non_uniform_marginals_equal_pot():
     a = torch.rand(2, 10, generator=g, dtype=torch.float64) + 0.1
     a = a / a.sum(1, keepdim=True)
     b = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
-    sim, plan, cost = ot_similarity(v, t, a=a, b=b, max_iter=5000, tol=1e-12, return_plan=True)
+    _sim, plan, cost = ot_similarity(v, t, a=a, b=b, max_iter=5000, tol=1e-12, return_plan=True)
     ref = ot.sinkhorn(a[1].numpy(), b.numpy(), cost[1, 0].numpy(), 0.1, numItermax=20000, stopThr=1e-13)
     np.testing.assert_allclose(plan[1, 0].numpy(), ref, atol=1e-10)
 
@@ -98,7 +98,7 @@ def test_plot_backend_matches_official_algorithm():
 def test_gradient_detached_plan_is_envelope():
     v, t = _problem(B=1, C=2)
     v.requires_grad_(True)
-    sim, plan, cost = ot_similarity(v, t, tol=1e-10, max_iter=2000, return_plan=True)
+    sim, plan, _cost = ot_similarity(v, t, tol=1e-10, max_iter=2000, return_plan=True)
     assert not plan.requires_grad
     sim.sum().backward()
     # d/dv of sum_c sum_ms T[m,s] cos(v_m, t_s) with T constant

@@ -1,5 +1,4 @@
 """Data loading (this project / CLAM / TRIDENT files), splits, learning, CLI configs and the fold runner."""
-import math
 from pathlib import Path
 
 import h5py
@@ -12,6 +11,7 @@ import yaml
 from mgpath.data import WSIFeatureDataModule, find_feature_file, load_bag, read_feature_file, read_split_csv
 from mgpath.features import tile_adjacency
 from mgpath.splits import check_no_leakage, make_kshot_splits, write_split_csv
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -79,7 +79,7 @@ def test_reads_project_clam_and_trident_files(tmp_path):
         h["features"], h["coords"], h["adjacency"] = feats, coords, edges
     for p in [tmp_path / "ours.h5", tmp_path / "clam" / "h5_files" / "s1.h5", tmp_path / "clam" / "pt_files" / "s1.pt",
               tmp_path / "trident.h5", tmp_path / "edges.h5"]:
-        bag, c = load_bag(p)
+        bag, _c = load_bag(p)
         np.testing.assert_array_equal(bag.features.numpy(), feats)
         nb = bag.neighbours
         for i in range(6):  # same neighbour sets, whatever the column order

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def _sync(device):
@@ -94,11 +94,11 @@ def main() -> None:
         cost = 1 - torch.bmm(v, t.transpose(1, 2))
         u64, u4 = torch.full((64,), 1 / 64, device=device), torch.full((4,), 0.25, device=device)
         reps = 20 if name == "per_slide" else 5
-        torch_s = _timeit(lambda: sinkhorn_log(cost, eps=0.1, max_iter=100, tol=1e-2), device, reps)
-        batch_s = _timeit(lambda: solve_batch(cost, reg=0.1, max_iter=100, tol=1e-2, method="log_sinkhorn",
-                                              grad="detach"), device, reps)
-        loop_s = _timeit(lambda: [ot.sinkhorn(u64, u4, cost[p], 0.1, numItermax=100, stopThr=1e-2)
-                                  for p in range(P)], device, reps)
+        torch_s = _timeit(lambda c=cost: sinkhorn_log(c, eps=0.1, max_iter=100, tol=1e-2), device, reps)
+        batch_s = _timeit(lambda c=cost: solve_batch(c, reg=0.1, max_iter=100, tol=1e-2, method="log_sinkhorn",
+                                                     grad="detach"), device, reps)
+        loop_s = _timeit(lambda c=cost, a=u64, b=u4: [ot.sinkhorn(a, b, c[p], 0.1, numItermax=100, stopThr=1e-2)
+                                                      for p in range(len(c))], device, reps)
         res_ot[name] = {"problems": P, "torch_batched_ms": round(torch_s * 1e3, 3),
                         "pot_solve_batch_ms": round(batch_s * 1e3, 3), "pot_loop_ms": round(loop_s * 1e3, 3),
                         "loop_over_batched": round(loop_s / torch_s, 1)}
