@@ -299,3 +299,15 @@ def test_full_size_384_forward():
     x = torch.randn(1, 3, 384, 384)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference_forward(model, x), atol=1e-5, rtol=0)
+
+
+def test_traces_as_one_graph_under_torch_compile():
+    """torch.compile(fullgraph=True) would fail on any graph break (python loop over the batch, .item(), ...)."""
+    torch.manual_seed(0)
+    model = build_model(num_classes=3, prompt=PromptConfig(method="vapt", num_tokens=2, mlp_dropout=0.0,
+                                                           conv_dropout=0.0), **TINY).eval()
+    _randomise_prompts(model)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=0)
