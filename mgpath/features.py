@@ -508,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"mgpath extract: {e}", file=sys.stderr)
         return 2
+    if "LOCAL_RANK" not in os.environ and Path(args.out).exists():  # launcher process, before any DDP rank starts
+        from mgpath.slides.tiling import _clean_temp
+
+        _clean_temp(Path(args.out))  # temporary files a killed run left behind
     devices = args.devices if args.devices == "auto" else (int(args.devices) if args.devices.isdigit()
                                                            else args.devices)
     rows = problems + extract_features(jobs, encoder, args.encoder, args.checkpoint, args.batch_size, args.workers,
