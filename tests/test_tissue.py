@@ -1,4 +1,5 @@
 """Tissue segmentation recovers the known tissue of generated slides; GeoJSON and preview outputs."""
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,24 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("tissue_class", [0, 1, 2])
 def test_segmentation_recovers_known_tissue(synthetic, tissue_class):
-    syn = synthetic(f"seg{tissue_class}.tiff", size=(8192, 6144), mpp=0.5, levels=4, downsample=2,
-                    tissue_class=tissue_class)
+    syn = synthetic(
+        f"seg{tissue_class}.tiff",
+        size=(8192, 6144),
+        mpp=0.5,
+        levels=4,
+        downsample=2,
+        tissue_class=tissue_class,
+    )
     with Slide(syn.path) as s:
         t = segment_tissue(s)
     gt = syn.mask(shape=t.mask.shape)
     iou = _iou(gt, t.mask)
-    print(f"tissue class {syn.tissue_class}: IoU {iou:.4f}, area {t.area_mm2:.3f} mm^2 "
-          f"(truth {syn.tissue_area_px() * 0.25e-6:.3f})")
+    print(
+        f"tissue class {syn.tissue_class}: IoU {iou:.4f}, area {t.area_mm2:.3f} mm^2 "
+        f"(truth {syn.tissue_area_px() * 0.25e-6:.3f})"
+    )
     assert iou > 0.95
-    assert len(t.polygons) == 3                       # three pieces
+    assert len(t.polygons) == 3  # three pieces
     assert [len(p.holes) for p in t.polygons] == [1, 0, 0]  # the hole of the largest piece is kept as a hole
     assert t.area_mm2 == pytest.approx(syn.tissue_area_px() * 0.25e-6, rel=0.05)
     # polygons are in level-0 pixels: rasterising them again gives back the mask
@@ -54,8 +63,10 @@ def test_area_filter_is_physical_not_pixels(synthetic):
     for mpp in (0.5, 2.0):
         W, H = int(3_000 / mpp), int(2_000 / mpp)  # a 3 x 2 mm field at each resolution
         px = 1 / mpp  # level-0 pixels per micron
-        regions = [Region(Ellipse(1000 * px, 1000 * px, 600 * px, 600 * px)),      # 1.13 mm^2
-                   Region(Ellipse(2400 * px, 1000 * px, 80 * px, 80 * px))]        # 0.020 mm^2 speck
+        regions = [
+            Region(Ellipse(1000 * px, 1000 * px, 600 * px, 600 * px)),  # 1.13 mm^2
+            Region(Ellipse(2400 * px, 1000 * px, 80 * px, 80 * px)),
+        ]  # 0.020 mm^2 speck
         syn = synthetic(f"area{mpp}.tiff", size=(W, H), mpp=mpp, levels=3, downsample=4, regions=regions)
         with Slide(syn.path) as s:
             t = segment_tissue(s, TissueParams(min_tissue_mm2=0.05))
@@ -69,9 +80,9 @@ def test_area_filter_is_physical_not_pixels(synthetic):
 
 def test_small_holes_filled_big_holes_kept():
     img = np.full((400, 400, 3), 255, np.uint8)
-    img[50:350, 50:350] = (180, 80, 150)        # tissue
-    img[100:160, 100:160] = 255                  # big hole: 60x60 px at 10 um = 0.36 mm^2
-    img[250:256, 250:256] = 255                  # small hole: 6x6 px = 0.0036 mm^2
+    img[50:350, 50:350] = (180, 80, 150)  # tissue
+    img[100:160, 100:160] = 255  # big hole: 60x60 px at 10 um = 0.36 mm^2
+    img[250:256, 250:256] = 255  # small hole: 6x6 px = 0.0036 mm^2
     p = TissueParams(median_um=10, close_um=0, min_hole_mm2=0.01, min_tissue_mm2=0.01, black_value=0)
     polys, mask, thr = segment_image(img, 10.0, p)
     assert thr == 15 and len(polys) == 1 and len(polys[0].holes) == 1
@@ -81,7 +92,7 @@ def test_small_holes_filled_big_holes_kept():
 def test_otsu_option_and_black_pixels():
     img = np.full((300, 300, 3), 255, np.uint8)
     img[50:250, 50:150] = (200, 120, 170)
-    img[50:250, 200:260] = (10, 10, 10)           # black marker / border: ignored
+    img[50:250, 200:260] = (10, 10, 10)  # black marker / border: ignored
     polys, mask, thr = segment_image(img, 8.0, TissueParams(threshold="otsu"))
     assert thr >= 15 and len(polys) == 1
     assert mask[150, 100] and not mask[150, 230]
@@ -108,7 +119,7 @@ def test_geojson_and_preview(synthetic, tmp_path):
     for ring in f0["geometry"]["coordinates"]:
         assert ring[0] == ring[-1] and len(ring) >= 4
     xs = np.array(f0["geometry"]["coordinates"][0])[:, 0]
-    assert 0 <= xs.min() and xs.max() <= 4096          # level-0 pixel coordinates
+    assert 0 <= xs.min() and xs.max() <= 4096  # level-0 pixel coordinates
     back = read_geojson(gj)
     assert len(back) == 3 and len(back[0].holes) == 1
     assert np.allclose(back[0].exterior, t.polygons[0].exterior, atol=0.01)

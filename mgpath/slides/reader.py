@@ -4,6 +4,7 @@ Coordinates are always level-0 pixels ``(x, y)`` of the top-left corner; sizes a
 Magnification and MPP are tied by the usual convention ``mpp = 10 / magnification`` (10x = 1.0 um/px,
 20x = 0.5, 40x = 0.25).
 """
+
 from __future__ import annotations
 
 import math
@@ -84,7 +85,12 @@ def mpp_from_properties(props: dict) -> tuple[float | None, str, list[str]]:
         candidates.append(("openslide.mpp-x/y", (mx + my) / 2))
     else:
         candidates.append(("openslide.mpp-x", mx or my))
-    for key in ("aperio.MPP", "openslide.mirax.MPP", "mirax.GENERAL.SLIDE_RESOLUTION", "philips.DICOM_PIXEL_SPACING"):
+    for key in (
+        "aperio.MPP",
+        "openslide.mirax.MPP",
+        "mirax.GENERAL.SLIDE_RESOLUTION",
+        "philips.DICOM_PIXEL_SPACING",
+    ):
         if key in props:
             v = props[key]
             if key == "philips.DICOM_PIXEL_SPACING":  # '"0.000227" "0.000227"' in mm
@@ -101,7 +107,9 @@ def mpp_from_properties(props: dict) -> tuple[float | None, str, list[str]]:
     if xres and unit in _UNIT_TO_UM:
         candidates.append((f"tiff.XResolution ({unit})", _UNIT_TO_UM[unit] / xres))
     elif "tiff.XResolution" in props:
-        notes.append(f"tiff.XResolution={props.get('tiff.XResolution')} with ResolutionUnit={unit or 'missing'}")
+        notes.append(
+            f"tiff.XResolution={props.get('tiff.XResolution')} with ResolutionUnit={unit or 'missing'}"
+        )
     for key, val in candidates:
         if val is None:
             notes.append(f"{key} missing")
@@ -123,7 +131,9 @@ def _open_osr(path: str):
             "check the file is a supported slide (svs, ndpi, mrxs, tiled pyramidal tiff, ...)"
         ) from None
     except openslide.OpenSlideError as e:
-        raise SlideError(f"{path} could not be read by OpenSlide ({e}); the file may be truncated or corrupt") from None
+        raise SlideError(
+            f"{path} could not be read by OpenSlide ({e}); the file may be truncated or corrupt"
+        ) from None
     except FileNotFoundError:
         raise SlideError(f"slide {path} does not exist") from None
 
@@ -146,7 +156,9 @@ class Slide:
         self.path = str(path)
         self.slide_id = slide_id_from_path(self.path)
         if mpp is not None and not (_float(mpp) and float(mpp) < 1e3):
-            raise MPPError(f"mpp override for slide {self.path} must be a positive number of um/px, got {mpp!r}")
+            raise MPPError(
+                f"mpp override for slide {self.path} must be a positive number of um/px, got {mpp!r}"
+            )
         self._mpp_override = float(mpp) if mpp is not None else None
         self._osr = None
         osr = self._handle()
@@ -245,15 +257,21 @@ class Slide:
             rgba = self._handle().read_region((x, y), level, (w, h))
         except openslide.OpenSlideError as e:
             self.close()
-            raise SlideError(f"reading {self.path} at ({x}, {y}) level {level} failed ({e}); the file may be corrupt") from None
+            raise SlideError(
+                f"reading {self.path} at ({x}, {y}) level {level} failed ({e}); the file may be corrupt"
+            ) from None
         return _on_white(rgba)
 
     def read_region(self, xy_level0: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """Read ``size=(w, h)`` pixels of ``level`` at level-0 ``xy``; RGB uint8 ``(h, w, 3)`` on white."""
         return np.array(self._read_pil(xy_level0, level, size))
 
-    def read_footprint(self, xy_level0: tuple[float, float], size_level0: float | tuple[float, float],
-                       out_size: int | tuple[int, int]) -> np.ndarray:
+    def read_footprint(
+        self,
+        xy_level0: tuple[float, float],
+        size_level0: float | tuple[float, float],
+        out_size: int | tuple[int, int],
+    ) -> np.ndarray:
         """Read the level-0 box ``xy + size_level0`` resized to ``out_size`` px: RGB uint8 ``(h, w, 3)``.
 
         The deepest level not coarser than needed is read, then resized (bilinear, antialiased) only when
@@ -278,8 +296,10 @@ class Slide:
         """A whole pyramid level as RGB uint8 ``(H_l, W_l, 3)`` on white (refuses levels over ``max_pixels``)."""
         w, h = self.level_dimensions[level]
         if w * h > max_pixels:
-            raise SlideError(f"level {level} of {self.path} is {w}x{h} px, too large to read whole; use a coarser "
-                             f"level or thumbnail()")
+            raise SlideError(
+                f"level {level} of {self.path} is {w}x{h} px, too large to read whole; use a coarser "
+                f"level or thumbnail()"
+            )
         return self.read_region((0, 0), level, (w, h))
 
     def read_at_downsample(self, downsample: float, max_side: int = 16384) -> np.ndarray:

@@ -5,6 +5,7 @@ elliptical holes) on a white background, so tests can compare segmentation again
 level is generated tile by tile from the analytic region description, so a 50,000 x 50,000 slide is written
 without ever holding a full level in memory.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Ellipse", "Region", "SyntheticSlide", "default_regions", "jitter_regions", "make_synthetic_slide", "TISSUE_CLASSES"]
+__all__ = [
+    "Ellipse",
+    "Region",
+    "SyntheticSlide",
+    "default_regions",
+    "jitter_regions",
+    "make_synthetic_slide",
+    "TISSUE_CLASSES",
+]
 
 #: names of the available tissue-class variants (``tissue_class`` may be the index or the name)
 TISSUE_CLASSES = ("ihc", "he_coarse", "blue_fine")
@@ -81,12 +90,15 @@ class SyntheticSlide:
 
     def polygons(self) -> list[dict]:
         """Ground truth as ``[{"exterior": (K,2), "holes": [(K,2), ...]}]`` in level-0 pixels."""
-        return [{"exterior": r.outer.polygon(), "holes": [h.polygon() for h in r.holes]} for r in self.regions]
+        return [
+            {"exterior": r.outer.polygon(), "holes": [h.polygon() for h in r.holes]} for r in self.regions
+        ]
 
     def tissue_area_px(self) -> float:
         """Analytic tissue area in level-0 pixels^2 (holes assumed inside their outer ellipse)."""
         return sum(
-            math.pi * r.outer.rx * r.outer.ry - sum(math.pi * h.rx * h.ry for h in r.holes) for r in self.regions
+            math.pi * r.outer.rx * r.outer.ry - sum(math.pi * h.rx * h.ry for h in r.holes)
+            for r in self.regions
         )
 
 
@@ -110,9 +122,14 @@ def default_regions(width: int, height: int, layout: str = "three") -> list[Regi
     if layout == "one":
         return [Region(Ellipse(0.5 * W, 0.5 * H, 0.3 * W, 0.3 * H))]
     if layout != "three":
-        raise ValueError(f"unknown layout {layout!r}; use 'three', 'one' or 'none' (mgpath/slides/synthetic.py)")
+        raise ValueError(
+            f"unknown layout {layout!r}; use 'three', 'one' or 'none' (mgpath/slides/synthetic.py)"
+        )
     return [
-        Region(Ellipse(0.32 * W, 0.40 * H, 0.22 * W, 0.28 * H), holes=(Ellipse(0.30 * W, 0.42 * H, 0.06 * W, 0.07 * H),)),
+        Region(
+            Ellipse(0.32 * W, 0.40 * H, 0.22 * W, 0.28 * H),
+            holes=(Ellipse(0.30 * W, 0.42 * H, 0.06 * W, 0.07 * H),),
+        ),
         Region(Ellipse(0.74 * W, 0.30 * H, 0.14 * W, 0.16 * H)),
         Region(Ellipse(0.72 * W, 0.78 * H, 0.12 * W, 0.09 * H)),
     ]
@@ -127,7 +144,7 @@ def jitter_regions(regions: list[Region], size: tuple[int, int], seed: int) -> l
         k = float(rng.uniform(0.9, 1.1))
         o = r.outer
 
-        def move(e: Ellipse) -> Ellipse:
+        def move(e: Ellipse, o: Ellipse = o, dx: float = dx, dy: float = dy, k: float = k) -> Ellipse:
             return Ellipse(o.cx + dx + (e.cx - o.cx) * k, o.cy + dy + (e.cy - o.cy) * k, e.rx * k, e.ry * k)
 
         out.append(Region(move(o), tuple(move(h) for h in r.holes)))

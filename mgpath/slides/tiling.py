@@ -11,6 +11,7 @@ or ``mpp0.5`` for ``--mpp-target 0.5``)::
 Every file is written to a temporary name in the same folder and renamed, so a killed run never leaves a
 half-written output; a rerun skips slides whose outputs exist with the same settings ("cached").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,19 @@ __all__ = [
 ]
 
 #: file endings treated as slides when a folder is given
-SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
+SLIDE_EXTENSIONS = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".dcm",
+)
 COORDS_FORMAT = "mgpath-coords-1"
 
 
@@ -76,7 +89,9 @@ class TileParams:
         if self.tile_size < 1:
             raise ValueError(f"--tile-size must be >= 1, got {self.tile_size}")
         if not 0 <= self.overlap < self.tile_size:
-            raise ValueError(f"--overlap must be in [0, tile_size), got {self.overlap} for tile size {self.tile_size}")
+            raise ValueError(
+                f"--overlap must be in [0, tile_size), got {self.overlap} for tile size {self.tile_size}"
+            )
         if not 0.0 <= self.min_tissue <= 1.0:
             raise ValueError(f"--min-tissue is a fraction in [0, 1], got {self.min_tissue}")
         if self.target_mpp is None and self.magnification is None:
@@ -87,7 +102,11 @@ class TileParams:
     @property
     def mpp(self) -> float:
         """Target um/px."""
-        return float(self.target_mpp) if self.target_mpp is not None else magnification_to_mpp(self.magnification)
+        return (
+            float(self.target_mpp)
+            if self.target_mpp is not None
+            else magnification_to_mpp(self.magnification)
+        )
 
     @property
     def tag(self) -> str:
@@ -98,12 +117,20 @@ class TileParams:
 
     def key(self) -> dict:
         """Settings that must match for an existing coords file to be reused."""
-        return {"patch_size": int(self.tile_size), "target_mpp": round(self.mpp, 6), "overlap": int(self.overlap),
-                "min_tissue": float(self.min_tissue), "use_tissue": bool(self.use_tissue), "edge": bool(self.edge)}
+        return {
+            "patch_size": int(self.tile_size),
+            "target_mpp": round(self.mpp, 6),
+            "overlap": int(self.overlap),
+            "min_tissue": float(self.min_tissue),
+            "use_tissue": bool(self.use_tissue),
+            "edge": bool(self.edge),
+        }
 
 
 # -- grid and tissue fraction --------------------------------------------------------------------------
-def tile_grid(dimensions: tuple[int, int], size_level0: float, step_level0: float, edge: bool = False) -> np.ndarray:
+def tile_grid(
+    dimensions: tuple[int, int], size_level0: float, step_level0: float, edge: bool = False
+) -> np.ndarray:
     """Level-0 top-left corners ``(N, 2)`` int64 of a regular grid from ``(0, 0)``, row-major (y, then x).
 
     Corner ``i`` along an axis is ``round(i * step_level0)``. Without ``edge`` only tiles lying entirely
@@ -125,8 +152,9 @@ def tile_grid(dimensions: tuple[int, int], size_level0: float, step_level0: floa
     return np.stack([gx.ravel(), gy.ravel()], axis=1)
 
 
-def tissue_fraction(mask: np.ndarray, downsample: tuple[float, float], coords: np.ndarray,
-                    size_level0: float) -> np.ndarray:
+def tissue_fraction(
+    mask: np.ndarray, downsample: tuple[float, float], coords: np.ndarray, size_level0: float
+) -> np.ndarray:
     """Exact area fraction of each tile covered by ``mask`` (pixels taken as constant squares).
 
     ``mask`` ``(h, w)`` bool at ``downsample=(sx, sy)`` level-0 px per pixel; ``coords`` ``(N, 2)`` level-0
@@ -145,8 +173,12 @@ def tissue_fraction(mask: np.ndarray, downsample: tuple[float, float], coords: n
         x0 = np.minimum(np.floor(x).astype(np.int64), w - 1) if w else np.zeros_like(x, np.int64)
         y0 = np.minimum(np.floor(y).astype(np.int64), h - 1) if h else np.zeros_like(y, np.int64)
         fx, fy = x - x0, y - y0
-        return (S[y0, x0] * (1 - fx) * (1 - fy) + S[y0, x0 + 1] * fx * (1 - fy)
-                + S[y0 + 1, x0] * (1 - fx) * fy + S[y0 + 1, x0 + 1] * fx * fy)
+        return (
+            S[y0, x0] * (1 - fx) * (1 - fy)
+            + S[y0, x0 + 1] * fx * (1 - fy)
+            + S[y0 + 1, x0] * (1 - fx) * fy
+            + S[y0 + 1, x0 + 1] * fx * fy
+        )
 
     c = np.asarray(coords, np.float64)
     x0, y0 = c[:, 0] / sx, c[:, 1] / sy
@@ -182,8 +214,9 @@ def _h5_attr(v):
     return v
 
 
-def write_coords(path: str | os.PathLike, coords: np.ndarray, attrs: dict,
-                 tissue_fraction: np.ndarray | None = None) -> None:
+def write_coords(
+    path: str | os.PathLike, coords: np.ndarray, attrs: dict, tissue_fraction: np.ndarray | None = None
+) -> None:
     """Write a coordinates h5 atomically: ``coords`` (N, 2) int64 with ``attrs`` on the dataset and the file.
 
     Attributes go on the ``coords`` dataset (where CLAM and TRIDENT put them) and are mirrored on the root.
@@ -236,7 +269,9 @@ def read_coords(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     try:
         with h5py.File(path, "r") as f:
             if "coords" not in f:
-                raise ValueError(f"{path} has no 'coords' dataset; is it a CLAM/TRIDENT/mgpath coordinates file?")
+                raise ValueError(
+                    f"{path} has no 'coords' dataset; is it a CLAM/TRIDENT/mgpath coordinates file?"
+                )
             coords = np.asarray(f["coords"][()]).astype(np.int64).reshape(-1, 2)
             raw = {k: _decode(v) for k, v in f.attrs.items()}
             raw.update({k: _decode(v) for k, v in f["coords"].attrs.items()})
@@ -244,27 +279,41 @@ def read_coords(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         raise ValueError(f"{path} is not a readable h5 file ({e})") from None
     name = raw.get("name") or raw.get("slide_id")
     stem = path.stem[: -len("_patches")] if path.stem.endswith("_patches") else path.stem
-    out = {"slide_id": str(name) if name else stem, "raw": raw, "patch_level": raw.get("patch_level"),
-           "target_mpp": None, "target_magnification": None, "mpp": None, "step_level0": None}
+    out = {
+        "slide_id": str(name) if name else stem,
+        "raw": raw,
+        "patch_level": raw.get("patch_level"),
+        "target_mpp": None,
+        "target_magnification": None,
+        "mpp": None,
+        "step_level0": None,
+    }
     if "patch_size" not in raw:
         raise ValueError(f"{path} has no 'patch_size' attribute; cannot tell the tile size")
     ps = int(raw["patch_size"])
     out["patch_size"] = ps
     if str(raw.get("format", "")).startswith("mgpath"):
-        out.update(source="mgpath", patch_size_level0=float(raw.get("patch_size_level0_exact",
-                                                                   raw["patch_size_level0"])),
-                   target_mpp=raw.get("target_mpp"), target_magnification=raw.get("target_magnification"),
-                   mpp=raw.get("mpp"), step_level0=raw.get("step_level0"))
+        out.update(
+            source="mgpath",
+            patch_size_level0=float(raw.get("patch_size_level0_exact", raw["patch_size_level0"])),
+            target_mpp=raw.get("target_mpp"),
+            target_magnification=raw.get("target_magnification"),
+            mpp=raw.get("mpp"),
+            step_level0=raw.get("step_level0"),
+        )
     elif "patch_size_level0" in raw or "target_magnification" in raw:
         ps0 = float(raw.get("patch_size_level0") or ps)
         tmag = raw.get("target_magnification")
         l0mag = raw.get("level0_magnification")
         ov = float(raw.get("overlap") or 0)
-        out.update(source="trident", patch_size_level0=ps0,
-                   target_magnification=float(tmag) if tmag else None,
-                   target_mpp=magnification_to_mpp(float(tmag)) if tmag else None,
-                   mpp=magnification_to_mpp(float(l0mag)) if l0mag else None,
-                   step_level0=ps0 - ov * ps0 / ps)
+        out.update(
+            source="trident",
+            patch_size_level0=ps0,
+            target_magnification=float(tmag) if tmag else None,
+            target_mpp=magnification_to_mpp(float(tmag)) if tmag else None,
+            mpp=magnification_to_mpp(float(l0mag)) if l0mag else None,
+            step_level0=ps0 - ov * ps0 / ps,
+        )
     else:
         ds = raw.get("downsample")
         ds = float(np.asarray(ds).reshape(-1)[0]) if ds is not None else 1.0
@@ -274,8 +323,11 @@ def read_coords(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
 
 # -- one slide -----------------------------------------------------------------------------------------
 def _paths(out: Path, slide_id: str, tag: str) -> dict[str, Path]:
-    return {"coords": out / tag / "coords" / f"{slide_id}.h5", "preview": out / tag / "previews" / f"{slide_id}.png",
-            "geojson": out / "geojson" / f"{slide_id}.geojson"}
+    return {
+        "coords": out / tag / "coords" / f"{slide_id}.h5",
+        "preview": out / tag / "previews" / f"{slide_id}.png",
+        "geojson": out / "geojson" / f"{slide_id}.geojson",
+    }
 
 
 def _existing(out: Path, slide_id: str, tps: list[TileParams]) -> tuple[dict | None, str]:
@@ -305,9 +357,14 @@ def _existing(out: Path, slide_id: str, tps: list[TileParams]) -> tuple[dict | N
     return counts, ""
 
 
-def tile_slide(path: str | os.PathLike, out: str | os.PathLike, tile_params: list[TileParams] | TileParams,
-               tissue_params: TissueParams | None = None, mpp: float | None = None,
-               overwrite: bool = False) -> dict:
+def tile_slide(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    tile_params: list[TileParams] | TileParams,
+    tissue_params: TissueParams | None = None,
+    mpp: float | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Segment one slide and write its coordinates for each resolution in ``tile_params``.
 
     Returns a summary row: ``slide_id``, ``path``, ``status`` (``done``/``cached``/``skipped``), ``reason``,
@@ -340,7 +397,7 @@ def tile_slide(path: str | os.PathLike, out: str | os.PathLike, tile_params: lis
         row["status"] = "done" if not row.get("reason") else "skipped"
     except SlideError as e:
         row["reason"] = str(e)
-    except Exception as e:  # keep going on anything a broken file may throw; say what happened
+    except Exception as e:  # noqa: BLE001 - keep going on anything a broken file throws; say what happened
         row["reason"] = f"{type(e).__name__}: {e} (while tiling {path})"
         if os.environ.get("MGPATH_DEBUG"):
             traceback.print_exc()
@@ -354,9 +411,11 @@ def _tile_open_slide(slide: Slide, out: Path, tps: list[TileParams], tp_tissue: 
     res["tissue_mm2"] = round(tissue.area_mm2, 4)
     need_tissue = any(tp.use_tissue for tp in tps)
     if need_tissue and not tissue.polygons:
-        res["reason"] = (f"no tissue found in {slide.path} (saturation threshold {tissue.threshold:g}, "
-                         f"min area {tp_tissue.min_tissue_mm2} mm^2); lower --min-saturation or --min-tissue-area, "
-                         "or pass --no-tissue to tile everything")
+        res["reason"] = (
+            f"no tissue found in {slide.path} (saturation threshold {tissue.threshold:g}, "
+            f"min area {tp_tissue.min_tissue_mm2} mm^2); lower --min-saturation or --min-tissue-area, "
+            "or pass --no-tissue to tile everything"
+        )
         return res
     plans = []
     for tp in tps:
@@ -370,8 +429,10 @@ def _tile_open_slide(slide: Slide, out: Path, tps: list[TileParams], tp_tissue: 
         else:
             frac = None
         if len(coords) == 0:
-            res["reason"] = (f"no {tp.tag} tiles of {tp.tile_size} px with tissue fraction >= {tp.min_tissue} in "
-                             f"{slide.path} (tissue {tissue.area_mm2:.3f} mm^2); lower --min-tissue or --tile-size")
+            res["reason"] = (
+                f"no {tp.tag} tiles of {tp.tile_size} px with tissue fraction >= {tp.min_tissue} in "
+                f"{slide.path} (tissue {tissue.area_mm2:.3f} mm^2); lower --min-tissue or --tile-size"
+            )
             return res
         plans.append((tp, coords, frac, size0, step0))
     if need_tissue:
@@ -421,21 +482,39 @@ def find_slides(inputs: list[str], recursive: bool = False) -> tuple[list[str], 
             it = p.rglob("*") if recursive else p.iterdir()
             found = sorted(str(q) for q in it if q.is_file() and q.name.lower().endswith(SLIDE_EXTENSIONS))
             if not found:
-                problems.append({"slide_id": p.name, "path": str(p), "status": "skipped",
-                                 "reason": f"no slide files ({', '.join(SLIDE_EXTENSIONS)}) in folder {p}"})
+                problems.append(
+                    {
+                        "slide_id": p.name,
+                        "path": str(p),
+                        "status": "skipped",
+                        "reason": f"no slide files ({', '.join(SLIDE_EXTENSIONS)}) in folder {p}",
+                    }
+                )
             paths += found
         elif p.is_file():
             paths.append(str(p))
         else:
-            problems.append({"slide_id": slide_id_from_path(p), "path": str(p), "status": "skipped",
-                             "reason": f"{p} does not exist"})
+            problems.append(
+                {
+                    "slide_id": slide_id_from_path(p),
+                    "path": str(p),
+                    "status": "skipped",
+                    "reason": f"{p} does not exist",
+                }
+            )
     seen: dict[str, str] = {}
     unique = []
     for q in paths:
         sid = slide_id_from_path(q)
         if sid in seen:
-            problems.append({"slide_id": sid, "path": q, "status": "skipped",
-                             "reason": f"duplicate slide id {sid!r} (also {seen[sid]}); rename one of the files"})
+            problems.append(
+                {
+                    "slide_id": sid,
+                    "path": q,
+                    "status": "skipped",
+                    "reason": f"duplicate slide id {sid!r} (also {seen[sid]}); rename one of the files",
+                }
+            )
             continue
         seen[sid] = q
         unique.append(q)
@@ -456,9 +535,17 @@ def _worker(args):
     return tile_slide(*args)
 
 
-def tile_slides(inputs: list[str], out: str | os.PathLike, tile_params: list[TileParams] | TileParams,
-                tissue_params: TissueParams | None = None, mpp: float | dict | None = None, workers: int = 1,
-                overwrite: bool = False, recursive: bool = False, progress: bool = True) -> list[dict]:
+def tile_slides(
+    inputs: list[str],
+    out: str | os.PathLike,
+    tile_params: list[TileParams] | TileParams,
+    tissue_params: TissueParams | None = None,
+    mpp: float | dict | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    recursive: bool = False,
+    progress: bool = True,
+) -> list[dict]:
     """Tile many slides (``workers`` processes), write ``OUT/summary.csv`` and ``.json``; return the rows.
 
     ``mpp`` is one override for all slides or a ``{slide_id: mpp}`` dict.
@@ -516,8 +603,12 @@ def _run_pool(jobs, workers, bar) -> dict[str, dict]:
             try:
                 results[j[0]] = ex.submit(_worker, j).result()
             except BrokenProcessPool:
-                results[j[0]] = {"slide_id": slide_id_from_path(j[0]), "path": j[0], "status": "skipped",
-                                 "reason": f"the process reading {j[0]} crashed (corrupt file?)"}
+                results[j[0]] = {
+                    "slide_id": slide_id_from_path(j[0]),
+                    "path": j[0],
+                    "status": "skipped",
+                    "reason": f"the process reading {j[0]} crashed (corrupt file?)",
+                }
         bar.update(1)
     return results
 
@@ -544,7 +635,9 @@ def write_summary(rows: list[dict], out: Path, tags: list[str]) -> None:
 def format_summary(rows: list[dict], tags: list[str]) -> str:
     """Human-readable per-run summary."""
     n = {s: sum(r["status"] == s for r in rows) for s in ("done", "cached", "skipped")}
-    lines = [f"{len(rows)} slides: {n['done']} done, {n['cached']} cached (already done), {n['skipped']} skipped"]
+    lines = [
+        f"{len(rows)} slides: {n['done']} done, {n['cached']} cached (already done), {n['skipped']} skipped"
+    ]
     for r in rows:
         tiles = ", ".join(f"{t}: {r.get(f'tiles_{t}')}" for t in tags if r.get(f"tiles_{t}") is not None)
         extra = f" ({tiles})" if tiles else ""
@@ -566,13 +659,23 @@ def _read_mpp_csv(path: str) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgpath tile", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mgpath tile",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files and/or folders of slides")
     p.add_argument("--out", required=True, help="output folder (see layout in `mgpath tile --help`)")
-    p.add_argument("--magnification", type=float, nargs="+", default=None,
-                   help="target magnification(s), e.g. 10 5 (10x = 1.0 um/px); default 10")
-    p.add_argument("--mpp-target", type=float, nargs="+", default=None, help="target um/px instead of magnification")
+    p.add_argument(
+        "--magnification",
+        type=float,
+        nargs="+",
+        default=None,
+        help="target magnification(s), e.g. 10 5 (10x = 1.0 um/px); default 10",
+    )
+    p.add_argument(
+        "--mpp-target", type=float, nargs="+", default=None, help="target um/px instead of magnification"
+    )
     p.add_argument("--tile-size", type=int, default=256, help="tile pixels at the target resolution (256)")
     p.add_argument("--overlap", type=int, default=0, help="overlap in target pixels (0)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction per tile (0.5)")
@@ -580,15 +683,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge", action="store_true", help="keep tiles crossing the right/bottom border")
     p.add_argument("--workers", type=int, default=1, help="slides processed in parallel (processes)")
     p.add_argument("--mpp", type=float, default=None, help="level-0 um/px override for every slide")
-    p.add_argument("--mpp-csv", default=None, help="CSV with columns slide_id (or wsi) and mpp: per-slide override")
-    p.add_argument("--seg-mpp", type=float, default=TissueParams.seg_mpp, help="um/px of the segmentation image (8)")
+    p.add_argument(
+        "--mpp-csv", default=None, help="CSV with columns slide_id (or wsi) and mpp: per-slide override"
+    )
+    p.add_argument(
+        "--seg-mpp", type=float, default=TissueParams.seg_mpp, help="um/px of the segmentation image (8)"
+    )
     p.add_argument("--threshold", choices=["fixed", "otsu"], default=TissueParams.threshold)
-    p.add_argument("--min-saturation", type=int, default=TissueParams.min_saturation,
-                   help="saturation threshold 0-255 (fixed) / floor (otsu) (15)")
-    p.add_argument("--min-tissue-area", type=float, default=TissueParams.min_tissue_mm2,
-                   help="drop tissue pieces under this many mm^2 (0.05)")
-    p.add_argument("--min-hole-area", type=float, default=TissueParams.min_hole_mm2,
-                   help="fill holes under this many mm^2 (0.01)")
+    p.add_argument(
+        "--min-saturation",
+        type=int,
+        default=TissueParams.min_saturation,
+        help="saturation threshold 0-255 (fixed) / floor (otsu) (15)",
+    )
+    p.add_argument(
+        "--min-tissue-area",
+        type=float,
+        default=TissueParams.min_tissue_mm2,
+        help="drop tissue pieces under this many mm^2 (0.05)",
+    )
+    p.add_argument(
+        "--min-hole-area",
+        type=float,
+        default=TissueParams.min_hole_mm2,
+        help="fill holes under this many mm^2 (0.01)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo slides whose outputs already exist")
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -601,21 +720,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tps = []
         if args.mpp_target:
-            tps += [TileParams(args.tile_size, None, m, args.overlap, args.min_tissue, not args.no_tissue, args.edge)
-                    for m in args.mpp_target]
+            tps += [
+                TileParams(
+                    args.tile_size, None, m, args.overlap, args.min_tissue, not args.no_tissue, args.edge
+                )
+                for m in args.mpp_target
+            ]
         mags = args.magnification or ([] if args.mpp_target else [10.0])
-        tps += [TileParams(args.tile_size, m, None, args.overlap, args.min_tissue, not args.no_tissue, args.edge)
-                for m in mags]
-        tissue = TissueParams(seg_mpp=args.seg_mpp, threshold=args.threshold, min_saturation=args.min_saturation,
-                              min_tissue_mm2=args.min_tissue_area, min_hole_mm2=args.min_hole_area)
+        tps += [
+            TileParams(args.tile_size, m, None, args.overlap, args.min_tissue, not args.no_tissue, args.edge)
+            for m in mags
+        ]
+        tissue = TissueParams(
+            seg_mpp=args.seg_mpp,
+            threshold=args.threshold,
+            min_saturation=args.min_saturation,
+            min_tissue_mm2=args.min_tissue_area,
+            min_hole_mm2=args.min_hole_area,
+        )
         mpp = _read_mpp_csv(args.mpp_csv) if args.mpp_csv else args.mpp
         if args.mpp is not None and args.mpp <= 0:
             raise ValueError(f"--mpp must be positive, got {args.mpp}")
     except (ValueError, OSError) as e:
         print(f"mgpath tile: {e}", file=sys.stderr)
         return 2
-    rows = tile_slides(args.inputs, args.out, tps, tissue, mpp, args.workers, args.overwrite, args.recursive,
-                       progress=not args.no_progress)
+    rows = tile_slides(
+        args.inputs,
+        args.out,
+        tps,
+        tissue,
+        mpp,
+        args.workers,
+        args.overwrite,
+        args.recursive,
+        progress=not args.no_progress,
+    )
     print(format_summary(rows, [tp.tag for tp in tps]))
     print(f"summary: {Path(args.out) / 'summary.csv'}")
     return 0 if all(r["status"] in ("done", "cached") for r in rows) else 1

@@ -5,6 +5,7 @@ masking near-black pixels) -> median blur -> threshold (fixed, or Otsu with a fl
 contours with holes (OpenCV ``RETR_CCOMP``) -> tissue pieces smaller than ``min_tissue_mm2`` and holes
 smaller than ``min_hole_mm2`` dropped. Polygons are returned in level-0 pixel coordinates.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,9 @@ class TissueParams:
 
     def __post_init__(self):
         if self.threshold not in ("otsu", "fixed"):
-            raise ValueError(f"threshold must be 'otsu' or 'fixed', got {self.threshold!r} (mgpath/slides/tissue.py)")
+            raise ValueError(
+                f"threshold must be 'otsu' or 'fixed', got {self.threshold!r} (mgpath/slides/tissue.py)"
+            )
         if self.seg_mpp <= 0:
             raise ValueError(f"seg_mpp must be > 0, got {self.seg_mpp}")
 
@@ -148,18 +151,24 @@ def segment_image(rgb: np.ndarray, mpp: float, params: TissueParams | None = Non
                 j = hier[j][0]
             if area * px_mm2 < p.min_tissue_mm2:
                 continue
-            polys.append(TissuePolygon(
-                exterior=cnt[:, 0, :].astype(np.float64),
-                holes=[h[:, 0, :].astype(np.float64) for h in holes],
-                area_mm2=area * px_mm2,
-            ))
+            polys.append(
+                TissuePolygon(
+                    exterior=cnt[:, 0, :].astype(np.float64),
+                    holes=[h[:, 0, :].astype(np.float64) for h in holes],
+                    area_mm2=area * px_mm2,
+                )
+            )
     polys.sort(key=lambda q: -q.area_mm2)
     out = rasterize(polys, mask.shape, 1.0, pixel_centres=False)
     return polys, out, thr
 
 
-def rasterize(polygons: list[TissuePolygon], shape: tuple[int, int], downsample: float | tuple[float, float],
-              pixel_centres: bool = True) -> np.ndarray:
+def rasterize(
+    polygons: list[TissuePolygon],
+    shape: tuple[int, int],
+    downsample: float | tuple[float, float],
+    pixel_centres: bool = True,
+) -> np.ndarray:
     """Fill polygons (holes left empty) into a ``shape=(h, w)`` bool mask of ``downsample`` level-0 px per pixel.
 
     With ``pixel_centres`` the polygon vertices are level-0 coordinates of pixel corners; otherwise they are
@@ -234,8 +243,12 @@ def _ring(a: np.ndarray) -> list[list[float]]:
     return pts
 
 
-def write_geojson(polygons: list[TissuePolygon], path: str | os.PathLike, slide_id: str = "",
-                  params: TissueParams | None = None) -> None:
+def write_geojson(
+    polygons: list[TissuePolygon],
+    path: str | os.PathLike,
+    slide_id: str = "",
+    params: TissueParams | None = None,
+) -> None:
     """Write tissue polygons as a GeoJSON FeatureCollection in level-0 pixels (QuPath: File > Import objects).
 
     One ``Polygon`` feature per piece (exterior ring then hole rings), classified ``Tissue`` as a QuPath
@@ -246,20 +259,28 @@ def write_geojson(polygons: list[TissuePolygon], path: str | os.PathLike, slide_
         if len(poly.exterior) < 3:
             continue
         rings = [_ring(poly.exterior)] + [_ring(h) for h in poly.holes if len(h) >= 3]
-        feats.append({
-            "type": "Feature",
-            "id": f"{slide_id}-tissue-{i}",
-            "geometry": {"type": "Polygon", "coordinates": rings},
-            "properties": {
-                "objectType": "annotation",
-                "name": f"tissue {i}",
-                "classification": {"name": "Tissue", "color": [0, 160, 80]},
-                "area_mm2": round(float(poly.area_mm2), 6),
-            },
-        })
-    doc = {"type": "FeatureCollection", "features": feats,
-           "properties": {"slide_id": slide_id, "units": "level-0 pixels",
-                          "params": asdict(params) if params else None}}
+        feats.append(
+            {
+                "type": "Feature",
+                "id": f"{slide_id}-tissue-{i}",
+                "geometry": {"type": "Polygon", "coordinates": rings},
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"tissue {i}",
+                    "classification": {"name": "Tissue", "color": [0, 160, 80]},
+                    "area_mm2": round(float(poly.area_mm2), 6),
+                },
+            }
+        )
+    doc = {
+        "type": "FeatureCollection",
+        "features": feats,
+        "properties": {
+            "slide_id": slide_id,
+            "units": "level-0 pixels",
+            "params": asdict(params) if params else None,
+        },
+    }
     _atomic_write_bytes(Path(path), json.dumps(doc).encode())
 
 
@@ -270,8 +291,13 @@ def read_geojson(path: str | os.PathLike) -> list[TissuePolygon]:
     out = []
     for f in feats:
         g = f.get("geometry") or {}
-        polys = [g["coordinates"]] if g.get("type") == "Polygon" else g.get("coordinates", []) if g.get(
-            "type") == "MultiPolygon" else []
+        polys = (
+            [g["coordinates"]]
+            if g.get("type") == "Polygon"
+            else g.get("coordinates", [])
+            if g.get("type") == "MultiPolygon"
+            else []
+        )
         for rings in polys:
             ext = np.asarray(rings[0], np.float64)[:-1]
             holes = [np.asarray(r, np.float64)[:-1] for r in rings[1:]]
@@ -279,8 +305,13 @@ def read_geojson(path: str | os.PathLike) -> list[TissuePolygon]:
     return out
 
 
-def write_preview(tissue: Tissue, path: str | os.PathLike, coords: np.ndarray | None = None,
-                  tile_size_level0: float | None = None, max_side: int = 2048) -> None:
+def write_preview(
+    tissue: Tissue,
+    path: str | os.PathLike,
+    coords: np.ndarray | None = None,
+    tile_size_level0: float | None = None,
+    max_side: int = 2048,
+) -> None:
     """PNG preview: the segmentation image with tissue contours (green), holes (blue) and tiles (red boxes).
 
     ``coords`` ``(N, 2)`` level-0 top-left corners of tiles of ``tile_size_level0`` px.
@@ -291,8 +322,9 @@ def write_preview(tissue: Tissue, path: str | os.PathLike, coords: np.ndarray | 
     sx, sy = tissue.downsample
     f = min(1.0, max_side / max(img.shape[:2]))
     if f < 1.0:
-        img = cv2.resize(img, (max(1, int(img.shape[1] * f)), max(1, int(img.shape[0] * f))),
-                         interpolation=cv2.INTER_AREA)
+        img = cv2.resize(
+            img, (max(1, int(img.shape[1] * f)), max(1, int(img.shape[0] * f))), interpolation=cv2.INTER_AREA
+        )
     sx, sy = sx / f, sy / f
     th = max(1, int(round(max(img.shape[:2]) / 800)))
     if coords is not None and len(coords) and tile_size_level0:

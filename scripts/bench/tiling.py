@@ -10,6 +10,7 @@ Generates a ``size x size`` pyramidal JPEG TIFF slide once (cached under ~/.cach
    the slide + Lightning predict; bf16 on GPU) and with the encoder alone on the same pre-made tensors.
 Prints ONE JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,12 @@ def main(argv=None) -> int:
     p.add_argument("--max-tiles", type=int, default=128, help="tiles encoded (keep small on CPU)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--extract-magnification", type=float, default=None,
-                   help="magnification of the tiles encoded (default: --magnification)")
+    p.add_argument(
+        "--extract-magnification",
+        type=float,
+        default=None,
+        help="magnification of the tiles encoded (default: --magnification)",
+    )
     p.add_argument("--skip-extract", action="store_true")
     args = p.parse_args(argv)
 
@@ -57,15 +62,30 @@ def main(argv=None) -> int:
         while args.size / 4**levels >= 512:
             levels += 1
         t = time.perf_counter()
-        make_synthetic_slide(slide_path, size=(args.size, args.size), mpp=args.mpp, levels=levels, downsample=4,
-                             tissue_class=0, compression="jpeg", tile=256)
+        make_synthetic_slide(
+            slide_path,
+            size=(args.size, args.size),
+            mpp=args.mpp,
+            levels=levels,
+            downsample=4,
+            tissue_class=0,
+            compression="jpeg",
+            tile=256,
+        )
         gen_s = time.perf_counter() - t
     with Slide(slide_path) as s:
         dims, levels = s.dimensions, s.level_count
-    result = {"bench": "mgpath_tiling", "slide_px": list(dims), "levels": levels, "mpp": args.mpp,
-              "slide_mb": round(slide_path.stat().st_size / 2**20, 1), "generate_s": None if gen_s is None else
-              round(gen_s, 1), "magnification": args.magnification, "tile_size": args.tile_size,
-              "cpus": os.cpu_count()}
+    result = {
+        "bench": "mgpath_tiling",
+        "slide_px": list(dims),
+        "levels": levels,
+        "mpp": args.mpp,
+        "slide_mb": round(slide_path.stat().st_size / 2**20, 1),
+        "generate_s": None if gen_s is None else round(gen_s, 1),
+        "magnification": args.magnification,
+        "tile_size": args.tile_size,
+        "cpus": os.cpu_count(),
+    }
 
     tp = TileParams(tile_size=args.tile_size, magnification=args.magnification)
     times = []
@@ -100,11 +120,29 @@ def main(argv=None) -> int:
             dev = torch.device(args.device)
             accel = "gpu" if args.device == "cuda" else "cpu"
             if args.device == "cuda":  # warm-up run (CUDA context, kernels), then the timed run
-                extract_features([job], enc, args.encoder, batch_size=args.batch_size, workers=args.workers,
-                                 accelerator=accel, devices=1, overwrite=True, progress=False)
+                extract_features(
+                    [job],
+                    enc,
+                    args.encoder,
+                    batch_size=args.batch_size,
+                    workers=args.workers,
+                    accelerator=accel,
+                    devices=1,
+                    overwrite=True,
+                    progress=False,
+                )
             t = time.perf_counter()
-            rows = extract_features([job], enc, args.encoder, batch_size=args.batch_size, workers=args.workers,
-                                    accelerator=accel, devices=1, overwrite=True, progress=False)
+            rows = extract_features(
+                [job],
+                enc,
+                args.encoder,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                accelerator=accel,
+                devices=1,
+                overwrite=True,
+                progress=False,
+            )
             extract_s = time.perf_counter() - t
             assert rows[0]["status"] == "done", rows
             bt = extract_features.last_writer.batch_times
@@ -119,13 +157,16 @@ def main(argv=None) -> int:
             loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=args.workers)
             x = torch.cat([b[0] for b in loader])
             enc = enc.to(dev).eval()
-            amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else torch.autocast(
-                "cpu", enabled=False)
+            amp = (
+                torch.autocast("cuda", dtype=torch.bfloat16)
+                if args.device == "cuda"
+                else torch.autocast("cpu", enabled=False)
+            )
 
             def run():
                 with torch.inference_mode(), amp:
                     for i in range(0, len(x), args.batch_size):
-                        enc(x[i:i + args.batch_size].to(dev, non_blocking=True))
+                        enc(x[i : i + args.batch_size].to(dev, non_blocking=True))
                 if args.device == "cuda":
                     torch.cuda.synchronize()
 
@@ -134,16 +175,22 @@ def main(argv=None) -> int:
             run()
             enc_s = time.perf_counter() - t
             n = len(xy)
-            result.update({
-                "encoder": args.encoder, "device": args.device, "torch_threads": torch.get_num_threads(),
-                "extract_tiles": n, "batch_size": args.batch_size, "workers": args.workers,
-                "extract_tiles_per_s": round(n / extract_s, 2),
-                "extract_steady_tiles_per_s": None if steady is None else round(steady, 2),
-                "encoder_alone_tiles_per_s": round(n / enc_s, 2),
-                "read_transform_tiles_per_s_1proc": round(n / read_s, 2),
-                "extract_vs_encoder": round(enc_s / extract_s, 3),
-                "extract_steady_vs_encoder": None if steady is None else round(steady * enc_s / n, 3),
-            })
+            result.update(
+                {
+                    "encoder": args.encoder,
+                    "device": args.device,
+                    "torch_threads": torch.get_num_threads(),
+                    "extract_tiles": n,
+                    "batch_size": args.batch_size,
+                    "workers": args.workers,
+                    "extract_tiles_per_s": round(n / extract_s, 2),
+                    "extract_steady_tiles_per_s": None if steady is None else round(steady, 2),
+                    "encoder_alone_tiles_per_s": round(n / enc_s, 2),
+                    "read_transform_tiles_per_s_1proc": round(n / read_s, 2),
+                    "extract_vs_encoder": round(enc_s / extract_s, 3),
+                    "extract_steady_vs_encoder": None if steady is None else round(steady * enc_s / n, 3),
+                }
+            )
     print(json.dumps(result))
     return 0
 
