@@ -229,6 +229,28 @@ def test_extract_resume_and_bad_slide(tiled, slide_dir, tiny_vit, tiny_enc, tmp_
     assert rows[0]["status"] == "skipped" and "not a whole-slide image" in rows[0]["reason"]
 
 
+def test_extract_corrupt_tiles_reported(tiled, slide_dir, tiny_enc, tmp_path):
+    """A slide that opens but whose tile data is corrupt is reported; its features are not written."""
+    import tifffile
+
+    slides = tmp_path / "slides"
+    shutil.copytree(slide_dir, slides)
+    with tifffile.TiffFile(slides / "s0_ihc.tiff") as t:  # level 2 is what 2.5x tiles at 64 px read from
+        page = t.pages[2]
+        spans = list(zip(page.dataoffsets, page.databytecounts, strict=True))
+    with open(slides / "s0_ihc.tiff", "r+b") as f:
+        for off, n in spans:
+            f.seek(off)
+            f.write(b"\x13" * n)
+    jobs, _ = find_jobs(tiled / "2.5x" / "coords", tmp_path / "f", str(slides))
+    rows = extract_features(jobs, tiny_enc, "tiny", batch_size=8, workers=0, accelerator="cpu", progress=False)
+    by = {r["slide_id"]: r for r in rows}
+    print(by["s0_ihc"]["reason"])
+    assert by["s0_ihc"]["status"] == "skipped" and "could not be read" in by["s0_ihc"]["reason"]
+    assert by["s1_he"]["status"] == "done"
+    assert not (tmp_path / "f" / "s0_ihc.h5").exists() and (tmp_path / "f" / "s1_he.h5").exists()
+
+
 def test_extract_from_clam_coords(slide_dir, tiny_vit, tiny_enc, tmp_path):
     """A CLAM patches file (256 px at level 1, no MPP) is encoded tile by tile at that level."""
     model, enc = tiny_vit[1], tiny_enc
