@@ -302,16 +302,35 @@ class Slide:
             )
         return self.read_region((0, 0), level, (w, h))
 
-    def read_at_downsample(self, downsample: float, max_side: int = 16384) -> np.ndarray:
-        """The whole slide resized to ``dimensions / downsample``: RGB uint8 ``(h, w, 3)`` on white."""
+    def read_at_downsample(self, downsample: float, max_side: int = 16384, block: int = 8192) -> np.ndarray:
+        """The whole slide resized to ``dimensions / downsample``: RGB uint8 ``(h, w, 3)`` on white.
+
+        Reads the best level whole when it is small enough, otherwise in ``block x block`` pieces that are
+        shrunk one by one (slides without a pyramid still work, in bounded memory).
+        """
         w0, h0 = self.dimensions
         downsample = max(downsample, w0 / max_side, h0 / max_side, 1e-9)
         ow, oh = max(1, int(round(w0 / downsample))), max(1, int(round(h0 / downsample)))
         level, _ = self.best_level_for_downsample(downsample)
-        img = self.read_level(level)
-        if img.shape[1] != ow or img.shape[0] != oh:
-            img = np.array(Image.fromarray(img).resize((ow, oh), Image.Resampling.BILINEAR))
-        return img
+        lw, lh = self.level_dimensions[level]
+        if lw * lh <= block * block:
+            img = self.read_level(level)
+            if img.shape[1] != ow or img.shape[0] != oh:
+                img = np.array(Image.fromarray(img).resize((ow, oh), Image.Resampling.BILINEAR))
+            return img
+        fx, fy = ow / lw, oh / lh
+        ds = self.level_downsamples[level]
+        out = Image.new("RGB", (ow, oh), (255, 255, 255))
+        for by in range(0, lh, block):
+            for bx in range(0, lw, block):
+                bw, bh = min(block, lw - bx), min(block, lh - by)
+                x0, y0 = int(round(bx * fx)), int(round(by * fy))
+                x1, y1 = int(round((bx + bw) * fx)), int(round((by + bh) * fy))
+                if x1 <= x0 or y1 <= y0:
+                    continue
+                piece = self._read_pil((bx * ds, by * ds), level, (bw, bh))
+                out.paste(piece.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR), (x0, y0))
+        return np.array(out)
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
         """Whole-slide RGB uint8 ``(h, w, 3)`` on white whose longer side is ``max_size`` px."""
