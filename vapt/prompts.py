@@ -103,9 +103,16 @@ def xavier_prompt_bound(patch_size: tuple[int, int], prompt_dim: int, in_chans: 
 
 
 class TokenMapDownsample(nn.Module):
-    """VAPT channel-wise conv + Dropout2d + token-wise projector.
+    """VAPT channel-wise conv + Dropout2d + token-wise projector, (B, G, D) patch tokens -> (B, N, D) prompts.
 
-    (B, D, gh, gw) -> (B, N, D). Output is exactly zero at initialisation (projector weight and bias zero).
+    Parameters keep the official meaning: ``kernel`` (1, 1, K, K) (or (D, 1, K, K) when not channel-wise) and
+    ``linear`` (N, G') with G' the number of conv outputs. The output is exactly zero at initialisation.
+
+    The conv and the projector are both linear in the token map, so they are applied as one (N, G) matrix
+    ``M = A * conv^T`` (computed from the parameters with a transposed convolution) times the patch tokens:
+    ``prompts[b, n, c] = mask[b, c] * sum_p M[n, p] x[b, p, c] + bias[n]``. This equals conv -> Dropout2d ->
+    linear exactly (Dropout2d's per-(sample, channel) mask commutes with a map over spatial positions), needs
+    no transpose of the token map, and is several times cheaper than a depthwise convolution on a GPU.
     """
 
     def __init__(self, embed_dim: int, grid: tuple[int, int], num_tokens: int, kernel_size: int,
@@ -115,20 +122,32 @@ class TokenMapDownsample(nn.Module):
         out_w = grid[1] + 2 * padding - kernel_size + 1
         if out_h < 1 or out_w < 1:
             raise ValueError(f"VAPT kernel {kernel_size} is larger than the {grid[0]}x{grid[1]} patch grid.")
-        self.embed_dim, self.padding = embed_dim, padding
+        self.embed_dim, self.padding, self.grid, self.out_grid = embed_dim, padding, tuple(grid), (out_h, out_w)
+        self.num_tokens, self.conv_dropout = num_tokens, conv_dropout
         shape = (1, 1, kernel_size, kernel_size) if channelwise else (embed_dim, 1, kernel_size, kernel_size)
         self.kernel = nn.Parameter(torch.randn(shape))  # official: torch.randn, unscaled
-        self.dropout = nn.Dropout2d(conv_dropout)
         self.linear = nn.Linear(out_h * out_w, num_tokens)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, token_map: torch.Tensor) -> torch.Tensor:
-        b, d, h, w = token_map.shape
-        kernel = self.kernel.expand(d, 1, -1, -1)
-        conv = F.conv2d(token_map, kernel.to(token_map.dtype), padding=self.padding, groups=d)
-        conv = self.dropout(conv)
-        return self.linear(conv.flatten(2)).transpose(1, 2)
+    def token_matrix(self) -> torch.Tensor:
+        """The combined conv + projector map: (N, G) if channel-wise, else (N, D, G)."""
+        channels = self.kernel.shape[0]
+        a = self.linear.weight.view(self.num_tokens, 1, *self.out_grid).expand(-1, channels, -1, -1)
+        m = F.conv_transpose2d(a, self.kernel, padding=self.padding, groups=channels)
+        return m.flatten(2).squeeze(1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, G, D) normalised patch tokens in raster order -> (B, N, D)."""
+        m = self.token_matrix().to(tokens.dtype)
+        if m.ndim == 2:  # a stride-0 batch of M: one strided-batched GEMM, no copy of the tokens
+            prompts = torch.bmm(m.expand(tokens.shape[0], -1, -1), tokens)
+        else:
+            prompts = torch.einsum("ncp,bpc->bnc", m, tokens)
+        if self.training and self.conv_dropout > 0:
+            keep = F.dropout(tokens.new_ones(tokens.shape[0], 1, tokens.shape[2]), self.conv_dropout, True)
+            prompts = prompts * keep
+        return prompts + self.linear.bias.to(tokens.dtype)[:, None]
 
 
 class FeatureProjector(nn.Module):
@@ -228,10 +247,7 @@ class PromptGenerator(nn.Module):
         if block_index < self.first_adaptive_block:
             return self._static(self.deep_prompt_embeddings[block_index - 1], patches.shape[0])
         j = block_index - self.first_adaptive_block
-        b, g, d = patches.shape
-        z = self.norms[j](patches)
-        token_map = z.transpose(1, 2).reshape(b, d, self.grid[0], self.grid[1])
-        prompts = self.downsamples[j](token_map)
+        prompts = self.downsamples[j](self.norms[j](patches))
         if len(self.projectors):
             prompts = self.projectors[0 if self.cfg.share_projector else j](prompts)
         return prompts
