@@ -20,8 +20,8 @@ from typing import Any, Optional
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
-from vapt.data.base import ClassificationDataModule, atomic_write_text
-from vapt.module import PromptTuningModule
+from vapt.data.base import ClassificationDataModule, DataError, atomic_write_text
+from vapt.module import ModelConfigError, PromptTuningModule
 
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -30,6 +30,13 @@ warnings.filterwarnings("ignore", message=r".*Total length of `list` across rank
 warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended to run from within Python.*")
 
 _VERSION_ENV = "VAPT_LOG_VERSION"
+_USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelConfigError)
+try:  # the backbone builder's own error type (bad name / checkpoint / size)
+    from vapt.backbones import BackboneError
+
+    _USER_ERRORS += (BackboneError,)
+except ImportError:  # pragma: no cover
+    pass
 
 
 def method_label(model_args: Any) -> str:
@@ -148,12 +155,30 @@ def build_cli(argv: list[str], run: bool = True, log_name: Optional[str] = None)
     )
 
 
+def _user_error(exc: BaseException) -> Optional[BaseException]:
+    """The DataError / BackboneError behind ``exc`` (jsonargparse wraps errors raised in ``__init__``)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, _USER_ERRORS):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """``argv[0]`` is ``fit`` | ``validate`` | ``test`` | ``predict``; the rest are LightningCLI options."""
     argv = list(sys.argv[1:] if argv is None else argv)
     owns_version = _VERSION_ENV not in os.environ
     try:
         build_cli(argv, run=True)
+    except Exception as e:
+        user = _user_error(e)
+        if user is None:
+            raise
+        # a wrong path / task / class count / backbone: the message says what to do, no traceback needed
+        print(f"vapt {argv[0] if argv else ''}: {type(user).__name__}: {user}", file=sys.stderr)
+        return 2
     finally:
         if owns_version:
             os.environ.pop(_VERSION_ENV, None)

@@ -22,6 +22,10 @@ from vapt.prompts import PromptConfig
 CHECKPOINT_FORMAT = "vapt-trainable-v1"
 
 
+class ModelConfigError(ValueError):
+    """The model / optimisation keywords of a config cannot be used; the message says how to fix it."""
+
+
 def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
     """LR multiplier of the official ``WarmupCosineSchedule`` (cycles = 0.5).
 
@@ -97,11 +101,15 @@ class PromptTuningModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.prompt_config = PromptConfig(
-            method=method, num_tokens=num_tokens, deep=deep, dropout=dropout, project=project,
-            kernel_size=kernel_size, hidden_dim=hidden_dim, mlp_dropout=mlp_dropout, conv_dropout=conv_dropout,
-            share_projector=share_projector, vpt_depth=vpt_depth, **(prompt_kwargs or {}),
-        )
+        try:
+            self.prompt_config = PromptConfig(
+                method=method, num_tokens=num_tokens, deep=deep, dropout=dropout, project=project,
+                kernel_size=kernel_size, hidden_dim=hidden_dim, mlp_dropout=mlp_dropout,
+                conv_dropout=conv_dropout, share_projector=share_projector, vpt_depth=vpt_depth,
+                **(prompt_kwargs or {}),
+            )
+        except (TypeError, ValueError) as e:
+            raise ModelConfigError(f"model.init_args: {e}") from e
         self.model: PromptedViT = build_model(
             backbone, num_classes=num_classes, prompt=self.prompt_config, checkpoint=checkpoint,
             img_size=img_size, **(backbone_kwargs or {}),
@@ -191,7 +199,7 @@ class PromptTuningModule(pl.LightningModule):
         if hp.schedule_interval == "epoch":
             total = self.trainer.max_epochs
             if total is None or total < 1:
-                raise ValueError("The cosine schedule needs trainer.max_epochs >= 1 (official: 100); "
+                raise ModelConfigError("The cosine schedule needs trainer.max_epochs >= 1 (official: 100); "
                                  f"got {total}. Set --trainer.max_epochs.")
             warmup = hp.warmup_epochs
         else:
