@@ -86,3 +86,18 @@ def test_demo_config_parses_and_runs_one_step(tmp_path: Path):
     out = json.loads(result.read_text())
     assert out["global_step"] == 1 and "test/acc" in out["metrics"]  # test_after_fit ran
     assert (tmp_path / "cache").is_dir()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--data.task=cifar10", "DataError: Unknown VTAB-1k task 'cifar10'; choose one of: cifar100"),
+    ("--data.num_classes=10", "DataError: VTAB-1k task 'cifar100' has 100 classes but the config says num_classes=10"),
+    ("--data.root=/nonexistent/vtab", "DataError: VTAB-1k root /nonexistent/vtab does not exist"),
+    ("--model.deep=false", "ModelConfigError: model.init_args: VAPT inserts adaptive prompts at every layer"),
+])
+def test_cli_bad_inputs_give_one_clear_line(override, message, capsys):
+    config = REPO / "configs/vtab/vapt/cifar100.yaml"
+    rc = main(["fit", "--config", str(config), "--model.checkpoint=null", f"--model.backbone_kwargs={TINY}",
+               "--data.img_size=16", override, *QUIET])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
