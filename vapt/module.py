@@ -3,12 +3,14 @@
 Optimisation (official VPT / VAPT defaults): SGD with momentum 0.9, weight decay on prompts and the head
 weight but not the head bias, linear warmup + cosine decay stepped once per epoch (so epoch 0 runs at
 lr = 0), learning rate given as a *base* rate scaled by ``global_batch / 256``, cross-entropy loss, top-1
-accuracy. Checkpoints hold only the trainable tensors (prompts + head) plus the hyper-parameters that
-rebuild the model, so a ViT-B/16 VAPT checkpoint is a few hundred kB instead of 340 MB.
+accuracy. When the backbone comes from a weights file, checkpoints hold only the trainable tensors (prompts +
+head) plus the hyper-parameters that rebuild the model, so a ViT-B/16 VAPT checkpoint is about 0.5 MB instead
+of 340 MB (a random-init backbone cannot be rebuilt, so it is stored too; see ``store_frozen``).
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
@@ -45,7 +47,7 @@ class PromptTuningModule(pl.LightningModule):
     num_classes : int
         Linked from the DataModule by the CLI.
     backbone, checkpoint, img_size, backbone_kwargs
-        Passed to :func:`vapt.build_model`: timm / open_clip name, local weights file, input size
+        Passed to :func:`vapt.build_model`: timm / open_clip name, local weights file (must exist), input size
         (linked from the DataModule), extra timm keywords (e.g. a tiny ``depth`` for tests).
     method, num_tokens, deep, dropout, project, kernel_size, hidden_dim, mlp_dropout, conv_dropout,
     share_projector, vpt_depth
@@ -110,6 +112,12 @@ class PromptTuningModule(pl.LightningModule):
             )
         except (TypeError, ValueError) as e:
             raise ModelConfigError(f"model.init_args: {e}") from e
+        if checkpoint is not None and not os.path.isfile(os.path.expanduser(checkpoint)):
+            raise ModelConfigError(
+                f"Backbone weights {checkpoint} do not exist. The shipped configs expect the ImageNet-21k ViT-B/16 "
+                "(ViT-B_16.npz of the original ViT release) there; see data/vtab/README.md. Pass "
+                "--model.checkpoint PATH, or --model.checkpoint null for a random-init backbone (tests only)."
+            )
         self.model: PromptedViT = build_model(
             backbone, num_classes=num_classes, prompt=self.prompt_config, checkpoint=checkpoint,
             img_size=img_size, **(backbone_kwargs or {}),
