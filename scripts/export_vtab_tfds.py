@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -88,8 +88,8 @@ def _frac_val(frac: float) -> Callable[[int], str]:
     return lambda n: f"train[{int(n * frac)}:{int(n * frac) + 200}]"
 
 
-_VALIDATION = lambda n: "validation[:200]"  # noqa: E731
-_TEST = lambda n: "test"  # noqa: E731
+_VALIDATION = lambda n: "validation[:200]"
+_TEST = lambda n: "test"
 
 EXPORTS: dict[str, Export] = {
     "cifar100": Export("cifar100:3.0.2", "train", _frac_val(0.9), _TEST),
@@ -120,7 +120,7 @@ EXPORTS: dict[str, Export] = {
 }
 
 
-def export_task(name: str, out: Path, data_dir: Optional[str], download: bool, fmt: str) -> None:
+def export_task(name: str, out: Path, data_dir: str | None, download: bool, fmt: str) -> None:
     import tensorflow_datasets as tfds
     from PIL import Image
 

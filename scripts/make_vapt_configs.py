@@ -16,8 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vapt.data.fgvc import FGVC_DATASETS  # noqa: E402
-from vapt.data.vtab import VTAB_TASKS  # noqa: E402
+from vapt.data.fgvc import FGVC_DATASETS
+from vapt.data.vtab import VTAB_TASKS
 
 BACKBONE = "vit_base_patch16_224"
 WEIGHTS = "weights/imagenet21k_ViT-B_16.npz"  # the paper's supervised ImageNet-21k ViT-B/16 (see data/vtab/README.md)

@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vapt.data.fgvc import FGVC_DATASETS  # noqa: E402
-from vapt.data.vtab import GROUPS, VTAB_TASKS, get_task, tasks_in_group  # noqa: E402
-from vapt.report import report  # noqa: E402
-from vapt.tune import OFFICIAL_SEEDS, tune  # noqa: E402
+from vapt.data.fgvc import FGVC_DATASETS
+from vapt.data.vtab import GROUPS, VTAB_TASKS, get_task, tasks_in_group
+from vapt.report import report
+from vapt.tune import OFFICIAL_SEEDS, tune
 
 METHODS = ("vapt", "vpt_deep", "vpt_shallow", "linear")
 

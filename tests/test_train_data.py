@@ -13,11 +13,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vapt.data import (FGVC_DATASETS, VTAB_TASKS, DataError, DemoShapesDataModule, FGVCDataModule,
-                       ImageFolderDataModule, VTABDataModule, get_task, tasks_in_group)
+from vapt.data import (
+    FGVC_DATASETS,
+    VTAB_TASKS,
+    DataError,
+    DemoShapesDataModule,
+    FGVCDataModule,
+    ImageFolderDataModule,
+    VTABDataModule,
+    get_task,
+    tasks_in_group,
+)
 from vapt.data.base import EpochSeededRandomSampler
 from vapt.data.synthetic import write_fgvc_tree, write_vtab_tree
-from vapt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, fgvc_eval_transform, fgvc_train_transform, vtab_transform
+from vapt.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    fgvc_eval_transform,
+    fgvc_train_transform,
+    vtab_transform,
+)
 from vapt.module import PromptTuningModule
 
 

@@ -7,6 +7,7 @@ import re
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class FakeBuilder:
-    sizes = {"train": 27000, "test": 5000, "validation": 3000}
+    sizes: ClassVar[dict[str, int]] = {"train": 27000, "test": 5000, "validation": 3000}
 
     def __init__(self, name, data_dir=None):
         self.name, self.requested = name, []

@@ -17,8 +17,8 @@ TINY = {"patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 1}
 
 
 def tiny_module(**kw) -> PromptTuningModule:
-    args = dict(num_classes=4, backbone="vit_tiny_patch16_224", img_size=16, backbone_kwargs=TINY,
-                method="vapt", num_tokens=3, conv_dropout=0.0, mlp_dropout=0.0)
+    args = {"num_classes": 4, "backbone": "vit_tiny_patch16_224", "img_size": 16, "backbone_kwargs": TINY,
+                "method": "vapt", "num_tokens": 3, "conv_dropout": 0.0, "mlp_dropout": 0.0}
     args.update(kw)
     return PromptTuningModule(**args)
 
@@ -35,12 +35,12 @@ def tiny_backbone_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    return dict(root=str(root), train_size=16, val_size=8, test_size=8, image_pixels=16, img_size=16)
+    return {"root": str(root), "train_size": 16, "val_size": 8, "test_size": 8, "image_pixels": 16, "img_size": 16}
 
 
 def trainer(tmp_path, **kw) -> pl.Trainer:
-    args = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
-                enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    args = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "logger": False, "enable_progress_bar": False,
+                "enable_model_summary": False, "default_root_dir": str(tmp_path), "num_sanity_val_steps": 0}
     args.update(kw)
     return pl.Trainer(**args)
 

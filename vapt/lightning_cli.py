@@ -81,14 +81,14 @@ class VaptCLI(LightningCLI):
     ``default_root_dir/version_<n>`` directly).
     """
 
-    def __init__(self, *args, log_name: Optional[str] = None, **kwargs):
+    def __init__(self, *args, log_name: str | None = None, **kwargs):
         self.log_name = log_name
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.img_size", "model.init_args.img_size", apply_on="instantiate")
-        parser.add_argument("--result_json", type=Optional[str], default=None,
+        parser.add_argument("--result_json", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
                             help="write the subcommand's final metrics to this JSON file")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the last-epoch model (the official protocol reports it)")
@@ -122,7 +122,7 @@ class VaptCLI(LightningCLI):
     after_test = _write_result
 
 
-def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, extra: Optional[dict] = None) -> dict:
+def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, extra: dict | None = None) -> dict:
     """Write ``trainer.callback_metrics`` plus run facts to ``path`` (atomic). Returns the dict."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or getattr(
@@ -140,7 +140,7 @@ def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, ex
     return result
 
 
-def build_cli(argv: list[str], run: bool = True, log_name: Optional[str] = None) -> VaptCLI:
+def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) -> VaptCLI:
     """Construct the CLI (``run=False``: instantiate model, data and trainer only; argv has no subcommand)."""
     return VaptCLI(
         PromptTuningModule,
@@ -155,7 +155,7 @@ def build_cli(argv: list[str], run: bool = True, log_name: Optional[str] = None)
     )
 
 
-def _user_error(exc: BaseException) -> Optional[BaseException]:
+def _user_error(exc: BaseException) -> BaseException | None:
     """The DataError / BackboneError behind ``exc`` (jsonargparse wraps errors raised in ``__init__``)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -166,7 +166,7 @@ def _user_error(exc: BaseException) -> Optional[BaseException]:
     return None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``argv[0]`` is ``fit`` | ``validate`` | ``test`` | ``predict``; the rest are LightningCLI options."""
     argv = list(sys.argv[1:] if argv is None else argv)
     owns_version = _VERSION_ENV not in os.environ

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -74,9 +74,9 @@ class PromptTuningModule(pl.LightningModule):
         self,
         num_classes: int = 100,
         backbone: str = "vit_base_patch16_224",
-        checkpoint: Optional[str] = None,
+        checkpoint: str | None = None,
         img_size: int = 224,
-        backbone_kwargs: Optional[dict[str, Any]] = None,
+        backbone_kwargs: dict[str, Any] | None = None,
         method: Literal["linear", "full", "vpt", "vapt"] = "vapt",
         num_tokens: int = 10,
         deep: bool = True,
@@ -88,7 +88,7 @@ class PromptTuningModule(pl.LightningModule):
         conv_dropout: float = 0.1,
         share_projector: bool = True,
         vpt_depth: int = 1,
-        prompt_kwargs: Optional[dict[str, Any]] = None,
+        prompt_kwargs: dict[str, Any] | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.01,
         scale_lr: bool = True,
@@ -99,7 +99,7 @@ class PromptTuningModule(pl.LightningModule):
         schedule: Literal["cosine", "constant"] = "cosine",
         schedule_interval: Literal["epoch", "step"] = "epoch",
         label_smoothing: float = 0.0,
-        store_frozen: Optional[bool] = None,
+        store_frozen: bool | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -125,7 +125,7 @@ class PromptTuningModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.effective_lr: Optional[float] = None
+        self.effective_lr: float | None = None
 
     # ------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ import os
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
 
 from vapt.data.base import atomic_write_text
 from vapt.data.fgvc import FGVC_DATASETS
@@ -40,7 +39,7 @@ def load_summaries(runs_dir: str | os.PathLike) -> list[dict]:
     return out
 
 
-def load_published(path: Optional[str | os.PathLike]) -> dict[tuple[str, str], float]:
+def load_published(path: str | os.PathLike | None) -> dict[tuple[str, str], float]:
     """``{(method, task): top1}`` from a published-numbers CSV (``method,task,top1,source``); {} if absent."""
     if path is None or not Path(path).is_file():
         return {}
@@ -165,8 +164,8 @@ def plot(rows_by_family: dict[str, list[dict]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def report(runs_dir: str | os.PathLike, out: Optional[str | os.PathLike] = None,
-           published: Optional[dict[str, Optional[str]]] = None) -> dict[str, Path]:
+def report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+           published: dict[str, str | None] | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.csv`` and ``report.png``; returns their paths."""
     summaries = load_summaries(runs_dir)
     out = Path(out or runs_dir)
@@ -174,8 +173,8 @@ def report(runs_dir: str | os.PathLike, out: Optional[str | os.PathLike] = None,
     published = published or {}
     pub_paths = {"vtab": published.get("vtab", REPO_DATA / "vtab" / "published.csv"),
                  "fgvc": published.get("fgvc", REPO_DATA / "fgvc" / "published.csv")}
-    md = ["# Results", "", f"Runs: `{runs_dir}`. Ours = mean ± std of test top-1 over seeds (last epoch); "
-          "paper = published number (sources in data/*/published.csv); Δ = ours − paper.", ""]
+    md = ["# Results", "", (f"Runs: `{runs_dir}`. Ours = mean ± std of test top-1 over seeds (last epoch); "
+          "paper = published number (sources in data/*/published.csv); Δ = ours − paper."), ""]
     rows_by_family, csv_rows = {}, []
     for family in ("vtab", "fgvc"):
         if not any(s.get("family") == family for s in summaries):
@@ -201,7 +200,7 @@ def report(runs_dir: str | os.PathLike, out: Optional[str | os.PathLike] = None,
     return paths
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vapt report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs_dir", help="folder written by vapt tune / scripts/reproduce_vtab.py")

@@ -24,8 +24,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from vapt.data.base import atomic_write_text
 
@@ -56,8 +57,8 @@ class _Parsed(Exception):
 
 def parse_config(cli_args: Sequence[str]):
     """Parse (without instantiating anything) LightningCLI arguments -> jsonargparse Namespace."""
-    from vapt.lightning_cli import VaptCLI
     from vapt.data.base import ClassificationDataModule
+    from vapt.lightning_cli import VaptCLI
     from vapt.module import PromptTuningModule
 
     class _ParseOnly(VaptCLI):
@@ -90,7 +91,7 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def parse_grid(spec: Optional[str]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def parse_grid(spec: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``None`` / ``official`` -> the VPT prompt grid; ``"lr=1,0.1;wd=0.01,0"`` -> custom lists."""
     if spec in (None, "", "official"):
         return OFFICIAL_LRS, OFFICIAL_WDS
@@ -114,7 +115,7 @@ def parse_grid(spec: Optional[str]) -> tuple[tuple[float, ...], tuple[float, ...
     return lrs, wds
 
 
-def _newest_checkpoint(run_dir: Path) -> Optional[Path]:
+def _newest_checkpoint(run_dir: Path) -> Path | None:
     ckpts = sorted(run_dir.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     return ckpts[-1] if ckpts else None
 
@@ -167,10 +168,10 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
 def tune(
     cli_args: Sequence[str],
     out: str | os.PathLike,
-    grid: Optional[str] = None,
+    grid: str | None = None,
     seeds: Sequence[int] = OFFICIAL_SEEDS,
     fast: bool = False,
-    name: Optional[str] = None,
+    name: str | None = None,
     log=print,
 ) -> dict:
     """Grid search then seeds for one (task, method) config; returns and writes ``summary.json``.
@@ -257,7 +258,7 @@ def _best(scores: dict[tuple[float, float], float], lrs, wds) -> tuple[float, fl
     return max(finite, key=lambda k: (finite[k], -order.get(k, len(order))))
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="vapt tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable)")

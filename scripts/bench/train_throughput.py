@@ -26,17 +26,17 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-import lightning.pytorch as pl  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
 
-from vapt.data import VTABDataModule  # noqa: E402
-from vapt.data.synthetic import write_vtab_tree  # noqa: E402
-from vapt.module import PromptTuningModule  # noqa: E402
+from vapt.data import VTABDataModule
+from vapt.data.synthetic import write_vtab_tree
+from vapt.module import PromptTuningModule
 
 METHODS = {
-    "vpt_deep": dict(method="vpt", deep=True, num_tokens=10, dropout=0.1),
-    "vapt": dict(method="vapt", deep=True, num_tokens=10, dropout=0.1, mlp_dropout=0.1, kernel_size=2, hidden_dim=8),
+    "vpt_deep": {"method": "vpt", "deep": True, "num_tokens": 10, "dropout": 0.1},
+    "vapt": {"method": "vapt", "deep": True, "num_tokens": 10, "dropout": 0.1, "mlp_dropout": 0.1, "kernel_size": 2, "hidden_dim": 8},
 }
 
 

@@ -8,17 +8,17 @@ from vapt.data.folder import ImageFolderDataModule
 from vapt.data.vtab import GROUPS, VTAB_TASKS, VTABDataModule, get_task, tasks_in_group
 
 __all__ = [
-    "ClassificationDataModule",
-    "DataError",
-    "ListDataset",
-    "DemoShapesDataModule",
     "FGVC_DATASETS",
-    "FGVCDataModule",
-    "get_fgvc",
-    "ImageFolderDataModule",
     "GROUPS",
     "VTAB_TASKS",
+    "ClassificationDataModule",
+    "DataError",
+    "DemoShapesDataModule",
+    "FGVCDataModule",
+    "ImageFolderDataModule",
+    "ListDataset",
     "VTABDataModule",
+    "get_fgvc",
     "get_task",
     "tasks_in_group",
 ]

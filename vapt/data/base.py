@@ -3,8 +3,8 @@ and a base ``LightningDataModule`` that checks its splits before training starts
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -25,7 +25,7 @@ class ListDataset(Dataset):
     a float tensor ``(3, H, W)``, and ``label`` an int.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Optional[Callable] = None):
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None):
         self.samples = list(samples)
         self.transform = transform
 
@@ -156,11 +156,11 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _transform(self, stage: str) -> Callable:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _split_name(self, stage: str) -> Optional[str]:  # pragma: no cover - abstract
+    def _split_name(self, stage: str) -> str | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- common ---------------------------------------------------------------------------------
-    def _stages_for(self, stage: Optional[str]) -> list[str]:
+    def _stages_for(self, stage: str | None) -> list[str]:
         return {
             "fit": ["train", "val"],
             "validate": ["val"],
@@ -177,7 +177,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         check_labels(samples, self.num_classes, f"{type(self).__name__} split {split!r}")
         self.datasets[which] = ListDataset(samples, self._transform(which))
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         """Read and check every split the stage needs (missing files and bad labels fail here)."""
         for which in self._stages_for(stage):
             self._load(which)

@@ -1,8 +1,9 @@
 """The demo dataset: generated shapes in the VTAB-1k layout, written on first use into a cache folder."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 from vapt.data.base import ClassificationDataModule, Sample, read_list_file
 from vapt.data.synthetic import write_shapes_vtab
@@ -36,8 +37,8 @@ class DemoShapesDataModule(ClassificationDataModule):
         data_seed: int = 0,
         kind: Literal["shapes", "patterns"] = "patterns",
         train_split: Literal["train800", "train800val200"] = "train800",
-        val_split: Optional[Literal["val200"]] = "val200",
-        test_split: Optional[Literal["test"]] = "test",
+        val_split: Literal["val200"] | None = "val200",
+        test_split: Literal["test"] | None = "test",
         batch_size: int = 64,
         num_workers: int = 0,
         img_size: int = 32,
@@ -64,7 +65,7 @@ class DemoShapesDataModule(ClassificationDataModule):
         write_shapes_vtab(self.task_dir, self.num_classes, self.sizes, self.image_pixels, self.data_seed,
                           self.kind)
 
-    def _split_name(self, which: str) -> Optional[str]:
+    def _split_name(self, which: str) -> str | None:
         return self.splits[which]
 
     def _split_samples(self, split: str) -> list[Sample]:

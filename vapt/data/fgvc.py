@@ -13,9 +13,10 @@ Class ids are remapped to ``0..C-1`` in sorted order of the ids found in all spl
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 from vapt.data.base import ClassificationDataModule, DataError, Sample
 from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform
@@ -86,9 +87,9 @@ class FGVCDataModule(ClassificationDataModule):
         root: str = "data/fgvc/CUB_200_2011",
         dataset: Literal["cub", "nabirds", "flowers", "dogs", "cars"] = "cub",
         train_split: str = "train",
-        val_split: Optional[str] = "val",
-        test_split: Optional[str] = "test",
-        num_classes: Optional[int] = None,
+        val_split: str | None = "val",
+        test_split: str | None = "test",
+        num_classes: int | None = None,
         batch_size: int = 64,
         num_workers: int = 4,
         img_size: int = 224,
@@ -106,7 +107,7 @@ class FGVCDataModule(ClassificationDataModule):
             )
         self.num_classes = self.info.num_classes
         self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": test_split}
-        self._id_map: Optional[dict[int, int]] = None
+        self._id_map: dict[int, int] | None = None
 
     def _root(self) -> Path:
         root = Path(self.root).expanduser()
@@ -131,7 +132,7 @@ class FGVCDataModule(ClassificationDataModule):
             self._id_map = {c: i for i, c in enumerate(sorted(ids))}
         return self._id_map
 
-    def _split_name(self, which: str) -> Optional[str]:
+    def _split_name(self, which: str) -> str | None:
         return self.splits[which]
 
     def _split_samples(self, split: str) -> list[Sample]:

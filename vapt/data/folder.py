@@ -5,8 +5,8 @@ of them. Transforms follow the FGVC recipe (``augment=True``) or the VTAB one (`
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from vapt.data.base import ClassificationDataModule, DataError, Sample
 from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform, vtab_transform
@@ -45,9 +45,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         self,
         root: str,
         train_split: str = "train",
-        val_split: Optional[str] = "val",
-        test_split: Optional[str] = "test",
-        num_classes: Optional[int] = None,
+        val_split: str | None = "val",
+        test_split: str | None = "test",
+        num_classes: int | None = None,
         augment: bool = True,
         batch_size: int = 64,
         num_workers: int = 4,
@@ -71,7 +71,7 @@ class ImageFolderDataModule(ClassificationDataModule):
             )
         self.num_classes = len(self.classes)
 
-    def _split_name(self, which: str) -> Optional[str]:
+    def _split_name(self, which: str) -> str | None:
         return self.splits[which]
 
     def _split_samples(self, split: str) -> list[Sample]:

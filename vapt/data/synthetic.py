@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -101,7 +101,7 @@ def _write_split(task_dir: Path, split: str, items: list[tuple[Image.Image, int]
 def write_shapes_vtab(
     task_dir: str | os.PathLike,
     num_classes: int = 4,
-    sizes: Optional[dict[str, int]] = None,
+    sizes: dict[str, int] | None = None,
     img_size: int = 32,
     seed: int = 0,
     kind: str = "shapes",
@@ -136,7 +136,7 @@ def write_shapes_vtab(
 def write_vtab_tree(
     root: str | os.PathLike,
     tasks: Iterable[str],
-    sizes: Optional[dict[str, int]] = None,
+    sizes: dict[str, int] | None = None,
     img_size: int = 16,
     seed: int = 0,
 ) -> Path:
@@ -166,7 +166,7 @@ def write_vtab_tree(
 def write_fgvc_tree(
     root: str | os.PathLike,
     dataset: str,
-    sizes: Optional[dict[str, int]] = None,
+    sizes: dict[str, int] | None = None,
     img_size: int = 16,
     seed: int = 0,
     first_class_id: int = 1,

@@ -14,9 +14,10 @@ Protocol (official VPT / VAPT): tune lr x wd on ``train800 -> val200`` (last epo
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 from vapt.data.base import ClassificationDataModule, DataError, Sample, read_list_file
 from vapt.data.transforms import vtab_transform
@@ -121,9 +122,9 @@ class VTABDataModule(ClassificationDataModule):
         root: str = "data/vtab-1k",
         task: str = "cifar100",
         train_split: Literal["train800", "train800val200", "val200", "test"] = "train800val200",
-        val_split: Optional[Literal["train800", "val200", "train800val200", "test"]] = None,
-        test_split: Optional[Literal["train800", "val200", "train800val200", "test"]] = "test",
-        num_classes: Optional[int] = None,
+        val_split: Literal["train800", "val200", "train800val200", "test"] | None = None,
+        test_split: Literal["train800", "val200", "train800val200", "test"] | None = "test",
+        num_classes: int | None = None,
         batch_size: int = 64,
         num_workers: int = 4,
         img_size: int = 224,
@@ -142,7 +143,7 @@ class VTABDataModule(ClassificationDataModule):
         self.num_classes = self.task.num_classes
         self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": test_split}
 
-    def _split_name(self, which: str) -> Optional[str]:
+    def _split_name(self, which: str) -> str | None:
         return self.splits[which]
 
     def _split_samples(self, split: str) -> list[Sample]:
