@@ -101,3 +101,15 @@ def test_cli_bad_inputs_give_one_clear_line(override, message, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_predict_writes_one_row_per_image(tmp_path: Path):
+    out = tmp_path / "pred.csv"
+    rc = main(["predict", "--config", str(REPO / "configs" / "demo.yaml"), f"--data.root={tmp_path / 'cache'}",
+               "--data.train_size=4", "--data.val_size=4", "--data.test_size=6", f"--predictions_csv={out}", *QUIET])
+    assert rc == 0
+    rows = out.read_text().splitlines()
+    assert rows[0] == "path,label,pred,prob" and len(rows) == 7
+    for row in rows[1:]:
+        path, label, pred, prob = row.split(",")
+        assert Path(path).is_file() and int(label) in range(4) and int(pred) in range(4) and 0 < float(prob) <= 1

@@ -90,6 +90,9 @@ class VaptCLI(LightningCLI):
         parser.link_arguments("data.img_size", "model.init_args.img_size", apply_on="instantiate")
         parser.add_argument("--result_json", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
                             help="write the subcommand's final metrics to this JSON file")
+        parser.add_argument("--predictions_csv", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
+                            help="predict: write path,label,pred,prob rows here (default <default_root_dir>/"
+                                 "predictions.csv)")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the last-epoch model (the official protocol reports it)")
 
@@ -121,6 +124,16 @@ class VaptCLI(LightningCLI):
     after_validate = _write_result
     after_test = _write_result
 
+    def after_predict(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        config = self._config()
+        path = config.get("predictions_csv") or os.path.join(self.trainer.default_root_dir, "predictions.csv")
+        preds = self.trainer.predict_loop.predictions or []
+        dataset = getattr(self.datamodule, "datasets", {}).get("predict")
+        write_predictions(path, preds, dataset.samples if dataset is not None else None)
+        print(f"wrote {path}")
+
 
 def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, extra: dict | None = None) -> dict:
     """Write ``trainer.callback_metrics`` plus run facts to ``path`` (atomic). Returns the dict."""
@@ -138,6 +151,19 @@ def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, ex
     }
     atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def write_predictions(path: str | os.PathLike, preds: list[dict], samples: Optional[list] = None) -> None:  # noqa: UP045
+    """``path,label,pred,prob`` rows (one per image, in dataset order) from ``predict_step`` outputs."""
+    import torch
+
+    pred = torch.cat([p["pred"] for p in preds]).tolist() if preds else []
+    prob = torch.cat([p["probs"].max(-1).values for p in preds]).tolist() if preds else []
+    rows = ["path,label,pred,prob"]
+    for i, (y_hat, p) in enumerate(zip(pred, prob)):
+        img, label = samples[i] if samples is not None and i < len(samples) else ("", "")
+        rows.append(f"{img},{label},{y_hat},{p:.6f}")
+    atomic_write_text(path, "\n".join(rows) + "\n")
 
 
 def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) -> VaptCLI:
