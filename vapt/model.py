@@ -77,9 +77,10 @@ class PromptedViT(nn.Module):
         n = self.prompts.num_tokens
         first = 1 + n + enc.num_prefix_tokens - 1  # index of the first patch token after prompt insertion
         h = torch.cat([h[:, :1], self.prompts.input_prompts(h.shape[0]).to(h.dtype), h[:, 1:]], dim=1)
+        matrices = self.prompts.adaptive_token_matrices()
         for i, block in enumerate(enc.blocks):
             if self.prompts.replaces_prompts(i):
-                new = self.prompts.prompts_for_block(i, h[:, first:]).to(h.dtype)
+                new = self.prompts.prompts_for_block(i, h[:, first:], matrices).to(h.dtype)
                 h = torch.cat([h[:, :1], new, h[:, 1 + n:]], dim=1)
             h = enc.run_block(block, h)
         # official MAE pooling averages everything after CLS, prompts and registers included

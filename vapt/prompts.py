@@ -139,15 +139,21 @@ class TokenMapDownsample(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, G, D) normalised patch tokens in raster order -> (B, N, D)."""
-        m = self.token_matrix().to(tokens.dtype)
-        if m.ndim == 2:  # a stride-0 batch of M: one strided-batched GEMM, no copy of the tokens
-            prompts = torch.bmm(m.expand(tokens.shape[0], -1, -1), tokens)
-        else:
-            prompts = torch.einsum("ncp,bpc->bnc", m, tokens)
-        if self.training and self.conv_dropout > 0:
-            keep = F.dropout(tokens.new_ones(tokens.shape[0], 1, tokens.shape[2]), self.conv_dropout, True)
-            prompts = prompts * keep
-        return prompts + self.linear.bias.to(tokens.dtype)[:, None]
+        return self.project(tokens, self.token_matrix())
+
+    def project(self, tokens: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """Apply a precomputed :meth:`token_matrix` ``matrix`` to tokens (B, G, D) -> (B, N, D)."""
+        bias = self.linear.bias[:, None]
+        b = tokens.shape[0]
+        drop = self.training and self.conv_dropout > 0
+        keep = F.dropout(tokens.new_ones(b, 1, tokens.shape[2]), self.conv_dropout, True) if drop else None
+        if matrix.ndim == 3:
+            out = torch.einsum("ncp,bpc->bnc", matrix, tokens)
+            return out * keep + bias if drop else out + bias
+        # a stride-0 batch of M: one strided-batched GEMM, no copy of the tokens
+        if drop:
+            return torch.addcmul(bias, torch.bmm(matrix.expand(b, -1, -1), tokens), keep)
+        return torch.baddbmm(bias, matrix.expand(b, -1, -1), tokens)
 
 
 class FeatureProjector(nn.Module):
@@ -231,7 +237,25 @@ class PromptGenerator(nn.Module):
         """Whether the prompt slots are refreshed before block ``block_index`` (deep prompting, i >= 1)."""
         return self.cfg.deep and block_index >= 1
 
-    def prompts_for_block(self, block_index: int, patches: torch.Tensor) -> torch.Tensor:
+    def adaptive_token_matrices(self) -> torch.Tensor | None:
+        """Conv + projector matrices of all adaptive layers in one grouped transposed conv: (L_a, N, G).
+
+        None when there are no adaptive layers or kernels are per channel (then each layer builds its own).
+        Computed in float32 even under autocast; call once per forward and pass to :meth:`prompts_for_block`.
+        """
+        if not len(self.downsamples) or not self.cfg.channelwise:
+            return None
+        first = self.downsamples[0]
+        layers = len(self.downsamples)
+        weights = torch.stack([ds.linear.weight for ds in self.downsamples])          # (L, N, G')
+        kernels = torch.cat([ds.kernel for ds in self.downsamples])                   # (L, 1, K, K)
+        with torch.autocast(weights.device.type, enabled=False):
+            maps = weights.view(layers, self.num_tokens, *first.out_grid).transpose(0, 1)
+            m = F.conv_transpose2d(maps, kernels, padding=first.padding, groups=layers)  # (N, L, gh, gw)
+        return m.transpose(0, 1).flatten(2)
+
+    def prompts_for_block(self, block_index: int, patches: torch.Tensor,
+                          matrices: torch.Tensor | None = None) -> torch.Tensor:
         """Prompts inserted before block ``i >= 1``.
 
         Parameters
@@ -239,6 +263,8 @@ class PromptGenerator(nn.Module):
         block_index : int
         patches : (B, G, D)
             Patch tokens that left block ``i - 1`` (registers and CLS excluded), in raster order.
+        matrices : (L_a, N, G), optional
+            From :meth:`adaptive_token_matrices` (saves recomputing them per layer).
 
         Returns
         -------
@@ -247,7 +273,8 @@ class PromptGenerator(nn.Module):
         if block_index < self.first_adaptive_block:
             return self._static(self.deep_prompt_embeddings[block_index - 1], patches.shape[0])
         j = block_index - self.first_adaptive_block
-        prompts = self.downsamples[j](self.norms[j](patches))
+        z = self.norms[j](patches)
+        prompts = self.downsamples[j](z) if matrices is None else self.downsamples[j].project(z, matrices[j])
         if len(self.projectors):
             prompts = self.projectors[0 if self.cfg.share_projector else j](prompts)
         return prompts
