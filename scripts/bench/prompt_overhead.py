@@ -6,7 +6,8 @@ Configurations, each timed in its own subprocess so peak memory is per configura
   (b) ``vpt_deep``: VPT-deep with N tokens per layer;
   (c) ``vapt``: VAPT with N tokens, K=2, r=8.
 Reported: ms per image for one forward + backward, peak memory (CUDA allocator peak on GPU, process peak RSS on
-CPU), and the ratios (b)/(a), (c)/(a). Target: (c)/(a) <= 1.10.
+CPU), ATen operators per step (kernel launches, the cost when a GPU step is launch-bound), and the ratios
+(b)/(a), (c)/(a). Target: (c)/(a) <= 1.10.
 
 Usage:  python scripts/bench/prompt_overhead.py [--device cuda] [--batch 32] [--steps 10] [--compile]
 """
@@ -52,6 +53,7 @@ def run_one(name: str, args) -> dict:
 
     for _ in range(args.warmup):
         step()
+    ops_per_step = count_ops(step) if not args.compile else None
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -66,7 +68,24 @@ def run_one(name: str, args) -> dict:
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"ms_per_image": 1000 * elapsed / (args.steps * args.batch), "peak_mb": peak_mb,
-            "trainable_params": sum(p.numel() for p in params)}
+            "trainable_params": sum(p.numel() for p in params), "aten_ops_per_step": ops_per_step}
+
+
+def count_ops(step) -> int:
+    """ATen operators dispatched by one forward + backward: each is about one kernel launch on a GPU, so
+    this is the cost that dominates when a step is launch-bound (small batch, fast GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counter.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        step()
+    return Counter.calls
 
 
 def main() -> None:
