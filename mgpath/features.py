@@ -549,7 +549,7 @@ def extract_features(
 
 
 def _write_summary(rows: list[dict], out: Path, rank: int, world: int) -> Path:
-    from mgpath.slides.tissue import _atomic_write_bytes
+    from mgpath.atomic import write_bytes_atomic
 
     fields = ["slide_id", "status", "reason", "tiles", "dim", "seconds", "out", "path"]
     buf = io.StringIO()
@@ -558,8 +558,8 @@ def _write_summary(rows: list[dict], out: Path, rank: int, world: int) -> Path:
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
     name = "features_summary" + (f"_rank{rank}" if world > 1 else "")
-    _atomic_write_bytes(out / f"{name}.csv", buf.getvalue().encode())
-    _atomic_write_bytes(out / f"{name}.json", json.dumps(rows, indent=1, default=str).encode())
+    write_bytes_atomic(out / f"{name}.csv", buf.getvalue().encode())
+    write_bytes_atomic(out / f"{name}.json", json.dumps(rows, indent=1, default=str).encode())
     return out / f"{name}.csv"
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from mgpath.atomic import write_text_atomic
 
 __all__ = ["main", "run_folds", "summarise"]
 
@@ -30,12 +31,8 @@ def summarise(per_fold: list[dict], out_dir: str | os.PathLike) -> pd.DataFrame:
     table.index = table.index.astype(str)
     table.index.name = "fold"
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for name, text in (("results.csv", table.to_csv(float_format="%.4f")), ("results.md", _markdown(table))):
-        fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out / name)
+        write_text_atomic(out / name, text)
     return table
 
 

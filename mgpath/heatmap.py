@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mgpath.atomic import atomic_path
 from mgpath.model import MGPATH, Bag
 
 __all__ = ["draw_heatmaps", "heatmap_scores", "main"]
@@ -92,12 +92,9 @@ def draw_heatmaps(thumbnail: np.ndarray, slide_dims: tuple[int, int], scores: di
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out, suffix=".png") as tmp:  # savefig infers the format from the extension
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 

@@ -172,20 +172,17 @@ class MGPATHModule(pl.LightningModule):
     def on_predict_epoch_end(self):
         """Write ``<default_root_dir>/predictions.csv`` (slide_id, label, p_<class>...) atomically."""
         import os
-        import tempfile
 
         import pandas as pd
+
+        from mgpath.atomic import atomic_path
 
         rows = []
         for out in self._predictions:
             for sid, y, p in zip(out["slide_ids"], out["labels"].tolist(), out["probs"].tolist()):
                 rows.append({"slide_id": sid, "label": self.classes[y], **{f"p_{c}": v for c, v in zip(self.classes, p)}})
-        root = self.trainer.default_root_dir
-        os.makedirs(root, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
-        os.close(fd)
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-        os.replace(tmp, os.path.join(root, "predictions.csv"))
+        with atomic_path(os.path.join(self.trainer.default_root_dir, "predictions.csv")) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from mgpath.atomic import atomic_path
 from mgpath.model import MGPATH, build_mgpath
 from mgpath.ot import OTConfig
 from mgpath.text import load_state_dict_file
@@ -221,11 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     config.update(descriptions=a.descriptions, placement="official" if not a.no_compat else "insert",
                   ot_backend="plot" if not a.no_compat else "torch", text_model="custom")
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save({"state_dict": model.state_dict(), "config": config}, tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": config}, tmp)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"wrote {out}: {len(model.state_dict())} tensors, {n} trainable parameters")
     print("model settings:", json.dumps(config))

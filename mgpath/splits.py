@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mgpath.atomic import atomic_path
 from mgpath.data import read_labels, read_split_csv
 
 __all__ = ["check_no_leakage", "main", "make_kshot_splits", "write_split_csv"]
@@ -97,12 +97,8 @@ def write_split_csv(split: dict[str, list[str]], path: str | os.PathLike) -> Non
     n = max(len(v) for v in split.values())
     df = pd.DataFrame({p: pd.Series(split[p] + [None] * (n - len(split[p])), dtype=object)
                        for p in ("train", "val", "test")})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,14 +12,12 @@ The same OT head gives ``logit_c = exp(t) * sum_mag (1 - <T*, 1 - cos>)``. Meani
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mgpath.atomic import atomic_path
 from mgpath.model import MGPATH, Bag
 from mgpath.ot import OTConfig, cosine_cost, transport_plans
 from mgpath.text import PromptLearner, load_descriptions
@@ -119,10 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         df = pd.DataFrame(probs.numpy(), columns=[f"p_{c}" for c in module.model.classes])
         df.insert(0, "label", [module.model.classes[t] for t in y.tolist()])
         df.insert(0, "slide_id", ds.slide_ids)
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-        os.close(fd)
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, out)
+        with atomic_path(a.out) as tmp:
+            df.to_csv(tmp, index=False)
     return 0

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mgpath.atomic import atomic_path
 
 __all__ = [
     "Ellipse",
@@ -252,33 +253,21 @@ def make_synthetic_slide(
     for i in range(levels):
         d = downsample**i
         dims.append((max(1, int(w0 // d)), max(1, int(h0 // d))))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     bigtiff = w0 * h0 * 3 > 2**31
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
-            for i, (w, h) in enumerate(dims):
-                kw = {}
-                if i == 0 and mpp is not None:
-                    kw = dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
-                tw.write(
-                    _level_tiles(regions, tex, tex_scale, (w0, h0), (w, h), tile),
-                    shape=(h, w, 3),
-                    dtype=np.uint8,
-                    tile=(tile, tile),
-                    photometric="rgb",
-                    compression=compression,
-                    subfiletype=1 if i else 0,
-                    metadata=None,
-                    **kw,
-                )
-        from mgpath.slides.tissue import _file_mode
-
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
+        for i, (w, h) in enumerate(dims):
+            kw = {}
+            if i == 0 and mpp is not None:
+                kw = dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+            tw.write(
+                _level_tiles(regions, tex, tex_scale, (w0, h0), (w, h), tile),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression=compression,
+                subfiletype=1 if i else 0,
+                metadata=None,
+                **kw,
+            )
     return SyntheticSlide(path, (w0, h0), mpp, dims, list(regions), tissue_class)

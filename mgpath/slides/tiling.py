@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -29,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mgpath.atomic import atomic_path, write_bytes_atomic
 from mgpath.slides.reader import Slide, SlideError, magnification_to_mpp, slide_id_from_path
-from mgpath.slides.tissue import TissueParams, _file_mode, segment_tissue, write_geojson, write_preview
+from mgpath.slides.tissue import TissueParams, segment_tissue, write_geojson, write_preview
 
 __all__ = [
     "TileParams",
@@ -192,18 +192,8 @@ def _atomic_h5(path: Path, fill) -> None:
     """Create ``path`` via a temporary file in the same folder: ``fill(h5py.File)`` then rename."""
     import h5py
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        fill(f)
 
 
 def _h5_attr(v):
@@ -618,7 +608,6 @@ SUMMARY_FIELDS = ["slide_id", "status", "reason", "mpp", "mpp_source", "tissue_m
 
 def write_summary(rows: list[dict], out: Path, tags: list[str]) -> None:
     """Write ``summary.csv`` and ``summary.json`` (atomically) into ``out``."""
-    from mgpath.slides.tissue import _atomic_write_bytes
 
     fields = SUMMARY_FIELDS[:3] + [f"tiles_{t}" for t in tags] + SUMMARY_FIELDS[3:]
     buf = io.StringIO()
@@ -626,10 +615,10 @@ def write_summary(rows: list[dict], out: Path, tags: list[str]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
-    _atomic_write_bytes(out / "summary.csv", buf.getvalue().encode())
+    write_bytes_atomic(out / "summary.csv", buf.getvalue().encode())
     n = {s: sum(r["status"] == s for r in rows) for s in ("done", "cached", "skipped")}
     doc = {"counts": n, "tags": tags, "slides": [{k: r.get(k) for k in fields} for r in rows]}
-    _atomic_write_bytes(out / "summary.json", json.dumps(doc, indent=1).encode())
+    write_bytes_atomic(out / "summary.json", json.dumps(doc, indent=1).encode())
 
 
 def format_summary(rows: list[dict], tags: list[str]) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mgpath.atomic import write_bytes_atomic
 
 __all__ = [
     "TissueParams",
@@ -215,27 +216,6 @@ def segment_tissue(slide, params: TissueParams | None = None) -> Tissue:
 
 
 # -- output ------------------------------------------------------------------------------------------
-def _file_mode() -> int:
-    """Permissions a plain ``open(..., "w")`` would give (mkstemp makes 0600 files)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _ring(a: np.ndarray) -> list[list[float]]:
     pts = [[round(float(x), 2), round(float(y), 2)] for x, y in np.asarray(a)]
     if pts and pts[0] != pts[-1]:
@@ -281,7 +261,7 @@ def write_geojson(
             "params": asdict(params) if params else None,
         },
     }
-    _atomic_write_bytes(Path(path), json.dumps(doc).encode())
+    write_bytes_atomic(path, json.dumps(doc).encode())
 
 
 def read_geojson(path: str | os.PathLike) -> list[TissuePolygon]:
@@ -347,4 +327,4 @@ def write_preview(
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError(f"could not encode preview PNG for {path}")
-    _atomic_write_bytes(Path(path), buf.tobytes())
+    write_bytes_atomic(path, buf.tobytes())
