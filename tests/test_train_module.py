@@ -164,3 +164,13 @@ def test_predict_and_test_steps(tmp_path, demo_data):
     assert torch.allclose(preds[0]["probs"].sum(-1), torch.ones(8))
     res = t.test(m, datamodule=dm, verbose=False)[0]
     assert 0.0 <= res["test/acc"] <= 1.0 and math.isfinite(res["test/loss"])
+
+
+def test_compiled_model_trains_and_keeps_checkpoint_keys(tmp_path, demo_data):
+    m = tiny_module(compile=True, compile_backend="aot_eager")
+    eager = tiny_module()
+    assert set(m.state_dict()) == set(eager.state_dict())      # compiled in place: no `_orig_mod.` prefix
+    dm = DemoShapesDataModule(batch_size=8, **demo_data)
+    t = trainer(tmp_path)
+    res = t.test(m, datamodule=dm, verbose=False)[0]
+    assert 0.0 <= res["test/acc"] <= 1.0 and math.isfinite(res["test/loss"])
