@@ -3,10 +3,17 @@
 Metrics (torchmetrics, computed over the whole epoch): ``auc`` binary = AUROC of the probability of class 1,
 multiclass = one-vs-rest macro AUROC over the classes present in the targets; ``f1`` = macro-F1 of the argmax;
 ``acc`` = accuracy (micro). Logged as ``val/auc``, ``val/f1``, ``val/acc``, ``test/...``.
+
+Checkpoints: when the frozen text tower can be rebuilt from a file (``text_checkpoint``, or an
+``init_checkpoint`` that holds every tower tensor), Lightning checkpoints omit it and keep the trainable
+tensors plus the prompt buffers (token prefix/suffix, end-of-text index: small, and they pin the descriptions
+the context was trained with); loading completes the state dict with the freshly built tower. A random-init
+tower (``mgpath-tiny`` without a file) cannot be rebuilt, so it is stored too; see ``store_frozen``.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +29,10 @@ except ImportError:  # pragma: no cover
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import OTConfig
 
-__all__ = ["MGPATHModule", "SlideAUROC"]
+__all__ = ["CHECKPOINT_FORMAT", "MGPATHModule", "SlideAUROC"]
+
+CHECKPOINT_FORMAT = "mgpath-trainable-v1"
+_TOWER = "model.text.tower."
 
 
 class SlideAUROC(Metric):
@@ -70,6 +80,8 @@ class MGPATHModule(pl.LightningModule):
     logit_scale : initial log temperature.
     init_checkpoint : optional state dict file of the inner model (e.g. from ``mgpath import-official``).
     lr, weight_decay : Adam (9e-4, 1e-5).
+    store_frozen : also store the frozen text tower in checkpoints. Default (None): only when it cannot be
+        rebuilt from a file, i.e. no ``text_checkpoint`` and no ``init_checkpoint`` holding the whole tower.
     """
 
     def __init__(self, descriptions: str, feature_dim: int, classes: list[str] | None = None,
@@ -81,7 +93,7 @@ class MGPATHModule(pl.LightningModule):
                  ot_tol: float = 1e-2, ot_reg_m: float | None = None, ot_backend: str = "torch",
                  ot_detach_plan: bool = True, ot_on_nonconvergence: str = "raise",
                  logit_scale: float = math.log(1 / 0.02), init_checkpoint: str | None = None,
-                 lr: float = 9e-4, weight_decay: float = 1e-5):
+                 lr: float = 9e-4, weight_decay: float = 1e-5, store_frozen: bool | None = None):
         super().__init__()
         if not classes:
             raise ValueError("mgpath/module.py: `classes` is empty; set data.classes in the config")
@@ -92,6 +104,7 @@ class MGPATHModule(pl.LightningModule):
                                   magnifications or ["5x", "10x"], text_model, text_checkpoint, text_model_cfg,
                                   quick_gelu, n_ctx, n_sets, placement, n_prompts, ratio_graph, use_graph,
                                   image_adaptor_hidden, text_adaptor_hidden, ot, logit_scale)
+        self._tower_from_file = bool(text_checkpoint)
         if init_checkpoint:
             from mgpath.text import load_state_dict_file
 
@@ -101,6 +114,8 @@ class MGPATHModule(pl.LightningModule):
             if unexpected or [k for k in missing if not k.startswith("text.tower.")]:
                 raise KeyError(f"mgpath/module.py: {init_checkpoint} does not match the model: missing "
                                f"{missing[:5]}, unexpected {unexpected[:5]}")
+            if not any(k.startswith("text.tower.") for k in missing):
+                self._tower_from_file = True
         C = len(self.classes)
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{name}": m for stage in ("val", "test") for name, m in (
@@ -183,6 +198,65 @@ class MGPATHModule(pl.LightningModule):
                 rows.append({"slide_id": sid, "label": self.classes[y], **{f"p_{c}": v for c, v in zip(self.classes, p)}})
         with atomic_path(os.path.join(self.trainer.default_root_dir, "predictions.csv")) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def frozen_keys(self) -> set[str]:
+        """State-dict keys the constructor rebuilds: the frozen text tower (parameters and buffers)."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k for k in self.state_dict() if k.startswith(_TOWER) and k not in trainable}
+
+    def _stores_frozen(self) -> bool:
+        store = self.hparams.get("store_frozen")
+        return (not self._tower_from_file) if store is None else bool(store)
+
+    def _describe(self) -> str:
+        hp = self.hparams
+        return (f"classes {self.classes}, magnifications {self.model.magnifications}, n_sets {hp.n_sets}, "
+                f"n_ctx {hp.n_ctx}, text_model {hp.text_model!r}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop the frozen text tower (rebuilt from ``text_checkpoint`` / ``init_checkpoint``) unless it cannot
+        be rebuilt or ``store_frozen`` asks for it; record what was stored."""
+        store = self._stores_frozen()
+        if not store:
+            frozen = self.frozen_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        hp = self.hparams
+        checkpoint["mgpath"] = {
+            "format": CHECKPOINT_FORMAT,
+            "trainable_only": not store,
+            "text_model": hp.text_model,
+            "text_checkpoint": hp.text_checkpoint,
+            "init_checkpoint": hp.init_checkpoint,
+            "classes": list(self.classes),
+            "magnifications": list(self.model.magnifications),
+            "n_sets": hp.n_sets,
+            "n_ctx": hp.n_ctx,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Complete a checkpoint without the tower with this module's frozen tower; refuse mismatches."""
+        meta = checkpoint.get("mgpath", {})
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            return  # older checkpoints hold the whole state dict; Lightning loads them strictly
+        sd, own = checkpoint["state_dict"], self.state_dict()
+        saved = (f"classes {meta.get('classes')}, magnifications {meta.get('magnifications')}, n_sets "
+                 f"{meta.get('n_sets')}, n_ctx {meta.get('n_ctx')}, text_model {meta.get('text_model')!r}")
+        hint = (f"The checkpoint was written for {saved}; this model has {self._describe()}. Build the model with "
+                "the checkpoint's hyper-parameters (MGPATHModule.load_from_checkpoint does).")
+        expected = set(own) - (self.frozen_keys() if meta.get("trainable_only") else set())
+        missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"mgpath/module.py: checkpoint does not fit this model: missing keys {missing[:5]}, "
+                           f"unexpected keys {unexpected[:5]}. {hint}")
+        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
+        if bad:
+            raise KeyError(f"mgpath/module.py: checkpoint tensors have the wrong shapes for this model "
+                           f"(checkpoint vs model): {bad[:5]}. {hint}")
+        if meta.get("classes") not in (None, self.classes):
+            raise KeyError(f"mgpath/module.py: checkpoint classes {meta['classes']} != model classes "
+                           f"{self.classes} (same count, other names or order). {hint}")
+        checkpoint["state_dict"] = {k: sd[k] if k in sd else own[k] for k in own}
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

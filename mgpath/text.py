@@ -284,6 +284,12 @@ class PromptLearner(nn.Module):
         """Re-embed the descriptions after the tower's token/position embeddings were replaced."""
         self._embed(tower)
 
+    @torch.no_grad()
+    def sync_positions(self, tower: TextTower) -> None:
+        """Copy the tower's position embeddings into the (non-persistent) buffer used by ``forward``."""
+        self._buffers["positional_embedding"] = tower.positional_embedding.detach().clone().to(
+            self.positional_embedding.device)
+
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         S, P = self.token_prefix.shape[:2]
         parts = [self.token_prefix]
@@ -294,6 +300,10 @@ class PromptLearner(nn.Module):
         if self.placement != "official":
             x = x + self.positional_embedding
         return x, self.eot_index
+
+
+def _sync_prompt_positions(encoder: TextEncoder, incompatible_keys) -> None:
+    encoder.prompts.sync_positions(encoder.tower)
 
 
 class TextEncoder(nn.Module):
@@ -307,6 +317,8 @@ class TextEncoder(nn.Module):
         self.tower = tower
         self.prompts = prompts
         self.adaptor = MLPAdaptor(tower.width, embed_dim, adaptor_hidden)
+        # the prompts' position-embedding buffer is not in the state dict: follow the tower's after a load
+        self.register_load_state_dict_post_hook(_sync_prompt_positions)
 
     def forward(self) -> dict[str, torch.Tensor]:
         x, eot = self.prompts()
