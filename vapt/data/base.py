@@ -156,10 +156,14 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _transform(self, stage: str) -> Callable:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _split_name(self, stage: str) -> str | None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     # -- common ---------------------------------------------------------------------------------
+    def _use_splits(self, train: str | None, val: str | None, test: str | None) -> None:
+        """Which split (list file, json stem or sub-folder) feeds each loop; predict reads the test split."""
+        self.splits = {"train": train, "val": val, "test": test, "predict": test}
+
+    def _split_name(self, stage: str) -> str | None:
+        return self.splits[stage]
+
     def _stages_for(self, stage: str | None) -> list[str]:
         return {
             "fit": ["train", "val"],
@@ -211,6 +215,14 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+def registry_num_classes(kind: str, name: str, known: int, given: int | None) -> int:
+    """The registry's class count, or a `DataError` when a configured ``num_classes`` disagrees with it."""
+    if given is not None and given != known:
+        raise DataError(f"{kind} {name!r} has {known} classes but the config says num_classes={given}; "
+                        f"remove data.num_classes or set it to {known}.")
+    return known
 
 
 def atomic_write_text(path: os.PathLike, text: str) -> None:

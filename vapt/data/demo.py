@@ -53,7 +53,7 @@ class DemoShapesDataModule(ClassificationDataModule):
         self.data_seed = data_seed
         self.kind = kind
         self.root = root
-        self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": test_split}
+        self._use_splits(train_split, val_split, test_split)
 
     @property
     def task_dir(self) -> Path:
@@ -64,9 +64,6 @@ class DemoShapesDataModule(ClassificationDataModule):
     def prepare_data(self) -> None:
         write_shapes_vtab(self.task_dir, self.num_classes, self.sizes, self.image_pixels, self.data_seed,
                           self.kind)
-
-    def _split_name(self, which: str) -> str | None:
-        return self.splits[which]
 
     def _split_samples(self, split: str) -> list[Sample]:
         self.prepare_data()  # no-op when present; also covers use outside a Trainer

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vapt.data.base import ClassificationDataModule, DataError, Sample
+from vapt.data.base import ClassificationDataModule, DataError, Sample, registry_num_classes
 from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform
 
 
@@ -100,13 +100,8 @@ class FGVCDataModule(ClassificationDataModule):
         super().__init__(batch_size, num_workers, img_size, normalize, seed, pin_memory)
         self.root = root
         self.info = get_fgvc(dataset)
-        if num_classes is not None and num_classes != self.info.num_classes:
-            raise DataError(
-                f"FGVC dataset {self.info.name!r} has {self.info.num_classes} classes but the config says "
-                f"num_classes={num_classes}; remove data.num_classes or set it to {self.info.num_classes}."
-            )
-        self.num_classes = self.info.num_classes
-        self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": test_split}
+        self.num_classes = registry_num_classes("FGVC dataset", self.info.name, self.info.num_classes, num_classes)
+        self._use_splits(train_split, val_split, test_split)
         self._id_map: dict[int, int] | None = None
 
     def _root(self) -> Path:
@@ -131,9 +126,6 @@ class FGVCDataModule(ClassificationDataModule):
                 )
             self._id_map = {c: i for i, c in enumerate(sorted(ids))}
         return self._id_map
-
-    def _split_name(self, which: str) -> str | None:
-        return self.splits[which]
 
     def _split_samples(self, split: str) -> list[Sample]:
         root = self._root()

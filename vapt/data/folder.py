@@ -59,7 +59,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         super().__init__(batch_size, num_workers, img_size, normalize, seed, pin_memory)
         self.root = root
         self.augment = augment
-        self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": test_split}
+        self._use_splits(train_split, val_split, test_split)
         root_p = Path(root).expanduser()
         if not root_p.is_dir():
             raise DataError(f"ImageFolder root {root_p} does not exist; pass --data.init_args.root.")
@@ -70,9 +70,6 @@ class ImageFolderDataModule(ClassificationDataModule):
                 f"num_classes={num_classes}; fix the config or the folders."
             )
         self.num_classes = len(self.classes)
-
-    def _split_name(self, which: str) -> str | None:
-        return self.splits[which]
 
     def _split_samples(self, split: str) -> list[Sample]:
         folders = scan_class_folders(Path(self.root).expanduser() / split)

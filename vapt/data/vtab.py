@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vapt.data.base import ClassificationDataModule, DataError, Sample, read_list_file
+from vapt.data.base import ClassificationDataModule, DataError, Sample, read_list_file, registry_num_classes
 from vapt.data.transforms import vtab_transform
 
 SPLITS = ("train800", "val200", "train800val200", "test")
@@ -135,16 +135,8 @@ class VTABDataModule(ClassificationDataModule):
         super().__init__(batch_size, num_workers, img_size, normalize, seed, pin_memory)
         self.root = root
         self.task = get_task(task)
-        if num_classes is not None and num_classes != self.task.num_classes:
-            raise DataError(
-                f"VTAB-1k task {self.task.name!r} has {self.task.num_classes} classes but the config says "
-                f"num_classes={num_classes}; remove data.num_classes or set it to {self.task.num_classes}."
-            )
-        self.num_classes = self.task.num_classes
-        self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": test_split}
-
-    def _split_name(self, which: str) -> str | None:
-        return self.splits[which]
+        self.num_classes = registry_num_classes("VTAB-1k task", self.task.name, self.task.num_classes, num_classes)
+        self._use_splits(train_split, val_split, test_split)
 
     def _split_samples(self, split: str) -> list[Sample]:
         task_dir = resolve_task_dir(self.root, self.task)
