@@ -145,10 +145,9 @@ class ViTEncoder(nn.Module):
         official VPT/VAPT MAE code averages over everything after CLS, prompts included).
         """
         m = self.model
-        if self.library == "timm":
-            pooled = x[:, 0] if self.global_pool == "token" else x[:, num_skip:].mean(dim=1)
-            return m.fc_norm(pooled)
         pooled = x[:, 0] if self.global_pool == "token" else x[:, num_skip:].mean(dim=1)
+        if self.library == "timm":
+            return m.fc_norm(pooled)
         if m.final_ln_after_pool:
             pooled = m.ln_post(pooled)
         return pooled @ m.proj if m.proj is not None else pooled

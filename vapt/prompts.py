@@ -103,13 +103,14 @@ def xavier_prompt_bound(patch_size: tuple[int, int], prompt_dim: int, in_chans: 
 
 
 class TokenMapDownsample(nn.Module):
-    """VAPT channel-wise conv + Dropout2d + token-wise projector, (B, G, D) patch tokens -> (B, N, D) prompts.
+    """VAPT channel-wise conv + Dropout2d + token-wise projector of one layer.
 
     Parameters keep the official meaning: ``kernel`` (1, 1, K, K) (or (D, 1, K, K) when not channel-wise) and
     ``linear`` (N, G') with G' the number of conv outputs. The output is exactly zero at initialisation.
 
     The conv and the projector are both linear in the token map, so they are applied as one (N, G) matrix
-    ``M = A * conv^T`` (computed from the parameters with a transposed convolution) times the patch tokens:
+    ``M = A * conv^T`` (built for all layers at once by `PromptGenerator.adaptive_token_matrices`) times the
+    patch tokens:
     ``prompts[b, n, c] = mask[b, c] * sum_p M[n, p] x[b, p, c] + bias[n]``. This equals conv -> Dropout2d ->
     linear exactly (Dropout2d's per-(sample, channel) mask commutes with a map over spatial positions), needs
     no transpose of the token map, and is several times cheaper than a depthwise convolution on a GPU.
@@ -122,27 +123,16 @@ class TokenMapDownsample(nn.Module):
         out_w = grid[1] + 2 * padding - kernel_size + 1
         if out_h < 1 or out_w < 1:
             raise ValueError(f"VAPT kernel {kernel_size} is larger than the {grid[0]}x{grid[1]} patch grid.")
-        self.embed_dim, self.padding, self.grid, self.out_grid = embed_dim, padding, tuple(grid), (out_h, out_w)
-        self.num_tokens, self.conv_dropout = num_tokens, conv_dropout
+        self.padding, self.out_grid, self.conv_dropout = padding, (out_h, out_w), conv_dropout
         shape = (1, 1, kernel_size, kernel_size) if channelwise else (embed_dim, 1, kernel_size, kernel_size)
         self.kernel = nn.Parameter(torch.randn(shape))  # official: torch.randn, unscaled
         self.linear = nn.Linear(out_h * out_w, num_tokens)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def token_matrix(self) -> torch.Tensor:
-        """The combined conv + projector map: (N, G) if channel-wise, else (N, D, G)."""
-        channels = self.kernel.shape[0]
-        a = self.linear.weight.view(self.num_tokens, 1, *self.out_grid).expand(-1, channels, -1, -1)
-        m = F.conv_transpose2d(a, self.kernel, padding=self.padding, groups=channels)
-        return m.flatten(2).squeeze(1)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, G, D) normalised patch tokens in raster order -> (B, N, D)."""
-        return self.project(tokens, self.token_matrix())
-
-    def project(self, tokens: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-        """Apply a precomputed :meth:`token_matrix` ``matrix`` to tokens (B, G, D) -> (B, N, D)."""
+    def forward(self, tokens: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """Normalised patch tokens (B, G, D) in raster order and this layer's matrix (N, G) or (N, D, G)
+        -> prompts (B, N, D)."""
         bias = self.linear.bias[:, None]
         b = tokens.shape[0]
         drop = self.training and self.conv_dropout > 0
@@ -238,21 +228,23 @@ class PromptGenerator(nn.Module):
         return self.cfg.deep and block_index >= 1
 
     def adaptive_token_matrices(self) -> torch.Tensor | None:
-        """Conv + projector matrices of all adaptive layers in one grouped transposed conv: (L_a, N, G).
+        """Conv + projector matrices of all adaptive layers from one grouped transposed conv.
 
-        None when there are no adaptive layers or kernels are per channel (then each layer builds its own).
-        Computed in float32 even under autocast; call once per forward and pass to :meth:`prompts_for_block`.
+        Returns (L_a, N, G) for channel-wise kernels, (L_a, N, D, G) for per-channel ones, None without adaptive
+        layers. Computed in float32 even under autocast; call once per forward, pass to :meth:`prompts_for_block`.
         """
-        if not len(self.downsamples) or not self.cfg.channelwise:
+        if not len(self.downsamples):
             return None
         first = self.downsamples[0]
-        layers = len(self.downsamples)
+        layers, channels = len(self.downsamples), first.kernel.shape[0]
         weights = torch.stack([ds.linear.weight for ds in self.downsamples])          # (L, N, G')
-        kernels = torch.cat([ds.kernel for ds in self.downsamples])                   # (L, 1, K, K)
+        kernels = torch.cat([ds.kernel for ds in self.downsamples])                   # (L * C, 1, K, K)
         with torch.autocast(weights.device.type, enabled=False):
             maps = weights.view(layers, self.num_tokens, *first.out_grid).transpose(0, 1)
-            m = F.conv_transpose2d(maps, kernels, padding=first.padding, groups=layers)  # (N, L, gh, gw)
-        return m.transpose(0, 1).flatten(2)
+            maps = maps.repeat_interleave(channels, dim=1) if channels > 1 else maps   # (N, L * C, H', W')
+            m = F.conv_transpose2d(maps, kernels, padding=first.padding, groups=layers * channels)
+        m = m.view(self.num_tokens, layers, channels, -1).transpose(0, 1)              # (L, N, C, G)
+        return m.squeeze(2) if channels == 1 else m
 
     def prompts_for_block(self, block_index: int, patches: torch.Tensor,
                           matrices: torch.Tensor | None = None) -> torch.Tensor:
@@ -263,8 +255,8 @@ class PromptGenerator(nn.Module):
         block_index : int
         patches : (B, G, D)
             Patch tokens that left block ``i - 1`` (registers and CLS excluded), in raster order.
-        matrices : (L_a, N, G), optional
-            From :meth:`adaptive_token_matrices` (saves recomputing them per layer).
+        matrices : optional
+            :meth:`adaptive_token_matrices`, computed here when not given.
 
         Returns
         -------
@@ -274,7 +266,9 @@ class PromptGenerator(nn.Module):
             return self._static(self.deep_prompt_embeddings[block_index - 1], patches.shape[0])
         j = block_index - self.first_adaptive_block
         z = self.norms[j](patches)
-        prompts = self.downsamples[j](z) if matrices is None else self.downsamples[j].project(z, matrices[j])
+        if matrices is None:
+            matrices = self.adaptive_token_matrices()
+        prompts = self.downsamples[j](z, matrices[j])
         if len(self.projectors):
             prompts = self.projectors[0 if self.cfg.share_projector else j](prompts)
         return prompts
