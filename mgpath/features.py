@@ -549,7 +549,7 @@ def extract_features(
 
 
 def _write_summary(rows: list[dict], out: Path, rank: int, world: int) -> Path:
-    from mgpath.atomic import write_bytes_atomic
+    from vapt.atomic import write_bytes_atomic
 
     fields = ["slide_id", "status", "reason", "tiles", "dim", "seconds", "out", "path"]
     buf = io.StringIO()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mgpath.atomic import write_text_atomic
+from vapt.atomic import write_text_atomic
 
 __all__ = ["main", "run_folds", "summarise"]
 

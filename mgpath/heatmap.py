@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mgpath.atomic import atomic_path
+from vapt.atomic import atomic_path
 from mgpath.model import MGPATH, Bag
 
 __all__ = ["draw_heatmaps", "heatmap_scores", "main"]

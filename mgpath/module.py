@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover
 
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import OTConfig
+from vapt.state_dict import check_state_dict, complete_state_dict
 
 __all__ = ["CHECKPOINT_FORMAT", "MGPATHModule", "SlideAUROC"]
 
@@ -190,7 +191,7 @@ class MGPATHModule(pl.LightningModule):
 
         import pandas as pd
 
-        from mgpath.atomic import atomic_path
+        from vapt.atomic import atomic_path
 
         rows = []
         for out in self._predictions:
@@ -244,19 +245,13 @@ class MGPATHModule(pl.LightningModule):
                  f"{meta.get('n_sets')}, n_ctx {meta.get('n_ctx')}, text_model {meta.get('text_model')!r}")
         hint = (f"The checkpoint was written for {saved}; this model has {self._describe()}. Build the model with "
                 "the checkpoint's hyper-parameters (MGPATHModule.load_from_checkpoint does).")
-        expected = set(own) - (self.frozen_keys() if meta.get("trainable_only") else set())
-        missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - set(own))
-        if missing or unexpected:
-            raise KeyError(f"mgpath/module.py: checkpoint does not fit this model: missing keys {missing[:5]}, "
-                           f"unexpected keys {unexpected[:5]}. {hint}")
-        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
-        if bad:
-            raise KeyError(f"mgpath/module.py: checkpoint tensors have the wrong shapes for this model "
-                           f"(checkpoint vs model): {bad[:5]}. {hint}")
+        frozen = self.frozen_keys() if meta.get("trainable_only") else set()
+        check_state_dict(own, sd, expected=[k for k in own if k not in frozen], hint=hint,
+                         what="mgpath/module.py: checkpoint does not fit this model")
         if meta.get("classes") not in (None, self.classes):
             raise KeyError(f"mgpath/module.py: checkpoint classes {meta['classes']} != model classes "
                            f"{self.classes} (same count, other names or order). {hint}")
-        checkpoint["state_dict"] = {k: sd[k] if k in sd else own[k] for k in own}
+        checkpoint["state_dict"] = complete_state_dict(own, sd)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from mgpath.atomic import atomic_path
+from vapt.atomic import atomic_path
 from mgpath.model import MGPATH, build_mgpath
 from mgpath.ot import OTConfig
 from mgpath.text import load_state_dict_file

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mgpath.atomic import atomic_path
+from vapt.atomic import atomic_path
 from mgpath.data import read_labels, read_split_csv
 
 __all__ = ["check_no_leakage", "main", "make_kshot_splits", "write_split_csv"]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgpath.atomic import atomic_path
+from vapt.atomic import atomic_path
 from mgpath.model import MGPATH, Bag
 from mgpath.ot import OTConfig, cosine_cost, transport_plans
 from mgpath.text import PromptLearner, load_descriptions

@@ -124,7 +124,7 @@ def export_task(name: str, out: Path, data_dir: str | None, download: bool, fmt:
     import tensorflow_datasets as tfds
     from PIL import Image
 
-    from vapt.data.base import atomic_write_text
+    from vapt.atomic import write_text_atomic as atomic_write_text
     from vapt.data.vtab import get_task
 
     task, spec = get_task(name), EXPORTS[name]

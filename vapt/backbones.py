@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vapt.state_dict import check_state_dict
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -378,17 +380,9 @@ def _check_npz_keys(model: nn.Module, raw: dict, path: str) -> None:
 
 
 def _strict_load(model: nn.Module, sd: dict, path, ignore_missing_prefixes: tuple = ()) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.startswith(ignore_missing_prefixes)]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        def show(keys):
-            return ", ".join(keys[:10]) + (f" ... (+{len(keys) - 10})" if len(keys) > 10 else "") or "none"
-        raise BackboneError(f"Checkpoint {path} does not fit {type(model).__name__}: missing keys [{show(missing)}]; "
-                            f"unexpected keys [{show(unexpected)}]; shape mismatches [{show(mismatched)}]. "
-                            "Check that the backbone name matches the checkpoint.")
+    check_state_dict(model.state_dict(), sd, what=f"Checkpoint {path} does not fit {type(model).__name__}",
+                     hint="Check that the backbone name matches the checkpoint.",
+                     ignore_missing_prefixes=ignore_missing_prefixes, error=BackboneError)
     model.load_state_dict(sd, strict=False)
 
 

@@ -20,7 +20,8 @@ from typing import Any, Optional
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
-from vapt.data.base import ClassificationDataModule, DataError, atomic_write_text
+from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.data.base import ClassificationDataModule, DataError
 from vapt.module import ModelConfigError, PromptTuningModule
 
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")

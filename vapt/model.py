@@ -10,6 +10,7 @@ from torch import nn
 
 from vapt.backbones import ViTEncoder, build_encoder
 from vapt.prompts import PromptConfig, PromptGenerator
+from vapt.state_dict import check_state_dict
 
 
 def official_head_bias(prior: float = 0.01) -> float:
@@ -101,15 +102,8 @@ class PromptedViT(nn.Module):
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Load a dict from :meth:`trainable_state_dict`; every trainable key must be present."""
-        expected = set(self.trainable_parameters())
-        missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - set(self.state_dict()))
-        if missing or unexpected:
-            raise KeyError(f"Trainable state does not fit this model: missing {missing[:10]}, "
-                           f"unexpected {unexpected[:10]}; was it saved for another method or backbone?")
-        own = self.state_dict()
-        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
-        if bad:
-            raise KeyError(f"Trainable state has wrong shapes: {bad[:10]}")
+        check_state_dict(self.state_dict(), sd, what="Trainable state does not fit this model",
+                         hint="Was it saved for another method or backbone?", expected=self.trainable_parameters())
         self.load_state_dict(sd, strict=False)
 
 

@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vapt.model import PromptedViT, build_model
 from vapt.prompts import PromptConfig
+from vapt.state_dict import check_state_dict, complete_state_dict
 
 CHECKPOINT_FORMAT = "vapt-trainable-v1"
 
@@ -252,20 +253,13 @@ class PromptTuningModule(pl.LightningModule):
         meta = checkpoint.get("vapt", {})
         if meta.get("format") != CHECKPOINT_FORMAT:
             return
-        sd = checkpoint["state_dict"]
-        own = self.state_dict()
-        expected = set(self.trainable_keys())
-        missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - set(own))
-        if missing or unexpected:
-            raise KeyError(
-                f"Checkpoint does not fit this model (method {self.prompt_config.method!r}, backbone "
-                f"{self.hparams.backbone!r}): missing {missing[:5]}, unexpected {unexpected[:5]}. Build the model "
-                "with the checkpoint's hyper-parameters (PromptTuningModule.load_from_checkpoint does)."
-            )
-        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
-        if bad:
-            raise KeyError(f"Checkpoint tensors have the wrong shapes for this model: {bad[:5]}")
-        checkpoint["state_dict"] = {**{k: v for k, v in own.items() if k not in sd}, **sd}
+        sd, own = checkpoint["state_dict"], self.state_dict()
+        check_state_dict(
+            own, sd, expected=self.trainable_keys(),
+            what=(f"Checkpoint does not fit this model (method {self.prompt_config.method!r}, backbone "
+                  f"{self.hparams.backbone!r})"),
+            hint="Build the model with the checkpoint's hyper-parameters (PromptTuningModule.load_from_checkpoint does).")
+        checkpoint["state_dict"] = complete_state_dict(own, sd)
 
 
 def load_trained_model(path: str, map_location: str | torch.device = "cpu", **overrides) -> PromptedViT:

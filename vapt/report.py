@@ -19,7 +19,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from vapt.data.base import atomic_write_text
+from vapt.atomic import atomic_path
+from vapt.atomic import write_text_atomic as atomic_write_text
 from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.vtab import GROUPS, VTAB_TASKS
 
@@ -158,10 +159,9 @@ def plot(rows_by_family: dict[str, list[dict]], path: Path) -> None:
         ax.set_title({"vtab": "VTAB-1k", "fgvc": "FGVC"}[fam])
         ax.legend(fontsize=7, ncol=max(1, len(methods)))
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = None,

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vapt.data.base import atomic_write_text
+from vapt.atomic import write_text_atomic as atomic_write_text
 
 OFFICIAL_LRS = (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)
 OFFICIAL_WDS = (0.01, 0.001, 0.0001, 0.0)

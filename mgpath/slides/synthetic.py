@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgpath.atomic import atomic_path
+from vapt.atomic import atomic_path
 
 __all__ = [
     "Ellipse",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgpath.atomic import atomic_path, write_bytes_atomic
+from vapt.atomic import atomic_path, write_bytes_atomic
 from mgpath.slides.reader import Slide, SlideError, magnification_to_mpp, slide_id_from_path
 from mgpath.slides.tissue import TissueParams, segment_tissue, write_geojson, write_preview
 

@@ -223,12 +223,3 @@ def registry_num_classes(kind: str, name: str, known: int, given: int | None) ->
         raise DataError(f"{kind} {name!r} has {known} classes but the config says num_classes={given}; "
                         f"remove data.num_classes or set it to {known}.")
     return known
-
-
-def atomic_write_text(path: os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

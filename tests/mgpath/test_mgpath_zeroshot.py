@@ -15,13 +15,6 @@ DESC = {"5x": {"A": ["small dark round nuclei", "dense purple cells"], "B": "lar
         "10x": {"A": "dark cells in sheets", "B": "pale cells in glands"}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _identity_adaptor(model, dim):
     """Make the image adaptor ~identity (GELU is ~identity far on the positive side)."""
@@ -87,7 +80,7 @@ def test_zeroshot_command(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
     pd.DataFrame({"train": ["s0", "s1"], "val": ["s2", "s3"], "test": ["s4", "s5"]}).to_csv(tmp_path / "split.csv", index=False)
     import pathlib
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[2]
     rc = main(["--config", str(root / "configs/wsi/demo_tiny.yaml"), "--out", str(tmp_path / "p.csv"),
                "--data.labels_csv", str(tmp_path / "labels.csv"), "--data.split_csv", str(tmp_path / "split.csv"),
                "--data.features_root", str(tmp_path / "f"), "--model.descriptions", str(root / "data/prompts/demo.json")])

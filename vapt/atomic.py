@@ -2,7 +2,7 @@
 
 Readers never see a half-written output, and a run that dies (an exception, Ctrl-C) leaves nothing behind.
 A run killed outright (``kill -9``) can leave ``<name>.<random>.tmp`` next to the target; the tiler's
-clean-up (``mgpath.slides.tiling._clean_temp``) removes such ``*.tmp`` files.
+clean-up removes such ``*.tmp`` files. Used by vapt and mgpath alike (vapt never imports mgpath).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from timm.layers import resample_abs_pos_embed
 from vapt import PromptConfig, build_model, export_official_checkpoint, load_official_checkpoint
 from vapt.backbones import BackboneError, build_encoder
 
-from _vapt_fixtures import tiny_open_clip  # noqa: F401  (fixture)
 
 NAME = "vit_tiny_patch16_224"
 
@@ -143,12 +142,12 @@ def test_bad_checkpoints(tmp_path, source):
         build_encoder(NAME, checkpoint=tmp_path / "missing.pth", img_size=32)
     small = timm.create_model("vit_small_patch16_224", img_size=32, num_classes=0)
     torch.save(small.state_dict(), tmp_path / "small.pth")
-    with pytest.raises(BackboneError, match="wrong architecture|shape mismatches"):
+    with pytest.raises(BackboneError, match="wrong architecture|wrong shapes"):
         build_encoder(NAME, checkpoint=tmp_path / "small.pth", img_size=32)
     sd = {k: v for k, v in source.state_dict().items() if not k.startswith("blocks.11.")}
     sd["extra.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "partial.pth")
-    with pytest.raises(BackboneError, match=r"missing keys \[blocks\.11\..*unexpected keys \[extra\.weight"):
+    with pytest.raises(BackboneError, match=r"missing keys \[.blocks\.11\..*unexpected keys \[.extra\.weight"):
         build_encoder(NAME, checkpoint=tmp_path / "partial.pth", img_size=32)
 
 

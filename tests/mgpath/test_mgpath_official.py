@@ -18,13 +18,6 @@ DESC = {"5x": {"LUAD": "glandular tumour with lepidic growth", "LUSC": "squamous
 ROWS = [DESC["5x"]["LUAD"], DESC["5x"]["LUSC"], DESC["10x"]["LUAD"], DESC["10x"]["LUSC"]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _hf_layers(g, prefix):
     sd = {}

@@ -15,7 +15,7 @@ from vapt.data.synthetic import write_fgvc_tree, write_vtab_tree
 from vapt.data.vtab import VTAB_TASKS
 from vapt.lightning_cli import build_cli, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "vtab").glob("*/*.yaml")) + sorted((REPO / "configs" / "fgvc").glob("*/*.yaml"))
 TINY = json.dumps({"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 1})
 QUIET = ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",

@@ -1,4 +1,4 @@
-"""Fixtures for the vapt tests: tiny open_clip configs and checkpoint writers (imported by test modules)."""
+"""Fixtures for the vapt tests: tiny open_clip configs and checkpoint writers."""
 from __future__ import annotations
 
 import json

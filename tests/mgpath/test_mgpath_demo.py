@@ -13,13 +13,6 @@ from mgpath.ot import ot_similarity
 DESC = {"5x": {"A": "dark nuclei", "B": "pale glands"}, "10x": {"A": "dark cells", "B": "pale cells"}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_heatmap_scores_add_up_to_the_ot_similarity(tmp_path):
     torch.manual_seed(0)

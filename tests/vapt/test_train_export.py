@@ -13,7 +13,7 @@ import numpy as np
 
 from vapt.data import VTABDataModule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeBuilder:

@@ -20,7 +20,7 @@ from vapt.lightning_cli import main
 from vapt.module import PromptTuningModule
 from vapt.tune import parse_grid, tune
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 1}
 
 

@@ -4,7 +4,7 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
-from test_mgpath_train import ROOT, D, _datamodule, _one_thread  # noqa: F401  (autouse fixture)
+from test_mgpath_train import ROOT, D, _datamodule
 
 from mgpath.module import CHECKPOINT_FORMAT, MGPATHModule
 from mgpath.text import TINY_TEXT_CFG

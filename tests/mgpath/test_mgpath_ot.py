@@ -8,13 +8,6 @@ import torch.nn.functional as F
 from mgpath.ot import OTError, cosine_cost, ot_similarity, sinkhorn_log, sinkhorn_plot
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _problem(B=3, M=16, S=4, C=3, D=24, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)

@@ -11,7 +11,6 @@ import timm.layers
 from vapt import PromptConfig, PromptedViT, build_model
 from vapt.backbones import BackboneError
 
-from _vapt_fixtures import tiny_open_clip  # noqa: F401  (fixture)
 
 TINY = dict(backbone="vit_tiny_patch16_224", img_size=32)
 

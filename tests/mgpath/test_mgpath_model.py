@@ -16,13 +16,6 @@ DESC = {"5x": {"A": "small dark round nuclei", "B": "large pale glands", "C": "s
         "10x": {"A": "dark cells in sheets", "B": "pale cells in glands", "C": "long thin fibroblasts"}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny(classes=("A", "B"), feature_dim=12, **kw):
     torch.manual_seed(0)
@@ -183,7 +176,7 @@ def test_bad_inputs(tmp_path):
 
 def test_official_line_file_and_shipped_prompt_files():
     import pathlib
-    root = pathlib.Path(__file__).resolve().parents[1] / "data" / "prompts"
+    root = pathlib.Path(__file__).resolve().parents[2] / "data" / "prompts"
     for name, classes in [("tcga_nsclc.json", ["LUAD", "LUSC"]), ("tcga_rcc.json", ["CCRCC", "PRCC", "CRCC"]),
                           ("tcga_brca.json", ["IDC", "ILC"]), ("demo.json", ["class_a", "class_b"])]:
         t = load_descriptions(root / name, classes, ["5x", "10x"])

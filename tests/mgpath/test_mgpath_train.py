@@ -13,16 +13,8 @@ from mgpath.features import tile_adjacency
 from mgpath.splits import check_no_leakage, make_kshot_splits, write_split_csv
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster single-threaded (and do not fight over shared CI cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 D = 16
 
 
