@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mgpath.granular import GranularAttention
-from mgpath.ot import OTConfig, cosine_cost, transport_plans
+from mgpath.ot import OTConfig, ot_similarity
 from mgpath.text import PromptLearner, TextEncoder, build_text_tower, load_descriptions
 
 __all__ = ["MGPATH", "Bag", "build_mgpath"]
@@ -90,10 +90,8 @@ class MGPATH(nn.Module):
             vis, atts = vis
         sim, details = 0.0, {}
         for m in self.magnifications:
-            cost = cosine_cost(vis[m], text[m])  # (B, C, M, S)
-            B, C, M, S = cost.shape
-            plan = transport_plans(cost.reshape(B * C, M, S), config=self.ot).reshape(B, C, M, S)
-            sim = sim + 1.0 - (plan * cost).sum((2, 3))
+            s_m, plan, cost = ot_similarity(vis[m], text[m], config=self.ot, return_plan=True)
+            sim = sim + s_m
             if return_details:
                 details[m] = {"plan": plan.detach(), "cost": cost.detach()}
         logits = self.logit_scale.exp() * sim

@@ -23,14 +23,17 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "SCALING_SAFE_RANGE",
     "OTConfig",
     "OTError",
+    "balanced_residual",
     "cosine_cost",
     "ot_similarity",
     "sinkhorn_log",
     "sinkhorn_plot",
     "sinkhorn_pot",
     "transport_plans",
+    "unbalanced_residual",
 ]
 
 
@@ -52,6 +55,8 @@ class OTConfig:
     backend : ``"torch"``, ``"pot"`` or ``"plot"``.
     detach_plan : hold the plan constant for the gradient.
     on_nonconvergence : ``"raise"`` (default), ``"warn"`` or ``"ignore"``.
+    solver : balanced torch backend: ``"auto"`` (exp-domain iteration when exact, else log domain),
+        ``"log"`` or ``"scaling"``.
     """
 
     eps: float = 0.1
@@ -61,6 +66,7 @@ class OTConfig:
     backend: str = "torch"
     detach_plan: bool = True
     on_nonconvergence: str = "raise"
+    solver: str = "auto"
 
 
 def cosine_cost(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -112,19 +118,73 @@ def _nonconverged(msg: str, mode: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
+def _kernel(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, reg_m: float | None):
+    """Log kernel ``-C / eps`` (POT's ``reg_type="kl"`` adds ``log a + log b`` in the unbalanced case)."""
+    log_k = -cost / eps
+    if reg_m is not None:
+        log_k = log_k + torch.log(a)[:, :, None] + torch.log(b)[:, None, :]
+    return log_k
+
+
+def _unbalanced_update(log_k, log_a, log_b, f, g, fi):
+    """One plain unbalanced Sinkhorn update of the log scalings ``(f, g)`` (POT's ``sinkhorn_unbalanced``)."""
+    f = fi * (log_a - torch.logsumexp(log_k + g[:, None, :], dim=2))
+    g = fi * (log_b - torch.logsumexp(log_k + f[:, :, None], dim=1))
+    return f, g
+
+
+def unbalanced_residual(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
+                        eps: float, reg_m: float) -> float:
+    """Convergence rule of unbalanced OT, shared by every backend: the largest change of the log scalings
+    ``(f, g)`` (P, M) / (P, N) under one plain Sinkhorn update (0 at the optimum)."""
+    log_k = _kernel(cost, a, b, eps, reg_m)
+    f1, g1 = _unbalanced_update(log_k, torch.log(a), torch.log(b), f, g, reg_m / (reg_m + eps))
+    return float(torch.maximum((f1 - f).abs().amax(), (g1 - g).abs().amax()).detach())
+
+
+def balanced_residual(plan: torch.Tensor, a: torch.Tensor) -> float:
+    """Convergence rule of balanced OT, shared by every backend: the largest (over problems) L1 error of the
+    token marginal of the plan (P, M, N) against ``a`` (P, M) (the prompt-set marginal is exact after the last
+    update)."""
+    return float((plan.sum(2) - a).abs().sum(1).max().detach())
+
+
+#: largest cost range / eps for which the plain (exp-domain) Sinkhorn is exact in each precision: the
+#: kernel ``exp(-(C - min C) / eps)`` then stays far from underflow and the scalings far from overflow.
+SCALING_SAFE_RANGE = {torch.float16: 5.0, torch.bfloat16: 30.0, torch.float32: 30.0, torch.float64: 300.0}
+
+
+def _choose_solver(cost: torch.Tensor, eps: float, solver: str) -> str:
+    if solver not in ("auto", "log", "scaling"):
+        raise ValueError(f"mgpath/ot.py: unknown solver {solver!r}; use 'auto', 'log' or 'scaling'")
+    if solver != "auto":
+        return solver
+    span = float((cost.amax((1, 2)) - cost.amin((1, 2))).max().detach()) / eps if cost.numel() else 0.0
+    return "scaling" if span <= SCALING_SAFE_RANGE.get(cost.dtype, 30.0) else "log"
+
+
 def sinkhorn_log(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
                  eps: float = 0.1, max_iter: int = 100, tol: float = 1e-2, reg_m: float | None = None,
-                 check_every: int = 10, on_nonconvergence: str = "raise") -> tuple[torch.Tensor, int]:
-    """Batched log-domain Sinkhorn (balanced, or unbalanced with KL marginal penalty ``reg_m``).
+                 check_every: int = 1, on_nonconvergence: str = "raise",
+                 solver: str = "auto") -> tuple[torch.Tensor, int]:
+    """Batched Sinkhorn (balanced, or unbalanced with KL marginal penalty ``reg_m``).
 
-    Balanced: the same plan as ``ot.sinkhorn(a, b, M, eps)``; unbalanced: the same plan as
-    ``ot.unbalanced.sinkhorn_unbalanced(a, b, M, eps, reg_m)`` (``reg_type="kl"``).
+    Balanced: the same plan as ``ot.sinkhorn(a, b, M, eps)``; stops when :func:`balanced_residual` < ``tol``.
+    ``solver="auto"`` uses the plain exp-domain iteration when it is exact for the problem (cost range / eps
+    within :data:`SCALING_SAFE_RANGE`; 3-4x faster at MGPATH's size), the log-domain one otherwise.
+
+    Unbalanced: the same plan as ``ot.unbalanced.sinkhorn_unbalanced(a, b, M, eps, reg_m)``
+    (``reg_type="kl"``), solved in the log domain with the translation-invariant acceleration (after each
+    update the potentials are shifted by the optimal constant ``(f + l, g - l)``, Séjourné, Vialard & Peyré,
+    AISTATS 2022), which removes the slow ``reg_m / (reg_m + eps)`` contraction of the plain iteration; stops
+    when :func:`unbalanced_residual` < ``tol``.
 
     Parameters
     ----------
     cost : (P, M, N) cost matrices.
     a : (M,) or (P, M) source weights; uniform if None.
     b : (N,) or (P, N) target weights; uniform if None.
+    check_every : test convergence every this many iterations (the balanced test is free).
 
     Returns
     -------
@@ -135,36 +195,77 @@ def sinkhorn_log(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Ten
     P, M, N = cost.shape
     a = _marginal(a, P, M, cost, "a")
     b = _marginal(b, P, N, cost, "b")
-    log_a, log_b = torch.log(a), torch.log(b)
-    log_k = -cost / eps
-    fi = 1.0 if reg_m is None else reg_m / (reg_m + eps)
-    if reg_m is not None:  # POT's reg_type="kl": the kernel is weighted by a b^T
-        log_k = log_k + log_a[:, :, None] + log_b[:, None, :]
-    f = torch.zeros_like(log_a)
-    g = torch.zeros_like(log_b)
-    converged, it = False, 0
-    for it in range(1, max_iter + 1):
-        f_prev = f
-        f = fi * (log_a - torch.logsumexp(log_k + g[:, None, :], dim=2))
-        g = fi * (log_b - torch.logsumexp(log_k + f[:, :, None], dim=1))
-        if it % check_every == 0 or it == max_iter:
-            if reg_m is None:
-                rows = torch.exp(log_k + f[:, :, None] + g[:, None, :]).sum(2)
-                err = (rows - a).abs().sum(1).max()
-            else:
-                err = (f - f_prev).abs().max()
-            err = float(err.detach())
-            if not math.isfinite(err):
-                raise OTError("mgpath/ot.py: Sinkhorn diverged (NaN/inf potentials); check the inputs for NaN")
-            if err < tol:
-                converged = True
-                break
-    plan = torch.exp(log_k + f[:, :, None] + g[:, None, :])
+    if reg_m is None:
+        if _choose_solver(cost, eps, solver) == "scaling":
+            plan, it, err = _balanced_scaling(cost, a, b, eps, max_iter, tol, check_every)
+        else:
+            plan, it, err = _balanced_log(cost, a, b, eps, max_iter, tol, check_every)
+    else:
+        plan, it, err = _unbalanced_ti(cost, a, b, eps, reg_m, max_iter, tol, check_every)
     _check_plan(plan, "sinkhorn_log")
-    if not converged:
+    if not err < tol:
         _nonconverged(f"mgpath/ot.py: Sinkhorn did not converge in {max_iter} iterations (error {err:.3g} >= "
                       f"tol {tol})", on_nonconvergence)
     return plan, it
+
+
+def _finite(err: float) -> float:
+    if not math.isfinite(err):
+        raise OTError("mgpath/ot.py: Sinkhorn diverged (NaN/inf potentials); check the inputs for NaN")
+    return err
+
+
+def _balanced_scaling(cost, a, b, eps, max_iter, tol, check_every):
+    """Exp-domain iteration ``u = a / K v``, ``v = b / K^T u`` on the shifted kernel (same plan)."""
+    K = torch.exp(-(cost - cost.amin((1, 2), keepdim=True)) / eps)
+    v = torch.ones_like(b)
+    u = a / torch.einsum("pmn,pn->pm", K, v)
+    err, it = float("inf"), 0
+    for it in range(1, max_iter + 1):
+        v = b / torch.einsum("pmn,pm->pn", K, u)
+        kv = torch.einsum("pmn,pn->pm", K, v)
+        if it % check_every == 0 or it == max_iter:  # row marginal of the current plan is u * K v
+            err = _finite(float((u * kv - a).abs().sum(1).max().detach()))
+            if err < tol:
+                break
+        if it < max_iter:
+            u = a / kv
+    return u[:, :, None] * K * v[:, None, :], it, err
+
+
+def _balanced_log(cost, a, b, eps, max_iter, tol, check_every):
+    log_a, log_b, log_k = torch.log(a), torch.log(b), -cost / eps
+    f = log_a - torch.logsumexp(log_k, dim=2)
+    err, it = float("inf"), 0
+    for it in range(1, max_iter + 1):
+        g = log_b - torch.logsumexp(log_k + f[:, :, None], dim=1)
+        lse = torch.logsumexp(log_k + g[:, None, :], dim=2)
+        if it % check_every == 0 or it == max_iter:
+            err = _finite(float((torch.exp(f + lse) - a).abs().sum(1).max().detach()))
+            if err < tol:
+                break
+        if it < max_iter:
+            f = log_a - lse
+    return torch.exp(log_k + f[:, :, None] + g[:, None, :]), it, err
+
+
+def _unbalanced_ti(cost, a, b, eps, reg_m, max_iter, tol, check_every):
+    log_a, log_b = torch.log(a), torch.log(b)
+    log_k = _kernel(cost, a, b, eps, reg_m)
+    fi, r = reg_m / (reg_m + eps), reg_m / eps
+    f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    err, it = float("inf"), 0
+    for it in range(1, max_iter + 1):
+        f1, g1 = _unbalanced_update(log_k, log_a, log_b, f, g, fi)
+        if it % check_every == 0 or it == max_iter:
+            err = _finite(float(torch.maximum((f1 - f).abs().amax(), (g1 - g).abs().amax()).detach()))
+        if err < tol:
+            f, g = f1, g1
+            break
+        # optimal translation (f + l, g - l) of the dual: l = r/2 log(<a, e^{-f/r}> / <b, e^{-g/r}>)
+        lam = 0.5 * r * (torch.logsumexp(log_a - f1 / r, 1) - torch.logsumexp(log_b - g1 / r, 1))
+        f, g = f1 + lam[:, None], g1 - lam[:, None]
+    return torch.exp(log_k + f[:, :, None] + g[:, None, :]), it, err
 
 
 def sinkhorn_plot(cost: torch.Tensor, eps: float = 0.1, max_iter: int = 100, tol: float = 1e-2) -> torch.Tensor:
@@ -197,7 +298,12 @@ def sinkhorn_plot(cost: torch.Tensor, eps: float = 0.1, max_iter: int = 100, tol
 def sinkhorn_pot(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
                  eps: float = 0.1, max_iter: int = 100, tol: float = 1e-2, reg_m: float | None = None,
                  on_nonconvergence: str = "raise") -> torch.Tensor:
-    """Plans from POT: ``ot.batch.solve_batch`` (balanced) or ``ot.unbalanced.sinkhorn_unbalanced`` per problem.
+    """Plans from POT: ``ot.batch.solve_batch`` (balanced) or ``ot.unbalanced.sinkhorn_unbalanced`` with the
+    translation-invariant method per problem (unbalanced).
+
+    Non-convergence is judged by the same rule as the torch backend (:func:`balanced_residual` or
+    :func:`unbalanced_residual` < ``tol``); POT is asked for a tolerance at which its own (L2) stopping test
+    implies that rule.
 
     Parameters
     ----------
@@ -216,18 +322,27 @@ def sinkhorn_pot(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Ten
     if reg_m is None:
         from ot.batch import solve_batch
 
-        res = solve_batch(c, reg=eps, a=a, b=b, max_iter=max_iter, tol=tol, method="log_sinkhorn", grad="detach")
+        # POT stops on the L2 norm of the marginal error; L1 <= sqrt(M) * L2
+        res = solve_batch(c, reg=eps, a=a, b=b, max_iter=max_iter, tol=tol / math.sqrt(M),
+                          method="log_sinkhorn", grad="detach")
         plan = res.plan
         _check_plan(plan, "POT solve_batch")
-        err = float((plan.sum(2) - a).abs().sum(1).max())
-        if err >= max(tol, 1e-6) * 10:
-            _nonconverged(f"mgpath/ot.py: POT solve_batch did not converge in {max_iter} iterations (marginal "
-                          f"error {err:.3g})", on_nonconvergence)
-        return plan
-    plans = [ot.unbalanced.sinkhorn_unbalanced(a[p], b[p], c[p], eps, reg_m, numItermax=max_iter, stopThr=tol)
-             for p in range(P)]
-    plan = torch.stack(plans)
-    _check_plan(plan, "POT sinkhorn_unbalanced")
+        err = balanced_residual(plan, a)
+    else:
+        plans, fs, gs = [], [], []
+        for p in range(P):
+            pl, log = ot.unbalanced.sinkhorn_unbalanced(a[p], b[p], c[p], eps, reg_m, numItermax=max_iter,
+                                                        stopThr=tol / 10, log=True,
+                                                        method="sinkhorn_translation_invariant")
+            plans.append(pl)
+            fs.append(log["logu"])
+            gs.append(log["logv"])
+        plan = torch.stack(plans)
+        _check_plan(plan, "POT sinkhorn_unbalanced")
+        err = unbalanced_residual(c, a, b, torch.stack(fs), torch.stack(gs), eps, reg_m)
+    if not err < tol:
+        _nonconverged(f"mgpath/ot.py: POT did not converge in {max_iter} iterations (error {err:.3g} >= tol "
+                      f"{tol})", on_nonconvergence)
     return plan
 
 
@@ -253,7 +368,7 @@ def transport_plans(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.
     if cfg.backend == "torch":
         with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.detach_plan):
             plan, _ = sinkhorn_log(src, a, b, cfg.eps, cfg.max_iter, cfg.tol, cfg.reg_m,
-                                   on_nonconvergence=cfg.on_nonconvergence)
+                                   on_nonconvergence=cfg.on_nonconvergence, solver=cfg.solver)
     elif cfg.backend == "pot":
         if not cfg.detach_plan:
             raise ValueError("mgpath/ot.py: backend='pot' gives detached plans; use backend='torch' with "
@@ -272,7 +387,7 @@ def transport_plans(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.
 def ot_similarity(visual: torch.Tensor, text: torch.Tensor, eps: float = 0.1, max_iter: int = 100,
                   tol: float = 1e-2, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
                   reg_m: float | None = None, backend: str = "torch", detach_plan: bool = True,
-                  on_nonconvergence: str = "raise", return_plan: bool = False):
+                  on_nonconvergence: str = "raise", return_plan: bool = False, config: OTConfig | None = None):
     """OT similarity ``1 - <T*, 1 - cos>`` between each slide's visual tokens and each class's prompt sets.
 
     Parameters
@@ -281,6 +396,7 @@ def ot_similarity(visual: torch.Tensor, text: torch.Tensor, eps: float = 0.1, ma
     text : (S, C, D) L2-normalised text features.
     a : (M,) or (B, M) token weights; b : (S,) prompt-set weights; uniform if None.
     reg_m : KL marginal relaxation (unbalanced OT) or None (balanced).
+    config : an :class:`OTConfig`; when given it replaces ``eps`` ... ``on_nonconvergence``.
 
     Returns
     -------
@@ -292,7 +408,7 @@ def ot_similarity(visual: torch.Tensor, text: torch.Tensor, eps: float = 0.1, ma
         raise OTError("mgpath/ot.py: text features contain NaN/inf")
     cost = cosine_cost(visual, text)
     B, C, M, S = cost.shape
-    cfg = OTConfig(eps, max_iter, tol, reg_m, backend, detach_plan, on_nonconvergence)
+    cfg = config or OTConfig(eps, max_iter, tol, reg_m, backend, detach_plan, on_nonconvergence)
     if a is not None:
         a = torch.as_tensor(a).to(cost)
         if a.dim() == 2:  # per-slide token weights -> one row per (slide, class) problem

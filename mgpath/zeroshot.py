@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vapt.atomic import atomic_path
 from mgpath.model import MGPATH, Bag
-from mgpath.ot import OTConfig, cosine_cost, transport_plans
+from mgpath.ot import OTConfig, ot_similarity
 from mgpath.text import PromptLearner, load_descriptions
+from vapt.atomic import atomic_path
 
 __all__ = ["ZeroShotMGPATH", "main"]
 
@@ -75,10 +75,7 @@ class ZeroShotMGPATH(nn.Module):
                     raise KeyError(f"mgpath/zeroshot.py: slide {i} has no bag at {m!r}")
                 if not torch.isfinite(s[m].features).all():
                     raise ValueError(f"mgpath/zeroshot.py: slide {i} has NaN/inf features at {m}")
-                cost = cosine_cost(self.visual(s[m])[None], text[m])  # (1, C, N, S)
-                _, C, N, S = cost.shape
-                plan = transport_plans(cost.reshape(C, N, S), config=self.ot).reshape(1, C, N, S)
-                sim = sim + 1.0 - (plan * cost).sum((2, 3))
+                sim = sim + ot_similarity(self.visual(s[m])[None], text[m], config=self.ot)
             rows.append(sim)
         return self.model.logit_scale.exp() * torch.cat(rows)
 

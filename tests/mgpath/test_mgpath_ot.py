@@ -58,7 +58,7 @@ def test_unbalanced_equals_pot(reg_m):
         np.testing.assert_allclose(plan[p].numpy(), ref, atol=1e-10)
         assert ref.sum() < 0.999  # mass is not conserved
     sim_t = ot_similarity(v, t, reg_m=reg_m, max_iter=20000, tol=1e-13)
-    sim_p = ot_similarity(v, t, reg_m=reg_m, max_iter=20000, tol=1e-15, backend="pot")
+    sim_p = ot_similarity(v, t, reg_m=reg_m, max_iter=20000, tol=1e-13, backend="pot")  # 1e-15 is below round-off
     torch.testing.assert_close(sim_t, sim_p, atol=1e-8, rtol=0)
 
 

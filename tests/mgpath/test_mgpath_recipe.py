@@ -1,0 +1,101 @@
+"""The paper's recipe exactly: unbalanced OT at the defaults, one convergence rule for every backend, the
+fastest exact balanced solver, checkpoint selection on ties, the fold summary, starting from PLIP-G."""
+import warnings
+
+import numpy as np
+import ot
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mgpath.ot import (
+    OTError,
+    balanced_residual,
+    cosine_cost,
+    ot_similarity,
+    sinkhorn_log,
+    sinkhorn_pot,
+    unbalanced_residual,
+)
+
+
+def _cost(P=6, M=64, S=4, D=32, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    v = F.normalize(torch.randn(P, M, D, generator=g, dtype=dtype), dim=-1)
+    t = F.normalize(torch.randn(P, S, D, generator=g, dtype=dtype), dim=-1)
+    return 1 - torch.einsum("pmd,psd->pms", v, t)
+
+
+def _pot_unbalanced(cost, eps, reg_m):
+    M, S = cost.shape[1:]
+    return np.stack([ot.unbalanced.sinkhorn_unbalanced(np.full(M, 1 / M), np.full(S, 1 / S), c.double().numpy(),
+                                                       eps, reg_m, numItermax=200000, stopThr=1e-13)
+                     for c in cost])
+
+
+@pytest.mark.parametrize("reg_m,eps", [(10.0, 0.1), (1.0, 0.01), (1.0, 0.1), (100.0, 0.1)])
+def test_unbalanced_converges_at_default_budget_and_equals_pot(reg_m, eps):
+    """reg_m=10 (and reg_m=1 at eps 0.01) with the default 100 iterations / tol 1e-2 used to raise OTError."""
+    cost = _cost()
+    plan, it = sinkhorn_log(cost, eps=eps, reg_m=reg_m)  # max_iter 100, tol 1e-2, raises if not converged
+    assert it <= 100
+    ref = _pot_unbalanced(cost, eps, reg_m)
+    assert ref.sum() < 0.999 * len(ref)  # really unbalanced: mass is not conserved
+    np.testing.assert_allclose(plan.numpy(), ref, atol=5e-4)
+    sim = 1 - (plan * cost).sum((1, 2))
+    np.testing.assert_allclose(sim.numpy(), 1 - (ref * cost.double().numpy()).sum((1, 2)), atol=2e-4)
+    # float64 and a tight tolerance: equal to POT to round-off
+    plan64, _ = sinkhorn_log(cost.double(), eps=eps, reg_m=reg_m, max_iter=5000, tol=1e-12)
+    np.testing.assert_allclose(plan64.numpy(), ref, atol=1e-9)
+
+
+def test_pot_backend_flags_nonconvergence_by_the_torch_rule():
+    """POT's balanced path used to accept marginal errors up to 10x tol; now both backends use one rule."""
+    cost = _cost(P=4, M=64, S=4, seed=3, dtype=torch.float64) * 4  # a slowly converging problem
+    a = torch.full((4, 64), 1 / 64, dtype=torch.float64)
+    tol = 1e-3
+    seen_between = False
+    for max_iter in (5, 10, 20, 40, 80, 160, 320):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            plan = sinkhorn_pot(cost, eps=0.05, max_iter=max_iter, tol=tol, on_nonconvergence="warn")
+        flagged = any("did not converge" in str(w.message) for w in rec)
+        err = balanced_residual(plan, a)
+        assert flagged == (err >= tol), (max_iter, err)
+        seen_between |= tol <= err < 10 * tol
+    assert seen_between  # the case the old 10x-looser rule accepted silently
+    # unbalanced: POT's plan is judged by the same residual as the torch solver
+    with pytest.raises(OTError, match="POT did not converge"):
+        sinkhorn_pot(cost, eps=0.05, reg_m=10.0, max_iter=2, tol=1e-6)
+    plan = sinkhorn_pot(cost, eps=0.1, reg_m=10.0)  # defaults converge
+    ref = _pot_unbalanced(cost, 0.1, 10.0)
+    np.testing.assert_allclose(plan.numpy(), ref, atol=5e-4)
+    f = torch.zeros(4, 64, dtype=torch.float64)
+    assert unbalanced_residual(cost, a, torch.full((4, 4), 0.25, dtype=torch.float64), f, f[:, :4], 0.1, 10.0) > 1
+
+
+def test_auto_solver_is_exact_and_falls_back_to_log_domain():
+    cost = _cost(P=4)  # MGPATH's per-slide size: 2 magnifications x 2 classes, 64 tokens, 4 prompt sets
+    fast, _ = sinkhorn_log(cost, solver="auto")
+    log, _ = sinkhorn_log(cost, solver="log")
+    torch.testing.assert_close(fast, log, atol=2e-6, rtol=0)
+    ref = np.stack([ot.sinkhorn(np.full(64, 1 / 64), np.full(4, 0.25), c.double().numpy(), 0.1,
+                                method="sinkhorn_log", numItermax=10000, stopThr=1e-12) for c in cost])
+    assert balanced_residual(fast, torch.full((4, 64), 1 / 64)) < 1e-2
+    tight, _ = sinkhorn_log(cost.double(), max_iter=5000, tol=1e-12, solver="scaling")
+    np.testing.assert_allclose(tight.numpy(), ref, atol=1e-10)
+    # a range the exp kernel cannot hold in float32 (cost range / eps ~ 400): auto uses the log domain
+    small = _cost(P=2) * 2
+    plan, _ = sinkhorn_log(small, eps=0.005, max_iter=5000, tol=1e-4, solver="auto")
+    plan_log, _ = sinkhorn_log(small, eps=0.005, max_iter=5000, tol=1e-4, solver="log")
+    torch.testing.assert_close(plan, plan_log)
+    assert torch.isfinite(plan).all()
+    with pytest.raises(ValueError, match="unknown solver"):
+        sinkhorn_log(cost, solver="fast")
+    # ot_similarity and the model's OTConfig reach it
+    v = F.normalize(torch.randn(1, 64, 32), dim=-1)
+    t = F.normalize(torch.randn(4, 2, 32), dim=-1)
+    from mgpath.ot import OTConfig
+    torch.testing.assert_close(ot_similarity(v, t, config=OTConfig(solver="scaling")),
+                               ot_similarity(v, t, config=OTConfig(solver="log")), atol=1e-5, rtol=0)
+    assert cosine_cost(v, t).shape == (1, 2, 64, 4)
