@@ -99,3 +99,66 @@ def test_auto_solver_is_exact_and_falls_back_to_log_domain():
     torch.testing.assert_close(ot_similarity(v, t, config=OTConfig(solver="scaling")),
                                ot_similarity(v, t, config=OTConfig(solver="log")), atol=1e-5, rtol=0)
     assert cosine_cost(v, t).shape == (1, 2, 64, 4)
+
+
+def _fit_scripted(tmp_path, scores, **kw):
+    import lightning.pytorch as pl
+
+    from mgpath.selection import BestCheckpoint
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, i):
+            return (self.w - batch[0]).pow(2).sum()
+
+        def validation_step(self, batch, i):
+            self.log("val/f1", scores[self.current_epoch])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=1)
+    cb = BestCheckpoint(monitor="val/f1", mode="max", filename="best-{epoch}", dirpath=tmp_path, **kw)
+    trainer = pl.Trainer(max_epochs=len(scores), callbacks=[cb], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
+    trainer.fit(M(), data, data)
+    return cb
+
+
+def test_checkpoint_ties_go_to_the_latest_epoch_as_the_official_code(tmp_path):
+    scores = [0.70, 0.80, 0.80, 0.75, 0.80, 0.78]
+    cb = _fit_scripted(tmp_path / "latest", scores)
+    assert cb.best_model_path.endswith("best-epoch=4.ckpt") and float(cb.best_model_score) == pytest.approx(0.8)
+    assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == ["best-epoch=4.ckpt"]
+    cb = _fit_scripted(tmp_path / "first", scores, ties="first")  # Lightning's strict rule, on request
+    assert cb.best_model_path.endswith("best-epoch=1.ckpt")
+    with pytest.raises(ValueError, match="ties must be"):
+        _fit_scripted(tmp_path / "bad", scores, ties="middle")
+
+
+def test_shipped_configs_select_checkpoints_by_the_official_rule():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "wsi"
+    for p in sorted(root.glob("*.yaml")):
+        cfg = yaml.safe_load(p.read_text())
+        cbs = [c for c in cfg["trainer"]["callbacks"] if "Checkpoint" in c["class_path"]]
+        assert [c["class_path"] for c in cbs] == ["mgpath.selection.BestCheckpoint"], p.name
+        assert cbs[0]["init_args"]["ties"] == "latest" and cbs[0]["init_args"]["monitor"] == "val/f1", p.name
+
+
+def test_fold_summary_reports_the_official_std_and_the_sample_std(tmp_path):
+    from mgpath.folds import summarise
+
+    vals = [0.91, 0.85, 0.88, 0.80, 0.95]
+    table = summarise([{"fold": k, "auc": v, "f1": v - 0.1, "acc": v - 0.05} for k, v in enumerate(vals)], tmp_path)
+    assert table.loc["std_ddof0", "auc"] == pytest.approx(np.std(vals))  # official main.py (row 'var')
+    assert table.loc["std", "auc"] == pytest.approx(np.std(vals, ddof=1))
+    md = (tmp_path / "results.md").read_text()
+    assert "ddof 1" in md and "np.std, as the official main.py, which labels it 'var'" in md
+    assert f"auc {np.mean(vals):.4f} ± {np.std(vals):.4f}" in md

@@ -12,8 +12,6 @@ from mgpath.data import WSIFeatureDataModule, find_feature_file, load_bag, read_
 from mgpath.features import tile_adjacency
 from mgpath.splits import check_no_leakage, make_kshot_splits, write_split_csv
 
-
-
 ROOT = Path(__file__).resolve().parents[2]
 D = 16
 
@@ -235,11 +233,12 @@ def test_fold_runner_writes_per_fold_and_mean_std(tmp_path):
                "--trainer.max_epochs", "2"])
     assert rc == 0
     table = pd.read_csv(out / "results.csv", index_col=0)
-    assert list(table.index.astype(str)) == ["0", "1", "mean", "std"]
+    assert list(table.index.astype(str)) == ["0", "1", "mean", "std", "std_ddof0"]
     for c in ("auc", "f1", "acc"):
         vals = table.loc[["0", "1"], c].astype(float)
         assert table.loc["mean", c] == pytest.approx(vals.mean(), abs=1e-4)
         assert table.loc["std", c] == pytest.approx(vals.std(ddof=1), abs=1e-4)
+        assert table.loc["std_ddof0", c] == pytest.approx(vals.std(ddof=0), abs=1e-4)  # official np.std
         assert 0 <= vals.min() and vals.max() <= 1
     md = (out / "results.md").read_text()
     assert "mean ± std" in md and "| fold | test auc |" in md
