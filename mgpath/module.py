@@ -1,8 +1,7 @@
 """LightningModule for MGPATH: cross-entropy on the OT logits, Adam, AUC / macro-F1 / accuracy.
 
-Metrics (torchmetrics, computed over the whole epoch): ``auc`` binary = AUROC of the probability of class 1,
-multiclass = one-vs-rest macro AUROC over the classes present in the targets; ``f1`` = macro-F1 of the argmax;
-``acc`` = accuracy (micro). Logged as ``val/auc``, ``val/f1``, ``val/acc``, ``test/...``.
+Loss, optimiser, metrics (``val/auc``, ``val/f1``, ``val/acc``, ``test/...``), predictions and the RNG states
+of exact resume come from :class:`mgpath.lit.SlideClassifier`, shared with the baselines.
 
 Checkpoints: when the frozen text tower can be rebuilt from a file (``text_checkpoint``, or an
 ``init_checkpoint`` that holds every tower tensor), Lightning checkpoints omit it and keep the trainable
@@ -12,58 +11,62 @@ tower (``mgpath-tiny`` without a file) cannot be rebuilt, so it is stored too; s
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torchmetrics import Metric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
 
-try:
-    import lightning.pytorch as pl
-except ImportError:  # pragma: no cover
-    import pytorch_lightning as pl
-
+from mgpath.lit import SlideAUROC, SlideClassifier
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import OTConfig
 from vapt.state_dict import check_state_dict, complete_state_dict
 
-__all__ = ["CHECKPOINT_FORMAT", "MGPATHModule", "SlideAUROC"]
+__all__ = ["CHECKPOINT_FORMAT", "MGPATHModule", "SlideAUROC", "load_init_checkpoint", "ot_config"]
 
 CHECKPOINT_FORMAT = "mgpath-trainable-v1"
 _TOWER = "model.text.tower."
+_OT_ALIASES = {"ot_eps": "eps", "ot_max_iter": "max_iter", "ot_tol": "tol", "ot_reg_m": "reg_m",
+               "ot_backend": "backend", "ot_detach_plan": "detach_plan", "ot_on_nonconvergence": "on_nonconvergence"}
 
 
-class SlideAUROC(Metric):
-    """AUROC over an epoch: binary on p(class 1), multiclass one-vs-rest macro over the present classes."""
-
-    full_state_update = False
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.add_state("probs", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
-
-    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        self.probs.append(probs.detach().float())
-        self.target.append(target.detach())
-
-    def compute(self) -> torch.Tensor:
-        p = torch.cat(self.probs) if isinstance(self.probs, list) else self.probs
-        t = torch.cat(self.target) if isinstance(self.target, list) else self.target
-        present = torch.bincount(t, minlength=self.num_classes) > 0
-        if present.sum() < 2:
-            return torch.tensor(float("nan"), device=p.device)
-        if self.num_classes == 2:
-            return binary_auroc(p[:, 1], t)
-        per = multiclass_auroc(p, t, self.num_classes, average=None)
-        return per[present].mean()
+def ot_config(ot: OTConfig | dict | None = None, **flat) -> OTConfig:
+    """The OT block from ``ot`` (an :class:`OTConfig` or its dict) plus deprecated flat ``ot_*`` keywords."""
+    cfg = ot if isinstance(ot, OTConfig) else OTConfig(**(ot or {}))
+    given = {k: v for k, v in flat.items() if v is not None}
+    unknown = set(given) - set(_OT_ALIASES)
+    if unknown:
+        raise TypeError(f"mgpath/module.py: unknown OT keyword(s) {sorted(unknown)}")
+    if given:
+        warnings.warn(f"mgpath: the flat keys {sorted(given)} are deprecated; write them as a nested block "
+                      "`ot: {" + ", ".join(f"{_OT_ALIASES[k]}: {v}" for k, v in given.items()) + "}`",
+                      FutureWarning, stacklevel=3)
+        cfg = dataclasses.replace(cfg, **{_OT_ALIASES[k]: v for k, v in given.items()})
+    return cfg
 
 
-class MGPATHModule(pl.LightningModule):
+def load_init_checkpoint(path: str) -> tuple[dict, list[str]]:
+    """``(state dict of the inner model, prefixes kept at their fresh initialisation)`` from a file written by
+    ``mgpath import-official`` (``{"state_dict", "config", "fresh"}``), a Lightning checkpoint of ``mgpath
+    fit`` or a plain state dict."""
+    from pathlib import Path
+
+    from mgpath.text import load_state_dict_file
+
+    fresh: list[str] = []
+    if Path(path).suffix not in (".safetensors",) and Path(path).is_file():
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # not a plain tensor file: the general loader says why
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("fresh"), list):
+            fresh = [str(f) for f in obj["fresh"]]
+    sd = load_state_dict_file(path)
+    return {k.removeprefix("model."): v for k, v in sd.items()}, fresh
+
+
+class MGPATHModule(SlideClassifier):
     """Few-shot training of :class:`~mgpath.model.MGPATH` (hyperparameters as in the paper's code).
 
     Parameters
@@ -77,128 +80,63 @@ class MGPATHModule(pl.LightningModule):
         :func:`mgpath.text.build_text_tower`); ``"mgpath-tiny"`` is a small random tower.
     n_ctx, n_sets, placement : prompt learner (16, 4, ``"insert"``).
     n_prompts, ratio_graph, use_graph : visual prompt queries (64), region-level weight (0.2).
-    ot_* : OT head (eps 0.1, 100 iterations, tol 1e-2, balanced, torch backend, plan detached).
+    ot : the OT head as one block (:class:`~mgpath.ot.OTConfig`: eps 0.1, 100 iterations, tol 1e-2,
+        balanced, torch backend, plan detached); YAML ``ot: {eps: 0.1, reg_m: 10}``.
+    ot_eps, ot_max_iter, ot_tol, ot_reg_m, ot_backend, ot_detach_plan, ot_on_nonconvergence : deprecated
+        flat aliases of the ``ot`` fields (a warning says how to write them).
     logit_scale : initial log temperature.
-    init_checkpoint : optional state dict file of the inner model (e.g. from ``mgpath import-official``).
+    init_checkpoint : optional state dict file of the inner model (e.g. from ``mgpath import-official``; a
+        PLIP-G alignment import leaves the context, visual prompts, graph layer and norm freshly initialised).
     lr, weight_decay : Adam (9e-4, 1e-5).
     store_frozen : also store the frozen text tower in checkpoints. Default (None): only when it cannot be
         rebuilt from a file, i.e. no ``text_checkpoint`` and no ``init_checkpoint`` holding the whole tower.
     """
 
-    def __init__(self, descriptions: str, feature_dim: int, classes: list[str] | None = None,
+    def __init__(self, descriptions: str, feature_dim: int, classes: list[str] | None = None, *,
                  embed_dim: int = 1024, magnifications: list[str] | None = None, text_model: str = "ViT-B-32",
                  text_checkpoint: str | None = None, text_model_cfg: dict | None = None, quick_gelu: bool = False,
                  n_ctx: int = 16, n_sets: int = 4, placement: str = "insert", n_prompts: int = 64,
                  ratio_graph: float = 0.2, use_graph: bool = True, image_adaptor_hidden: int | None = None,
-                 text_adaptor_hidden: int | None = None, ot_eps: float = 0.1, ot_max_iter: int = 100,
-                 ot_tol: float = 1e-2, ot_reg_m: float | None = None, ot_backend: str = "torch",
-                 ot_detach_plan: bool = True, ot_on_nonconvergence: str = "raise",
-                 logit_scale: float = math.log(1 / 0.02), init_checkpoint: str | None = None,
-                 lr: float = 9e-4, weight_decay: float = 1e-5, store_frozen: bool | None = None):
-        super().__init__()
-        if not classes:
-            raise ValueError("mgpath/module.py: `classes` is empty; set data.classes in the config")
-        self.save_hyperparameters()
-        self.classes = list(classes)
-        ot = OTConfig(ot_eps, ot_max_iter, ot_tol, ot_reg_m, ot_backend, ot_detach_plan, ot_on_nonconvergence)
-        self.model = build_mgpath(descriptions, self.classes, feature_dim, embed_dim,
-                                  magnifications or ["5x", "10x"], text_model, text_checkpoint, text_model_cfg,
-                                  quick_gelu, n_ctx, n_sets, placement, n_prompts, ratio_graph, use_graph,
-                                  image_adaptor_hidden, text_adaptor_hidden, ot, logit_scale)
+                 text_adaptor_hidden: int | None = None, ot: OTConfig | None = None,
+                 ot_eps: float | None = None, ot_max_iter: int | None = None, ot_tol: float | None = None,
+                 ot_reg_m: float | None = None, ot_backend: str | None = None, ot_detach_plan: bool | None = None,
+                 ot_on_nonconvergence: str | None = None, logit_scale: float = math.log(1 / 0.02),
+                 init_checkpoint: str | None = None, lr: float = 9e-4, weight_decay: float = 1e-5,
+                 store_frozen: bool | None = None):
+        super().__init__(classes, lr, weight_decay)
+        cfg = ot_config(ot, ot_eps=ot_eps, ot_max_iter=ot_max_iter, ot_tol=ot_tol, ot_reg_m=ot_reg_m,
+                        ot_backend=ot_backend, ot_detach_plan=ot_detach_plan,
+                        ot_on_nonconvergence=ot_on_nonconvergence)
+        self.save_hyperparameters(ignore=["ot", *_OT_ALIASES])
+        self.hparams["ot"] = dataclasses.asdict(cfg)  # plain dict: checkpoints load with weights_only
+        self.model = build_mgpath(
+            descriptions, self.classes, feature_dim, embed_dim=embed_dim,
+            magnifications=magnifications or ["5x", "10x"], text_model=text_model,
+            text_checkpoint=text_checkpoint, text_model_cfg=text_model_cfg, quick_gelu=quick_gelu, n_ctx=n_ctx,
+            n_sets=n_sets, placement=placement, n_prompts=n_prompts, ratio_graph=ratio_graph, use_graph=use_graph,
+            image_adaptor_hidden=image_adaptor_hidden, text_adaptor_hidden=text_adaptor_hidden, ot=cfg,
+            logit_scale=logit_scale)
         self._tower_from_file = bool(text_checkpoint)
         if init_checkpoint:
-            from mgpath.text import load_state_dict_file
+            self._load_init(init_checkpoint)
 
-            sd = load_state_dict_file(init_checkpoint)
-            sd = {k.removeprefix("model."): v for k, v in sd.items()}
-            missing, unexpected = self.model.load_state_dict(sd, strict=False)
-            if unexpected or [k for k in missing if not k.startswith("text.tower.")]:
-                raise KeyError(f"mgpath/module.py: {init_checkpoint} does not match the model: missing "
-                               f"{missing[:5]}, unexpected {unexpected[:5]}")
-            if not any(k.startswith("text.tower.") for k in missing):
-                self._tower_from_file = True
-        C = len(self.classes)
-        self.metrics = torch.nn.ModuleDict({
-            f"{stage}_{name}": m for stage in ("val", "test") for name, m in (
-                ("auc", SlideAUROC(C)), ("f1", MulticlassF1Score(C, average="macro")),
-                ("acc", MulticlassAccuracy(C, average="micro")))})
+    def _load_init(self, path: str) -> None:
+        sd, fresh = load_init_checkpoint(path)
+        if sd and not any(k.startswith(("text.", "visual.", "logit_scale")) for k in sd):
+            raise ValueError(f"mgpath/module.py: init_checkpoint {path} is not an MGPATH state dict (keys such as "
+                             f"{list(sd)[:2]}); give a file from `mgpath import-official` or `mgpath fit`")
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        bad = [k for k in missing if not k.startswith(("text.tower.", *fresh))]
+        if unexpected or bad:
+            raise KeyError(f"mgpath/module.py: {path} does not match the model: missing {bad[:5]}, unexpected "
+                           f"{unexpected[:5]}")
+        if not any(k.startswith("text.tower.") for k in missing):
+            self._tower_from_file = True
+        if any(k.startswith("text.prompts.token_") for k in missing):
+            self.model.text.prompts.refresh(self.model.text.tower)  # descriptions through the loaded embeddings
 
     def forward(self, slides: list[dict[str, Bag]]) -> torch.Tensor:
         return self.model(slides)
-
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "feature_dim"):
-            d = dm.feature_dim
-            if d != self.hparams.feature_dim:
-                raise ValueError(f"mgpath/module.py: the feature files have dimension {d} but model.feature_dim is "
-                                 f"{self.hparams.feature_dim}; set model.feature_dim: {d} in the config")
-            if list(dm.classes) != self.classes:
-                raise ValueError(f"mgpath/module.py: data.classes {dm.classes} != model.classes {self.classes}")
-
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        batch["labels"] = batch["labels"].to(device)
-        batch["slides"] = [{m: b.to(device) for m, b in s.items()} for s in batch["slides"]]
-        return batch
-
-    def training_step(self, batch, batch_idx):
-        logits = self.model(batch["slides"])
-        loss = F.cross_entropy(logits, batch["labels"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
-        return loss
-
-    def _eval_step(self, batch, stage: str):
-        logits = self.model(batch["slides"])
-        y = batch["labels"]
-        loss = F.cross_entropy(logits, y)
-        probs = logits.softmax(-1)
-        self.metrics[f"{stage}_auc"].update(probs, y)
-        self.metrics[f"{stage}_f1"].update(probs, y)
-        self.metrics[f"{stage}_acc"].update(probs, y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
-        return loss
-
-    def _eval_end(self, stage: str):
-        for name in ("auc", "f1", "acc"):
-            m = self.metrics[f"{stage}_{name}"]
-            self.log(f"{stage}/{name}", m.compute(), prog_bar=name == "f1")
-            m.reset()
-
-    def validation_step(self, batch, batch_idx):
-        return self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self):
-        self._eval_end("val")
-
-    def test_step(self, batch, batch_idx):
-        return self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self):
-        self._eval_end("test")
-
-    def predict_step(self, batch, batch_idx):
-        probs = self.model(batch["slides"]).softmax(-1)
-        out = {"slide_ids": batch["slide_ids"], "probs": probs.cpu(), "labels": batch["labels"].cpu()}
-        self._predictions.append(out)
-        return out
-
-    def on_predict_epoch_start(self):
-        self._predictions = []
-
-    def on_predict_epoch_end(self):
-        """Write ``<default_root_dir>/predictions.csv`` (slide_id, label, p_<class>...) atomically."""
-        import os
-
-        import pandas as pd
-
-        from vapt.atomic import atomic_path
-
-        rows = []
-        for out in self._predictions:
-            for sid, y, p in zip(out["slide_ids"], out["labels"].tolist(), out["probs"].tolist()):
-                rows.append({"slide_id": sid, "label": self.classes[y], **{f"p_{c}": v for c, v in zip(self.classes, p)}})
-        with atomic_path(os.path.join(self.trainer.default_root_dir, "predictions.csv")) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
 
     # ------------------------------------------------------------------ checkpoints
     def frozen_keys(self) -> set[str]:
@@ -218,6 +156,7 @@ class MGPATHModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Drop the frozen text tower (rebuilt from ``text_checkpoint`` / ``init_checkpoint``) unless it cannot
         be rebuilt or ``store_frozen`` asks for it; record what was stored."""
+        super().on_save_checkpoint(checkpoint)
         store = self._stores_frozen()
         if not store:
             frozen = self.frozen_keys()
@@ -237,6 +176,7 @@ class MGPATHModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Complete a checkpoint without the tower with this module's frozen tower; refuse mismatches."""
+        super().on_load_checkpoint(checkpoint)
         meta = checkpoint.get("mgpath", {})
         if meta.get("format") != CHECKPOINT_FORMAT:
             return  # older checkpoints hold the whole state dict; Lightning loads them strictly
@@ -252,7 +192,3 @@ class MGPATHModule(pl.LightningModule):
             raise KeyError(f"mgpath/module.py: checkpoint classes {meta['classes']} != model classes "
                            f"{self.classes} (same count, other names or order). {hint}")
         checkpoint["state_dict"] = complete_state_dict(own, sd)
-
-    def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -29,11 +29,12 @@ import re
 from pathlib import Path
 
 import torch
+import yaml
 
-from vapt.atomic import atomic_path
 from mgpath.model import MGPATH, build_mgpath
 from mgpath.ot import OTConfig
 from mgpath.text import load_state_dict_file
+from vapt.atomic import atomic_path, write_text_atomic
 
 __all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "main"]
 
@@ -190,14 +191,27 @@ def load_converted(state_dict: dict, settings: dict, descriptions, classes: list
                              f"{rows}; check --classes and --descriptions")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     allowed = ("text.tower.token_embedding", "text.tower.positional_embedding", "text.prompts.token_",
-               "text.prompts.eot_index")
+               "text.prompts.eot_index", *fresh_prefixes(sd))
     bad = [k for k in missing if not k.startswith(allowed)]
     if bad or unexpected:
         raise KeyError(f"mgpath/official.py: converted weights do not fit the model: missing {bad[:5]}, "
                        f"unexpected {unexpected[:5]}")
-    if not compat:
+    if not compat or "text.prompts.token_prefix" not in sd:  # embed the descriptions with the loaded tower
         model.text.prompts.refresh(model.text.tower)
     return model
+
+
+#: what the PLIP-G alignment checkpoint does not hold: the few-shot stage starts these from their fresh
+#: initialisation (context vectors, visual prompt queries, graph-attention layer, LayerNorm) and embeds the
+#: descriptions with the loaded token embeddings (prompt buffers: they depend on n_ctx / n_sets)
+ALIGNMENT_FRESH = ("text.prompts.ctx", "visual.prompts", "visual.graph.", "visual.norm.", "text.prompts.token_",
+                   "text.prompts.eot_index")
+
+
+def fresh_prefixes(state_dict: dict) -> tuple[str, ...]:
+    """State-dict prefixes left at their fresh initialisation: :data:`ALIGNMENT_FRESH` for a converted PLIP-G
+    alignment checkpoint (no context vectors in it), nothing for a fine-tuned one."""
+    return () if "text.prompts.ctx" in state_dict else ALIGNMENT_FRESH
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,11 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     model = load_converted(sd, settings, a.descriptions, a.classes, a.magnifications, compat=not a.no_compat)
     config = {k: v for k, v in settings.items() if k != "rows"}
     config.update(descriptions=a.descriptions, placement="official" if not a.no_compat else "insert",
-                  ot_backend="plot" if not a.no_compat else "torch", text_model="custom")
+                  ot={"backend": "plot" if not a.no_compat else "torch"}, text_model="custom")
+    fresh = list(fresh_prefixes(sd))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(fresh))}
     out = Path(a.out)
     with atomic_path(out) as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": config}, tmp)
+        torch.save({"state_dict": state, "config": config, "fresh": fresh}, tmp)
+    block = {"model": {**config, "init_checkpoint": str(out.resolve())}}
+    yaml_path = out.with_suffix(".yaml")
+    write_text_atomic(yaml_path, "# model block written by `mgpath import-official`; use it after the task config:\n"
+                      f"#   mgpath fit --config <task>.yaml --config {yaml_path.name}\n" + yaml.safe_dump(block))
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"wrote {out}: {len(model.state_dict())} tensors, {n} trainable parameters")
+    print(f"wrote {out}: {len(state)} tensors, {n} trainable parameters"
+          + (f"; kept at their fresh initialisation (not in a PLIP-G alignment file): {', '.join(fresh)}"
+             if fresh else ""))
+    print(f"wrote {yaml_path}: the model block (mgpath fit --config <task>.yaml --config {yaml_path})")
     print("model settings:", json.dumps(config))
     return 0

@@ -162,3 +162,75 @@ def test_fold_summary_reports_the_official_std_and_the_sample_std(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "ddof 1" in md and "np.std, as the official main.py, which labels it 'var'" in md
     assert f"auc {np.mean(vals):.4f} ± {np.std(vals):.4f}" in md
+
+
+def test_start_from_plip_g_alignment_through_the_cli(tmp_path):
+    """The official few-shot training starts from the PLIP-G alignment file: adaptors, temperature and tower
+    load, context / visual prompts / graph / norm keep their fresh initialisation; then `mgpath fit` runs."""
+    from pathlib import Path
+
+    import yaml
+    from test_mgpath_official import (
+        DESC,
+        DIN,
+        HEADS,
+        NCTX,
+        NSETS,
+        ROWS,
+        M,
+        _slide,
+        official_checkpoints,
+        reference_forward,
+    )
+    from test_mgpath_train import _datamodule
+
+    from mgpath.cli import main as mgpath_main
+    from mgpath.module import MGPATHModule
+
+    ft, align, tokens = official_checkpoints()
+    torch.save({"model_state_dict": align}, tmp_path / "clip_mlp_weights_dual_tokenSave_plip_best.pth")
+    (tmp_path / "prompts.csv").write_text("\n".join(ROWS) + "\n")
+    conv = tmp_path / "plipg.pt"
+    assert mgpath_main(["import-official", "--checkpoint", str(tmp_path / "clip_mlp_weights_dual_tokenSave_plip_best.pth"),
+                        "--descriptions", str(tmp_path / "prompts.csv"), "--classes", "LUAD", "LUSC",
+                        "--heads", str(HEADS), "--out", str(conv)]) == 0
+    saved = torch.load(conv, weights_only=True)
+    assert "text.prompts.ctx" not in saved["state_dict"] and "visual.prompts" not in saved["state_dict"]
+    block = yaml.safe_load(conv.with_suffix(".yaml").read_text())["model"]
+    assert block["init_checkpoint"] == str(conv.resolve()) and block["ot"] == {"backend": "plot"}
+
+    torch.manual_seed(0)
+    assert block.get("n_ctx", 16) == 16  # the official defaults (16 ctx x 4 sets, 64 prompts) unless overridden
+    module = MGPATHModule(**{**block, "n_ctx": NCTX, "n_sets": NSETS, "n_prompts": M}, classes=["LUAD", "LUSC"])
+    module.eval()
+    m = module.model
+    torch.testing.assert_close(m.text.adaptor.linear1.weight, align["TextMLP.linear1.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(m.visual.adaptor.linear2.bias, align["ImageMLP.linear2.bias"], rtol=0, atol=0)
+    torch.testing.assert_close(m.logit_scale, align["temperature"], rtol=0, atol=0)
+    assert m.text.prompts.ctx.std() < 0.05 and m.visual.prompts.std() < 0.05  # fresh (std 0.02) initialisation
+    # the official MGPATH built on PLIP-G with these fresh parts gives the same logits
+    ref = dict(ft)
+    ref.update({k.replace("TextMLP", "text_encoder.proj"): v for k, v in align.items() if k.startswith("TextMLP")})
+    ref.update({k: v for k, v in align.items() if k.startswith("ImageMLP")})
+    ref.update({"logit_scale": align["temperature"], "prompt_learner.ctx": m.text.prompts.ctx.detach(),
+                "learnable_image_center": m.visual.prompts.detach()[:, None],
+                "norm.weight": m.visual.norm.weight.detach(), "norm.bias": m.visual.norm.bias.detach(),
+                "graph.lin.weight": m.visual.graph.lin.weight.detach(), "graph.bias": m.visual.graph.bias.detach(),
+                "graph.att_src": m.visual.graph.att_src.detach().reshape(1, 1, -1),
+                "graph.att_dst": m.visual.graph.att_dst.detach().reshape(1, 1, -1)})
+    ref_slide, our_slide = _slide()
+    with torch.no_grad():
+        torch.testing.assert_close(module([our_slide])[0], reference_forward(ref, tokens, ref_slide), atol=1e-4,
+                                   rtol=1e-4)
+    # to the end: fit + test through the CLI with the written model block
+    _datamodule(tmp_path, classes=("LUAD", "LUSC"), n_per_class=8, dim=DIN)
+    root = Path(__file__).resolve().parents[2]
+    args = ["--config", str(root / "configs/wsi/demo_tiny.yaml"), "--config", str(conv.with_suffix(".yaml")),
+            "--data.classes", "[LUAD, LUSC]", "--data.labels_csv", str(tmp_path / "labels.csv"),
+            "--data.split_csv", str(tmp_path / "splits" / "splits_{fold}.csv"),
+            "--data.features_root", str(tmp_path / "features"), "--trainer.max_epochs", "1",
+            "--trainer.default_root_dir", str(tmp_path / "run")]
+    assert mgpath_main(["fit", *args]) == 0
+    best = sorted((tmp_path / "run").rglob("best-*.ckpt"))
+    assert best and mgpath_main(["test", *args, "--ckpt_path", str(best[0])]) == 0
+    assert DESC["5x"]["LUAD"] in ROWS

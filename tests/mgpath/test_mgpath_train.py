@@ -20,10 +20,10 @@ def _grid(side):
     return np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 512
 
 
-def make_cohort(root: Path, classes=("class_a", "class_b"), n_per_class=14, seed=0, slides_per_patient=1):
+def make_cohort(root: Path, classes=("class_a", "class_b"), n_per_class=14, seed=0, slides_per_patient=1, dim=D):
     """Generated features with a planted signal: class c shifts a quarter of its tiles along direction c."""
     rng = np.random.default_rng(seed)
-    dirs = rng.normal(size=(len(classes), D))
+    dirs = rng.normal(size=(len(classes), dim))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     rows = []
     for c, name in enumerate(classes):
@@ -32,7 +32,7 @@ def make_cohort(root: Path, classes=("class_a", "class_b"), n_per_class=14, seed
             rows.append({"slide_id": sid, "case_id": f"{name}_p{i // slides_per_patient}", "label": name})
             for mag, side in (("5x", 3), ("10x", 6)):
                 n = side * side
-                f = rng.normal(size=(n, D)).astype(np.float32)
+                f = rng.normal(size=(n, dim)).astype(np.float32)
                 f[rng.permutation(n)[: max(1, n // 3)]] += 3.5 * dirs[c]
                 (root / "features" / mag).mkdir(parents=True, exist_ok=True)
                 with h5py.File(root / "features" / mag / f"{sid}.h5", "w") as h:
@@ -161,7 +161,7 @@ def test_learns_planted_signal(tmp_path):
     with torch.no_grad():
         probs = torch.cat([m([test[i]["bags"]]).softmax(-1) for i in range(len(test))])
     y = torch.tensor(test.labels)
-    auc = m.metrics["test_auc"]
+    auc = m.metrics["test"]["auc"]
     auc.update(probs, y)
     pos, neg = probs[y == 1, 1], probs[y == 0, 1]  # independent check: Mann-Whitney AUC
     mw = ((pos[:, None] > neg[None]).float() + 0.5 * (pos[:, None] == neg[None]).float()).mean().item()
