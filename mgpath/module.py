@@ -58,7 +58,8 @@ def load_init_checkpoint(path: str) -> tuple[dict, list[str]]:
     if Path(path).suffix not in (".safetensors",) and Path(path).is_file():
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # not a plain tensor file: the general loader says why
+        except (RuntimeError, OSError, EOFError, ValueError, __import__("pickle").UnpicklingError):
+            # not a plain tensor file: the general loader below says why
             obj = None
         if isinstance(obj, dict) and isinstance(obj.get("fresh"), list):
             fresh = [str(f) for f in obj["fresh"]]
