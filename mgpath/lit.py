@@ -121,7 +121,7 @@ class SlideClassifier(pl.LightningModule):
 
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(training loss, logits (B, C)); cross-entropy by default (CLAM adds its instance loss)."""
-        logits = self.model(batch["slides"])
+        logits = self(batch["slides"])
         return F.cross_entropy(logits, batch["labels"]), logits
 
     def training_step(self, batch, batch_idx):
@@ -130,7 +130,7 @@ class SlideClassifier(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch, stage: str):
-        logits = self.model(batch["slides"])
+        logits = self(batch["slides"])
         y = batch["labels"]
         loss = F.cross_entropy(logits, y)
         self.metrics[stage].update(logits.softmax(-1), y)
@@ -156,7 +156,7 @@ class SlideClassifier(pl.LightningModule):
         self._eval_end("test")
 
     def predict_step(self, batch, batch_idx):
-        probs = self.model(batch["slides"]).softmax(-1)
+        probs = self(batch["slides"]).softmax(-1)
         out = {"slide_ids": batch["slide_ids"], "probs": probs.cpu(), "labels": batch["labels"].cpu()}
         self._predictions.append(out)
         return out

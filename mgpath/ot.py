@@ -9,7 +9,9 @@ tokens, uniform by default) and ``b`` (over prompt sets) is computed with
 - ``backend="pot"``: POT's batched solver ``ot.batch.solve_batch`` (balanced) or a loop over
   ``ot.unbalanced.sinkhorn_unbalanced`` (unbalanced);
 - ``backend="plot"``: the official MGPATH/PLOT Sinkhorn (plain scaling, stop when the mean change of the row
-  scaling is below ``tol``, a single check over the whole batch), for reproducing official checkpoints.
+  scaling is below ``tol``, a single check over the whole batch), for reproducing official checkpoints;
+- ``backend="uniform"``: no transport, the product coupling ``a b^T`` (the similarity is then the mean
+  cosine: the paper's "without OT" ablation).
 
 The similarity is ``1 - <T*, C>`` (B, C). The plan is a constant for the gradient by default
 (``detach_plan=True``, the envelope-theorem gradient PLOT and MGPATH use). NaN plans and non-convergence raise
@@ -52,7 +54,7 @@ class OTConfig:
     tol : stopping tolerance; the L1 error of the token marginal for the balanced log solver, the largest change
         of the scaled dual potentials for the unbalanced one, PLOT's ``mean|r - r_prev|`` for ``backend="plot"``.
     reg_m : marginal relaxation of unbalanced OT (KL); ``None`` gives balanced OT.
-    backend : ``"torch"``, ``"pot"`` or ``"plot"``.
+    backend : ``"torch"``, ``"pot"``, ``"plot"`` or ``"uniform"`` (no OT: mean cosine).
     detach_plan : hold the plan constant for the gradient.
     on_nonconvergence : ``"raise"`` (default), ``"warn"`` or ``"ignore"``.
     solver : balanced torch backend: ``"auto"`` (exp-domain iteration when exact, else log domain),
@@ -379,8 +381,12 @@ def transport_plans(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.
             raise ValueError("mgpath/ot.py: backend='plot' is the official balanced, uniform-marginal solver")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.detach_plan):
             plan = sinkhorn_plot(src, cfg.eps, cfg.max_iter, cfg.tol)
+    elif cfg.backend == "uniform":  # no transport: the product coupling a b^T (the "no OT" ablation)
+        P, M, N = cost.shape
+        plan = _marginal(a, P, M, src, "a")[:, :, None] * _marginal(b, P, N, src, "b")[:, None, :]
     else:
-        raise ValueError(f"mgpath/ot.py: unknown OT backend {cfg.backend!r}; use 'torch', 'pot' or 'plot'")
+        raise ValueError(f"mgpath/ot.py: unknown OT backend {cfg.backend!r}; use 'torch', 'pot', 'plot' or "
+                         "'uniform'")
     return plan.detach() if cfg.detach_plan else plan
 
 

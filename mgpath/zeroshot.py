@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgpath.model import MGPATH, Bag
+from mgpath.module import MGPATHModule
 from mgpath.ot import OTConfig, ot_similarity
 from mgpath.text import PromptLearner, load_descriptions
 from vapt.atomic import atomic_path
 
-__all__ = ["ZeroShotMGPATH", "main"]
+__all__ = ["ZeroShotMGPATH", "ZeroShotModule", "main"]
 
 
 class ZeroShotMGPATH(nn.Module):
@@ -78,6 +79,22 @@ class ZeroShotMGPATH(nn.Module):
                 sim = sim + ot_similarity(self.visual(s[m])[None], text[m], config=self.ot)
             rows.append(sim)
         return self.model.logit_scale.exp() * torch.cat(rows)
+
+
+class ZeroShotModule(MGPATHModule):
+    """:class:`ZeroShotMGPATH` as a LightningModule (nothing is trained: ``mgpath test`` / the benchmark's
+    ``zeroshot`` method run it directly). Takes MGPATHModule's keywords (``init_checkpoint``: e.g. a PLIP-G
+    import, whose adaptors align tiles and text) plus ``tokens``."""
+
+    def __init__(self, descriptions: str, feature_dim: int, classes: list[str] | None = None, *,
+                 tokens: str = "tiles", **kwargs):
+        super().__init__(descriptions, feature_dim, classes, **kwargs)
+        self.save_hyperparameters()
+        self.zeroshot = ZeroShotMGPATH(self.model, descriptions, tokens)
+        self.requires_grad_(False)
+
+    def forward(self, slides: list[dict[str, Bag]]) -> torch.Tensor:
+        return self.zeroshot(slides)
 
 
 def main(argv: list[str] | None = None) -> int:

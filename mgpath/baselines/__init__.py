@@ -1,0 +1,16 @@
+"""Baselines MGPATH is compared with, under the same splits, features, seeds and fold runner (see
+:mod:`mgpath.baselines.modules` for the table of methods and their published defaults)."""
+from mgpath.baselines.mil import ABMIL, CLAMSB, DSMIL, PoolingLinear
+from mgpath.baselines.modules import (
+    ABMILModule,
+    CLAMModule,
+    CoOpModule,
+    DSMILModule,
+    PoolingModule,
+    TransMILModule,
+    count_parameters,
+)
+from mgpath.baselines.transmil import TransMIL
+
+__all__ = ["ABMIL", "CLAMSB", "DSMIL", "ABMILModule", "CLAMModule", "CoOpModule", "DSMILModule", "PoolingLinear",
+           "PoolingModule", "TransMIL", "TransMILModule", "count_parameters"]
