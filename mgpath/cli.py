@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "test": ("mgpath.lightning_cli", "main", "test MGPATH (LightningCLI)"),
     "predict": ("mgpath.lightning_cli", "main", "predict with MGPATH (LightningCLI)"),
     "folds": ("mgpath.folds", "main", "train and test over all folds; mean and std per metric"),
+    "benchmark": ("mgpath.benchmark", "main", "MGPATH and the baselines over the same folds (resumable)"),
+    "report": ("mgpath.report", "main", "table and plot of a benchmark folder (mean ± std per method)"),
     "zeroshot": ("mgpath.zeroshot", "main", "classify slides from the class descriptions alone"),
     "import-official": ("mgpath.official", "main", "convert an official MGPATH checkpoint into this model"),
     "heatmap": ("mgpath.heatmap", "main", "draw prompt attention and transport mass over a slide"),

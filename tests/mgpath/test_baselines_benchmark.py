@@ -1,0 +1,69 @@
+"""`mgpath benchmark` + `mgpath report` end to end on a generated cohort (2 methods x 2 folds), resumable."""
+import json
+
+import pandas as pd
+import pytest
+from test_mgpath_train import ROOT, D, _datamodule
+
+from mgpath.benchmark import method_config, parse_folds
+from mgpath.cli import main
+
+
+def test_benchmark_and_report_end_to_end(tmp_path, capsys):
+    _datamodule(tmp_path, n_per_class=8)
+    cfg = tmp_path / "bench.yaml"
+    import yaml
+    base = yaml.safe_load((ROOT / "configs/wsi/demo_tiny.yaml").read_text())
+    base["model"].update(feature_dim=D, descriptions=str(ROOT / "data/prompts/demo.json"))
+    base["data"].update(labels_csv=str(tmp_path / "labels.csv"), split_csv=str(tmp_path / "splits/splits_{fold}.csv"),
+                        features_root=str(tmp_path / "features"))
+    base["trainer"]["max_epochs"] = 2
+    cfg.write_text(yaml.safe_dump(base))
+    out = tmp_path / "runs"
+    args = ["benchmark", "--config", str(cfg), "--methods", "mgpath,abmil", "--folds", "0..1", "--out", str(out)]
+    assert main(args) == 0
+    for meth in ("mgpath", "abmil"):
+        for k in (0, 1):
+            r = json.loads((out / meth / f"fold_{k}" / "result.json").read_text())
+            assert 0 <= r["auc"] <= 1 and r["checkpoint"].endswith(".ckpt")
+    abmil_cfg = yaml.safe_load((out / "abmil" / "config.yaml").read_text())
+    assert abmil_cfg["model"] == {"class_path": "mgpath.baselines.ABMILModule", "init_args": {"feature_dim": D}}
+    # resumable: a second run reads every finished fold back and trains nothing
+    mtime = (out / "abmil" / "fold_1" / "result.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 4
+    assert (out / "abmil" / "fold_1" / "result.json").stat().st_mtime_ns == mtime
+    # the report: one row per method with mean ± std over the two folds, paper columns blank
+    assert main(["report", str(out)]) == 0
+    table = pd.read_csv(out / "report.csv", index_col=0)
+    assert list(table.index) == ["mgpath", "abmil"] and (table["folds"] == 2).all()
+    for meth in ("mgpath", "abmil"):
+        vals = [json.loads((out / meth / f"fold_{k}" / "result.json").read_text())["auc"] for k in (0, 1)]
+        assert table.loc[meth, "auc_mean"] == pytest.approx(sum(vals) / 2, abs=1e-4)
+        assert table.loc[meth, "auc_std"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5, abs=1e-4)
+    assert table["paper_auc"].isna().all()
+    md = (out / "report.md").read_text()
+    assert "| mgpath | 2 |" in md and "| abmil | 2 |" in md
+    png = (out / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # paper numbers only from a given file
+    (tmp_path / "paper.csv").write_text("method,auc,f1,acc,source\nabmil,0.9,,,my notes\n")
+    assert main(["report", str(out), "--published", str(tmp_path / "paper.csv"), "--out", str(tmp_path / "r2")]) == 0
+    t2 = pd.read_csv(tmp_path / "r2" / "report.csv", index_col=0)
+    assert t2.loc["abmil", "paper_auc"] == 0.9 and pd.isna(t2.loc["mgpath", "paper_auc"])
+
+
+def test_method_configs_and_folds():
+    base = {"model": {"descriptions": "d.json", "feature_dim": 8, "text_model": "mgpath-tiny", "lr": 0.1,
+                      "ot": {"eps": 0.2}}, "data": {}, "trainer": {}}
+    cfg, train = method_config(base, "mgpath_no_ot")
+    assert cfg["model"]["init_args"]["ot"] == {"eps": 0.2, "backend": "uniform"} and train
+    cfg, train = method_config(base, "zeroshot")
+    assert cfg["model"]["class_path"] == "mgpath.zeroshot.ZeroShotModule" and not train
+    assert "lr" not in cfg["model"]["init_args"]
+    assert method_config(base, "coop")[0]["model"]["init_args"]["text_model"] == "mgpath-tiny"
+    assert method_config(base, "maxpool")[0]["model"]["init_args"] == {"feature_dim": 8, "pooling": "max"}
+    with pytest.raises(ValueError, match="unknown method"):
+        method_config(base, "vit")
+    assert parse_folds(["0..2"]) == [0, 1, 2] and parse_folds(["0,3"]) == [0, 3] and parse_folds(["1", "4"]) == [1, 4]
