@@ -77,9 +77,9 @@ def _markdown(table: pd.DataFrame) -> str:
         lines.append(f"| {meth} | {int(r['folds'])} | " + " | ".join(_cell(r[f"{m}_mean"], r[f"{m}_std"])
                                                              for m in METRICS)
                      + " | " + " | ".join(paper) + f" | {r['paper_source']} |")
-    lines += ["", "std: sample std over folds (ddof 1); report.csv also has std_ddof0 (np.std, what the official "
-              "MGPATH main.py writes in a row labelled 'var'). Paper columns are blank where no source was given.",
-              ""]
+    lines += ["", ("std: sample std over folds (ddof 1); report.csv also has std_ddof0 (np.std, what the official "
+                   "MGPATH main.py writes in a row labelled 'var'). Paper columns are blank where no source was "
+                   "given."), ""]
     return "\n".join(lines)
 
 
