@@ -10,8 +10,8 @@ from vapt.cli import dispatch
 
 #: subcommand -> (module, function taking argv list, one-line help)
 SUBCOMMANDS = {
-    "tile": ("mgpath.slides.tiling", "main", "segment tissue and tile slides into a coordinates h5 per slide"),
-    "extract": ("mgpath.features", "main", "encode tiles with a frozen encoder into a features h5 per slide"),
+    "tile": ("mgpath.commands.tile", "main", "segment tissue and tile slides into a coordinates h5 per slide"),
+    "extract": ("mgpath.commands.extract", "main", "encode tiles with a frozen encoder into a features h5 per slide"),
     "splits": ("mgpath.splits", "main", "make K-shot, patient-grouped, stratified folds from a labels CSV"),
     "fit": ("mgpath.lightning_cli", "main", "train MGPATH (LightningCLI)"),
     "validate": ("mgpath.lightning_cli", "main", "validate MGPATH (LightningCLI)"),
