@@ -7,10 +7,13 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from mgpath.pipelines import extract as pipeline
-from mgpath.pipelines.extract import extract_features, write_summary
+from mgpath.pipelines.extract import extract_features, weights_description, write_summary
 from mgpath.pipelines.jobs import find_jobs
 from mgpath.pipelines.locks import clean_temp
+from mgpath.pipelines.summary import count_statuses, format_rows
 
 __all__ = ["build_parser", "main"]
 
@@ -37,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32-true on CPU)"
     )
     p.add_argument("--mpp", type=float, default=None, help="level-0 um/px override for the slides")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--random-seed", type=int, default=0,
+                   help="seed of the random weights used when no --checkpoint is given (0); part of the cache "
+                   "identity, so a resumed run never mixes two random encoders")
+    p.add_argument("--overwrite", action="store_true", help="redo slides whose features exist or are stale")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -47,9 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         jobs, problems = find_jobs(args.coords, args.out, args.slides, args.mpp)
+        if args.checkpoint and not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist; give the encoder's local "
+                                    "weights file")
         from vapt.backbones import build_encoder
 
+        if not args.checkpoint:
+            torch.manual_seed(args.random_seed)  # same run -> same random encoder -> same features
+            print(f"mgpath extract: WARNING: no --checkpoint given: {args.encoder} has RANDOM weights "
+                  f"(seed {args.random_seed}); these features are for testing only, not for real results",
+                  file=sys.stderr)
         encoder = build_encoder(args.encoder, checkpoint=args.checkpoint, img_size=args.img_size)
+        weights = weights_description(args.checkpoint, args.random_seed)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"mgpath extract: {e}", file=sys.stderr)
         return 2
@@ -75,22 +90,26 @@ def main(argv: list[str] | None = None) -> int:
         args.overwrite,
         progress=not args.no_progress,
         num_nodes=args.num_nodes,
+        weights=weights,
     )
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = write_summary(rows, Path(args.out), rank, world)
-    n = {s: sum(r["status"] == s for r in rows) for s in ("done", "cached", "skipped")}
+    n = count_statuses(rows)
     print(f"{len(rows)} slides: {n['done']} done, {n['cached']} cached, {n['skipped']} skipped")
-    for r in rows:
-        why = f" - {r['reason']}" if r["status"] == "skipped" else ""
-        where = (
-            f"{Path(r['out']).parent.name}/"
-            if r.get("out") and Path(r["out"]).parent != Path(args.out)
-            else ""
-        )
-        print(f"  {r['status']:<8} {where}{r['slide_id']} ({r.get('tiles', '?')} tiles){why}")
-    print(f"summary: {path}")
+
+    def details(r):
+        out = r.get("out")
+        where = f"{Path(out).parent.name}/" if out and Path(out).parent != Path(args.out) else ""
+        return f"{where}{r['slide_id']} ({r.get('tiles', '?')} tiles)"
+
+    print("\n".join(format_rows(rows, details)))
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        print(f"summary: {write_summary(rows, Path(args.out), rank, world)}")
+    except OSError as e:
+        print(f"mgpath extract: could not write the summary into {args.out}: {e.strerror or e} (disk full?); "
+              "the lines above are the whole summary", file=sys.stderr)
+        return 1
     return 0 if all(r["status"] in ("done", "cached") for r in rows) else 1
 
 

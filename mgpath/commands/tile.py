@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import signal
 import sys
 from pathlib import Path
 
@@ -29,6 +30,10 @@ def _read_mpp_csv(path: str) -> dict[str, float]:
                 raise ValueError(f"{path} needs columns slide_id (or wsi) and mpp")
             out[slide_id_from_path(key)] = float(r["mpp"])
     return out
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"mgpath tile: {e}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that the worker pool is ended with this process
     rows = tile_slides(
         args.inputs,
         args.out,

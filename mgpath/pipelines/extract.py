@@ -16,6 +16,7 @@ rank writes whole slides, so no gathering is needed.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -26,11 +27,14 @@ import torch
 
 from mgpath.graph import ADJACENCY_ORDER, tile_adjacency
 from mgpath.io import read_features_header, write_features
+from mgpath.pipelines.identity import compare_identity, encoder_identity, file_sha256, tiles_identity
 from mgpath.pipelines.jobs import SlideJob
+from mgpath.pipelines.locks import SlideLock
 from mgpath.pipelines.summary import write_summary_files
 from mgpath.pipelines.tile_dataset import TileDataset
 
-__all__ = ["FeatureExtractor", "H5FeatureWriter", "extract_features", "write_summary"]
+__all__ = ["FeatureExtractor", "H5FeatureWriter", "default_precision", "extract_features", "weights_description",
+           "write_summary"]
 
 
 class FeatureExtractor(pl.LightningModule):
@@ -51,13 +55,18 @@ class FeatureExtractor(pl.LightningModule):
 
 
 class H5FeatureWriter(pl.Callback):
-    """Collects predicted features per slide and writes each slide's h5 as soon as it is complete."""
+    """Collects predicted features per slide and writes each slide's h5 as soon as it is complete.
 
-    def __init__(self, jobs: list[SlideJob], encoder_name: str, checkpoint: str | None, extra_attrs: dict):
+    ``identity`` is the encoder part of the cache identity (:func:`~mgpath.pipelines.identity.encoder_identity`);
+    each file gets it merged with its tiles' part. A slide whose file cannot be written (disk full) is
+    reported and the others go on.
+    """
+
+    def __init__(self, jobs: list[SlideJob], checkpoint: str | None, identity: dict, extra_attrs: dict):
         super().__init__()
         self.jobs = jobs
-        self.encoder_name = encoder_name
         self.checkpoint = checkpoint
+        self.identity = identity
         self.extra_attrs = extra_attrs
         self.buffers: dict[int, np.ndarray] = {}
         self.filled: dict[int, int] = {}
@@ -85,19 +94,21 @@ class H5FeatureWriter(pl.Callback):
     def _finish(self, j: int) -> None:
         job = self.jobs[j]
         feats = self.buffers.pop(j)
-        row = {
-            "slide_id": job.slide_id,
-            "path": job.slide_path,
-            "out": job.out_path,
-            "tiles": job.n,
-            "dim": int(feats.shape[1]),
-        }
+        row = _row(job, tiles=job.n, dim=int(feats.shape[1]))
         if j in self.failed:
             row.update(status="skipped", reason=self.failed[j])
+        elif not np.isfinite(feats).all():
+            bad = int((~np.isfinite(feats)).any(1).sum())
+            row.update(status="skipped", reason=f"the encoder gave NaN/Inf features for {bad} tiles of "
+                       f"{job.slide_path}; check the weights file and --precision (nothing written)")
         else:
             adj = tile_adjacency(job.coords, job.attrs.get("step_level0") or job.attrs["patch_size_level0"])
-            write_features(job.out_path, feats, job.coords, adj, self._attrs(job, feats.shape[1]))
-            row.update(status="done", reason="")
+            try:
+                write_features(job.out_path, feats, job.coords, adj, self._attrs(job, feats.shape[1]))
+                row.update(status="done", reason="")
+            except OSError as e:
+                row.update(status="skipped", reason=f"could not write {job.out_path}: {e.strerror or e} "
+                           "(disk full?); free space and rerun: finished slides are kept")
         row["seconds"] = round(time.perf_counter() - self.t0.get(j, time.perf_counter()), 3)
         self.rows[j] = row
 
@@ -107,8 +118,9 @@ class H5FeatureWriter(pl.Callback):
             "name": job.slide_id,
             "slide_path": os.path.abspath(job.slide_path),
             "coords_file": os.path.abspath(job.coords_path),
-            "encoder": self.encoder_name,
+            "encoder": self.identity["encoder"],
             "checkpoint": os.path.abspath(self.checkpoint) if self.checkpoint else "none",
+            "weights": self.identity["weights"],
             "embed_dim": dim,
             "n_tiles": job.n,
             "patch_size": int(a["patch_size"]),
@@ -116,6 +128,7 @@ class H5FeatureWriter(pl.Callback):
             "step_level0": float(a.get("step_level0") or a["patch_size_level0"]),
             "adjacency_order": ",".join(ADJACENCY_ORDER),
             "coords_source": a["source"],
+            "identity": json.dumps(_job_identity(self.identity, job), sort_keys=True),
         }
         for k in ("target_mpp", "target_magnification", "mpp", "patch_level"):
             if a.get(k) is not None:
@@ -124,29 +137,64 @@ class H5FeatureWriter(pl.Callback):
         return attrs
 
 
-def _done(job: SlideJob, encoder_name: str) -> bool:
-    """Whether ``job.out_path`` holds this job's features made with ``encoder_name`` (same tiles, same order)."""
+def _row(job: SlideJob, **kw) -> dict:
+    return {"slide_id": job.slide_id, "path": job.slide_path, "out": job.out_path, **kw}
+
+
+def _job_identity(identity: dict, job: SlideJob) -> dict:
+    return {**identity, **tiles_identity(job.coords, job.attrs)}
+
+
+def _cache_state(job: SlideJob, identity: dict) -> str | None:
+    """None when ``job.out_path`` is to be made; ``""`` when it holds exactly these features; else why stale."""
     if not Path(job.out_path).exists():
-        return False
+        return None
     try:
-        attrs, shape, coords = read_features_header(job.out_path)
+        attrs, shape, _ = read_features_header(job.out_path)
     except (OSError, KeyError):
-        return False
-    return shape[0] == job.n and attrs.get("encoder") == encoder_name and np.array_equal(coords, job.coords)
+        return None  # unreadable (a torn file of another tool): redo it
+    if shape[0] != job.n:
+        return f"has {shape[0]} tiles, the coordinates file {job.n}"
+    return compare_identity(attrs.get("identity"), _job_identity(identity, job))
 
 
 class _ShardedData(pl.LightningDataModule):
-    """Gives each rank its slides (``i % world_size == rank``) in a sequential, unsharded loader."""
+    """Gives each rank its slides (``i % world_size == rank``) in a sequential, unsharded loader.
 
-    def __init__(self, jobs, input_size, mean, std, batch_size, workers, writer):
+    Each slide is locked (``<features file>.lock``) before it is read; slides another live run holds are
+    reported as busy and left to it.
+    """
+
+    def __init__(self, jobs, input_size, mean, std, batch_size, workers, writer, identity, overwrite):
         super().__init__()
         self.jobs, self.input_size, self.mean, self.std = jobs, input_size, mean, std
         self.batch_size, self.workers, self.writer = batch_size, workers, writer
+        self.identity, self.overwrite = identity, overwrite
+        self.locks: list[SlideLock] = []
+        self.other_rows: list[dict] = []
 
     def setup(self, stage=None):
         r, w = self.trainer.global_rank, self.trainer.world_size
-        self.mine = [j for i, j in enumerate(self.jobs) if i % w == r]
+        self.mine = []
+        for i, job in enumerate(self.jobs):
+            if i % w != r:
+                continue
+            lock = SlideLock(job.out_path + ".lock")
+            if not lock.acquire():
+                self.other_rows.append(_row(job, tiles=job.n, status="skipped", reason=(
+                    f"busy: another run ({lock.owner}) is writing {job.out_path}; rerun when it ends")))
+                continue
+            self.locks.append(lock)
+            if not self.overwrite and _cache_state(job, self.identity) == "":  # finished meanwhile by another run
+                self.other_rows.append(_row(job, tiles=job.n, status="cached", reason="features exist"))
+                continue
+            self.mine.append(job)
         self.writer.jobs = self.mine
+
+    def release(self) -> None:
+        for lock in self.locks:
+            lock.release()
+        self.locks = []
 
     def predict_dataloader(self):
         ds = TileDataset(self.mine, self.input_size, self.mean, self.std)
@@ -159,6 +207,18 @@ class _ShardedData(pl.LightningDataModule):
             persistent_workers=False,
             prefetch_factor=4 if self.workers else None,
         )
+
+
+def default_precision(accelerator: str = "auto") -> str:
+    """``bf16-mixed`` where a CUDA device will be used, else ``32-true``."""
+    return "bf16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
+
+
+def weights_description(checkpoint: str | None, random_seed: int | None = None) -> str:
+    """The ``weights`` part of an identity: ``sha256:<hex>`` of the file, or ``random-init(seed=S)``."""
+    if checkpoint:
+        return "sha256:" + file_sha256(checkpoint)
+    return f"random-init(seed={random_seed})" if random_seed is not None else "random-init(unseeded)"
 
 
 def extract_features(
@@ -175,36 +235,32 @@ def extract_features(
     progress: bool = True,
     num_nodes: int = 1,
     callbacks: list | None = None,
+    weights: str | None = None,
+    identity_extra: dict | None = None,
 ) -> list[dict]:
     """Encode the tiles of ``jobs`` and write one features h5 per job; returns summary rows.
 
     ``encoder`` maps ``(B, 3, H, W)`` normalised images to ``(B, D)``; it must carry ``data_config`` (input
-    size, mean, std) as built by ``vapt.backbones.build_encoder``. Jobs whose output already exists with
-    the same encoder and coordinates are reported ``cached``.
+    size, mean, std) as built by ``vapt.backbones.build_encoder``. ``weights`` describes the encoder's
+    weights for the cache identity (default: the checkpoint's SHA-256, else random-init); ``identity_extra``
+    holds any other setting that changes the features. A job whose output holds features of the same
+    identity is ``cached``; one made with anything else is reported stale (``skipped``) unless ``overwrite``.
     """
+    precision = precision or default_precision(accelerator)
+    cfg = encoder.data_config
+    identity = encoder_identity(encoder_name, weights or weights_description(checkpoint), cfg, precision,
+                                identity_extra)
     rows: list[dict] = []
     todo = []
     for job in jobs:
-        if not overwrite and _done(job, encoder_name):
-            rows.append(
-                {
-                    "slide_id": job.slide_id,
-                    "path": job.slide_path,
-                    "out": job.out_path,
-                    "tiles": job.n,
-                    "status": "cached",
-                    "reason": "features exist",
-                }
-            )
+        state = None if overwrite else _cache_state(job, identity)
+        if state == "":
+            rows.append(_row(job, tiles=job.n, status="cached", reason="features exist"))
+        elif state is not None:
+            rows.append(_row(job, tiles=job.n, status="skipped", reason=(
+                f"stale: {job.out_path} {state}; pass --overwrite to redo it (or use another --out)")))
         elif job.n == 0:
-            rows.append(
-                {
-                    "slide_id": job.slide_id,
-                    "path": job.slide_path,
-                    "status": "skipped",
-                    "reason": f"{job.coords_path} has no tiles",
-                }
-            )
+            rows.append(_row(job, status="skipped", reason=f"{job.coords_path} has no tiles"))
         else:
             todo.append(job)
     # check every slide opens before starting the loader: a broken one is reported, the rest go on
@@ -221,31 +277,14 @@ def extract_features(
                     )
             ok.append(job)
         except SlideError as e:
-            rows.append(
-                {"slide_id": job.slide_id, "path": job.slide_path, "status": "skipped", "reason": str(e)}
-            )
+            rows.append(_row(job, status="skipped", reason=str(e)))
     if not ok:
         return rows
-    cfg = encoder.data_config
     input_size = tuple(cfg["input_size"][-2:])
-    if precision is None:
-        precision = (
-            "bf16-mixed"
-            if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-            else "32-true"
-        )
-    writer = H5FeatureWriter(
-        ok,
-        encoder_name,
-        checkpoint,
-        {
-            "input_size": np.array(input_size),
-            "mean": np.array(cfg["mean"]),
-            "std": np.array(cfg["std"]),
-            "precision": precision,
-        },
-    )
-    dm = _ShardedData(ok, input_size, cfg["mean"], cfg["std"], batch_size, workers, writer)
+    extra_attrs = {"input_size": np.array(input_size), "mean": np.array(cfg["mean"]),
+                   "std": np.array(cfg["std"]), "precision": precision}
+    writer = H5FeatureWriter(ok, checkpoint, identity, extra_attrs)
+    dm = _ShardedData(ok, input_size, cfg["mean"], cfg["std"], batch_size, workers, writer, identity, overwrite)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -259,9 +298,11 @@ def extract_features(
         use_distributed_sampler=False,
         inference_mode=True,
     )
-    trainer.predict(FeatureExtractor(encoder), datamodule=dm, return_predictions=False)
-    rows += [writer.rows[j] for j in sorted(writer.rows)]
-    return rows
+    try:
+        trainer.predict(FeatureExtractor(encoder), datamodule=dm, return_predictions=False)
+    finally:
+        dm.release()
+    return rows + dm.other_rows + [writer.rows[j] for j in sorted(writer.rows)]
 
 
 def write_summary(rows: list[dict], out: Path, rank: int = 0, world: int = 1) -> Path:

@@ -31,6 +31,19 @@ class SlideJob:
         return len(self.coords)
 
 
+def _first_duplicate(xy: np.ndarray) -> tuple[int, int] | None:
+    """Row indices ``(i, j)``, ``i < j``, of the first repeated coordinate pair in ``(N, 2)`` ``xy``, or None."""
+    if len(xy) < 2:
+        return None
+    _, first, inverse = np.unique(xy, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    repeated = np.flatnonzero(first[inverse] != np.arange(len(xy)))
+    if len(repeated) == 0:
+        return None
+    j = int(repeated[0])
+    return int(first[inverse[j]]), j
+
+
 def find_jobs(
     coords: str | os.PathLike, out: str | os.PathLike, slides: str | None = None, mpp: float | None = None
 ) -> tuple[list[SlideJob], list[dict]]:
@@ -54,6 +67,7 @@ def find_jobs(
         groups = [(root, Path(out))]
     index = index_slides(slides)
     jobs, problems = [], []
+    claimed: dict[str, str] = {}  # features file -> the coordinates file that makes it
     for cdir, odir in groups:
         files = sorted(cdir.glob("*.h5"))
         if not files:
@@ -86,5 +100,18 @@ def find_jobs(
                     }
                 )
                 continue
-            jobs.append(SlideJob(sid, str(sp), str(f), str(odir / f"{sid}.h5"), xy, attrs, mpp))
+            out_path = str(odir / f"{sid}.h5")
+            if out_path in claimed:
+                problems.append({"slide_id": sid, "status": "skipped", "path": str(f), "reason": (
+                    f"duplicate slide id {sid!r}: {f} and {claimed[out_path]} would write the same {out_path}; "
+                    "remove or rename one of them")})
+                continue
+            dup = _first_duplicate(xy)
+            if dup is not None:
+                problems.append({"slide_id": sid, "status": "skipped", "path": str(f), "reason": (
+                    f"{f} lists tile {tuple(int(v) for v in xy[dup[0]])} twice (rows {dup[0]} and {dup[1]}); "
+                    "regenerate the coordinates (mgpath tile) or drop the duplicate rows")})
+                continue
+            claimed[out_path] = str(f)
+            jobs.append(SlideJob(sid, str(sp), str(f), out_path, xy, attrs, mpp))
     return jobs, problems

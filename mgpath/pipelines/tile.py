@@ -14,6 +14,7 @@ half-written output; a rerun skips slides whose outputs exist with the same sett
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -24,7 +25,7 @@ import numpy as np
 
 from mgpath.io import COORDS_FORMAT, read_coords_header, write_coords
 from mgpath.pipelines.discovery import find_slides
-from mgpath.pipelines.locks import clean_temp
+from mgpath.pipelines.locks import SlideLock, clean_temp
 from mgpath.pipelines.summary import count_statuses, format_rows, write_summary_files
 from mgpath.slides.grid import TileParams, tile_grid, tissue_fraction
 from mgpath.slides.reader import Slide, SlideError, slide_id_from_path
@@ -41,8 +42,36 @@ def _paths(out: Path, slide_id: str, tag: str) -> dict[str, Path]:
     }
 
 
-def _existing(out: Path, slide_id: str, tps: list[TileParams]) -> tuple[dict | None, str]:
-    """Tile counts when every output of a slide exists with the same settings, else (None, why)."""
+def _source_identity(path: str, tissue_params: TissueParams, mpp: float | None) -> dict:
+    """What besides the tile settings determines a slide's outputs: the slide file, tissue settings, MPP override."""
+    st = os.stat(path)
+    ident = {"slide_size": int(st.st_size), "slide_mtime": int(st.st_mtime), "tissue_params": asdict(tissue_params)}
+    if mpp is not None:
+        ident["mpp_override"] = round(float(mpp), 6)
+    return ident
+
+
+def _stored_identity(a: dict, tp: TileParams, wanted: dict) -> dict:
+    stored = {k: a.get(k) for k in tp.key()}
+    if stored.get("target_mpp") is not None:
+        stored["target_mpp"] = round(float(stored["target_mpp"]), 6)
+    for k in ("use_tissue", "edge"):
+        stored[k] = bool(stored[k]) if stored[k] is not None else None
+    tissue = a.get("tissue_params")
+    stored["tissue_params"] = json.loads(tissue) if isinstance(tissue, str) else tissue
+    for k in ("slide_size", "slide_mtime"):
+        stored[k] = a.get(k)
+    if "mpp_override" in wanted:
+        stored["mpp_override"] = round(float(a["mpp"]), 6) if a.get("mpp") is not None else None
+    return stored
+
+
+def _existing(out: Path, slide_id: str, tps: list[TileParams], source: dict) -> tuple[dict | None, str]:
+    """Tile counts when every output of a slide exists and was made from the same inputs, else (None, why).
+
+    ``why`` is empty when outputs are missing (the slide is simply to do) and says what changed when they
+    exist but were made with other settings or from another version of the slide file (stale).
+    """
     counts = {}
     for tp in tps:
         p = _paths(out, slide_id, tp.tag)
@@ -52,14 +81,13 @@ def _existing(out: Path, slide_id: str, tps: list[TileParams]) -> tuple[dict | N
             a, n = read_coords_header(p["coords"])
         except (OSError, KeyError):
             return None, ""
-        stored = {k: a.get(k) for k in tp.key()}
-        if stored.get("target_mpp") is not None:
-            stored["target_mpp"] = round(float(stored["target_mpp"]), 6)
-        for k in ("use_tissue", "edge"):
-            stored[k] = bool(stored[k]) if stored[k] is not None else None
-        if stored != tp.key():
-            diff = {k: (stored[k], v) for k, v in tp.key().items() if stored[k] != v}
-            return None, f"{p['coords']} exists with different settings {diff} (stored, requested)"
+        wanted = {**tp.key(), **source}
+        stored = _stored_identity(a, tp, wanted)
+        if stored != wanted:
+            diff = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
+            made = ", ".join(f"{k}={a_!r}" for k, (a_, _) in diff.items())
+            now = ", ".join(f"{k}={b!r}" for k, (_, b) in diff.items())
+            return None, (f"stale: {p['coords']} exists with different settings: made with {made}, now {now}")
         counts[tp.tag] = n
     return counts, ""
 
@@ -85,8 +113,26 @@ def tile_slide(
     sid = slide_id_from_path(path)
     row = {"slide_id": sid, "path": path, "status": "skipped", "reason": "", "mpp": None, "tissue_mm2": None}
     row.update({f"tiles_{tp.tag}": None for tp in tps})
+    try:
+        source = _source_identity(path, tissue_params, mpp)
+    except OSError as e:
+        row.update(reason=f"cannot read {path}: {e.strerror}", seconds=round(time.perf_counter() - t0, 3))
+        return row
+    lock = SlideLock(out / ".locks" / f"{sid}.lock")
+    if not lock.acquire():
+        row.update(reason=f"busy: another run ({lock.owner}) is tiling {sid} into {out}; rerun when it ends",
+                   seconds=round(time.perf_counter() - t0, 3))
+        return row
+    try:
+        return _tile_locked(path, out, tps, tissue_params, mpp, overwrite, row, source, t0)
+    finally:
+        lock.release()
+
+
+def _tile_locked(path, out, tps, tissue_params, mpp, overwrite, row, source, t0) -> dict:
+    sid = row["slide_id"]
     if not overwrite:
-        counts, why = _existing(out, sid, tps)
+        counts, why = _existing(out, sid, tps, source)
         if why:
             row["reason"] = why + "; pass --overwrite or use another --out"
             row["seconds"] = round(time.perf_counter() - t0, 3)
@@ -99,7 +145,7 @@ def tile_slide(
     try:
         with Slide(path, mpp=mpp) as slide:
             row.update(mpp=round(slide.mpp, 6), mpp_source=slide.mpp_source)
-            results = _tile_open_slide(slide, out, tps, tissue_params)
+            results = _tile_open_slide(slide, out, tps, tissue_params, source)
         row.update(results)
         row["status"] = "done" if not row.get("reason") else "skipped"
     except SlideError as e:
@@ -112,7 +158,7 @@ def tile_slide(
     return row
 
 
-def _tile_open_slide(slide: Slide, out: Path, tps: list[TileParams], tp_tissue: TissueParams) -> dict:
+def _tile_open_slide(slide: Slide, out: Path, tps: list[TileParams], tp_tissue: TissueParams, source: dict) -> dict:
     res: dict = {}
     tissue = segment_tissue(slide, tp_tissue)
     res["tissue_mm2"] = round(tissue.area_mm2, 4)
@@ -172,6 +218,8 @@ def _tile_open_slide(slide: Slide, out: Path, tps: list[TileParams], tp_tissue: 
             "use_tissue": bool(tp.use_tissue),
             "edge": bool(tp.edge),
             "tissue_params": asdict(tp_tissue),
+            "slide_size": source["slide_size"],
+            "slide_mtime": source["slide_mtime"],
         }
         write_preview(tissue, p["preview"], coords, size0)
         write_coords(p["coords"], coords, attrs, frac)  # last: its presence marks the slide done
@@ -181,6 +229,20 @@ def _tile_open_slide(slide: Slide, out: Path, tps: list[TileParams], tp_tissue: 
 
 def _worker(args):
     return tile_slide(*args)
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux, the kernel sends this worker SIGTERM when its parent dies (even kill -9)."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def tile_slides(
@@ -236,7 +298,8 @@ def _run_pool(jobs, workers, bar) -> dict[str, dict]:
     ctx = mp.get_context("spawn")
     results: dict[str, dict] = {}
     pending = list(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent)
+    try:
         futs = {ex.submit(_worker, j): j for j in pending}
         crashed = []
         for fut in as_completed(futs):
@@ -246,6 +309,12 @@ def _run_pool(jobs, workers, bar) -> dict[str, dict]:
                 bar.update(1)
             except BrokenProcessPool:
                 crashed.append(j)
+    except BaseException:  # Ctrl-C, SIGTERM (raised as SystemExit by the CLI): end the workers with us
+        for proc in list((ex._processes or {}).values()):
+            proc.terminate()
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown()
     for j in crashed:  # isolate: one process per slide
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
             try:
