@@ -234,3 +234,21 @@ def test_start_from_plip_g_alignment_through_the_cli(tmp_path):
     best = sorted((tmp_path / "run").rglob("best-*.ckpt"))
     assert best and mgpath_main(["test", *args, "--ckpt_path", str(best[0])]) == 0
     assert DESC["5x"]["LUAD"] in ROWS
+
+
+def test_ot_settings_are_one_nested_block_and_flat_keys_are_deprecated_aliases():
+    from pathlib import Path
+
+    import yaml
+
+    from mgpath.module import ot_config
+    from mgpath.ot import OTConfig
+
+    assert ot_config({"eps": 0.2, "reg_m": 10.0}) == OTConfig(eps=0.2, reg_m=10.0)
+    with pytest.warns(FutureWarning, match=r"write them as a nested block `ot: \{eps: 0.2\}`"):
+        assert ot_config(None, ot_eps=0.2) == OTConfig(eps=0.2)
+    with pytest.warns(FutureWarning):
+        assert ot_config({"max_iter": 7}, ot_backend="pot") == OTConfig(max_iter=7, backend="pot")
+    for p in sorted((Path(__file__).resolve().parents[2] / "configs" / "wsi").glob("*.yaml")):
+        model = yaml.safe_load(p.read_text())["model"]
+        assert not [k for k in model if k.startswith("ot_")], p.name
