@@ -22,15 +22,11 @@ import os
 import warnings
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
-
-try:
-    import lightning.pytorch as pl
-except ImportError:  # pragma: no cover
-    import pytorch_lightning as pl
 
 from mgpath.graph import bag_neighbours
 from mgpath.io import find_feature_file, read_features
@@ -135,15 +131,25 @@ class WSIFeatureDataModule(pl.LightningDataModule):
     feature_dirs : explicit ``{mag: folder}`` (overrides ``features_root``).
     magnifications : magnifications to load (default 5x and 10x).
     augmented_dirs : optional ``{mag: folder}`` of features of augmented tiles; training slides found there are
-        added as extra bags (the paper's doubled training set).
-    on_missing : a split slide without label row: ``"raise"`` (default) or ``"drop"`` (with a warning).
+        added as extra bags (the paper's doubled training set); the training slides without one are listed in
+        a warning.
+    on_missing : a split slide without a label row or without a features file: ``"raise"`` (default) or
+        ``"drop"`` (left out, with a warning listing them).
+    check_features : at ``setup``, ``"full"`` (default) reads every feature file once and refuses NaN/inf
+        values, empty bags and a feature dimension that differs from the other files, naming each file;
+        ``"shape"`` checks only the dimensions (h5 headers, cheap); ``"none"`` checks at load time only.
     batch_size : slides per step (official 1). cache : keep loaded bags in memory.
+
+    A split whose ``val`` column is empty is refused when validation runs (the "best" checkpoint would be
+    selected on nothing): give validation slides, or turn validation off (``trainer.limit_val_batches: 0``,
+    no monitored checkpoint).
     """
 
     def __init__(self, labels_csv: str, classes: list[str], split_csv: str, fold: int = 0,
                  features_root: str | None = None, feature_dirs: dict[str, str] | None = None,
                  magnifications: list[str] | None = None, augmented_dirs: dict[str, str] | None = None,
-                 on_missing: str = "raise", batch_size: int = 1, num_workers: int = 0, cache: bool = False):
+                 on_missing: str = "raise", check_features: str = "full", batch_size: int = 1,
+                 num_workers: int = 0, cache: bool = False):
         super().__init__()
         self.labels_csv, self.classes, self.split_csv, self.fold = labels_csv, list(classes), split_csv, fold
         self.magnifications = list(magnifications or ["5x", "10x"])
@@ -155,53 +161,85 @@ class WSIFeatureDataModule(pl.LightningDataModule):
         if missing:
             raise KeyError(f"mgpath/data.py: no feature folder for magnification(s) {missing}; add them to "
                            "feature_dirs")
+        if on_missing not in ("raise", "drop"):
+            raise ValueError(f"mgpath/data.py: on_missing must be 'raise' or 'drop', got {on_missing!r}")
+        if check_features not in ("full", "shape", "none"):
+            raise ValueError(f"mgpath/data.py: check_features must be 'full', 'shape' or 'none', got "
+                             f"{check_features!r}")
         self.feature_dirs = {m: feature_dirs[m] for m in self.magnifications}
         self.augmented_dirs = augmented_dirs
-        self.on_missing, self.batch_size, self.num_workers, self.cache = on_missing, batch_size, num_workers, cache
+        self.on_missing, self.check_features = on_missing, check_features
+        self.batch_size, self.num_workers, self.cache = batch_size, num_workers, cache
         self.datasets: dict[str, SlideBagDataset] = {}
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def split_path(self) -> str:
+        """The split CSV of this fold (``{fold}`` filled in)."""
+        return str(self.split_csv).format(fold=self.fold)
+
+    def _drop_or_raise(self, msg: str, exc: type[Exception]) -> None:
+        if self.on_missing == "raise":
+            raise exc(msg + "; fix the files or set data.on_missing: drop")
+        warnings.warn(msg + "; left out (data.on_missing: drop)", stacklevel=3)
+
     def _part(self, ids: list[str], table: pd.DataFrame, part: str, dirs: dict[str, str]) -> tuple:
         lab = dict(zip(table["slide_id"], table["label"]))
         unknown = [s for s in ids if s not in lab]
         if unknown:
-            msg = (f"mgpath/data.py: {len(unknown)} {part} slide(s) of {self.split_csv} are not in {self.labels_csv} "
-                   f"(e.g. {unknown[:3]})")
-            if self.on_missing == "raise":
-                raise KeyError(msg + "; fix the files or set on_missing: drop")
-            warnings.warn(msg + "; dropped")
+            self._drop_or_raise(f"mgpath/data.py: {len(unknown)} {part} slide(s) of {self.split_path} are not in "
+                                f"{self.labels_csv}: {unknown[:10]}", KeyError)
             ids = [s for s in ids if s in lab]
         bad = sorted({lab[s] for s in ids} - set(self.classes))
         if bad:
             raise KeyError(f"mgpath/data.py: label(s) {bad} in {self.labels_csv} are not among classes "
                            f"{self.classes}; add them to `classes` (and to the description file)")
-        files = [{m: find_feature_file(d, s) for m, d in dirs.items()} for s in ids]
-        return ids, [self.classes.index(lab[s]) for s in ids], files
+        files, kept, errors = [], [], []
+        for s in ids:
+            try:
+                files.append({m: find_feature_file(d, s) for m, d in dirs.items()})
+                kept.append(s)
+            except FileNotFoundError as e:
+                errors.append((s, str(e)))
+        if errors:
+            first = errors[0][1].removeprefix("mgpath/io.py: ")
+            self._drop_or_raise(f"mgpath/data.py: {first}; {len(errors)} {part} slide(s) of {self.split_path} "
+                                f"have no features: {[s for s, _ in errors][:10]}", FileNotFoundError)
+        return kept, [self.classes.index(lab[s]) for s in kept], files
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         table = read_labels(self.labels_csv)
-        split = read_split_csv(str(self.split_csv).format(fold=self.fold))
+        split = read_split_csv(self.split_path)
+        datasets = {}
         for part in ("train", "val", "test"):
             ids, labels, files = self._part(split[part], table, part, self.feature_dirs)
             if part == "train" and self.augmented_dirs:
-                aug_ids, aug_labels, aug_files = [], [], []
+                aug_ids, aug_labels, aug_files, lacking = [], [], [], []
                 for s, y in zip(ids, labels):
                     try:
                         f = {m: find_feature_file(self.augmented_dirs[m], s) for m in self.magnifications}
                     except (FileNotFoundError, KeyError):
+                        lacking.append(s)
                         continue
                     aug_ids.append(s + "#aug")
                     aug_labels.append(y)
                     aug_files.append(f)
+                if lacking:
+                    warnings.warn(f"mgpath/data.py: {len(lacking)} training slide(s) have no augmented bag in "
+                                  f"{self.augmented_dirs}: {lacking[:10]}; they are used once", stacklevel=2)
                 ids, labels, files = ids + aug_ids, labels + aug_labels, files + aug_files
-            self.datasets[part] = SlideBagDataset(ids, labels, files, cache=self.cache)
-        if not self.datasets["train"]:
-            raise ValueError(f"mgpath/data.py: the train part of {self.split_csv} is empty")
+            datasets[part] = SlideBagDataset(ids, labels, files, cache=self.cache)
+        if not datasets["train"]:
+            raise ValueError(f"mgpath/data.py: the train part of {self.split_path} is empty")
+        if self.check_features != "none":
+            _check_feature_files([f for ds in datasets.values() for item in ds.files for f in item.values()],
+                                 full=self.check_features == "full")
+        self.datasets = datasets
 
     @property
     def feature_dim(self) -> int:
@@ -219,6 +257,11 @@ class WSIFeatureDataModule(pl.LightningDataModule):
         return self._loader("train", True)
 
     def val_dataloader(self):
+        self.setup()
+        if not self.datasets["val"]:
+            raise ValueError(f"mgpath/data.py: the val column of {self.split_path} is empty, so the best checkpoint "
+                             "would be chosen on nothing; add validation slides (mgpath splits --val-frac) or turn "
+                             "validation off (--trainer.limit_val_batches 0, no monitored checkpoint)")
         return self._loader("val", False)
 
     def test_dataloader(self):
@@ -226,3 +269,37 @@ class WSIFeatureDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self):
         return self._loader("test", False)
+
+
+def _check_feature_files(paths: list[Path], full: bool = True) -> None:
+    """Refuse unusable feature files before training, naming each: unreadable, empty, NaN/inf values (``full``)
+    or a feature dimension other than the one most files have."""
+    from collections import Counter
+
+    from mgpath.io import read_features_header
+
+    problems, dims = [], {}
+    for p in dict.fromkeys(paths):
+        try:
+            if full:
+                f = read_features(p)["features"]
+                shape = f.shape
+                if shape[0] and not np.isfinite(f).all():
+                    problems.append(f"{p}: NaN/inf in {int((~np.isfinite(f)).any(1).sum())} of {shape[0]} tiles")
+            else:
+                shape = read_features_header(p)[1] if Path(p).suffix == ".h5" else read_features(p)["features"].shape
+                shape = shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
+        except (OSError, KeyError, ValueError) as e:
+            problems.append(f"{p}: unreadable ({str(e).splitlines()[0]})")
+            continue
+        if shape[0] == 0:
+            problems.append(f"{p}: 0 tiles")
+        dims[p] = int(shape[-1])
+    if dims:
+        common = Counter(dims.values()).most_common(1)[0][0]
+        problems += [f"{p}: feature dimension {d}, the other files have {common}" for p, d in dims.items()
+                     if d != common]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"mgpath/data.py: {len(problems)} unusable feature file(s): " + "; ".join(problems[:5])
+                         + more + "; re-extract them (mgpath extract --overwrite) or remove the slides from the split")

@@ -11,6 +11,7 @@ model. After ``fit`` the best checkpoint (best validation macro-F1, ties to the 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -27,6 +28,34 @@ class MGPATHCLI(LightningCLI):
         parser.set_defaults({"model": {"class_path": "mgpath.module.MGPATHModule"}})
         parser.link_arguments("data.classes", "model.init_args.classes")
         parser.link_arguments("data.magnifications", "model.init_args.magnifications")
+
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse, in one line naming the file, a ``--ckpt_path`` that is not an mgpath checkpoint (before
+        Lightning applies its hyper-parameters to the model block, which fails with a parser dump)."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and Path(path).is_file():
+            import torch
+
+            try:
+                ckpt = torch.load(path, weights_only=True, map_location="cpu")
+            except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+                raise ValueError(f"mgpath: --ckpt_path {path} is not a readable checkpoint ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}); give a file written by "
+                                 "`mgpath fit`") from None
+            sd = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+            if not isinstance(ckpt, dict) or not any(k.startswith("model.") for k in sd):
+                vapt = any(k.startswith(("backbone.", "prompt", "head.")) for k in sd)
+                kind = "a vapt (ViT prompt-tuning) checkpoint" if vapt else "not an mgpath checkpoint"
+                raise ValueError(f"mgpath: --ckpt_path {path} is {kind} (state-dict keys such as {list(sd)[:2]}); "
+                                 "give a checkpoint written by `mgpath fit`")
+        try:
+            super()._parse_ckpt_path()
+        except SystemExit:
+            raise ValueError(f"mgpath: the hyper-parameters stored in --ckpt_path {path} do not fit this "
+                             "config's model block (see the lines above); use the config the checkpoint was "
+                             "trained with") from None
 
 
 def make_cli(argv: list[str], run: bool = True) -> MGPATHCLI:
