@@ -68,6 +68,10 @@ def test_demo_end_to_end(tmp_path):
         assert f0["features"].shape == f1["features"].shape
         np.testing.assert_array_equal(f0["coords"][()], f1["coords"][()])
         assert not np.allclose(f0["features"][()], f1["features"][()])
+    assert list(res["methods"]) == ["mgpath", "abmil", "zeroshot"] and res["methods"]["mgpath"] == t
+    assert all(0 <= r[k] <= 1 for r in res["methods"].values() for k in ("auc", "f1", "acc"))
+    from mgpath.demo import method_table
+    assert "| abmil |" in method_table(res["methods"]) and "| zeroshot |" in method_table(res["methods"])
     saved = json.loads((tmp_path / "demo" / "demo_result.json").read_text())
     assert saved["test"] == t
     assert (tmp_path / "demo" / "heatmaps").is_dir() and res["heatmap"].endswith(".png")
