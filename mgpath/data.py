@@ -130,9 +130,11 @@ class WSIFeatureDataModule(pl.LightningDataModule):
     features_root : folder with one subfolder per magnification (``5x/``, ``10x/``).
     feature_dirs : explicit ``{mag: folder}`` (overrides ``features_root``).
     magnifications : magnifications to load (default 5x and 10x).
-    augmented_dirs : optional ``{mag: folder}`` of features of augmented tiles; training slides found there are
-        added as extra bags (the paper's doubled training set); the training slides without one are listed in
-        a warning.
+    augmented : add the augmented bag of every training slide (the paper's doubled training set, written by
+        ``mgpath extract --augment`` into ``<features_root>/augmented/<mag>/``); a training slide without one
+        is an error naming it.
+    augmented_dirs : explicit ``{mag: folder}`` of augmented bags instead; training slides found there are
+        added as extra bags, those without one are listed in a warning.
     on_missing : a split slide without a label row or without a features file: ``"raise"`` (default) or
         ``"drop"`` (left out, with a warning listing them).
     check_features : at ``setup``, ``"full"`` (default) reads every feature file once and refuses NaN/inf
@@ -147,7 +149,8 @@ class WSIFeatureDataModule(pl.LightningDataModule):
 
     def __init__(self, labels_csv: str, classes: list[str], split_csv: str, fold: int = 0,
                  features_root: str | None = None, feature_dirs: dict[str, str] | None = None,
-                 magnifications: list[str] | None = None, augmented_dirs: dict[str, str] | None = None,
+                 magnifications: list[str] | None = None, augmented: bool = False,
+                 augmented_dirs: dict[str, str] | None = None,
                  on_missing: str = "raise", check_features: str = "full", batch_size: int = 1,
                  num_workers: int = 0, cache: bool = False):
         super().__init__()
@@ -167,6 +170,12 @@ class WSIFeatureDataModule(pl.LightningDataModule):
             raise ValueError(f"mgpath/data.py: check_features must be 'full', 'shape' or 'none', got "
                              f"{check_features!r}")
         self.feature_dirs = {m: feature_dirs[m] for m in self.magnifications}
+        self.augmented = bool(augmented)
+        if augmented and augmented_dirs is None:
+            if features_root is None:
+                raise ValueError("mgpath/data.py: augmented: true reads <features_root>/augmented/<mag>/; give "
+                                 "features_root or augmented_dirs")
+            augmented_dirs = {m: os.path.join(features_root, "augmented", m) for m in self.magnifications}
         self.augmented_dirs = augmented_dirs
         self.on_missing, self.check_features = on_missing, check_features
         self.batch_size, self.num_workers, self.cache = batch_size, num_workers, cache
@@ -229,6 +238,11 @@ class WSIFeatureDataModule(pl.LightningDataModule):
                     aug_ids.append(s + "#aug")
                     aug_labels.append(y)
                     aug_files.append(f)
+                if lacking and self.augmented:
+                    raise FileNotFoundError(
+                        f"mgpath/data.py: {len(lacking)} training slide(s) have no augmented bag in "
+                        f"{self.augmented_dirs}: {lacking[:10]}; run `mgpath extract --augment` with the same "
+                        "--coords and --out (finished slides are kept) or set data.augmented: false")
                 if lacking:
                     warnings.warn(f"mgpath/data.py: {len(lacking)} training slide(s) have no augmented bag in "
                                   f"{self.augmented_dirs}: {lacking[:10]}; they are used once", stacklevel=2)

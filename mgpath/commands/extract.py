@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-seed", type=int, default=0,
                    help="seed of the random weights used when no --checkpoint is given (0); part of the cache "
                    "identity, so a resumed run never mixes two random encoders")
+    p.add_argument("--augment", action="store_true",
+                   help="also write augmented bags (every tile randomly rotated by 90 deg k times and flipped, "
+                   "as the paper's training copy) into OUT/augmented/<mag>/ (read with data.augmented: true); "
+                   "done once, resumable like the plain features")
+    p.add_argument("--augment-seed", type=int, default=0, help="seed of the per-tile augmentation (0)")
     p.add_argument("--overwrite", action="store_true", help="redo slides whose features exist or are stale")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -92,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         num_nodes=args.num_nodes,
         weights=weights,
     )
+    if args.augment:
+        from mgpath.pipelines.augment import AUGMENTED_DIR, extract_augmented_features
+
+        rows += extract_augmented_features(
+            args.coords, Path(args.out) / AUGMENTED_DIR, encoder, args.encoder, args.augment_seed,
+            slides=args.slides, mpp=args.mpp, checkpoint=args.checkpoint, batch_size=args.batch_size,
+            workers=args.workers, accelerator=args.accelerator, devices=devices, precision=args.precision,
+            overwrite=args.overwrite, progress=not args.no_progress, num_nodes=args.num_nodes, weights=weights)
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     n = count_statuses(rows)

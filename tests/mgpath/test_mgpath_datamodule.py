@@ -105,3 +105,21 @@ def test_vapt_checkpoint_given_to_mgpath_is_one_clear_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and str(vapt_ckpt) in err[0] and "vapt (ViT prompt-tuning) checkpoint" in err[0]
     assert "Traceback" not in err[0]
+
+
+def test_augmented_bags_double_the_training_set_and_missing_ones_are_named(tmp_path):
+    dm = _datamodule(tmp_path, n_per_class=8)
+    aug = WSIFeatureDataModule(dm.labels_csv, dm.classes, dm.split_csv, features_root=str(tmp_path / "features"),
+                               augmented=True)
+    aug.setup()
+    dm.setup()
+    n = len(dm.datasets["train"])
+    assert len(aug.datasets["train"]) == 2 * n  # 16 shots -> 32 items per epoch -> 64 with the copies
+    assert aug.datasets["train"].slide_ids[n:] == [s + "#aug" for s in dm.datasets["train"].slide_ids]
+    assert len(aug.datasets["val"]) == len(dm.datasets["val"])  # only training is augmented
+    gone = dm.datasets["train"].slide_ids[0]
+    (tmp_path / "features" / "augmented" / "5x" / f"{gone}.h5").unlink()
+    again = WSIFeatureDataModule(dm.labels_csv, dm.classes, dm.split_csv, features_root=str(tmp_path / "features"),
+                                 augmented=True)
+    with pytest.raises(FileNotFoundError, match=rf"1 training slide\(s\) have no augmented bag.*{gone}.*--augment"):
+        again.setup()

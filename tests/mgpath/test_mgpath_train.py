@@ -24,6 +24,7 @@ def _grid(side):
 def make_cohort(root: Path, classes=("class_a", "class_b"), n_per_class=14, seed=0, slides_per_patient=1, dim=D):
     """Generated features with a planted signal: class c shifts a quarter of its tiles along direction c."""
     rng = np.random.default_rng(seed)
+    aug_rng = np.random.default_rng(seed + 1000)  # augmented copies (features/augmented/<mag>/)
     dirs = rng.normal(size=(len(classes), dim))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     rows = []
@@ -35,10 +36,11 @@ def make_cohort(root: Path, classes=("class_a", "class_b"), n_per_class=14, seed
                 n = side * side
                 f = rng.normal(size=(n, dim)).astype(np.float32)
                 f[rng.permutation(n)[: max(1, n // 3)]] += 3.5 * dirs[c]
-                (root / "features" / mag).mkdir(parents=True, exist_ok=True)
-                with h5py.File(root / "features" / mag / f"{sid}.h5", "w") as h:
-                    h["features"] = f
-                    h["coords"] = _grid(side)
+                for sub, feats in ((mag, f), (f"augmented/{mag}", f + 0.05 * aug_rng.normal(size=f.shape))):
+                    (root / "features" / sub).mkdir(parents=True, exist_ok=True)
+                    with h5py.File(root / "features" / sub / f"{sid}.h5", "w") as h:
+                        h["features"] = feats.astype(np.float32)
+                        h["coords"] = _grid(side)
     labels = pd.DataFrame(rows)
     labels.to_csv(root / "labels.csv", index=False)
     return labels
