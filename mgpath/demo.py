@@ -154,8 +154,8 @@ def method_table(methods: dict[str, dict]) -> str:
     """Markdown table: one row per method, test AUC / macro-F1 / accuracy."""
     lines = ["| method | test auc | test f1 | test acc |", "|---|---|---|---|"]
     lines += [f"| {m} | {r['auc']:.4f} | {r['f1']:.4f} | {r['acc']:.4f} |" for m, r in methods.items()]
-    note = ("zero-shot uses the demo's random tiny text tower and untrained adaptors, so it is at chance here; "
-            "with an aligned tower (a PLIP-G import) it is the paper's zero-shot baseline")
+    note = ("zero-shot here runs the demo's random tiny text tower and random adaptors, so its numbers say nothing "
+            "about zero-shot with an aligned tower (a PLIP-G import), which is the paper's zero-shot baseline")
     return "\n".join(["      methods on the demo split:", *("      " + x for x in lines), "      " + note])
 
 
