@@ -53,6 +53,7 @@ class ZeroShotMGPATH(nn.Module):
 
     def text_features(self) -> dict[str, torch.Tensor]:
         """``{mag: (S, C, D)}`` L2-normalised description features (no context vectors)."""
+        self.prompts.sync_positions(self.model.text.tower)  # the tower may have been (re)loaded since
         x, eot = self.prompts()
         S, P, L, W = x.shape
         h = self.model.text.tower(x.reshape(S * P, L, W), eot.reshape(-1))

@@ -150,6 +150,9 @@ class CoOpModule(MGPATHModule):
                  magnification: str | None = None, train_adaptors: bool = False, n_ctx: int = 16,
                  **kwargs):
         kwargs.setdefault("use_graph", False)
+        for fixed in ("n_sets", "n_prompts"):  # stored in the hyper-parameters, always 1 here
+            if kwargs.pop(fixed, 1) != 1:
+                raise ValueError(f"mgpath/baselines: CoOp has one prompt set and no visual prompts ({fixed} = 1)")
         super().__init__(descriptions, feature_dim, classes, n_ctx=n_ctx, n_sets=1, n_prompts=1, **kwargs)
         self.save_hyperparameters()
         mags = self.model.magnifications

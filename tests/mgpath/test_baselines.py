@@ -157,3 +157,24 @@ def test_zero_shot_module_and_no_ot_ablation(cohort):
     patch = MGPATHModule(DESC, D, cohort.classes, use_graph=False, n_sets=2, n_prompts=8, **TINY)
     assert patch.model.visual.graph is None and region.model.visual.ratio_graph == 1.0
     assert F.cross_entropy(region([item["bags"]]), torch.tensor([item["label"]])).isfinite()
+
+
+def test_prompt_baselines_reload_from_their_checkpoints(cohort, tmp_path):
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    for cls, kw in ((CoOpModule, {}), (ZeroShotModule, {"n_sets": 2, "n_prompts": 8})):
+        m = cls(DESC, D, cohort.classes, **TINY, **kw)
+        trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             accelerator="cpu", default_root_dir=str(tmp_path))
+        if cls is CoOpModule:
+            trainer.fit(m, datamodule=cohort)
+        else:
+            trainer.strategy.connect(m)
+        path = tmp_path / f"{cls.__name__}.ckpt"
+        trainer.save_checkpoint(path)
+        back = cls.load_from_checkpoint(path, map_location="cpu").eval()
+        item = cohort.datasets["test"][0]
+        with torch.no_grad():
+            torch.testing.assert_close(back([item["bags"]]), m.eval()([item["bags"]]), rtol=0, atol=0)
