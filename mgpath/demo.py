@@ -128,18 +128,31 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
 
 
 #: the demo's comparison: (name, model class_path, trained?)
-DEMO_BASELINES = (("abmil", "mgpath.baselines.ABMILModule", True),
-                  ("zeroshot", "mgpath.zeroshot.ZeroShotModule", False))
+DEMO_BASELINES = ("abmil", "zeroshot")
 
 
 def _baselines(base: list[str], out: Path, log) -> dict:
-    """ABMIL (fit + test) and zero-shot (test only) on the demo's split and features."""
+    """ABMIL (fit + test, its published defaults) and zero-shot (test only) on the demo's split and features,
+    with the model blocks `mgpath benchmark` uses."""
+    import yaml
+
+    from mgpath.benchmark import method_config
     from mgpath.lightning_cli import make_cli
 
+    cfg = yaml.safe_load(Path(base[1]).read_text())
+    rest = []
+    for flag, value in zip(base[2::2], base[3::2]):
+        if flag.startswith("--model."):
+            cfg["model"][flag.removeprefix("--model.")] = yaml.safe_load(value)
+        else:
+            rest += [flag, value]
     res = {}
-    for name, class_path, train in DEMO_BASELINES:
-        cli = make_cli([*base, "--model.class_path", class_path, "--trainer.default_root_dir",
-                        str(out / f"run_{name}")], run=False)
+    for name in DEMO_BASELINES:
+        method, train = method_config(cfg, name)
+        path = out / f"run_{name}.yaml"
+        path.write_text(yaml.safe_dump(method, sort_keys=False))
+        cli = make_cli(["--config", str(path), *rest, "--trainer.default_root_dir", str(out / f"run_{name}")],
+                       run=False)
         trainer, module, dm = cli.trainer, cli.model, cli.datamodule
         best = None
         if train:

@@ -25,7 +25,6 @@ class MGPATHCLI(LightningCLI):
     """LightningCLI with the class list and magnifications linked from the data to the model."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.set_defaults({"model": {"class_path": "mgpath.module.MGPATHModule"}})
         parser.link_arguments("data.classes", "model.init_args.classes")
         parser.link_arguments("data.magnifications", "model.init_args.magnifications")
 
@@ -58,8 +57,56 @@ class MGPATHCLI(LightningCLI):
                              "trained with") from None
 
 
+DEFAULT_MODEL = "mgpath.module.MGPATHModule"
+
+
+def _with_class_path(path: str, tmp: list) -> str:
+    """``path``, or a temporary copy whose class_path-less ``model:`` block is made MGPATHModule's init_args
+    (a parser default would hand MGPATHModule's default values to any class named later)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        return path
+    cfg = yaml.safe_load(p.read_text())
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    if not isinstance(model, dict) or "class_path" in model:
+        return path
+    import atexit
+    import shutil
+    import tempfile
+
+    if not tmp:
+        tmp.append(tempfile.mkdtemp(prefix="mgpath-cli-"))
+        atexit.register(shutil.rmtree, tmp[0], True)
+    cfg["model"] = {"class_path": DEFAULT_MODEL, "init_args": model}
+    out = Path(tmp[0]) / f"{len(list(Path(tmp[0]).iterdir()))}_{p.name}"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(out)
+
+
+def _model_blocks_with_class_path(argv: list[str]) -> list[str]:
+    """The arguments with every ``--config`` file's model block given its class path (MGPATHModule when the
+    block names none)."""
+    out, tmp, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config" and i + 1 < len(argv):
+            out += [a, _with_class_path(argv[i + 1], tmp)]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            a = "--config=" + _with_class_path(a.split("=", 1)[1], tmp)
+        out.append(a)
+        i += 1
+    return out
+
+
 def make_cli(argv: list[str], run: bool = True) -> MGPATHCLI:
     """Build the CLI from an argument list (``argv[0]`` is the subcommand when ``run``)."""
+    argv = _model_blocks_with_class_path(list(argv))
+    if not any(a.startswith(("--config", "--model")) for a in argv):
+        argv = [*argv[:1], "--model", DEFAULT_MODEL, *argv[1:]] if run else ["--model", DEFAULT_MODEL, *argv]
     saved = sys.argv
     sys.argv = [saved[0] if saved else "mgpath"]  # LightningCLI warns when both sys.argv and args are given
     try:

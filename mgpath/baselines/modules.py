@@ -148,12 +148,12 @@ class CoOpModule(MGPATHModule):
 
     def __init__(self, descriptions: str, feature_dim: int, classes: list[str] | None = None, *,
                  magnification: str | None = None, train_adaptors: bool = False, n_ctx: int = 16,
-                 **kwargs):
-        kwargs.setdefault("use_graph", False)
-        for fixed in ("n_sets", "n_prompts"):  # stored in the hyper-parameters, always 1 here
-            if kwargs.pop(fixed, 1) != 1:
-                raise ValueError(f"mgpath/baselines: CoOp has one prompt set and no visual prompts ({fixed} = 1)")
-        super().__init__(descriptions, feature_dim, classes, n_ctx=n_ctx, n_sets=1, n_prompts=1, **kwargs)
+                 n_sets: int = 1, n_prompts: int = 1, use_graph: bool = False, **kwargs):
+        if n_sets != 1 or n_prompts != 1:
+            raise ValueError(f"mgpath/baselines: CoOp has one prompt set and no visual prompts (n_sets = 1, "
+                             f"n_prompts = 1; got {n_sets}, {n_prompts})")
+        super().__init__(descriptions, feature_dim, classes, n_ctx=n_ctx, n_sets=1, n_prompts=1,
+                         use_graph=use_graph, **kwargs)
         self.save_hyperparameters()
         mags = self.model.magnifications
         self.magnification = magnification or mags[-1]

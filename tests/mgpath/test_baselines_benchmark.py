@@ -67,3 +67,27 @@ def test_method_configs_and_folds():
     with pytest.raises(ValueError, match="unknown method"):
         method_config(base, "vit")
     assert parse_folds(["0..2"]) == [0, 1, 2] and parse_folds(["0,3"]) == [0, 3] and parse_folds(["1", "4"]) == [1, 4]
+
+
+def test_a_baseline_config_gets_its_own_defaults_not_mgpaths(tmp_path):
+    """A model block naming a baseline gets the baseline's published defaults (lr 2e-4), not MGPATHModule's."""
+    import yaml
+
+    from mgpath.lightning_cli import make_cli
+
+    _datamodule(tmp_path, n_per_class=8)
+    base = yaml.safe_load((ROOT / "configs/wsi/demo_tiny.yaml").read_text())
+    base["model"].update(feature_dim=D, descriptions=str(ROOT / "data/prompts/demo.json"))
+    base["data"].update(labels_csv=str(tmp_path / "labels.csv"), split_csv=str(tmp_path / "splits/splits_{fold}.csv"),
+                        features_root=str(tmp_path / "features"))
+    for method, cls, lr in (("abmil", "ABMILModule", 2e-4), ("dsmil", "DSMILModule", 2e-4), ("coop", "CoOpModule", 5e-3)):
+        cfg, _ = method_config(base, method)
+        (tmp_path / f"{method}.yaml").write_text(yaml.safe_dump(cfg))
+        model = make_cli(["--config", str(tmp_path / f"{method}.yaml")], run=False).model
+        assert type(model).__name__ == cls and model.lr == lr, method
+    assert model.hparams.n_sets == 1 and model.model.visual.graph is None  # CoOp: not MGPATH's 4 sets / graph
+    plain = make_cli(["--config", str(ROOT / "configs/wsi/demo_tiny.yaml"), "--data.labels_csv",
+                      str(tmp_path / "labels.csv"), "--data.split_csv", str(tmp_path / "splits/splits_{fold}.csv"),
+                      "--data.features_root", str(tmp_path / "features"), "--model.feature_dim", str(D)],
+                     run=False).model
+    assert type(plain).__name__ == "MGPATHModule" and plain.lr == 5e-3
