@@ -15,7 +15,9 @@ in one process with one thread, interleaved round by round on the same tiles:
 - ``decode_only``: every stored JPEG tile those patches need, read and decoded once at the scale the fast
   path uses, nothing else (the limit of any CPU reader of this file);
 - ``clam`` (with ``--clam-dir``): CLAM's ``Whole_Slide_Bag_FP`` from its own code (OpenSlide read at the
-  patch level, torchvision Resize(224) + ToTensor + Normalize).
+  patch level, torchvision Resize(224) + ToTensor + Normalize);
+- ``trident`` (with ``--trident-dir``, needs geopandas): TRIDENT's ``WSIPatcher`` from its own code on the
+  same coordinates (OpenSlide read of the best level, cv2 resize) + ToTensor + Normalize.
 
 Prints ONE JSON line: tiles/s per core for each reader and magnification (median over rounds), and the
 ratios fast/openslide and fast/decode_only from the same rounds.
@@ -24,6 +26,8 @@ ratios fast/openslide and fast/decode_only from the same rounds.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import sys
@@ -110,15 +114,32 @@ def time_clam(clam_dir: str, path, coords, size0, tmp: Path) -> float:
         d = f.create_dataset("coords", data=np.asarray(coords, np.int64))
         d.attrs["patch_level"], d.attrs["patch_size"] = 0, int(size0)
     tf = transforms.Compose([transforms.Resize(224), transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):
         ds = Whole_Slide_Bag_FP(str(h5), openslide.OpenSlide(str(path)), img_transforms=tf)
     t = time.perf_counter()
     for i in range(len(ds)):
         ds[i]
     return len(ds) / (time.perf_counter() - t)
+
+
+def time_trident(trident_dir: str, path, coords, size0) -> float:
+    """TRIDENT's own WSIPatcher (OpenSlideWSI, custom coordinates, 0.25 -> target um/px, numpy tiles resized
+    by its cv2 call) + torchvision ToTensor/Normalize, as its patch-feature loader does."""
+    from torchvision import transforms
+
+    sys.path.insert(0, trident_dir)
+    from trident import OpenSlideWSI
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        wsi = OpenSlideWSI(slide_path=str(path), lazy_init=False, mpp=0.25)
+        patcher = wsi.create_patcher(patch_size=224, src_pixel_size=0.25, dst_pixel_size=0.25 * size0 / 224,
+                                     custom_coords=np.asarray(coords, np.int64))
+    t = time.perf_counter()
+    for tile, _, _ in patcher:
+        tf(tile)
+    n = len(patcher)
+    return n / (time.perf_counter() - t)
 
 
 def main(argv=None) -> int:
@@ -128,6 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "vapt-mgpath" / "bench"))
     p.add_argument("--clam-dir", default=None, help="a checkout of mahmoodlab/CLAM to time its loader")
+    p.add_argument("--trident-dir", default=None, help="a checkout of mahmoodlab/TRIDENT (needs geopandas)")
     args = p.parse_args(argv)
 
     import tempfile
@@ -151,8 +173,9 @@ def main(argv=None) -> int:
         coords = tissue_tiles(regions, args.size, size0, args.tiles)
         coords = coords[tile_order(coords, 256)]
         runs: dict[str, list[float]] = {"openslide": [], "fast": [], "decode_only": [], "fast_dct_direct": []}
-        if args.clam_dir:
-            runs["clam"] = []
+        for name, d in (("clam", args.clam_dir), ("trident", args.trident_dir)):
+            if d:
+                runs[name] = []
         for _ in range(args.rounds):  # fresh readers each round: nothing cached across rounds
             with Slide(path) as s:
                 runs["openslide"].append(time_reader(s, coords, size0, out, scale, shift))
@@ -169,6 +192,8 @@ def main(argv=None) -> int:
             runs.setdefault("decode_only_margin1", []).append(time_decode_only(path, coords, size0, out, 1)[0])
             if args.clam_dir:
                 runs["clam"].append(time_clam(args.clam_dir, path, coords, size0, tmp))
+            if args.trident_dir:
+                runs["trident"].append(time_trident(args.trident_dir, path, coords, size0))
         med = {k: round(statistics.median(v), 1) for k, v in runs.items()}
         r_os = [f / o for f, o in zip(runs["fast"], runs["openslide"])]
         r_dec = [f / d for f, d in zip(runs["fast"], runs["decode_only"])]
@@ -181,8 +206,8 @@ def main(argv=None) -> int:
             "tiles_per_s_per_core": med,
             "fast_over_openslide": round(statistics.median(r_os), 2),
             "fast_over_decode_only": round(statistics.median(r_dec), 2),
-            **({"fast_over_clam": round(statistics.median(
-                [f / c for f, c in zip(runs["fast"], runs["clam"])]), 2)} if args.clam_dir else {}),
+            **{f"fast_over_{k}": round(statistics.median([f / c for f, c in zip(runs["fast"], runs[k])]), 2)
+               for k in ("clam", "trident") if k in runs},
         }
     result["goals"] = {
         m: {"fast>=3x_openslide": result[m]["fast_over_openslide"] >= 3,
