@@ -12,6 +12,8 @@ in one process with one thread, interleaved round by round on the same tiles:
   bilinear resize) then /255 and mean/std normalisation to a CHW float tensor;
 - ``fast``: the same through ``Slide(path, fast=True)`` (:mod:`mgpath.slides.jpeg_tiles`), tiles in
   slide-tile order;
+- ``fast_margin1``: the fast path with ``dct_margin=1`` (a 1/2 target decoded at full scale and resized:
+  pixels identical to ``openslide``);
 - ``decode_only``: every stored JPEG tile those patches need, read and decoded once at the scale the fast
   path uses, nothing else (the limit of any CPU reader of this file);
 - ``clam`` (with ``--clam-dir``): CLAM's ``Whole_Slide_Bag_FP`` from its own code (OpenSlide read at the
@@ -19,8 +21,9 @@ in one process with one thread, interleaved round by round on the same tiles:
 - ``trident`` (with ``--trident-dir``, needs geopandas): TRIDENT's ``WSIPatcher`` from its own code on the
   same coordinates (OpenSlide read of the best level, cv2 resize) + ToTensor + Normalize.
 
-Prints ONE JSON line: tiles/s per core for each reader and magnification (median over rounds), and the
-ratios fast/openslide and fast/decode_only from the same rounds.
+Prints ONE JSON line: tiles/s per core for each reader and magnification (median over rounds, and the best
+round, the least disturbed on a shared machine), the median over rounds of the per-round ratios
+fast/openslide and fast/decode_only, and the ratios of the best rounds.
 """
 
 from __future__ import annotations
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
     for mag, size0 in (("20x", 448), ("10x", 896)):
         coords = tissue_tiles(regions, args.size, size0, args.tiles)
         coords = coords[tile_order(coords, 256)]
-        runs: dict[str, list[float]] = {"openslide": [], "fast": [], "decode_only": [], "fast_dct_direct": []}
+        runs: dict[str, list[float]] = {"openslide": [], "fast": [], "decode_only": [], "fast_margin1": []}
         for name, d in (("clam", args.clam_dir), ("trident", args.trident_dir)):
             if d:
                 runs[name] = []
@@ -184,17 +187,16 @@ def main(argv=None) -> int:
                 runs["fast"].append(time_reader(s, coords, size0, out, scale, shift))
                 decoded = s._jpeg.decoded
                 plan = s._jpeg.plan((size0, size0), (out, out))
-            with Slide(path, fast=True) as s:
-                s._jpeg.dct_margin = 0
-                runs["fast_dct_direct"].append(time_reader(s, coords, size0, out, scale, shift))
+            with Slide(path, fast=True, dct_margin=1) as s:  # the closest-to-OpenSlide setting
+                runs["fast_margin1"].append(time_reader(s, coords, size0, out, scale, shift))
             d, needed = time_decode_only(path, coords, size0, out)
             runs["decode_only"].append(d)
-            runs.setdefault("decode_only_margin1", []).append(time_decode_only(path, coords, size0, out, 1)[0])
             if args.clam_dir:
                 runs["clam"].append(time_clam(args.clam_dir, path, coords, size0, tmp))
             if args.trident_dir:
                 runs["trident"].append(time_trident(args.trident_dir, path, coords, size0))
         med = {k: round(statistics.median(v), 1) for k, v in runs.items()}
+        best = {k: round(max(v), 1) for k, v in runs.items()}  # least disturbed round of a shared machine
         r_os = [f / o for f, o in zip(runs["fast"], runs["openslide"])]
         r_dec = [f / d for f, d in zip(runs["fast"], runs["decode_only"])]
         result[mag] = {
@@ -204,6 +206,9 @@ def main(argv=None) -> int:
             "jpeg_tiles_needed": needed,
             "jpeg_tiles_decoded_by_fast": decoded,
             "tiles_per_s_per_core": med,
+            "tiles_per_s_per_core_best": best,
+            "fast_over_openslide_best": round(best["fast"] / best["openslide"], 2),
+            "fast_over_decode_only_best": round(best["fast"] / best["decode_only"], 2),
             "fast_over_openslide": round(statistics.median(r_os), 2),
             "fast_over_decode_only": round(statistics.median(r_dec), 2),
             **{f"fast_over_{k}": round(statistics.median([f / c for f, c in zip(runs["fast"], runs[k])]), 2)
