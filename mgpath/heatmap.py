@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +171,7 @@ def draw_heatmaps(thumbnail: np.ndarray, slide_dims: tuple[int, int], scores: di
 def _tile_size_level0(path) -> float:
     import h5py
 
-    from mgpath.data import infer_step
+    from mgpath.graph import infer_step
 
     with h5py.File(path, "r") as f:
         for key in ("patch_size_level0", "step_level0"):
@@ -215,7 +217,7 @@ def heatmap_folder(model: MGPATH, slides: list[str], features_root: str, out_dir
     import csv
     import io
 
-    from mgpath.data import find_feature_file
+    from mgpath.io import find_feature_file
     from mgpath.slides.preview import write_contact_sheet
     from mgpath.slides.reader import SlideError, slide_id_from_path
 
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-size", type=int, default=1024, help="thumbnail longer side (px)")
     ap.add_argument("--out", required=True, help="output PNG (a folder when --slide is a folder)")
     a = ap.parse_args(argv)
-    from mgpath.data import find_feature_file
+    from mgpath.io import find_feature_file
     from mgpath.module import MGPATHModule
     from mgpath.slides.reader import slide_id_from_path
 
@@ -269,20 +271,23 @@ def main(argv: list[str] | None = None) -> int:
                  "<default_root_dir>/checkpoints/)")
     if not Path(a.slide).exists():
         ap.error(f"slide {a.slide} does not exist")
+    try:
+        module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu")
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{a.ckpt} is not a readable MGPATH checkpoint ({type(e).__name__}); give a .ckpt "
+                         "written by `mgpath fit`") from None
     if Path(a.slide).is_dir():
-        from mgpath.slides.tiling import find_slides
+        from mgpath.pipelines.discovery import find_slides
 
         if not a.features_root:
             ap.error("a folder of slides needs --features-root (the features of each slide are found by its id)")
         slides, _ = find_slides([a.slide])
         if not slides:
             ap.error(f"no slide files in {a.slide}")
-        module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu")
         rows = heatmap_folder(module.model, slides, a.features_root, a.out, a.mpp, a.max_size)
         done = sum(r["status"] == "done" for r in rows)
         print(f"wrote {done} heatmaps of {len(rows)} slides and {Path(a.out) / 'index.html'}")
         return 0 if done else 1
-    module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu")
     sid = a.slide_id or slide_id_from_path(a.slide)
     if a.features:
         files = dict(kv.split("=", 1) for kv in a.features)

@@ -78,10 +78,7 @@ def ours(path, syn, shape, ds) -> dict:
     from mgpath.slides import Slide
     from mgpath.slides.tissue import rasterize, segment_tissue, write_geojson
 
-    try:
-        from mgpath.slides.grid import tile_grid, tissue_fraction
-    except ImportError:  # before the slides/grid split
-        from mgpath.slides.tiling import tile_grid, tissue_fraction
+    from mgpath.slides.grid import tile_grid, tissue_fraction
     from mgpath.slides.synthetic import tissue_mask
 
     t = time.perf_counter()

@@ -32,7 +32,7 @@ def test_tile_value_map_blocks_every_tile_and_smooth_constant():
 
 
 def _model_and_bags():
-    from mgpath.features import tile_adjacency
+    from mgpath.graph import tile_adjacency
     from mgpath.model import Bag, build_mgpath
 
     torch.manual_seed(0)

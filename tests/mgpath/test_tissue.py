@@ -157,10 +157,7 @@ def test_demo_size_mask_table(synthetic, tissue_class):
 
     from mgpath.slides.synthetic import default_regions, jitter_regions
 
-    try:
-        from mgpath.slides.grid import tile_grid, tissue_fraction
-    except ImportError:
-        from mgpath.slides.tiling import tile_grid, tissue_fraction
+    from mgpath.slides.grid import tile_grid, tissue_fraction
     for seed in (7, 11):
         regions = jitter_regions(default_regions(3072, 2304), (3072, 2304), seed)
         syn = synthetic(f"demo_{tissue_class}_{seed}.tiff", size=(3072, 2304), mpp=0.5, levels=3, downsample=2,
