@@ -24,7 +24,11 @@ class TileDataset(torch.utils.data.Dataset):
     image white) when the slide could not be read, so the writer can report the slide instead of crashing.
     """
 
-    def __init__(self, jobs: list[SlideJob], input_size: tuple[int, int], mean, std, max_open: int = 4):
+    def __init__(self, jobs: list[SlideJob], input_size: tuple[int, int], mean, std, max_open: int = 4,
+                 reader: str = "openslide"):
+        if reader not in ("openslide", "fast"):
+            raise ValueError(f"reader must be 'openslide' or 'fast', got {reader!r}")
+        self.reader = reader  # "fast": JPEG-tiled slides through mgpath.slides.jpeg_tiles (others: OpenSlide)
         self.jobs = jobs
         self.input_size = tuple(int(v) for v in input_size)
         self._mean_np = np.asarray(mean, np.float32).reshape(1, 1, 3)
@@ -47,7 +51,7 @@ class TileDataset(torch.utils.data.Dataset):
         if j in self._open:
             self._open.move_to_end(j)
             return self._open[j]
-        s = Slide(self.jobs[j].slide_path, mpp=self.jobs[j].mpp)
+        s = Slide(self.jobs[j].slide_path, mpp=self.jobs[j].mpp, fast=self.reader == "fast")
         self._open[j] = s
         while len(self._open) > self.max_open:
             self._open.popitem(last=False)[1].close()

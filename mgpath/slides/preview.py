@@ -49,7 +49,7 @@ def caption_bar(img: np.ndarray, lines: list[str]) -> np.ndarray:
     bar = np.full((lh * len(lines) + 8, w, 3), 255, np.uint8)
     for i, text in enumerate(lines):
         cv2.putText(bar, text, (8, lh * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20),
-                    max(1, int(round(2 * scale))), cv2.LINE_AA)
+                    max(1, round(2 * scale)), cv2.LINE_AA)
     return np.concatenate([bar, img], axis=0)
 
 
@@ -80,7 +80,7 @@ def render_preview(
     img = np.ascontiguousarray(thumbnail.copy())
     h, w = img.shape[:2]
     scale = (slide_dims[0] / w, slide_dims[1] / h)
-    th = max(1, int(round(max(h, w) / 700)))
+    th = max(1, round(max(h, w) / 700))
     if coords is not None and len(coords) and tile_size_level0:
         c = np.asarray(coords, np.float64)
         x0 = c[:, 0] / scale[0]
@@ -110,10 +110,13 @@ def write_preview(
     tile_size_level0: float | None = None,
     max_side: int = 2048,
     tag: str = "",
+    thumbnail: np.ndarray | None = None,
 ) -> np.ndarray:
     """Read a ``max_side`` thumbnail of ``slide`` (:class:`~mgpath.slides.reader.Slide`), draw ``tissue`` (a
-    :class:`~mgpath.slides.tissue.Tissue`) and the tiles, write the PNG atomically; returns the picture."""
-    thumb = slide.thumbnail(max_side)
+    :class:`~mgpath.slides.tissue.Tissue`) and the tiles, write the PNG atomically; returns the picture.
+
+    ``thumbnail`` reuses one already read (e.g. for several magnifications of one slide)."""
+    thumb = slide.thumbnail(max_side) if thumbnail is None else thumbnail
     lines = [f"{slide.slide_id}  {slide.dimensions[0]} x {slide.dimensions[1]} px"
              + (f"  {slide.mpp:.3g} um/px" if slide.has_mpp else "")]
     info = []
@@ -132,7 +135,12 @@ def write_preview(
 
 
 def write_contact_sheet(
-    items: list[dict], out_dir: str | os.PathLike, name: str = "previews", cell: int = 480, columns: int = 4
+    items: list[dict],
+    out_dir: str | os.PathLike,
+    name: str = "previews",
+    cell: int = 480,
+    columns: int = 4,
+    max_cells: int = 240,
 ) -> tuple[Path, Path]:
     """All previews of a run on one page and one PNG.
 
@@ -141,6 +149,7 @@ def write_contact_sheet(
     items : ``{"slide_id", "png" (path of its preview), "caption" (optional text)}`` per slide; a missing
         PNG shows as a grey cell naming the slide (e.g. a slide that failed).
     out_dir : where ``<name>.html`` (links relative to it) and ``<name>.png`` are written.
+    max_cells : the PNG grid shows the first ``max_cells`` items (the page shows all).
 
     Returns
     -------
@@ -159,6 +168,8 @@ def write_contact_sheet(
                 f'<figure><a href="{html.escape(rel)}"><img src="{html.escape(rel)}" loading="lazy"></a>'
                 f"<figcaption><b>{html.escape(it['slide_id'])}</b> {html.escape(cap)}</figcaption></figure>"
             )
+            if len(cells) >= max_cells:
+                continue
             im = cv2.cvtColor(cv2.imread(str(png), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
             f = cell / max(im.shape[:2])
             im = cv2.resize(im, (max(1, int(im.shape[1] * f)), max(1, int(im.shape[0] * f))),
@@ -166,6 +177,8 @@ def write_contact_sheet(
         else:
             cards.append(f"<figure class=missing><b>{html.escape(it['slide_id'])}</b> no preview "
                          f"{html.escape(cap)}</figure>")
+            if len(cells) >= max_cells:
+                continue
             im = np.full((cell // 2, cell, 3), 200, np.uint8)
             cv2.putText(im, f"no preview {cap}"[:48], (10, cell // 4), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
                         (60, 60, 60), 1, cv2.LINE_AA)
@@ -178,7 +191,8 @@ def write_contact_sheet(
         "body{font-family:sans-serif;margin:12px}figure{display:inline-block;width:31%;margin:0 1% 16px 0;"
         "vertical-align:top}img{width:100%;border:1px solid #ccc}.missing{background:#eee;padding:24px}"
         "</style><h1>Slide previews</h1><p>green: tissue outline, blue: holes, red: kept tiles. "
-        f"{len(items)} slides.</p>" + "".join(cards)
+        f"{len(items)} previews" + (f"; the PNG grid shows the first {max_cells}" if len(items) > max_cells else "")
+        + ".</p>" + "".join(cards)
     )
     html_path, png_path = out_dir / f"{name}.html", out_dir / f"{name}.png"
     write_text_atomic(html_path, page)

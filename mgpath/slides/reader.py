@@ -151,7 +151,8 @@ class Slide:
         :class:`mgpath.slides.jpeg_tiles.JpegTiles` (tiles decoded once, reduced-scale DCT decode) instead of
         OpenSlide. Files that do not qualify are read with OpenSlide; ``fast_reason`` says why.
     dct_margin : with ``fast``, how much resolution a reduced-scale JPEG decode keeps above the target
-        (see :func:`mgpath.slides.jpeg_tiles.plan_read`; 0 fastest, 1 closest to OpenSlide).
+        (see :func:`mgpath.slides.jpeg_tiles.plan_read`; None: straight at 1/2, one octave kept below;
+        0 fastest; 1 closest to OpenSlide).
 
     The OpenSlide handle opens lazily and is not pickled, so a ``Slide`` can be sent to DataLoader worker
     processes: each process opens its own handle on first use. Use as a context manager or call
@@ -159,7 +160,7 @@ class Slide:
     """
 
     def __init__(
-        self, path: str | os.PathLike, mpp: float | None = None, fast: bool = False, dct_margin: int = 0
+        self, path: str | os.PathLike, mpp: float | None = None, fast: bool = False, dct_margin: int | None = None
     ):
         self.path = str(path)
         self.slide_id = slide_id_from_path(self.path)
@@ -364,7 +365,7 @@ class Slide:
         return self.read_at_downsample(max(w0, h0) / float(max_size))
 
 
-def _fast_reader(slide: Slide, dct_margin: int):
+def _fast_reader(slide: Slide, dct_margin: int | None):
     """``(JpegTiles or None, reason)``: the fast path when every OpenSlide level is a JPEG-tiled page."""
     from mgpath.slides.jpeg_tiles import JpegTiles, jpeg_levels
 

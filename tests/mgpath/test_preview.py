@@ -52,3 +52,23 @@ def test_write_preview_readable_size_and_contact_sheet(synthetic, tmp_path):
     sheet = np.asarray(Image.open(png_path))
     assert sheet.shape[1] == 2 * (256 + 4) and sheet.shape[0] > 256
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_tile_run_writes_readable_previews_and_a_contact_sheet(synthetic, tmp_path):
+    from mgpath.pipelines.tile import tile_slides
+    from mgpath.slides.grid import TileParams
+
+    syn = synthetic("run_a.tiff", size=(4096, 3072), mpp=0.5, levels=3)
+    d = tmp_path / "slides"
+    d.mkdir()
+    (d / "run_a.tiff").symlink_to(syn.path)
+    (d / "broken.svs").write_text("not a slide")
+    out = tmp_path / "tiles"
+    rows = tile_slides([str(d)], out, [TileParams(256, 10.0), TileParams(256, 5.0)], progress=False)
+    assert {r["slide_id"]: r["status"] for r in rows} == {"run_a": "done", "broken": "skipped"}
+    im = np.asarray(Image.open(out / "10x" / "previews" / "run_a.png"))
+    assert im.shape[1] == 2048  # the readable size, not the segmentation image
+    page = (out / "previews.html").read_text()
+    assert 'href="10x/previews/run_a.png"' in page and 'href="5x/previews/run_a.png"' in page
+    assert "broken 10x" in page and "no preview" in page
+    assert np.asarray(Image.open(out / "previews.png")).shape[0] > 480
