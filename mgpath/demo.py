@@ -25,16 +25,7 @@ import torch
 
 __all__ = ["main", "run_demo"]
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"class_a": "blue_fine", "class_b": "he_coarse"}
-
-
-def _find(rel: str) -> Path:
-    """A shipped file (configs/, data/) from the source tree or the working directory."""
-    for base in (ROOT, Path.cwd()):
-        if (base / rel).is_file():
-            return base / rel
-    raise FileNotFoundError(f"mgpath/demo.py: cannot find {rel}; run the demo from the repository root")
 
 
 def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs: int = 10,
@@ -52,6 +43,7 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     from mgpath.slides.tiling import TileParams, tile_slides
     from mgpath.splits import make_kshot_splits, write_split_csv
     from vapt.backbones import build_encoder
+    from vapt.resources import data_file, resolve_config
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -96,11 +88,11 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
 
     with h5py.File(next((out / "features" / "10x").glob("*.h5")), "r") as f:
         dim = int(f["features"].shape[1])
-    cli = make_cli(["--config", str(_find("configs/wsi/demo_tiny.yaml")),
+    cli = make_cli(["--config", str(resolve_config("wsi/demo_tiny")),
                     "--data.labels_csv", str(out / "labels.csv"),
                     "--data.split_csv", str(out / "splits" / "splits_{fold}.csv"),
                     "--data.features_root", str(out / "features"),
-                    "--model.descriptions", str(_find("data/prompts/demo.json")),
+                    "--model.descriptions", str(data_file("prompts/demo.json")),
                     "--model.feature_dim", str(dim), "--trainer.max_epochs", str(epochs),
                     "--trainer.default_root_dir", str(out / "run"), "--seed_everything", str(seed), *extra],
                    run=False)

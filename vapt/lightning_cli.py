@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,17 +20,14 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.config_keys import SuggestingArgumentParser
 from vapt.data.base import ClassificationDataModule, DataError
 from vapt.module import ModelConfigError, PromptTuningModule
-
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
-warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended to run from within Python.*")
+from vapt.quiet import quiet_command
+from vapt.resources import ResourceError, resolve_config_args
 
 _VERSION_ENV = "VAPT_LOG_VERSION"
-_USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelConfigError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelConfigError, ResourceError)
 try:  # the backbone builder's own error type (bad name / checkpoint / size)
     from vapt.backbones import BackboneError
 
@@ -168,7 +164,11 @@ def write_predictions(path: str | os.PathLike, preds: list[dict], samples: Optio
 
 
 def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) -> VaptCLI:
-    """Construct the CLI (``run=False``: instantiate model, data and trainer only; argv has no subcommand)."""
+    """Construct the CLI (``run=False``: instantiate model, data and trainer only; argv has no subcommand).
+
+    ``--config`` takes a YAML path or a shipped config name (``vtab/vapt/cifar100``; ``vapt configs --list``).
+    """
+    argv = resolve_config_args(argv)
     return VaptCLI(
         PromptTuningModule,
         ClassificationDataModule,
@@ -179,6 +179,7 @@ def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) ->
         args=argv,
         run=run,
         auto_configure_optimizers=False,
+        parser_class=SuggestingArgumentParser,  # did-you-mean for misspelt keys
     )
 
 
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     owns_version = _VERSION_ENV not in os.environ
     try:
-        build_cli(argv, run=True)
+        with quiet_command():
+            build_cli(argv, run=True)
     except Exception as e:
         user = _user_error(e)
         if user is None:
