@@ -44,6 +44,7 @@ def _args(tree: Path, out: Path, *extra: str) -> list[str]:
             "--data=vapt.data.ImageFolderDataModule", f"--data.root={tree / 'pets'}", "--data.val_split=null",
             "--data.test_split=null", "--data.img_size=16", "--data.batch_size=2", "--data.num_workers=0",
             "--data.augment=false", f"--predictions_csv={out}", "--trainer.logger=false",
+            f"--trainer.default_root_dir={tree / 'runs'}",
             "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", "--trainer.devices=1", *extra]
 
 
@@ -94,7 +95,7 @@ def test_bad_predict_sources_name_the_file(tree, capsys):
 def test_image_folder_runs_are_named_after_the_dataset(tree):
     dm = ImageFolderDataModule(str(tree / "pets"), val_split=None, test_split=None)
     assert dm.class_names() == list(CLASSES)
-    logged = ["--trainer.logger=true", f"--trainer.default_root_dir={tree / 'runs'}"]
+    logged = ["--trainer.logger=true"]
     cli = build_cli(_args(tree, tree / "unused.csv", *logged), run=False)
     assert Path(cli.trainer.logger.log_dir).parent.parent.name == "pets"  # runs/pets/vapt/version_0
     named = build_cli(_args(tree, tree / "unused.csv", *logged, "--data.name=my_pets"), run=False)
