@@ -101,7 +101,7 @@ def draw_heatmaps(thumbnail: np.ndarray, slide_dims: tuple[int, int], scores: di
 def _tile_size_level0(path) -> float:
     import h5py
 
-    from mgpath.data import infer_step
+    from mgpath.graph import infer_step
 
     with h5py.File(path, "r") as f:
         for key in ("patch_size_level0", "step_level0"):
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-size", type=int, default=1024, help="thumbnail longer side (px)")
     ap.add_argument("--out", required=True, help="output PNG")
     a = ap.parse_args(argv)
-    from mgpath.data import find_feature_file
+    from mgpath.io import find_feature_file
     from mgpath.module import MGPATHModule
     from mgpath.slides.reader import slide_id_from_path
 
