@@ -92,8 +92,8 @@ class VaptCLI(LightningCLI):
         parser.add_argument("--result_json", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
                             help="write the subcommand's final metrics to this JSON file")
         parser.add_argument("--predictions_csv", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
-                            help="predict: write path,label,pred,prob rows here (default <default_root_dir>/"
-                                 "predictions.csv)")
+                            help="predict: write path,label,label_name,pred,pred_name,prob rows here "
+                                 "(default <default_root_dir>/predictions.csv)")
         parser.add_argument("--predict_images", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
                             help="predict: a folder (recursive) or list file of images, labelled or not, instead "
                                  "of the DataModule's test split")
@@ -132,6 +132,8 @@ class VaptCLI(LightningCLI):
         source = self._config().get("predict_images")
         if source:
             self.datamodule.use_predict_images(source)
+        # read before the loop, so a bad classes.txt stops the run before any work
+        self._class_names = self.datamodule.class_names() if hasattr(self.datamodule, "class_names") else None
 
     def after_predict(self) -> None:
         if not self.trainer.is_global_zero:
@@ -140,8 +142,8 @@ class VaptCLI(LightningCLI):
         path = config.get("predictions_csv") or os.path.join(self.trainer.default_root_dir, "predictions.csv")
         preds = self.trainer.predict_loop.predictions or []
         dataset = getattr(self.datamodule, "datasets", {}).get("predict")
-        names = self.datamodule.class_names() if hasattr(self.datamodule, "class_names") else None
-        write_predictions(path, preds, dataset.samples if dataset is not None else None, names)
+        write_predictions(path, preds, dataset.samples if dataset is not None else None,
+                          getattr(self, "_class_names", None))
         print(f"wrote {path}")
 
 

@@ -71,8 +71,8 @@ def parse_config(cli_args: Sequence[str]):
             raise _Parsed(self.config)
 
     try:
-        _ParseOnly(PromptTuningModule, ClassificationDataModule, subclass_mode_model=True,
-                   subclass_mode_data=True, args=list(cli_args), run=False, auto_configure_optimizers=False)
+        _ParseOnly(PromptTuningModule, ClassificationDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                   args=resolve_config_args(list(cli_args)), run=False, auto_configure_optimizers=False)
     except _Parsed as p:
         return p.config
     raise RuntimeError("unreachable")  # pragma: no cover

@@ -100,3 +100,23 @@ def test_image_folder_runs_are_named_after_the_dataset(tree):
     assert Path(cli.trainer.logger.log_dir).parent.parent.name == "pets"  # runs/pets/vapt/version_0
     named = build_cli(_args(tree, tree / "unused.csv", *logged, "--data.name=my_pets"), run=False)
     assert Path(named.trainer.logger.log_dir).parent.parent.name == "my_pets"
+
+
+def test_class_names_from_classes_txt(tmp_path):
+    from vapt.data import FGVCDataModule, VTABDataModule
+
+    assert VTABDataModule(root=str(tmp_path / "absent"), task="dtd").class_names() is None  # own images only
+    task = tmp_path / "vtab" / "dtd"
+    task.mkdir(parents=True)
+    (task / "test.txt").write_text("")
+    dm = VTABDataModule(root=str(tmp_path / "vtab"), task="dtd")
+    assert dm.class_names() is None
+    (task / "classes.txt").write_text("".join(f"texture_{i}\n" for i in range(47)))
+    assert dm.class_names() == [f"texture_{i}" for i in range(47)]
+    (task / "classes.txt").write_text("banded\nblotchy\n")
+    with pytest.raises(DataError, match=r"classes.txt names 2 classes but the dataset has 47"):
+        dm.class_names()
+    cub = tmp_path / "CUB"
+    cub.mkdir()
+    (cub / "classes.txt").write_text("".join(f"{i + 1} {i + 1:03d}.Bird_{i}\n" for i in range(200)))  # CUB's own
+    assert FGVCDataModule(root=str(cub), dataset="cub").class_names()[:2] == ["001.Bird_0", "002.Bird_1"]

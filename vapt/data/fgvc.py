@@ -131,7 +131,8 @@ class FGVCDataModule(ClassificationDataModule):
     def class_names(self) -> list[str] | None:
         """From an optional ``<root>/classes.txt`` (line ``i`` names class ``i`` after remapping the split ids
         to ``0..C-1`` in sorted order; CUB's own ``<id> <name>`` lines are read as they are)."""
-        return read_class_names(self._root() / "classes.txt", self.num_classes)
+        root = Path(self.root).expanduser()
+        return read_class_names(root / "classes.txt", self.num_classes) if root.is_dir() else None
 
     def _split_samples(self, split: str) -> list[Sample]:
         root = self._root()

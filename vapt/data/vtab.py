@@ -140,8 +140,13 @@ class VTABDataModule(ClassificationDataModule):
         self._use_splits(train_split, val_split, test_split)
 
     def class_names(self) -> list[str] | None:
-        """From an optional ``<task folder>/classes.txt`` (one name per line, in label order)."""
-        return read_class_names(resolve_task_dir(self.root, self.task) / "classes.txt", self.num_classes)
+        """From an optional ``<task folder>/classes.txt`` (one name per line, in label order); ``None``
+        without one (also when the task folder is absent, e.g. predicting on one's own images)."""
+        try:
+            task_dir = resolve_task_dir(self.root, self.task)
+        except DataError:
+            return None
+        return read_class_names(task_dir / "classes.txt", self.num_classes)
 
     def _split_samples(self, split: str) -> list[Sample]:
         task_dir = resolve_task_dir(self.root, self.task)
