@@ -62,6 +62,10 @@ def _suggest(name: str, choices: list[str]) -> str:
     return f" Did you mean {', '.join(close)}?" if close else ""
 
 
+def _inline(value: str) -> bool:
+    return "\n" in value or value.lstrip().startswith(("{", "[")) or ": " in value
+
+
 def resolve_config(name_or_path: str | os.PathLike, prefixes: tuple[str, ...] = ("",),
                    lister: str = "vapt configs") -> Path:
     """An existing config file, or the shipped config of that name.
@@ -117,15 +121,18 @@ def resolve_config_args(argv: list[str], prefixes: tuple[str, ...] = ("",), list
                         ) -> list[str]:
     """``argv`` with the value of every ``--config X`` / ``--config=X`` / ``-c X`` passed through
     :func:`resolve_config` (so a shipped name works wherever a YAML path does)."""
+    def resolve(value: str) -> str:  # YAML / JSON text in place of a file stays as it is (jsonargparse reads it)
+        return value if _inline(value) else str(resolve_config(value, prefixes, lister))
+
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("--config", "-c") and i + 1 < len(argv):
-            out += [arg, str(resolve_config(argv[i + 1], prefixes, lister))]
+            out += [arg, resolve(argv[i + 1])]
             i += 2
             continue
         if arg.startswith("--config="):
-            arg = "--config=" + str(resolve_config(arg.split("=", 1)[1], prefixes, lister))
+            arg = "--config=" + resolve(arg.split("=", 1)[1])
         out.append(arg)
         i += 1
     return out

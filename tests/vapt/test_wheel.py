@@ -90,6 +90,9 @@ def test_wheel_installs_with_its_data_and_runs_outside_the_checkout(tmp_path):
     listed = run(bindir / "vapt", "configs", "--list").split()
     assert "vtab/vapt/cifar100" in listed and "demo" in listed and "wsi/demo_tiny" not in listed
     assert "wsi/tcga_nsclc_16shot" in run(bindir / "mgpath", "configs", "--list").split()
+    cifar = REPO / "configs" / "vtab" / "vapt" / "cifar100.yaml"
+    assert run(bindir / "vapt", "configs", "vtab/vapt/cifar100") == cifar.read_text()  # by name, from the wheel
+    assert venv in Path(run(bindir / "vapt", "configs", "vtab/vapt/cifar100", "--path").strip()).parents
 
     runs = work / "runs" / "patch_camelyon" / "vapt"
     runs.mkdir(parents=True)  # beside the fit's runs/demo/... (report reads only summary.json files)

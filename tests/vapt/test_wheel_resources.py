@@ -39,6 +39,7 @@ def test_names_and_repository_paths_resolve_to_the_same_files(monkeypatch, tmp_p
     assert resolve_config_args(["fit", "-c", "demo", "--config=vtab/vapt/dtd", "--x", "1"]) == [
         "fit", "-c", str((REPO / "configs/demo.yaml").resolve()),
         f"--config={(REPO / 'configs/vtab/vapt/dtd.yaml').resolve()}", "--x", "1"]
+    assert resolve_config_args(["--config", "trainer: {max_epochs: 1}"]) == ["--config", "trainer: {max_epochs: 1}"]
     with pytest.raises(ResourceError, match=r"Did you mean vtab/vapt/cifar100.*vapt configs --list"):
         resolve_config("vtab/vapt/cifar10")
 
