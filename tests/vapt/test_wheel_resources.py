@@ -42,6 +42,13 @@ def test_names_and_repository_paths_resolve_to_the_same_files(monkeypatch, tmp_p
     assert resolve_config_args(["--config", "trainer: {max_epochs: 1}"]) == ["--config", "trainer: {max_epochs: 1}"]
     with pytest.raises(ResourceError, match=r"Did you mean vtab/vapt/cifar100.*vapt configs --list"):
         resolve_config("vtab/vapt/cifar10")
+    # the shipped WSI configs name their description files as data/prompts/...: found from any folder
+    from mgpath.text import load_descriptions
+
+    table = load_descriptions("data/prompts/tcga_nsclc.json", ["LUAD", "LUSC"])
+    assert set(table) == {"5x", "10x"} and set(table["5x"]) == {"LUAD", "LUSC"}
+    with pytest.raises(FileNotFoundError, match="data/prompts/nope.json does not exist"):
+        load_descriptions("data/prompts/nope.json")
 
 
 def test_configs_subcommands_list_and_print(capsys):
