@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vapt.atomic import atomic_path
 from mgpath.model import MGPATH, Bag
+from vapt.atomic import atomic_path
 
 __all__ = ["draw_heatmaps", "heatmap_scores", "main"]
 
@@ -153,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                  "<default_root_dir>/checkpoints/)")
     if not Path(a.slide).is_file():
         ap.error(f"slide {a.slide} does not exist")
-    module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu")
+    try:
+        module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu")
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{a.ckpt} is not a readable MGPATH checkpoint ({type(e).__name__}); give a .ckpt "
+                         "written by `mgpath fit`") from None
     sid = a.slide_id or slide_id_from_path(a.slide)
     if a.features:
         files = dict(kv.split("=", 1) for kv in a.features)
