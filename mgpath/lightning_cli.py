@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from mgpath.data import WSIFeatureDataModule
 from mgpath.lit import SlideClassifier
+from vapt.resources import ResourceError, resolve_config_args
 
 __all__ = ["MGPATHCLI", "main", "make_cli"]
 
@@ -66,9 +67,10 @@ def _with_class_path(path: str, tmp: list) -> str:
     import yaml
 
     p = Path(path)
-    if not p.is_file():
+    try:
+        cfg = yaml.safe_load(p.read_text()) if p.is_file() else yaml.safe_load(path)  # a file or inline YAML
+    except (OSError, yaml.YAMLError):
         return path
-    cfg = yaml.safe_load(p.read_text())
     model = cfg.get("model") if isinstance(cfg, dict) else None
     if not isinstance(model, dict) or "class_path" in model:
         return path
@@ -80,7 +82,7 @@ def _with_class_path(path: str, tmp: list) -> str:
         tmp.append(tempfile.mkdtemp(prefix="mgpath-cli-"))
         atexit.register(shutil.rmtree, tmp[0], True)
     cfg["model"] = {"class_path": DEFAULT_MODEL, "init_args": model}
-    out = Path(tmp[0]) / f"{len(list(Path(tmp[0]).iterdir()))}_{p.name}"
+    out = Path(tmp[0]) / f"{len(list(Path(tmp[0]).iterdir()))}_{p.name if p.is_file() else 'inline.yaml'}"
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return str(out)
 
@@ -103,8 +105,12 @@ def _model_blocks_with_class_path(argv: list[str]) -> list[str]:
 
 
 def make_cli(argv: list[str], run: bool = True) -> MGPATHCLI:
-    """Build the CLI from an argument list (``argv[0]`` is the subcommand when ``run``)."""
-    argv = _model_blocks_with_class_path(list(argv))
+    """Build the CLI from an argument list (``argv[0]`` is the subcommand when ``run``).
+
+    ``--config`` takes a path or a shipped config name (``tcga_nsclc_16shot``, see ``mgpath configs --list``).
+    """
+    argv = resolve_config_args(list(argv), prefixes=("", "wsi/"), lister="mgpath configs")
+    argv = _model_blocks_with_class_path(argv)
     if not any(a.startswith(("--config", "--model")) for a in argv):
         argv = [*argv[:1], "--model", DEFAULT_MODEL, *argv[1:]] if run else ["--model", DEFAULT_MODEL, *argv]
     saved = sys.argv
@@ -119,7 +125,12 @@ def make_cli(argv: list[str], run: bool = True) -> MGPATHCLI:
 def main(argv: list[str] | None = None) -> int:
     """``argv[0]`` is fit | validate | test | predict; the rest are LightningCLI options."""
 
-    make_cli(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        make_cli(argv)
+    except ResourceError as e:  # --config names neither a file nor a shipped config
+        print(f"mgpath {argv[0] if argv else ''}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
