@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningCLI
 from vapt.atomic import write_text_atomic as atomic_write_text
 from vapt.data.base import ClassificationDataModule, DataError
 from vapt.module import ModelConfigError, PromptTuningModule
+from vapt.resume import CheckpointError, resolve_ckpt_path, resume_callbacks, use_atomic_checkpoints
 
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -31,7 +32,7 @@ warnings.filterwarnings("ignore", message=r".*Total length of `list` across rank
 warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended to run from within Python.*")
 
 _VERSION_ENV = "VAPT_LOG_VERSION"
-_USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelConfigError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelConfigError, CheckpointError)
 try:  # the backbone builder's own error type (bad name / checkpoint / size)
     from vapt.backbones import BackboneError
 
@@ -107,6 +108,23 @@ class VaptCLI(LightningCLI):
 
     def _config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
+
+    # -- resume: RNG state + last.ckpt in every checkpointing trainer, atomic files, checked --ckpt_path
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        trainer = super()._instantiate_trainer(config, list(callbacks) + resume_callbacks(config))
+        use_atomic_checkpoints(trainer)
+        return trainer
+
+    def _resolve_ckpt_path(self) -> None:
+        """``--ckpt_path last`` -> newest good checkpoint of this experiment's versions; a file is checked."""
+        config = self.config_init[self.subcommand]
+        loggers = self.trainer.loggers
+        run_folder = Path(loggers[0].log_dir).parent if loggers else Path(self.trainer.default_root_dir)
+        log = print if self.trainer.is_global_zero else (lambda *a: None)
+        config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), run_folder,
+                                                lambda m: log(f"vapt {self.subcommand}: {m}"))
+
+    before_fit = before_validate = before_test = before_predict = _resolve_ckpt_path
 
     def after_fit(self) -> None:
         if self._config().get("test_after_fit"):

@@ -9,7 +9,8 @@
 ``--fast`` (VAPT): sweep wd at lr = 5.0 first, then lr at the best wd (13 runs instead of 40).
 
 Every run writes ``result.json`` atomically when it finishes and is skipped when that file exists; a run
-that was killed resumes from its newest checkpoint. Options that ``vapt tune`` does not know are passed to
+that was killed resumes from its newest checkpoint that loads, bit for bit as if never stopped (the RNG state
+is in the checkpoint; a truncated newer checkpoint is named and skipped). Options that ``vapt tune`` does not know are passed to
 the LightningCLI of every run, e.g. ``--data.root DIR --trainer.max_epochs 100``.
 
     vapt tune --config configs/vtab/vapt/cifar100.yaml --out runs/repro --data.root DIR --fast
@@ -115,11 +116,6 @@ def parse_grid(spec: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return lrs, wds
 
 
-def _newest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted(run_dir.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return ckpts[-1] if ckpts else None
-
-
 def _cli_value(v: Any) -> str:
     return "null" if v is None else str(v)
 
@@ -129,9 +125,10 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     """Train one configuration in ``run_dir`` and evaluate it (``validate`` or ``test``).
 
     Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists;
-    resumes from the newest checkpoint in ``run_dir`` when there is one.
+    resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
     """
     from vapt.lightning_cli import _VERSION_ENV, build_cli
+    from vapt.resume import find_resume_checkpoint
 
     result_path = run_dir / "result.json"
     if result_path.is_file():
@@ -140,7 +137,7 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     run_dir.mkdir(parents=True, exist_ok=True)
     args = list(cli_args) + [f"--trainer.default_root_dir={run_dir}"]
     args += [f"--{k}={_cli_value(v)}" for k, v in overrides.items()]
-    resume = _newest_checkpoint(run_dir)
+    resume = find_resume_checkpoint(run_dir, log=lambda m: log(f"  {m}"))
     log(f"  {'resuming' if resume else 'running'}: {run_dir}" + (f" from {resume.name}" if resume else ""))
     t0 = time.time()
     try:
