@@ -315,7 +315,14 @@ class ClassificationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        loader = self._loader("train", train=True)
+        # Lightning creates the first iterator (and worker processes prefetch from it) before it calls
+        # set_epoch; start the sampler at the epoch the fit loop will run, so a resumed run does not replay
+        # epoch 0's order and augmentation.
+        progress = getattr(getattr(self.trainer, "fit_loop", None), "epoch_progress", None)
+        if progress is not None:
+            loader.sampler.set_epoch(progress.current.processed)
+        return loader
 
     def val_dataloader(self):
         if self._split_name("val") is None:
