@@ -21,9 +21,10 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from vapt.atomic import write_text_atomic as atomic_write_text
-from vapt.data.base import ClassificationDataModule, DataError
-from vapt.module import ModelConfigError, PromptTuningModule
-from vapt.resume import CheckpointError, resolve_ckpt_path, resume_callbacks, use_atomic_checkpoints
+from vapt.data.base import ClassificationDataModule
+from vapt.errors import EXIT_SKIPPED, run_reporting_user_errors
+from vapt.module import PromptTuningModule
+from vapt.resume import resolve_ckpt_path, resume_callbacks, use_atomic_checkpoints
 
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -32,13 +33,6 @@ warnings.filterwarnings("ignore", message=r".*Total length of `list` across rank
 warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended to run from within Python.*")
 
 _VERSION_ENV = "VAPT_LOG_VERSION"
-_USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelConfigError, CheckpointError)
-try:  # the backbone builder's own error type (bad name / checkpoint / size)
-    from vapt.backbones import BackboneError
-
-    _USER_ERRORS += (BackboneError,)
-except ImportError:  # pragma: no cover
-    pass
 
 
 def method_label(model_args: Any) -> str:
@@ -200,34 +194,29 @@ def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) ->
     )
 
 
-def _user_error(exc: BaseException) -> BaseException | None:
-    """The DataError / BackboneError behind ``exc`` (jsonargparse wraps errors raised in ``__init__``)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, _USER_ERRORS):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+def _run(argv: list[str]) -> int:
+    cli = build_cli(argv, run=True)
+    skipped = getattr(cli.datamodule, "skipped", None)
+    if skipped:
+        print(f"vapt {argv[0]}: skipped {len(skipped)} unreadable image(s) (data.on_bad_image: skip), e.g. "
+              f"{skipped[0]}", file=sys.stderr)
+        return EXIT_SKIPPED
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``argv[0]`` is ``fit`` | ``validate`` | ``test`` | ``predict``; the rest are LightningCLI options."""
+    """``argv[0]`` is ``fit`` | ``validate`` | ``test`` | ``predict``; the rest are LightningCLI options.
+
+    Exit 0, 1 when images were skipped (``data.on_bad_image: skip``), 2 on bad input (one line on stderr;
+    ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     owns_version = _VERSION_ENV not in os.environ
     try:
-        build_cli(argv, run=True)
-    except Exception as e:
-        user = _user_error(e)
-        if user is None:
-            raise
-        # a wrong path / task / class count / backbone: the message says what to do, no traceback needed
-        print(f"vapt {argv[0] if argv else ''}: {type(user).__name__}: {user}", file=sys.stderr)
-        return 2
+        return run_reporting_user_errors(f"vapt {argv[0] if argv else ''}".strip(), _run, argv)
     finally:
         if owns_version:
             os.environ.pop(_VERSION_ENV, None)
-    return 0
 
 
 if __name__ == "__main__":

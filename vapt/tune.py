@@ -256,6 +256,9 @@ def _best(scores: dict[tuple[float, float], float], lrs, wds) -> tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0, or 2 on bad input (one line on stderr; ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback)."""
+    from vapt.errors import run_reporting_user_errors
+
     ap = argparse.ArgumentParser(
         prog="vapt tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable)")
@@ -270,12 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 42,44,82,100,800")
     cli_args = [a for c in args.config for a in ("--config", c)] + passthrough
-    try:
-        tune(cli_args, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name)
-    except TuneError as e:
-        print(f"vapt tune: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    def run(cli: list[str]) -> int:
+        tune(cli, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name)
+        return 0
+
+    return run_reporting_user_errors("vapt tune", run, cli_args)
 
 
 if __name__ == "__main__":
