@@ -24,7 +24,7 @@ from vapt.atomic import write_text_atomic as atomic_write_text
 from vapt.data.base import ClassificationDataModule
 from vapt.errors import EXIT_SKIPPED, run_reporting_user_errors
 from vapt.module import PromptTuningModule
-from vapt.resume import resolve_ckpt_path, resume_callbacks, use_atomic_checkpoints
+from vapt.resume import check_checkpoint, resolve_ckpt_path, resume_callbacks, use_atomic_checkpoints
 
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -108,6 +108,14 @@ class VaptCLI(LightningCLI):
         trainer = super()._instantiate_trainer(config, list(callbacks) + resume_callbacks(config))
         use_atomic_checkpoints(trainer)
         return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the hyper-parameters of a ``--ckpt_path`` file here: check the file first."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path not in (None, "last", "best", "hpc", "registry"):
+            check_checkpoint(ckpt_path, what="--ckpt_path")
+        super()._parse_ckpt_path()
 
     def _resolve_ckpt_path(self) -> None:
         """``--ckpt_path last`` -> newest good checkpoint of this experiment's versions; a file is checked."""

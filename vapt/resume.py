@@ -158,14 +158,11 @@ def resolve_ckpt_path(ckpt_path: str | None, run_folder: str | os.PathLike, log:
     """``--ckpt_path`` of a vapt subcommand -> the file to load, or None.
 
     ``last``: the newest good checkpoint of any earlier version of this experiment (``run_folder`` holds the
-    ``version_<n>/`` folders); none -> None (training starts at epoch 0, said via ``log``). A file: checked
-    with `check_checkpoint` (`CheckpointError` when damaged). ``best`` and None pass through.
+    ``version_<n>/`` folders); none -> None (training starts at epoch 0, said via ``log``). Anything else
+    passes through (a file is checked with `check_checkpoint` when the command line is parsed).
     """
-    if ckpt_path is None or ckpt_path == "best":
+    if ckpt_path != "last":
         return ckpt_path
-    if ckpt_path == "last":
-        found = find_resume_checkpoint(run_folder, log)
-        log(f"resuming from {found}" if found else f"no checkpoint under {run_folder}; starting from epoch 0")
-        return None if found is None else str(found)
-    check_checkpoint(ckpt_path, what="--ckpt_path")
-    return ckpt_path
+    found = find_resume_checkpoint(run_folder, log)
+    log(f"resuming from {found}" if found else f"no checkpoint under {run_folder}; starting from epoch 0")
+    return None if found is None else str(found)
