@@ -4,7 +4,7 @@
 
 1. writes ``--slides-per-class`` pyramidal TIFF slides of two visibly different tissue classes
    (``mgpath.slides.synthetic``: class_a = fine blue texture, class_b = coarse pink-purple texture);
-2. tiles them at 10x and 5x (``mgpath.slides.tiling``);
+2. tiles them at 10x and 5x (``mgpath.pipelines.tile``);
 3. extracts tile features with a small randomly initialised ViT (``vapt.backbones.build_encoder``);
 4. writes ``labels.csv`` and K-shot patient-grouped splits (``mgpath.splits``);
 5. fits MGPATH (tiny random text tower, ``configs/wsi/demo_tiny.yaml``), keeps the best validation macro-F1
@@ -45,11 +45,13 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     ``augment`` also extracts features of randomly rotated/flipped tiles and adds them as extra training bags
     (the paper's doubled training set).
     """
-    from mgpath.features import extract_features, find_jobs
+    from mgpath.pipelines.extract import extract_features
+    from mgpath.pipelines.jobs import find_jobs
     from mgpath.heatmap import slide_heatmap
     from mgpath.lightning_cli import make_cli
     from mgpath.slides.synthetic import make_synthetic_slide
-    from mgpath.slides.tiling import TileParams, tile_slides
+    from mgpath.pipelines.tile import tile_slides
+    from mgpath.slides.grid import TileParams
     from mgpath.splits import make_kshot_splits, write_split_csv
     from vapt.backbones import build_encoder
 
@@ -80,7 +82,7 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
         f"{out / 'features'} ({time.perf_counter() - t0:.0f}s)")
     extra = []
     if augment:
-        from mgpath.data import extract_augmented_features
+        from mgpath.pipelines.augment import extract_augmented_features
 
         extract_augmented_features(out / "tiles", out / "features_aug", enc, encoder, seed=seed, batch_size=64,
                                    workers=0, accelerator="cpu", progress=False)
