@@ -51,7 +51,7 @@ def one_line(exc: BaseException) -> str:
 def debug_requested(argv: Sequence[str]) -> tuple[list[str], bool]:
     """``argv`` without ``--debug``, and whether tracebacks were asked for (``--debug`` or ``VAPT_DEBUG=1``)."""
     rest = [a for a in argv if a != "--debug"]
-    return rest, len(rest) != len(argv) or os.environ.get("VAPT_DEBUG", "") not in ("", "0")
+    return rest, len(rest) != len(argv) or os.environ.get("VAPT_DEBUG", "").lower() in ("1", "true", "yes")
 
 
 def run_reporting_user_errors(prog: str, fn: Callable[[list[str]], int | None], argv: Sequence[str]) -> int:
