@@ -3,7 +3,7 @@
 of an earlier good run intact. ``--debug`` brings the traceback back.
 
 The matrix processes are forked from this one and run ``vapt.cli.main`` (what ``python -m vapt.cli`` runs), so
-they skip the ~5 s of imports each; the ``--debug`` and ``tune`` tests start real ``python -m vapt.cli``."""
+they skip the ~5 s of imports each; the ``--debug`` test starts a real ``python -m vapt.cli``."""
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +45,9 @@ def run(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Compl
                                **(env or {})})
 
 
-def _child(args: list[str], cwd: Path, out: Path, err: Path) -> None:
+def _child(args: list[str], cwd: Path, out: Path, err: Path, env: dict) -> None:
     os.chdir(cwd)
+    os.environ.update(env)
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)  # noqa: SIM115
@@ -65,10 +66,10 @@ def _child(args: list[str], cwd: Path, out: Path, err: Path) -> None:
         os._exit(code)
 
 
-def run_forked(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run_forked(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """``vapt ARGS`` in a forked process (this one's imports, its own exit code, stdout and stderr)."""
     out, err = cwd / "stdout.txt", cwd / "stderr.txt"
-    proc = multiprocessing.get_context("fork").Process(target=_child, args=(args, cwd, out, err))
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(args, cwd, out, err, env or {}))
     proc.start()
     proc.join(300)
     return subprocess.CompletedProcess(args, proc.exitcode, out.read_text(), err.read_text())
@@ -191,7 +192,7 @@ def test_debug_shows_the_traceback(good, tmp_path):
     args = fit_args(root, tmp_path / "runs", f"--ckpt_path={tmp_path / 'bad.ckpt'}")
     proc = run([*args, "--debug"], tmp_path)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
-    proc = run(args, tmp_path, env={"VAPT_DEBUG": "1"})
+    proc = run_forked(args, tmp_path, env={"VAPT_DEBUG": "1"})
     assert proc.returncode == 1 and "Traceback" in proc.stderr
 
 
@@ -199,6 +200,6 @@ def test_tune_user_errors_are_one_line(tmp_path):
     tune = ["tune", "--config", str(REPO / "configs/vtab/vapt/dtd.yaml"),
             f"--data.root={tmp_path / 'nowhere'}", "--model.checkpoint=null", f"--model.backbone_kwargs={TINY}",
             "--data.img_size=16", "--grid", "lr=1;wd=0", "--seeds", "1", "--out", str(tmp_path / "tune")]
-    proc = run(tune, tmp_path)
+    proc = run_forked(tune, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"vapt tune: DataError: VTAB-1k root {tmp_path / 'nowhere'}")
