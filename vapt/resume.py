@@ -27,7 +27,18 @@ from vapt.atomic import atomic_path
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file cannot be used; the message names it and says what to do."""
+    """A checkpoint file cannot be used; the message names it and says what to do (``reason``: what is wrong)."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def _short(e: BaseException) -> str:
+    """``Type: first sentence`` of an exception (torch's messages run to several lines)."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    text = text.split(". ", 1)[0].rstrip(".")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------- RNG state
@@ -101,16 +112,16 @@ def check_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[
     """Load ``path`` safely (``weights_only=True``, CPU); `CheckpointError` naming it when it cannot be used."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist; pass an existing .ckpt file or 'last'.")
+        raise CheckpointError(f"{what} {path} does not exist; pass an existing .ckpt file or 'last'.", "missing")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, a pickle that needs code to run
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{what} {path} cannot be loaded ({type(e).__name__}: {reason}); it is truncated, "
-                              "damaged or not a vapt checkpoint. Delete it or pass another file.") from e
+        reason = f"cannot be loaded ({_short(e)})"
+        raise CheckpointError(f"{what} {path} {reason}; it is truncated, damaged or not a vapt checkpoint. "
+                              "Delete it or pass another file.", reason) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{what} {path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt "
-                              "written by vapt fit / vapt tune.")
+                              "written by vapt fit / vapt tune.", "not a Lightning checkpoint")
     return ckpt
 
 
@@ -133,7 +144,7 @@ def find_resume_checkpoint(folder: str | os.PathLike, log: Callable[[str], Any] 
         try:
             check_checkpoint(path)
         except CheckpointError as e:
-            log(f"skipping {path}: {e}")
+            log(f"skipping {path}: {e.reason}")
             continue
         return path
     return None
