@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "import-official": ("mgpath.official", "main", "convert an official MGPATH checkpoint into this model"),
     "heatmap": ("mgpath.heatmap", "main", "draw prompt attention and transport mass over a slide"),
     "demo": ("mgpath.demo", "main", "end-to-end demo on generated slides (CPU, a few minutes)"),
+    "configs": ("vapt.resources", "mgpath_configs_main", "list (--list) or print the shipped WSI configs"),
 }
 
 

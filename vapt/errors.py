@@ -1,7 +1,7 @@
 """User errors of the vapt command lines: one line on stderr and exit code 2, the traceback only on request.
 
 A user error is one of the project's own "this input cannot be used" exceptions (bad data, model keywords,
-checkpoint, backbone, tune request) or Lightning's ``MisconfigurationException``, also when wrapped by
+checkpoint, backbone, tune request, shipped resource) or Lightning's ``MisconfigurationException``, also when wrapped by
 jsonargparse or re-raised from a DataLoader worker. ``--debug`` (removed from the arguments) or
 ``VAPT_DEBUG=1`` lets it propagate with its traceback. Anything else is a bug and keeps its traceback.
 """
@@ -22,10 +22,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from vapt.backbones import BackboneError
     from vapt.data.base import DataError
     from vapt.module import ModelConfigError
+    from vapt.resources import ResourceError
     from vapt.resume import CheckpointError
     from vapt.tune import TuneError
 
-    return DataError, ModelConfigError, CheckpointError, BackboneError, TuneError, MisconfigurationException
+    return (DataError, ModelConfigError, CheckpointError, BackboneError, TuneError, ResourceError,
+            MisconfigurationException)
 
 
 def find_user_error(exc: BaseException | None) -> BaseException | None:

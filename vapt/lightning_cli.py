@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,16 +20,13 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.config_keys import SuggestingArgumentParser
 from vapt.data.base import ClassificationDataModule
 from vapt.errors import EXIT_SKIPPED, run_reporting_user_errors
 from vapt.module import PromptTuningModule
+from vapt.quiet import quiet_command
+from vapt.resources import resolve_config_args
 from vapt.resume import check_checkpoint, resolve_ckpt_path, resume_callbacks, use_atomic_checkpoints
-
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
-warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended to run from within Python.*")
 
 _VERSION_ENV = "VAPT_LOG_VERSION"
 
@@ -45,10 +41,14 @@ def method_label(model_args: Any) -> str:
 
 
 def experiment_name(config: Namespace) -> str:
-    """``<task>/<method>`` from a parsed config (``task`` or ``dataset`` of the data, else the class name)."""
+    """``<task>/<method>`` from a parsed config: the data's ``task``, ``dataset`` or ``name``, else the folder
+    name of its ``root`` (ImageFolder), else the class name."""
     data = config.get("data") or Namespace()
     init = data.get("init_args") or Namespace()
-    task = init.get("task") or init.get("dataset") or str(data.get("class_path", "data")).rsplit(".", 1)[-1]
+    root = init.get("root") if str(data.get("class_path", "")).endswith("ImageFolderDataModule") else None
+    task = (init.get("task") or init.get("dataset") or init.get("name")
+            or (Path(root).expanduser().resolve().name if root else None)
+            or str(data.get("class_path", "data")).rsplit(".", 1)[-1])
     model_init = (config.get("model") or Namespace()).get("init_args") or Namespace()
     return f"{task}/{method_label(model_init)}"
 
@@ -87,8 +87,11 @@ class VaptCLI(LightningCLI):
         parser.add_argument("--result_json", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
                             help="write the subcommand's final metrics to this JSON file")
         parser.add_argument("--predictions_csv", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
-                            help="predict: write path,label,pred,prob rows here (default <default_root_dir>/"
-                                 "predictions.csv)")
+                            help="predict: write path,label,label_name,pred,pred_name,prob rows here "
+                                 "(default <default_root_dir>/predictions.csv)")
+        parser.add_argument("--predict_images", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
+                            help="predict: a folder (recursive) or list file of images, labelled or not, instead "
+                                 "of the DataModule's test split")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the last-epoch model (the official protocol reports it)")
 
@@ -126,7 +129,7 @@ class VaptCLI(LightningCLI):
         config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), run_folder,
                                                 lambda m: log(f"vapt {self.subcommand}: {m}"))
 
-    before_fit = before_validate = before_test = before_predict = _resolve_ckpt_path
+    before_fit = before_validate = before_test = _resolve_ckpt_path  # before_predict calls it too
 
     def after_fit(self) -> None:
         if self._config().get("test_after_fit"):
@@ -145,6 +148,14 @@ class VaptCLI(LightningCLI):
     after_validate = _write_result
     after_test = _write_result
 
+    def before_predict(self) -> None:
+        self._resolve_ckpt_path()
+        source = self._config().get("predict_images")
+        if source:
+            self.datamodule.use_predict_images(source)
+        # read before the loop, so a bad classes.txt stops the run before any work
+        self._class_names = self.datamodule.class_names() if hasattr(self.datamodule, "class_names") else None
+
     def after_predict(self) -> None:
         if not self.trainer.is_global_zero:
             return
@@ -152,7 +163,8 @@ class VaptCLI(LightningCLI):
         path = config.get("predictions_csv") or os.path.join(self.trainer.default_root_dir, "predictions.csv")
         preds = self.trainer.predict_loop.predictions or []
         dataset = getattr(self.datamodule, "datasets", {}).get("predict")
-        write_predictions(path, preds, dataset.samples if dataset is not None else None)
+        write_predictions(path, preds, dataset.samples if dataset is not None else None,
+                          getattr(self, "_class_names", None))
         print(f"wrote {path}")
 
 
@@ -174,21 +186,38 @@ def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, ex
     return result
 
 
-def write_predictions(path: str | os.PathLike, preds: list[dict], samples: Optional[list] = None) -> None:  # noqa: UP045
-    """``path,label,pred,prob`` rows (one per image, in dataset order) from ``predict_step`` outputs."""
+def write_predictions(path: str | os.PathLike, preds: list[dict], samples: Optional[list] = None,  # noqa: UP045
+                      class_names: Optional[list[str]] = None) -> None:  # noqa: UP045
+    """``path,label,label_name,pred,pred_name,prob`` rows (one per image, in dataset order) from
+    ``predict_step`` outputs; label cells are blank for unlabelled images (label -1), name cells when the
+    dataset has no class names."""
+    import csv
+    import io
+
     import torch
 
     pred = torch.cat([p["pred"] for p in preds]).tolist() if preds else []
     prob = torch.cat([p["probs"].max(-1).values for p in preds]).tolist() if preds else []
-    rows = ["path,label,pred,prob"]
+
+    def name(i) -> str:
+        return class_names[i] if class_names is not None and isinstance(i, int) and 0 <= i < len(class_names) else ""
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", "label_name", "pred", "pred_name", "prob"])
     for i, (y_hat, p) in enumerate(zip(pred, prob)):
         img, label = samples[i] if samples is not None and i < len(samples) else ("", "")
-        rows.append(f"{img},{label},{y_hat},{p:.6f}")
-    atomic_write_text(path, "\n".join(rows) + "\n")
+        label = "" if label == -1 else label
+        writer.writerow([img, label, name(label), y_hat, name(y_hat), f"{p:.6f}"])
+    atomic_write_text(path, buf.getvalue())
 
 
 def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) -> VaptCLI:
-    """Construct the CLI (``run=False``: instantiate model, data and trainer only; argv has no subcommand)."""
+    """Construct the CLI (``run=False``: instantiate model, data and trainer only; argv has no subcommand).
+
+    ``--config`` takes a YAML path or a shipped config name (``vtab/vapt/cifar100``; ``vapt configs --list``).
+    """
+    argv = resolve_config_args(argv)
     return VaptCLI(
         PromptTuningModule,
         ClassificationDataModule,
@@ -199,11 +228,13 @@ def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) ->
         args=argv,
         run=run,
         auto_configure_optimizers=False,
+        parser_class=SuggestingArgumentParser,  # did-you-mean for misspelt keys
     )
 
 
 def _run(argv: list[str]) -> int:
-    cli = build_cli(argv, run=True)
+    with quiet_command():
+        cli = build_cli(argv, run=True)
     skipped = getattr(cli.datamodule, "skipped", None)
     if skipped:
         print(f"vapt {argv[0]}: skipped {len(skipped)} unreadable image(s) (data.on_bad_image: skip), e.g. "

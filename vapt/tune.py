@@ -21,6 +21,7 @@ import argparse
 import gc
 import importlib
 import json
+import logging
 import math
 import os
 import sys
@@ -30,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.quiet import quiet_command
+from vapt.resources import resolve_config_args
+
+_log = logging.getLogger(__name__)
 
 OFFICIAL_LRS = (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)
 OFFICIAL_WDS = (0.01, 0.001, 0.0001, 0.0)
@@ -67,8 +72,8 @@ def parse_config(cli_args: Sequence[str]):
             raise _Parsed(self.config)
 
     try:
-        _ParseOnly(PromptTuningModule, ClassificationDataModule, subclass_mode_model=True,
-                   subclass_mode_data=True, args=list(cli_args), run=False, auto_configure_optimizers=False)
+        _ParseOnly(PromptTuningModule, ClassificationDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                   args=resolve_config_args(list(cli_args)), run=False, auto_configure_optimizers=False)
     except _Parsed as p:
         return p.config
     raise RuntimeError("unreachable")  # pragma: no cover
@@ -121,7 +126,7 @@ def _cli_value(v: Any) -> str:
 
 
 def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], evaluate: str,
-            log=print) -> dict:
+            log=_log.info) -> dict:
     """Train one configuration in ``run_dir`` and evaluate it (``validate`` or ``test``).
 
     Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists;
@@ -169,7 +174,7 @@ def tune(
     seeds: Sequence[int] = OFFICIAL_SEEDS,
     fast: bool = False,
     name: str | None = None,
-    log=print,
+    log=_log.info,
 ) -> dict:
     """Grid search then seeds for one (task, method) config; returns and writes ``summary.json``.
 
@@ -275,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     cli_args = [a for c in args.config for a in ("--config", c)] + passthrough
 
     def run(cli: list[str]) -> int:
-        tune(cli, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name)
+        with quiet_command():
+            tune(resolve_config_args(cli), args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name,
+                 log=print)
         return 0
 
     return run_reporting_user_errors("vapt tune", run, cli_args)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from vapt.data import DataError, FGVCDataModule, ImageFolderDataModule, VTABDataModule
 from vapt.data.base import ListDataset, collate_skipping, read_list_file
-from vapt.data.images import image_problem, load_rgb
+from vapt.data.decode import image_problem, load_rgb
 from vapt.data.synthetic import write_fgvc_tree, write_vtab_tree
 
 

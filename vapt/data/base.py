@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from vapt.data.images import DECODE_ERRORS, image_problem, load_rgb
+from vapt.data.decode import DECODE_ERRORS, image_problem, load_rgb
 
 Sample = tuple[str, int]
 BadImage = Literal["stop", "skip"]
@@ -26,7 +26,7 @@ class ListDataset(Dataset):
     """Images listed as ``(absolute_path, label)`` pairs.
 
     ``dataset[i]`` returns ``(image, label)`` with ``image`` the transformed 8-bit RGB image (16-bit files are
-    scaled, see `vapt.data.images`), typically a float tensor ``(3, H, W)``, and ``label`` an int.
+    scaled, see `vapt.data.decode`), typically a float tensor ``(3, H, W)``, and ``label`` an int.
     ``dataset[(i, epoch)]`` (what `EpochSeededRandomSampler` yields with ``tag_epoch``) runs the transform
     under a torch seed fixed by ``(seed, epoch, i)``, so random augmentation does not depend on the worker
     that loads the image, on the number of workers, or on whether the run was resumed.
@@ -279,7 +279,26 @@ class ClassificationDataModule(pl.LightningDataModule):
             None: ["train", "val", "test"],
         }[stage]
 
+    def class_names(self) -> list[str] | None:
+        """Names of classes ``0..num_classes-1`` when the dataset knows them (``None`` otherwise)."""
+        return None
+
+    def use_predict_images(self, source: str | os.PathLike | None) -> None:
+        """Predict on a folder or list file of (unlabelled) images instead of the test split
+        (see :func:`vapt.data.images.unlabelled_samples`); ``None`` goes back to the test split."""
+        self.predict_source = source
+        self.datasets.pop("predict", None)
+
     def _load(self, which: str) -> None:
+        if which == "predict" and getattr(self, "predict_source", None) and which not in self.datasets:
+            from vapt.data.images import unlabelled_samples
+
+            samples = unlabelled_samples(self.predict_source)
+            if self.check_images:
+                samples, bad = check_image_files(samples, f"--predict_images {self.predict_source}", self.on_bad_image)
+                self._skipped_at_setup += bad
+            self.datasets[which] = ListDataset(samples, self._transform("test"), self.seed, self.on_bad_image)
+            return
         split = self._split_name(which)
         if split is None or which in self.datasets:
             return

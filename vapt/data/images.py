@@ -1,56 +1,85 @@
-"""Reading one image file for training: 8-bit RGB out of any PIL mode, and a cheap completeness check.
+"""Unlabelled images for ``vapt predict --predict_images``: a folder (searched recursively) or a list file.
 
-- 16-bit grey (``I;16*``, and ``I`` as 16-bit PNGs open in some Pillow versions) is scaled ``v / 257`` to
-  0..255 (PIL's own ``convert("RGB")`` clips it, so nearly every pixel turns white); float images (``F``)
-  in [0, 1] are scaled by 255, others clipped to 0..255.
-- `image_problem` opens the header and looks for the end marker of JPEG / PNG files (``FFD9`` / ``IEND``),
-  which catches files cut short by a failed copy without decoding them.
+A list file holds one image path per line, absolute or relative to the list file's folder; blank lines and
+``#`` comments are skipped, and a trailing integer label (``path 3``, the VTAB list format) is kept.
+Unlabelled images get the label ``-1``.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from vapt.data.base import DataError, Sample
 
-#: what PIL raises for a damaged or foreign file
-DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
-_TAIL = 4096
-_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+UNLABELLED = -1
 
 
-def to_rgb8(img: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB, scaling 16-bit and float data instead of clipping it."""
-    if img.mode.startswith("I;16") or img.mode == "I":
-        a = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257.0
-        img = Image.fromarray(np.round(a).astype(np.uint8), mode="L")
-    elif img.mode == "F":
-        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        a = a * 255.0 if a.size and a.min() >= 0.0 and a.max() <= 1.0 else a
-        img = Image.fromarray(np.round(np.clip(a, 0, 255)).astype(np.uint8), mode="L")
-    return img.convert("RGB")
+def _from_list(list_file: Path) -> list[Sample]:
+    samples, missing = [], []
+    base = list_file.parent
+    for lineno, raw in enumerate(list_file.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        path, label = Path(line), UNLABELLED
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit() and not (base / path).is_file():
+            path, label = Path(parts[0]), int(parts[1])
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            missing.append(f"{list_file}:{lineno}: {path}")
+        samples.append((str(path), label))
+    if missing:
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(f"{len(missing)} image(s) listed in {list_file} do not exist:\n  "
+                        + "\n  ".join(missing[:5]) + more + "\nFix the paths (relative to the list file's folder).")
+    return samples
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode ``path`` fully into an 8-bit RGB image (raises one of `DECODE_ERRORS` when damaged)."""
-    with Image.open(path) as img:
-        img.load()
-        return to_rgb8(img)
+def unlabelled_samples(source: str | os.PathLike) -> list[Sample]:
+    """``(path, label)`` pairs of a folder of images or a list file (label ``-1`` when not given).
+
+    Raises
+    ------
+    DataError
+        ``source`` does not exist, names missing images, or holds no image.
+    """
+    src = Path(source).expanduser()
+    if src.is_dir():
+        samples = [(str(p), UNLABELLED) for p in sorted(src.rglob("*"))
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    elif src.is_file():
+        if src.suffix.lower() in IMAGE_EXTENSIONS:
+            samples = [(str(src), UNLABELLED)]
+        else:
+            samples = _from_list(src)
+    else:
+        raise DataError(f"--predict_images {src} does not exist; give a folder of images or a text file with one "
+                        "image path per line.")
+    if not samples:
+        raise DataError(f"--predict_images {src} holds no image ({', '.join(IMAGE_EXTENSIONS)}).")
+    return samples
 
 
-def image_problem(path: str | os.PathLike) -> str | None:
-    """None when ``path`` looks like a complete image, else what is wrong (header only, no decoding)."""
-    try:
-        with Image.open(path) as img:
-            fmt = img.format
-            if img.width < 1 or img.height < 1:
-                return f"empty image {img.size}"
-    except DECODE_ERRORS as e:
-        return f"not a readable image ({type(e).__name__}: {e})"
-    marker = _END_MARKERS.get(fmt or "")
-    if marker is not None:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, os.path.getsize(path) - _TAIL))
-            if marker not in fh.read():
-                return f"truncated {fmt} (no end marker)"
-    return None
+def read_class_names(path: Path, num_classes: int) -> list[str] | None:
+    """Class names from an optional ``classes.txt`` (line ``i`` names class ``i``; a leading ``<id> `` as in
+    CUB's own ``classes.txt`` is dropped); ``None`` when the file is absent.
+
+    Raises
+    ------
+    DataError
+        The file does not hold exactly ``num_classes`` names.
+    """
+    if not path.is_file():
+        return None
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            head, _, rest = line.partition(" ")
+            names.append(rest.strip() if head.isdigit() and rest.strip() else line)
+    if len(names) != num_classes:
+        raise DataError(f"{path} names {len(names)} classes but the dataset has {num_classes}; write one name "
+                        "per line, in class-id order.")
+    return names
