@@ -123,8 +123,11 @@ class VaptCLI(LightningCLI):
     def _resolve_ckpt_path(self) -> None:
         """``--ckpt_path last`` -> newest good checkpoint of this experiment's versions; a file is checked."""
         config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
         loggers = self.trainer.loggers
-        run_folder = Path(loggers[0].log_dir).parent if loggers else Path(self.trainer.default_root_dir)
+        log_dir = loggers[0].log_dir if loggers else None  # None for fast_dev_run's dummy logger
+        run_folder = Path(log_dir).parent if log_dir else Path(self.trainer.default_root_dir)
         log = print if self.trainer.is_global_zero else (lambda *a: None)
         config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), run_folder,
                                                 lambda m: log(f"vapt {self.subcommand}: {m}"))
