@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -365,7 +365,7 @@ def _load_timm_checkpoint(model: nn.Module, path, trust: bool = False) -> None:
         _check_npz_keys(model, raw, path)
         try:
             _load_weights(model, path)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise BackboneError(f"Could not load the .npz checkpoint {path} into {type(model).__name__} "
                                 f"({type(err).__name__}: {err}); is it a ViT of the same size?") from err
         return
@@ -426,7 +426,7 @@ def _load_open_clip_checkpoint(visual: nn.Module, path, trust_checkpoint: bool =
 def resize_open_clip_pos_embed(pos: torch.Tensor, new_len: int) -> torch.Tensor:
     """Bicubic resize of an open_clip position table (1 + g*g, D) -> (new_len, D), CLS row kept."""
     cls, grid = pos[:1], pos[1:]
-    old, new = int(math.isqrt(grid.shape[0])), int(math.isqrt(new_len - 1))
+    old, new = math.isqrt(grid.shape[0]), math.isqrt(new_len - 1)
     grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(new * new, -1).to(pos.dtype)

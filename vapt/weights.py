@@ -63,7 +63,7 @@ def load_weights_file(path: str | os.PathLike, *, trust: bool = False):
                 return {k: npz[k] for k in npz.files}
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - distinguish "needs unpickling" from "corrupt"
+        except Exception as err:
             if "Weights only load failed" not in str(err):
                 raise
             if not trust:
@@ -76,7 +76,7 @@ def load_weights_file(path: str | os.PathLike, *, trust: bool = False):
         return torch.load(path, map_location="cpu", weights_only=False)
     except WeightsFileError:
         raise
-    except Exception as err:  # noqa: BLE001 - any reader failure means a corrupt or foreign file
+    except Exception as err:
         raise WeightsFileError(
             f"Could not read checkpoint {path} ({type(err).__name__}: {err}); the file is corrupt, truncated or "
             "not a model checkpoint. Re-download or re-save it.") from err

@@ -31,7 +31,7 @@ class TileEncoder(nn.Module):
             p.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "TileEncoder":
+    def train(self, mode: bool = True) -> TileEncoder:
         return super().train(False)  # frozen: batch norm statistics never update
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -156,10 +156,10 @@ register(Preset("quiltnet", 512, _clip_pre, _build_clip_visual, "ViT-B-32",
                 notes="open_clip ViT-B-32; the folder's open_clip_config.json decides the architecture when present"))
 
 _NEEDS = {
-    "conch_v15": (768, "needs TRIDENT's vendored conchv1_5 model (its iBOT position-embedding interpolation is not "
-                       "timm's); use TRIDENT (pip install from github.com/mahmoodlab/TRIDENT)"),
-    "hibou_l": (1024, "needs the publisher's trust_remote_code model code (histai/hibou-L modeling_dinov2.py), "
-                      "which is not rebuilt here"),
+    "conch_v15": (768, ("needs TRIDENT's vendored conchv1_5 model (its iBOT position-embedding interpolation "
+                        "is not timm's); use TRIDENT (github.com/mahmoodlab/TRIDENT)")),
+    "hibou_l": (1024, ("needs the publisher's trust_remote_code model code (histai/hibou-L modeling_dinov2.py), "
+                       "which is not rebuilt here")),
     "musk": (1024, "needs the musk package (git only: github.com/lilab-stanford/MUSK) and fairscale"),
     "openmidnight": (1536, "needs the facebookresearch/dinov2 torch.hub code (dinov2_vitg14_reg)"),
     "keep": (768, "needs the publisher's trust_remote_code model code (Astaxanthin/KEEP)"),

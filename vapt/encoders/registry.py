@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
 from vapt.backbones import OPEN_CLIP_PREFIX, BackboneError
 from vapt.encoders.preprocess import Preprocess
 
-__all__ = ["Preset", "PRESETS", "build_encoder", "get_preset", "list_presets", "register"]
+__all__ = ["PRESETS", "Preset", "build_encoder", "get_preset", "list_presets", "register"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def register(preset: Preset) -> Preset:
 
 def _load_tables() -> None:
     if not PRESETS:
-        from vapt.encoders import timm_vits, hf, cnn  # noqa: F401 - registration side effect
+        from vapt.encoders import cnn, hf, timm_vits  # noqa: F401 - registration side effect
 
 
 def list_presets() -> list[Preset]:

@@ -158,7 +158,7 @@ def _signature(sd: dict) -> tuple | None:
     """Depth-independent fingerprint of a timm ViT state dict (patch embed, registers, MLP, layer scale)."""
     if "patch_embed.proj.weight" not in sd:
         return None
-    shape = lambda k: tuple(sd[k].shape) if k in sd else None  # noqa: E731
+    shape = lambda k: tuple(sd[k].shape) if k in sd else None
     return (shape("patch_embed.proj.weight"), shape("reg_token"), shape("blocks.0.mlp.fc1.weight"),
             "blocks.0.ls1.gamma" in sd, "cls_token" in sd)
 
