@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -211,9 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heads", type=int, default=None, help="text attention heads (default width // 64)")
     ap.add_argument("--no-compat", action="store_true", help="use the correct context insertion instead")
     ap.add_argument("--out", required=True, help="output .pt with {'state_dict', 'config'}")
+    ap.add_argument("--trust-checkpoint", action="store_true",
+                    help="allow full unpickling of checkpoints that need it (can run code in the file)")
     a = ap.parse_args(argv)
-    ckpt = load_state_dict_file(a.checkpoint)
-    align = load_state_dict_file(a.alignment) if a.alignment else None
+    try:
+        ckpt = load_state_dict_file(a.checkpoint, trust=a.trust_checkpoint)
+        align = load_state_dict_file(a.alignment, trust=a.trust_checkpoint) if a.alignment else None
+    except (FileNotFoundError, ValueError) as err:
+        print(f"mgpath import-official: {err}", file=sys.stderr)
+        return 2
     sd, settings = convert_official(ckpt, align, a.heads)
     model = load_converted(sd, settings, a.descriptions, a.classes, a.magnifications, compat=not a.no_compat)
     config = {k: v for k, v in settings.items() if k != "rows"}

@@ -100,18 +100,16 @@ def load_descriptions(path: str | os.PathLike, classes: list[str] | None = None,
     return table
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
     """Load a checkpoint file into a flat state dict (``state_dict``/``model`` keys and ``module.`` prefixes
-    are unwrapped; ``.safetensors`` supported)."""
+    are unwrapped; ``.safetensors`` supported). Read with :func:`vapt.weights.load_weights_file`: a file that
+    needs full unpickling is refused unless ``trust`` (``--trust-checkpoint``)."""
+    from vapt.weights import load_weights_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mgpath/text.py: checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=False)
+    sd = load_weights_file(path, trust=trust)
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

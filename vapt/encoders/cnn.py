@@ -55,12 +55,12 @@ def _build_resnet50(preset: Preset, checkpoint, img_size, trust, **overrides) ->
 
     if overrides:
         raise BackboneError(f"Preset resnet50 takes no options; got {sorted(overrides)}.")
+    w = files.resolve(checkpoint) if checkpoint is not None else None
+    sd = files.read_state_dict(w.file, trust) if w is not None else None
     model = timm.create_model("resnet50", pretrained=False, features_only=True, out_indices=[3])
-    if checkpoint is None:
+    if sd is None:
         warn_random(preset.name)
     else:
-        w = files.resolve(checkpoint)
-        sd = files.read_state_dict(w.file, trust)
         files.load_checked(model, sd, w.file, preset.name, ignore_unexpected=("layer4.", "fc."), identify=identify)
     return TileEncoder(model, preset.name, 1024, preset.preprocess.data_config(img_size), LastFeatureAvgPool())
 
@@ -106,13 +106,13 @@ def _build_ctranspath(preset: Preset, checkpoint, img_size, trust, **overrides) 
 
     if overrides:
         raise BackboneError(f"Preset ctranspath takes no options; got {sorted(overrides)}.")
+    w = files.resolve(checkpoint) if checkpoint is not None else None
+    sd = ctranspath_remap(files.read_state_dict(w.file, trust)) if w is not None else None
     model = SwinTransformer(img_size=img_size or 224, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2),
                             num_heads=(3, 6, 12, 24), window_size=7, num_classes=0, embed_layer=ConvStem)
-    if checkpoint is None:
+    if sd is None:
         warn_random(preset.name)
     else:
-        w = files.resolve(checkpoint)
-        sd = ctranspath_remap(files.read_state_dict(w.file, trust))
         files.load_checked(model, sd, w.file, preset.name, identify=identify)
     return TileEncoder(model, preset.name, 768, preset.preprocess.data_config(img_size))
 

@@ -92,11 +92,10 @@ def _build_hf_vit(preset: Preset, checkpoint, img_size, trust, **overrides) -> V
     if cfg.get("model_type") != preset.options["model_type"]:
         raise BackboneError(f"{weights.folder}/config.json is a {cfg.get('model_type')!r} model, not the "
                             f"{preset.options['model_type']!r} of preset {preset.name}; check --encoder.")
-    size = int(img_size or preset.preprocess.size)
-    model = _timm_from_hf_config(cfg, weights.folder, size)
-    sd = fit_pos_embed(model, hf_vit_to_timm(files.read_state_dict(weights.file, trust)))
-    files.load_checked(model, sd, weights.file, preset.name, identify=lambda _: identify(
-        files.read_state_dict(weights.file, trust)))
+    raw = files.read_state_dict(weights.file, trust)
+    model = _timm_from_hf_config(cfg, weights.folder, int(img_size or preset.preprocess.size))
+    sd = fit_pos_embed(model, hf_vit_to_timm(raw))
+    files.load_checked(model, sd, weights.file, preset.name, identify=lambda _: identify(raw))
     return ViTEncoder(model, "timm", preset.name, data_config=preset.preprocess.data_config(img_size))
 
 

@@ -66,11 +66,12 @@ def _build_timm_preset(preset: Preset, checkpoint, img_size, trust, **overrides)
     weights = files.resolve(checkpoint) if checkpoint is not None else None
     if opts.get("hub_config"):  # architecture and transform come from the publisher's timm config.json
         arch, kwargs, pre = _hub_config(preset, weights, kwargs)
+    sd = files.read_state_dict(weights.file, trust) if weights is not None else None  # a bad file fails fast
     model = create_timm(arch, kwargs, img_size, overrides)
-    if weights is None:
+    if sd is None:
         warn_random(preset.name)
     else:
-        sd = fit_pos_embed(model, files.read_state_dict(weights.file, trust))
+        sd = fit_pos_embed(model, sd)
         files.load_checked(model, sd, weights.file, preset.name, ignore_unexpected=("head.",), identify=identify)
     return ViTEncoder(model, "timm", preset.name, data_config=pre.data_config(img_size), output=output)
 
@@ -127,13 +128,14 @@ def _build_conch(preset: Preset, checkpoint, img_size, trust, **overrides) -> Vi
     if output not in ("proj_contrast", "trident", "trunk_cls"):
         raise BackboneError(f"conch_v1 output must be 'proj_contrast' (512, aligned with CONCH text, default), "
                             f"'trident' (512, pooled + LN, no projection) or 'trunk_cls' (768); got {output!r}.")
+    weights = files.resolve(checkpoint) if checkpoint is not None else None
+    sd = files.read_state_dict(weights.file, trust) if weights is not None else None
     trunk = create_timm(preset.arch, preset.options["kwargs"], img_size, overrides)
     head = ConchPool(proj=output == "proj_contrast") if output != "trunk_cls" else None
-    if checkpoint is None:
+    if sd is None:
         warn_random(preset.name)
     else:
-        weights = files.resolve(checkpoint)
-        trunk_sd, head_sd = conch_remap(files.read_state_dict(weights.file, trust))
+        trunk_sd, head_sd = conch_remap(sd)
         if not trunk_sd:
             raise BackboneError(f"Checkpoint {weights.file} has no 'visual.trunk.*' keys: not CONCH's "
                                 f"pytorch_model.bin{_other(trunk_sd, weights.file)}.")
