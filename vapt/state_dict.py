@@ -86,4 +86,4 @@ def check_state_dict(
 
 def complete_state_dict(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> dict:
     """A full state dict in ``own``'s key order: ``sd``'s tensors where present, ``own``'s (frozen) elsewhere."""
-    return {k: sd[k] if k in sd else v for k, v in own.items()}
+    return {k: sd.get(k, v) for k, v in own.items()}

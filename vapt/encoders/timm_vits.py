@@ -138,7 +138,7 @@ def _build_conch(preset: Preset, checkpoint, img_size, trust, **overrides) -> Vi
         trunk_sd, head_sd = conch_remap(sd)
         if not trunk_sd:
             raise BackboneError(f"Checkpoint {weights.file} has no 'visual.trunk.*' keys: not CONCH's "
-                                f"pytorch_model.bin{_other(trunk_sd, weights.file)}.")
+                                f"pytorch_model.bin{_other(sd, weights.file)}.")
         files.load_checked(trunk, fit_pos_embed(trunk, trunk_sd), weights.file, preset.name, identify=identify)
         if head is not None:
             if head.proj is None:
