@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from vapt.atomic import atomic_path
 from mgpath.model import MGPATH, build_mgpath
 from mgpath.ot import OTConfig
 from mgpath.text import load_state_dict_file
+from vapt.atomic import atomic_path
 
 __all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "main"]
 

@@ -127,6 +127,6 @@ def load_checked(model: nn.Module, sd: dict, path, preset: str, *, ignore_unexpe
     if diff:
         other = identify(sd) if identify else None
         which = (f"it is a {other} checkpoint, not {preset}; build it with --encoder {other}" if other and
-                 other != preset else f"is it the {preset} file? check --encoder")
+                 other != preset else f"is it the {preset} file?")
         raise BackboneError(f"Checkpoint {path} does not fit preset {preset}: {diff.describe(6)}; {which}.")
     model.load_state_dict(sd, strict=True)
