@@ -109,3 +109,29 @@ def test_bad_inputs_name_the_fix(uni_file, tmp_path):
         warnings.simplefilter("always")
         build_encoder("kaiko-vits16", depth=1)
     assert any("WITHOUT weights" in str(w.message) for w in caught)
+
+
+def test_tile_config_prompt_tunes_uni(uni_file, tmp_path):
+    """configs/tiles/uni_v1_vapt_nct_crc.yaml: one VAPT step on generated NCT-CRC-style tiles from a UNI file."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from vapt.lightning_cli import build_cli
+
+    path, _ = uni_file
+    tiles = _tissue(3, 224).numpy()
+    for split in ("train", "val", "test"):
+        for c, name in enumerate(("ADI", "LYM", "TUM")):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.fromarray(np.ascontiguousarray(np.rot90(tiles[c], k=len(split)))).save(tmp_path / split / name / "a.tif")
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiles" / "uni_v1_vapt_nct_crc.yaml"
+    cli = build_cli(["--config", str(config), f"--data.root={tmp_path}", f"--model.checkpoint={path}",
+                     '--model.backbone_kwargs={"depth": 2}', "--data.batch_size=2", "--data.num_workers=0",
+                     "--trainer.fast_dev_run=true", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+                     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                     "--trainer.accelerator=cpu", "--trainer.devices=1"], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1 and cli.model.model.head.out_features == 3
+    assert cli.model.model.backbone.name == "uni_v1"
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])

@@ -33,7 +33,7 @@ class Preprocess:
     def data_config(self, size: int | None = None, mean=None, std=None) -> dict:
         """The dict encoders carry; ``size`` / ``mean`` / ``std`` override the publisher's values."""
         s = int(size or self.size)
-        resize = s if size is not None or self.resize is None else self.resize
+        resize = round(s * (self.resize or self.size) / self.size)  # the publisher's resize/crop ratio kept
         return {"input_size": (3, s, s), "resize": int(resize), "crop": bool(self.crop),
                 "interpolation": self.interpolation, "mean": tuple(mean or self.norm[0]),
                 "std": tuple(std or self.norm[1])}
