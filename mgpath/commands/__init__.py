@@ -1,0 +1,1 @@
+"""Thin argparse command lines of mgpath (parse, call, print)."""
