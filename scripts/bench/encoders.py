@@ -85,7 +85,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", name, "--batch", str(a.batch), "--iters", str(a.iters),
                "--device", a.device, *(["--depth", str(a.depth)] if a.depth else []),
                *[f"--folder={k}={v}" for k, v in folders.items()]]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True)
         last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
         rows.append(json.loads(last) if r.returncode == 0 and last.startswith("{")
                     else {"preset": name, "error": (r.stderr.strip().splitlines() or ["?"])[-1]})
