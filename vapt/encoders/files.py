@@ -7,7 +7,6 @@ dict strictly and, when it does not fit, says which other preset it belongs to.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -104,15 +103,6 @@ def read_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, t
         return unwrap(load_weights_file(path, trust=trust), path)
     except WeightsFileError as err:
         raise BackboneError(str(err)) from None
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file (the weights identity recorded in feature files)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_checked(model: nn.Module, sd: dict, path, preset: str, *, ignore_unexpected: tuple[str, ...] = (),
