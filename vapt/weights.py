@@ -31,6 +31,21 @@ class WeightsFileError(ValueError):
     """A weights file that is missing, unreadable, or needs code execution to load; the message says the fix."""
 
 
+def _safe_globals() -> list:
+    """Data-only classes that training checkpoints often hold beside the tensors (run options, numpy scalars):
+    rebuilding them sets attributes / bytes and calls nothing else."""
+    import argparse
+
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")] if hasattr(np, "dtypes") else []
+    return [argparse.Namespace, scalar, np.dtype, *dtypes]
+
+
 def load_weights_file(path: str | os.PathLike, *, trust: bool = False):
     """Load a weights file safely.
 
@@ -62,9 +77,10 @@ def load_weights_file(path: str | os.PathLike, *, trust: bool = False):
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            if "Weights only load failed" not in str(err):
+            with torch.serialization.safe_globals(_safe_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # distinguish "needs unpickling" (a global) from "corrupt" (bad opcodes)
+            if "Weights only load failed" not in str(err) or "global" not in str(err).lower():
                 raise
             if not trust:
                 raise WeightsFileError(
@@ -77,6 +93,8 @@ def load_weights_file(path: str | os.PathLike, *, trust: bool = False):
     except WeightsFileError:
         raise
     except Exception as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = "not a valid pickle" if "Weights only load failed" in str(err) else (lines or ["?"])[0][:200]
         raise WeightsFileError(
-            f"Could not read checkpoint {path} ({type(err).__name__}: {err}); the file is corrupt, truncated or "
+            f"Could not read checkpoint {path} ({type(err).__name__}: {detail}); the file is corrupt, truncated or "
             "not a model checkpoint. Re-download or re-save it.") from err

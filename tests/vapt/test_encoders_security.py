@@ -91,3 +91,19 @@ def test_command_lines_refuse(malicious, tmp_path):
              "--out", str(tmp_path / "o.pt"))
     assert r.returncode == 2 and "--trust-checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "o.pt").exists()
+
+
+def test_data_only_extras_load_and_garbage_is_corrupt(tmp_path):
+    """Run options (argparse.Namespace) and numpy scalars beside the tensors load without the opt-in;
+    a file of garbage bytes is called corrupt, not 'needs unpickling'."""
+    import argparse
+
+    import numpy as np
+
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1), "best": np.float64(0.9)},
+               tmp_path / "train.pth")
+    obj = load_weights_file(tmp_path / "train.pth")
+    assert obj["args"].lr == 0.1 and float(obj["best"]) == 0.9 and torch.equal(obj["model"]["w"], torch.ones(2))
+    (tmp_path / "junk.pth").write_bytes(b"\x80\x04not really a pickle" * 10)
+    with pytest.raises(WeightsFileError, match=r"junk.pth \(UnpicklingError: not a valid pickle\); the file is corrupt"):
+        load_weights_file(tmp_path / "junk.pth")
