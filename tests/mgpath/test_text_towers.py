@@ -16,29 +16,6 @@ from mgpath.text import build_text_tower
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.state_dict().values():
-            if p.is_floating_point():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05 + (1.0 if p.ndim == 1 and p.numel() > 1 else 0))
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def plip_folder(tmp_path_factory):
-    """An HF CLIPModel folder (PLIP layout) with a narrow random CLIP, and the model."""
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    cfg = CLIPConfig(text_config={"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-                                      "num_attention_heads": 2},
-                     vision_config={"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 1,
-                                        "num_attention_heads": 2, "image_size": 64, "patch_size": 32}, projection_dim=32)
-    model = _randomise(CLIPModel(cfg))
-    folder = tmp_path_factory.mktemp("plip")
-    model.save_pretrained(folder)
-    return folder, model
 
 
 def _conch_tokenizer_file(path: Path) -> Path:
@@ -60,14 +37,14 @@ def _conch_tokenizer_file(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def conch_files(tmp_path_factory):
+def conch_files(tmp_path_factory, randomise):
     """CONCH layout: pytorch_model.bin (full CoCa keys, narrow random text encoder) + the tokenizer JSON."""
     from open_clip.transformer import TextTransformer
 
     folder = tmp_path_factory.mktemp("conch")
     cfg = {"vocab_size": 320, "width": 64, "heads": 2, "layers": 2, "output_dim": 32}
     torch.manual_seed(0)
-    text = _randomise(TextTransformer(context_length=127, embed_cls=True, pad_id=0,
+    text = randomise(TextTransformer(context_length=127, embed_cls=True, pad_id=0,
                                       act_layer=nn.GELU, norm_layer=nn.LayerNorm, **cfg))
     sd = {f"text.{k}": v for k, v in text.state_dict().items()}
     sd.update({"visual.trunk.cls_token": torch.zeros(1, 1, 8), "text_decoder.w": torch.zeros(2),
@@ -131,14 +108,14 @@ def test_conch_tower_equals_coca_text_and_conch_tokenizer(conch_files):
         torch.testing.assert_close(out @ tower.text_projection, text(ref_tokens[:, :-1]), atol=1e-5, rtol=1e-5)
 
 
-def test_quiltnet_tower_from_open_clip_folder(tmp_path):
+def test_quiltnet_tower_from_open_clip_folder(tmp_path, randomise):
     import open_clip
 
     model_cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
                                                  "patch_size": 16},
                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
-    clip = _randomise(open_clip.CLIP(**model_cfg))
+    clip = randomise(open_clip.CLIP(**model_cfg))
     torch.save(clip.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
     tower = build_text_tower("quiltnet", str(tmp_path))
     out, tokens = _tower_output(tower, TEXTS)

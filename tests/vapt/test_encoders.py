@@ -43,14 +43,6 @@ def reference_input(tiles, size, norm, interp, crop, resize=None):
     return tf(tiles.permute(0, 3, 1, 2).float() / 255.0)
 
 
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random values in every tensor (layer scale and norms included), so a mis-mapped key changes outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.state_dict().values():
-            if p.is_floating_point():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05 + (1.0 if p.ndim == 1 and p.numel() > 1 else 0))
-    return model.eval()
 
 
 def built(name, ckpt, **kw):
@@ -95,7 +87,7 @@ TIMM_RECIPES = {
 
 
 @pytest.mark.parametrize("name", list(TIMM_RECIPES))
-def test_timm_presets_match_publisher_recipe(name, tiles, tmp_path):
+def test_timm_presets_match_publisher_recipe(name, tiles, tmp_path, randomise):
     arch, kw, tf, rule, dim = TIMM_RECIPES[name]
     torch.manual_seed(0)
     ref = randomise(timm.create_model(arch, pretrained=False, num_classes=0, **{**kw, "depth": 1}))
@@ -126,7 +118,7 @@ class ConchReferencePooler(nn.Module):
         return self.attn(q, x, x, need_weights=False)[0].permute(1, 0, 2)
 
 
-def test_conch_v1_matches_coca_visual(tiles, tmp_path):
+def test_conch_v1_matches_coca_visual(tiles, tmp_path, randomise):
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(0)
@@ -152,7 +144,7 @@ def test_conch_v1_matches_coca_visual(tiles, tmp_path):
         torch.testing.assert_close(features(enc, tiles), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_phikon_and_phikon_v2_match_transformers(tiles, tmp_path):
+def test_phikon_and_phikon_v2_match_transformers(tiles, tmp_path, randomise):
     from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
 
     torch.manual_seed(0)
@@ -175,18 +167,11 @@ def test_phikon_and_phikon_v2_match_transformers(tiles, tmp_path):
     assert enc.feature_dim == 96  # the folder's config decides the width (1024 for the published Phikon-v2)
 
 
-def test_plip_and_quiltnet_match_clip(tiles, tmp_path):
+def test_plip_and_quiltnet_match_clip(tiles, tmp_path, randomise, plip_folder):
     import open_clip
-    from transformers import CLIPConfig, CLIPModel
 
-    torch.manual_seed(0)
-    cfg = CLIPConfig(text_config={"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 1,
-                                      "num_attention_heads": 2},
-                     vision_config={"hidden_size": 96, "intermediate_size": 384, "num_hidden_layers": 2,
-                                        "num_attention_heads": 4, "image_size": 224, "patch_size": 32}, projection_dim=48)
-    plip = randomise(CLIPModel(cfg))
-    plip.save_pretrained(tmp_path / "plip")
-    enc = built("plip", tmp_path / "plip")
+    folder, plip = plip_folder
+    enc = built("plip", folder)
     x = reference_input(tiles, 224, OPENAI, BIC, True)
     with torch.no_grad():
         ref = plip.visual_projection(plip.vision_model(pixel_values=x).pooler_output)
@@ -205,7 +190,7 @@ def test_plip_and_quiltnet_match_clip(tiles, tmp_path):
         torch.testing.assert_close(features(enc, tiles), quilt.encode_image(x), atol=1e-4, rtol=1e-4)
 
 
-def test_resnet50_is_clams_truncation(tiles, tmp_path):
+def test_resnet50_is_clams_truncation(tiles, tmp_path, randomise):
     import torchvision
 
     tiles = tiles[:1]
@@ -221,7 +206,7 @@ def test_resnet50_is_clams_truncation(tiles, tmp_path):
     torch.testing.assert_close(features(enc, tiles), ref, atol=1e-4, rtol=1e-4)
 
 
-def test_ctranspath_matches_timm_ctp(tiles, tmp_path):
+def test_ctranspath_matches_timm_ctp(tiles, tmp_path, randomise):
     import timm_ctp  # in [dev] as the reference; the preset itself runs on timm 1.x
 
     class RefStem(nn.Module):  # CTransPath's ConvStem as the TransPath code writes it (flattened tokens out)
@@ -255,7 +240,7 @@ def test_ctranspath_matches_timm_ctp(tiles, tmp_path):
     torch.testing.assert_close(features(enc, tiles), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_timm_hub_folder_presets(tiles, tmp_path):
+def test_timm_hub_folder_presets(tiles, tmp_path, randomise):
     """h0-mini / lunit-vits8: architecture and transform from the publisher's timm config.json."""
     from safetensors.torch import save_file
 

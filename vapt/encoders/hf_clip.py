@@ -40,36 +40,32 @@ def hf_layers_to_open_clip(sd: dict[str, torch.Tensor], prefix: str) -> dict[str
     return out
 
 
+#: per tower: HF prefix, {HF name: open_clip name} (weights and biases of norms), HF projection, open_clip name
+_TOWERS = {
+    "visual": ("vision_model.", {"embeddings.class_embedding": "class_embedding",
+                                 "embeddings.patch_embedding.weight": "conv1.weight",
+                                 "embeddings.position_embedding.weight": "positional_embedding",
+                                 "pre_layrnorm": "ln_pre", "post_layernorm": "ln_post"},
+               "visual_projection.weight", "proj"),
+    "text": ("text_model.", {"embeddings.token_embedding.weight": "token_embedding.weight",
+                             "embeddings.position_embedding.weight": "positional_embedding",
+                             "final_layer_norm": "ln_final"},
+             "text_projection.weight", "text_projection"),
+}
+
+
 def hf_clip_to_open_clip(sd: dict[str, torch.Tensor], tower: str) -> dict[str, torch.Tensor]:
     """HF ``CLIPModel`` state dict -> open_clip keys of one tower (``"visual"`` -> ``VisionTransformer`` keys,
     ``"text"`` -> the text keys of ``open_clip.CLIP``)."""
     sd = {k.removeprefix("clip."): v for k, v in sd.items()}
-    if tower == "visual":
-        p = "vision_model."
-        out = hf_layers_to_open_clip(sd, p + "encoder.")
-        names = {"embeddings.class_embedding": "class_embedding", "embeddings.patch_embedding.weight": "conv1.weight",
-                 "embeddings.position_embedding.weight": "positional_embedding"}
-        for src, dst in names.items():
-            if p + src in sd:
-                out[dst] = sd[p + src]
-        for src, dst in (("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post")):
-            for kind in ("weight", "bias"):
-                if f"{p}{src}.{kind}" in sd:
-                    out[f"{dst}.{kind}"] = sd[f"{p}{src}.{kind}"]
-        if "visual_projection.weight" in sd:
-            out["proj"] = sd["visual_projection.weight"].t().contiguous()
-        return out
-    p = "text_model."
-    out = hf_layers_to_open_clip(sd, p + "encoder.")
-    if p + "embeddings.token_embedding.weight" in sd:
-        out["token_embedding.weight"] = sd[p + "embeddings.token_embedding.weight"]
-    if p + "embeddings.position_embedding.weight" in sd:
-        out["positional_embedding"] = sd[p + "embeddings.position_embedding.weight"]
-    for kind in ("weight", "bias"):
-        if f"{p}final_layer_norm.{kind}" in sd:
-            out[f"ln_final.{kind}"] = sd[f"{p}final_layer_norm.{kind}"]
-    if "text_projection.weight" in sd:
-        out["text_projection"] = sd["text_projection.weight"].t().contiguous()
+    prefix, names, proj, proj_name = _TOWERS[tower]
+    out = hf_layers_to_open_clip(sd, prefix + "encoder.")
+    for src, dst in names.items():
+        for suffix in ("", ".weight", ".bias"):
+            if prefix + src + suffix in sd:
+                out[dst + suffix] = sd[prefix + src + suffix]
+    if proj in sd:  # HF Linear (out, in) -> open_clip matrix (in, out)
+        out[proj_name] = sd[proj].t().contiguous()
     return out
 
 
