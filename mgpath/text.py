@@ -171,8 +171,9 @@ def build_text_tower(model_name: str = "ViT-B-32", checkpoint: str | None = None
 
     Parameters
     ----------
-    model_name : ``"plip"`` (HF CLIPModel folder), ``"conch_v1"`` (CONCH's ``pytorch_model.bin`` + tokenizer
-        file), ``"quiltnet"`` (open_clip file or folder), an open_clip model name (``open_clip.list_models()``),
+    model_name : ``"plip"`` (HF CLIPModel folder), ``"biomedclip"`` (open_clip hub folder), ``"conch_v1"``
+        (CONCH's ``pytorch_model.bin`` + tokenizer file), ``"quiltnet"`` (open_clip file or folder), an open_clip
+        model name (``open_clip.list_models()``),
         ``"mgpath-tiny"`` (the small random :data:`TINY_TEXT_CFG`), or ``local-dir:/path`` (open_clip's offline
         folder format). See :mod:`mgpath.towers`.
     checkpoint : local file or folder with the weights (``state_dict`` key / ``module.`` prefix allowed).
@@ -188,6 +189,8 @@ def build_text_tower(model_name: str = "ViT-B-32", checkpoint: str | None = None
 
     if model_name == "plip":
         return towers.plip_tower(checkpoint, trust_checkpoint)
+    if model_name == "biomedclip":
+        return towers.biomedclip_tower(checkpoint, trust_checkpoint)
     if model_name == "conch_v1":
         return towers.conch_tower(checkpoint, tokenizer, model_cfg, trust_checkpoint)
     if model_name == "quiltnet":

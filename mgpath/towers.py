@@ -7,6 +7,9 @@ Each builder returns a frozen tower with the interface :class:`mgpath.text.Promp
 - ``plip``: an HF ``CLIPModel`` folder (``vinid/plip``), rebuilt as open_clip's CLIP text tower (keys remapped
   by :func:`vapt.encoders.hf_clip.hf_clip_to_open_clip`); CLIP BPE tokenizer, pooled at end-of-text;
 - ``quiltnet``: an open_clip file or folder (``open_clip_config.json`` decides the architecture);
+- ``biomedclip``: BiomedCLIP's HF BERT text tower (the open_clip hub folder: ``open_clip_config.json``,
+  ``open_clip_pytorch_model.bin``, ``tokenizer.json``); pooled at ``[CLS]`` (position 0), so the learnable context
+  goes right after it; the BERT configuration is the folder's ``config.json`` or read off the weights;
 - ``conch_v1``: CONCH's CoCa text encoder (open_clip ``TextTransformer`` with an appended CLS embedding, pad
   id 0) from CONCH's ``pytorch_model.bin`` and CONCH's byte-level BPE tokenizer file; the CLS attends to the
   non-pad tokens exactly as CONCH's (legacy) mask does, and is the pooled output.
@@ -178,3 +181,102 @@ def quiltnet_tower(checkpoint, trust: bool = False):
     w = files.resolve(checkpoint)
     oc = w.configs.get("open_clip_config.json")
     return "ViT-B-32", (oc["model_cfg"] if oc else None), str(w.file)
+
+
+class BertTextTower(nn.Module):
+    """BiomedCLIP's text encoder (HF ``BertModel``) for prompt learning.
+
+    ``positional_embedding`` is zero: BERT adds its own position and token-type embeddings (and its embedding
+    LayerNorm) to the ``inputs_embeds`` it is given. Forward: (P, L, W) token embeddings, (P,) ``[SEP]`` index
+    -> (P, W) = last hidden state at ``[CLS]``, keys after ``[SEP]`` masked (open_clip's
+    ``cls_last_hidden_state_pooler``, before the projection ``proj``).
+    """
+
+    def __init__(self, bert: nn.Module, proj: nn.Module, tokenizer, context_length: int):
+        super().__init__()
+        self.bert = bert
+        self.proj = proj
+        self.token_embedding = bert.embeddings.word_embeddings
+        self.context_length = int(context_length)
+        self.width = int(bert.config.hidden_size)
+        self.register_buffer("positional_embedding", torch.zeros(self.context_length, self.width), persistent=False)
+        self.tokenizer = tokenizer
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def eot_token_id(self) -> int:
+        return int(self.tokenizer.token_to_id("[SEP]"))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.bert.eval()
+        return self
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """(P,) strings -> (P, L) ids ``[CLS] ... [SEP] [PAD]...`` (truncated / padded to the context length)."""
+        return torch.tensor([e.ids for e in self.tokenizer.encode_batch(list(texts))], dtype=torch.long)
+
+    def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        keep = torch.arange(embeddings.shape[1], device=embeddings.device)[None] <= eot_index[:, None]
+        return self.bert(inputs_embeds=embeddings, attention_mask=keep.long()).last_hidden_state[:, 0]
+
+
+def _bert_config(sd: dict, folder: Path | None):
+    """The BERT config: the folder's ``config.json`` if it is one, else read off the weights (BERT-base rules:
+    64-wide heads, GELU, LayerNorm eps 1e-12)."""
+    import json
+
+    from transformers import BertConfig
+
+    cfg_file = folder / "config.json" if folder is not None else None
+    if cfg_file is not None and cfg_file.is_file():
+        cfg = json.loads(cfg_file.read_text())
+        if cfg.get("model_type") == "bert":
+            return BertConfig(**cfg)
+    width = sd["embeddings.word_embeddings.weight"].shape[1]
+    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer."))
+    return BertConfig(vocab_size=sd["embeddings.word_embeddings.weight"].shape[0], hidden_size=width,
+                      num_hidden_layers=layers, num_attention_heads=width // 64,
+                      intermediate_size=sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
+                      max_position_embeddings=sd["embeddings.position_embeddings.weight"].shape[0],
+                      type_vocab_size=sd["embeddings.token_type_embeddings.weight"].shape[0])
+
+
+def biomedclip_tower(checkpoint, trust: bool = False) -> BertTextTower:
+    """BiomedCLIP's text side from its open_clip hub folder (``open_clip_config.json`` + weights + ``tokenizer.json``)."""
+    from vapt.backbones import BackboneError
+    from vapt.encoders.files import load_checked
+
+    try:
+        from tokenizers import Tokenizer
+        from transformers import BertModel
+    except ImportError:
+        raise BackboneError("The biomedclip text tower needs transformers: pip install 'vapt-mgpath[hf]'.") from None
+    w, sd = _weights(checkpoint, "biomedclip", trust)
+    oc = w.configs.get("open_clip_config.json")
+    folder = w.folder or w.file.parent
+    if oc is None or "hf_model_name" not in oc.get("model_cfg", {}).get("text_cfg", {}):
+        raise BackboneError(f"{folder} has no open_clip_config.json with an HF text tower: pass BiomedCLIP's folder.")
+    text_cfg, out_dim = oc["model_cfg"]["text_cfg"], oc["model_cfg"]["embed_dim"]
+    if text_cfg.get("hf_pooler_type") != "cls_last_hidden_state_pooler" or text_cfg.get("hf_proj_type") != "mlp":
+        raise BackboneError(f"{folder}/open_clip_config.json: only BiomedCLIP's CLS pooler + MLP projection is "
+                            "rebuilt here.")
+    bert_sd = {k[len("text.transformer."):]: v for k, v in sd.items() if k.startswith("text.transformer.")
+               and not k.endswith("position_ids") and ".pooler." not in k}
+    if not bert_sd:
+        raise BackboneError(f"Checkpoint {w.file} has no 'text.transformer.*' keys: not BiomedCLIP's file.")
+    bert = BertModel(_bert_config(bert_sd, folder), add_pooling_layer=False)
+    load_checked(bert, bert_sd, w.file, "biomedclip (text)")
+    hidden = (bert.config.hidden_size + out_dim) // 2
+    proj = nn.Sequential(nn.Linear(bert.config.hidden_size, hidden, bias=False), nn.GELU(),
+                         nn.Linear(hidden, out_dim, bias=False))
+    load_checked(proj, {k[len("text.proj."):]: v for k, v in sd.items() if k.startswith("text.proj.")}, w.file,
+                 "biomedclip (text projection)")
+    if not (folder / "tokenizer.json").is_file():
+        raise BackboneError(f"{folder} has no tokenizer.json (BiomedCLIP's folder ships one).")
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    ctx = int(text_cfg.get("context_length", 256))
+    tok.enable_truncation(ctx)
+    tok.enable_padding(length=ctx, pad_id=tok.token_to_id("[PAD]") or 0, pad_token="[PAD]")
+    return BertTextTower(bert.eval(), proj.eval(), tok, ctx)

@@ -163,3 +163,35 @@ def test_mgpath_trains_with_pathology_text_towers(tower, plip_folder, conch_file
     assert all(map(torch.isfinite, map(torch.tensor, losses))) and losses[-1] < losses[0]
     after = model.text.tower.state_dict()
     assert all(torch.equal(frozen[k], after[k]) for k in frozen)  # the tower stays frozen
+
+
+def test_biomedclip_tower_equals_open_clip_hf_text_encoder(tmp_path, randomise):
+    """BiomedCLIP's hub folder (open_clip_config.json + open_clip_pytorch_model.bin + tokenizer.json): the tower
+    equals open_clip's own HFTextEncoder (BERT, CLS pooling, MLP projection) on the same ids."""
+    from open_clip.hf_model import HFTextEncoder
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(TEXTS * 3 + ["x x tumour"], trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=256, max_position_embeddings=64)
+    torch.manual_seed(0)
+    enc = randomise(HFTextEncoder("biomedbert", output_dim=32, config=cfg, pooler_type="cls_last_hidden_state_pooler",
+                                  proj_type="mlp"))
+    torch.save({**{f"text.{k}": v for k, v in enc.state_dict().items()}, "logit_scale": torch.tensor(4.6),
+                "visual.trunk.cls_token": torch.zeros(1, 1, 8)}, tmp_path / "open_clip_pytorch_model.bin")
+    text_cfg = {"hf_model_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract", "hf_proj_type": "mlp",
+                "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 64}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 32, "text_cfg": text_cfg}}))
+    tower = build_text_tower("biomedclip", str(tmp_path))
+    out, tokens = _tower_output(tower, TEXTS)
+    assert tokens.shape == (3, 64) and (tokens[:, 0] == tok.token_to_id("[CLS]")).all()
+    with torch.no_grad():
+        torch.testing.assert_close(tower.proj(out), enc(tokens), atol=1e-5, rtol=1e-5)
