@@ -32,109 +32,24 @@ try:
 except ImportError:  # pragma: no cover
     import pytorch_lightning as pl
 
-from mgpath.features import tile_adjacency
-from mgpath.granular import neighbours_from_edges
+from mgpath.graph import bag_neighbours
+from mgpath.io import find_feature_file, read_features
 from mgpath.model import Bag
 
 __all__ = [
     "SlideBagDataset",
-    "TileAugmentEncoder",
     "WSIFeatureDataModule",
     "collate_slides",
-    "extract_augmented_features",
-    "find_feature_file",
     "load_bag",
-    "read_feature_file",
     "read_labels",
     "read_split_csv",
 ]
 
 
-def infer_step(coords: np.ndarray) -> int:
-    """Level-0 tile step when no attribute gives it: the smallest positive spacing of the coordinates along x
-    or y (1 if there is none)."""
-    diffs = []
-    for axis in (0, 1):
-        u = np.unique(coords[:, axis])
-        if len(u) > 1:
-            diffs.append(np.diff(u).min())
-    return int(min(diffs)) if diffs else 1
-
-
-def _step_from_attrs(attrs) -> float | None:
-    for key in ("step_level0", "patch_size_level0"):
-        if key in attrs:
-            return float(attrs[key])
-    if "patch_size" in attrs and "downsample" in attrs:  # CLAM coords attributes
-        ds = np.asarray(attrs["downsample"]).reshape(-1)
-        return float(attrs["patch_size"]) * float(ds[0])
-    return None
-
-
-def read_feature_file(path: str | os.PathLike) -> dict:
-    """Read one features file (.h5 of this project / CLAM / TRIDENT, or a CLAM .pt).
-
-    Returns
-    -------
-    dict with ``features`` (N, D) float32 ndarray, ``coords`` (N, 2) int64 or None, ``adjacency`` (array or
-    None), ``step`` (level-0 tile spacing or None).
-    """
-    path = Path(path)
-    if path.suffix in (".pt", ".pth"):
-        feats = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(feats, dict):
-            feats = feats.get("features", next(iter(feats.values())))
-        feats = np.asarray(torch.as_tensor(feats).float())
-        coords = adjacency = step = None
-        sibling = path.parent.parent / "h5_files" / (path.stem + ".h5")
-        if sibling.is_file():
-            other = read_feature_file(sibling)
-            coords, adjacency, step = other["coords"], other["adjacency"], other["step"]
-    else:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            if "features" not in f:
-                raise KeyError(f"mgpath/data.py: {path} has no 'features' dataset (it has {list(f.keys())}); is it a "
-                               "coordinates-only h5? run `mgpath extract` first")
-            feats = np.asarray(f["features"][()], dtype=np.float32)
-            coords = np.asarray(f["coords"][()], dtype=np.int64) if "coords" in f else None
-            adjacency = np.asarray(f["adjacency"][()]) if "adjacency" in f else None
-            step = _step_from_attrs(f.attrs)
-            if step is None and "coords" in f:
-                step = _step_from_attrs(f["coords"].attrs)
-    if feats.ndim == 3 and feats.shape[0] == 1:
-        feats = feats[0]
-    if coords is not None and coords.ndim == 3 and coords.shape[0] == 1:
-        coords = coords[0]
-    if feats.ndim != 2:
-        raise ValueError(f"mgpath/data.py: features in {path} have shape {feats.shape}; expected (N, D)")
-    if coords is not None and len(coords) != len(feats):
-        raise ValueError(f"mgpath/data.py: {path} has {len(feats)} features but {len(coords)} coords")
-    return {"features": feats, "coords": coords, "adjacency": adjacency, "step": step}
-
-
-def _neighbours(rec: dict, path) -> torch.Tensor:
-    n = len(rec["features"])
-    adj = rec["adjacency"]
-    if adj is not None:
-        adj = np.asarray(adj)
-        if adj.ndim == 2 and adj.shape[0] == n and (adj.shape[0] != 2 or adj.shape[1] == 4):
-            return torch.as_tensor(adj, dtype=torch.long)
-        if adj.ndim == 2 and adj.shape[0] == 2:
-            return neighbours_from_edges(adj, n)
-        raise ValueError(f"mgpath/data.py: adjacency in {path} has shape {adj.shape}; expected (N, K) neighbour "
-                         "index or (2, E) edges")
-    if rec["coords"] is None:
-        return torch.full((n, 0), -1, dtype=torch.long)
-    step = rec["step"] or infer_step(rec["coords"])
-    return torch.from_numpy(tile_adjacency(rec["coords"], step))
-
-
 def load_bag(path: str | os.PathLike, slide_id: str = "", magnification: str = "") -> tuple[Bag, np.ndarray | None]:
     """One slide at one magnification as a :class:`~mgpath.model.Bag` (features float32 + neighbours) and its
     coords. Raises on empty bags and NaN features."""
-    rec = read_feature_file(path)
+    rec = read_features(path)
     where = f"slide {slide_id!r} at {magnification} ({path})" if slide_id else str(path)
     if len(rec["features"]) == 0:
         raise ValueError(f"mgpath/data.py: empty bag: {where} has 0 tiles; check its tissue segmentation or "
@@ -142,20 +57,7 @@ def load_bag(path: str | os.PathLike, slide_id: str = "", magnification: str = "
     if not np.isfinite(rec["features"]).all():
         bad = int((~np.isfinite(rec["features"])).any(1).sum())
         raise ValueError(f"mgpath/data.py: {where} has NaN/inf features in {bad} tiles; re-extract the features")
-    return Bag(torch.from_numpy(rec["features"]), _neighbours(rec, path)), rec["coords"]
-
-
-def find_feature_file(directory: str | os.PathLike, slide_id: str) -> Path:
-    """The features file of a slide in a folder (``<id>.h5``, ``h5_files/<id>.h5``, ``<id>.pt``,
-    ``pt_files/<id>.pt``); raises FileNotFoundError listing what was tried."""
-    d = Path(directory)
-    tried = [d / f"{slide_id}.h5", d / "h5_files" / f"{slide_id}.h5", d / f"{slide_id}.pt",
-             d / "pt_files" / f"{slide_id}.pt"]
-    for p in tried:
-        if p.is_file():
-            return p
-    raise FileNotFoundError(f"mgpath/data.py: no features for slide {slide_id!r} in {d} (tried "
-                            f"{', '.join(str(p.relative_to(d)) for p in tried)})")
+    return Bag(torch.from_numpy(rec["features"]), bag_neighbours(rec, path)), rec["coords"]
 
 
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
@@ -306,7 +208,7 @@ class WSIFeatureDataModule(pl.LightningDataModule):
         """Feature dimension of the first training slide."""
         self.setup()
         ds = self.datasets["train"]
-        return int(read_feature_file(ds.files[0][self.magnifications[0]])["features"].shape[1])
+        return int(read_features(ds.files[0][self.magnifications[0]])["features"].shape[1])
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         self.setup()
@@ -324,48 +226,3 @@ class WSIFeatureDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self):
         return self._loader("test", False)
-
-
-class TileAugmentEncoder(torch.nn.Module):
-    """A tile encoder that first rotates and flips every input tile at random (the paper's augmented bags).
-
-    As the official ``SpatialAugmentor('baseline')``: each tile independently gets ``rot90`` with
-    ``k in {0, 1, 2, 3}`` and a flip in {none, vertical, horizontal, both}; reproducible from ``seed`` for a
-    given tile order. Forward: (B, 3, H, W) normalised tiles (H == W) -> the wrapped encoder's (B, D).
-    """
-
-    def __init__(self, encoder: torch.nn.Module, seed: int = 0):
-        super().__init__()
-        self.encoder = encoder
-        self.data_config = getattr(encoder, "data_config", None)
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"mgpath/data.py: rot90 augmentation needs square tiles, got {tuple(x.shape[-2:])}")
-        k = torch.randint(0, 4, (x.shape[0],), generator=self.generator).tolist()
-        f = torch.randint(0, 4, (x.shape[0],), generator=self.generator).tolist()
-        out = []
-        for xi, ki, fi in zip(x, k, f):
-            xi = torch.rot90(xi, ki, dims=(1, 2))
-            if fi & 1:
-                xi = xi.flip(1)
-            if fi & 2:
-                xi = xi.flip(2)
-            out.append(xi)
-        return torch.stack(out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.augment(x))
-
-
-def extract_augmented_features(coords: str | os.PathLike, out: str | os.PathLike, encoder: torch.nn.Module,
-                               encoder_name: str, seed: int = 0, **kwargs) -> list[dict]:
-    """Features of rotated/flipped tiles with :func:`mgpath.features.extract_features`, one h5 per slide in
-    ``out/<mag>/`` (use as ``data.augmented_dirs``). ``coords`` is a ``mgpath tile`` output folder; keyword
-    arguments go to ``extract_features``."""
-    from mgpath.features import extract_features, find_jobs
-
-    jobs, problems = find_jobs(coords, out)
-    rows = extract_features(jobs, TileAugmentEncoder(encoder, seed), encoder_name + "+rot90flip", **kwargs)
-    return problems + rows

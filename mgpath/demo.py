@@ -4,7 +4,7 @@
 
 1. writes ``--slides-per-class`` pyramidal TIFF slides of two visibly different tissue classes
    (``mgpath.slides.synthetic``: class_a = fine blue texture, class_b = coarse pink-purple texture);
-2. tiles them at 10x and 5x (``mgpath.slides.tiling``);
+2. tiles them at 10x and 5x (``mgpath.pipelines.tile``);
 3. extracts tile features with a small randomly initialised ViT (``vapt.backbones.build_encoder``);
 4. writes ``labels.csv`` and K-shot patient-grouped splits (``mgpath.splits``);
 5. fits MGPATH (tiny random text tower, ``configs/wsi/demo_tiny.yaml``), keeps the best validation macro-F1
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -25,33 +26,28 @@ import torch
 
 __all__ = ["main", "run_demo"]
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"class_a": "blue_fine", "class_b": "he_coarse"}
-
-
-def _find(rel: str) -> Path:
-    """A shipped file (configs/, data/) from the source tree or the working directory."""
-    for base in (ROOT, Path.cwd()):
-        if (base / rel).is_file():
-            return base / rel
-    raise FileNotFoundError(f"mgpath/demo.py: cannot find {rel}; run the demo from the repository root")
+_log = logging.getLogger(__name__)
 
 
 def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs: int = 10,
              size: tuple[int, int] = (3072, 2304), tile_size: int = 128, encoder: str = "vit_tiny_patch16_224",
-             img_size: int = 64, seed: int = 0, augment: bool = False, log=print) -> dict:
+             img_size: int = 64, seed: int = 0, augment: bool = False, log=_log.info) -> dict:
     """Run the whole pipeline in ``out``; returns the test metrics and output paths.
 
     ``augment`` also extracts features of randomly rotated/flipped tiles and adds them as extra training bags
     (the paper's doubled training set).
     """
-    from mgpath.features import extract_features, find_jobs
     from mgpath.heatmap import slide_heatmap
     from mgpath.lightning_cli import make_cli
+    from mgpath.pipelines.extract import extract_features
+    from mgpath.pipelines.jobs import find_jobs
+    from mgpath.pipelines.tile import tile_slides
+    from mgpath.slides.grid import TileParams
     from mgpath.slides.synthetic import make_synthetic_slide
-    from mgpath.slides.tiling import TileParams, tile_slides
     from mgpath.splits import make_kshot_splits, write_split_csv
     from vapt.backbones import build_encoder
+    from vapt.resources import data_file, resolve_config
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -80,7 +76,7 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
         f"{out / 'features'} ({time.perf_counter() - t0:.0f}s)")
     extra = []
     if augment:
-        from mgpath.data import extract_augmented_features
+        from mgpath.pipelines.augment import extract_augmented_features
 
         extract_augmented_features(out / "tiles", out / "features_aug", enc, encoder, seed=seed, batch_size=64,
                                    workers=0, accelerator="cpu", progress=False)
@@ -96,11 +92,11 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
 
     with h5py.File(next((out / "features" / "10x").glob("*.h5")), "r") as f:
         dim = int(f["features"].shape[1])
-    cli = make_cli(["--config", str(_find("configs/wsi/demo_tiny.yaml")),
+    cli = make_cli(["--config", str(resolve_config("wsi/demo_tiny")),
                     "--data.labels_csv", str(out / "labels.csv"),
                     "--data.split_csv", str(out / "splits" / "splits_{fold}.csv"),
                     "--data.features_root", str(out / "features"),
-                    "--model.descriptions", str(_find("data/prompts/demo.json")),
+                    "--model.descriptions", str(data_file("prompts/demo.json")),
                     "--model.feature_dim", str(dim), "--trainer.max_epochs", str(epochs),
                     "--trainer.default_root_dir", str(out / "run"), "--seed_everything", str(seed), *extra],
                    run=False)
@@ -132,6 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--augment", action="store_true", help="add bags of rotated/flipped tiles to training")
     a = ap.parse_args(argv)
-    res = run_demo(a.out, a.slides_per_class, a.shots, a.epochs, seed=a.seed, augment=a.augment)
+    res = run_demo(a.out, a.slides_per_class, a.shots, a.epochs, seed=a.seed, augment=a.augment, log=print)
     print(json.dumps(res))
     return 0

@@ -8,7 +8,7 @@ layer over the 4-neighbour tile adjacency, self loop included); with the M learn
 ``Z = LayerNorm((1 - r) A_p + r A_gr + P)``, L2-normalised (``r`` = ``ratio_graph``, default 0.2).
 
 The graph layer is written with plain tensor ops: neighbours are a padded index (N, K) with -1 for "none";
-self loops are always added. The 4-neighbour index itself comes from :func:`mgpath.features.tile_adjacency`
+self loops are always added. The 4-neighbour index itself comes from :func:`mgpath.graph.tile_adjacency`
 (the official graph builder dropped neighbour index 0; that one does not).
 """
 from __future__ import annotations

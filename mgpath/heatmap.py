@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vapt.atomic import atomic_path
 from mgpath.model import MGPATH, Bag
+from vapt.atomic import atomic_path
 
 __all__ = ["draw_heatmaps", "heatmap_scores", "main"]
 
@@ -101,7 +103,7 @@ def draw_heatmaps(thumbnail: np.ndarray, slide_dims: tuple[int, int], scores: di
 def _tile_size_level0(path) -> float:
     import h5py
 
-    from mgpath.data import infer_step
+    from mgpath.graph import infer_step
 
     with h5py.File(path, "r") as f:
         for key in ("patch_size_level0", "step_level0"):
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-size", type=int, default=1024, help="thumbnail longer side (px)")
     ap.add_argument("--out", required=True, help="output PNG")
     a = ap.parse_args(argv)
-    from mgpath.data import find_feature_file
+    from mgpath.io import find_feature_file
     from mgpath.module import MGPATHModule
     from mgpath.slides.reader import slide_id_from_path
 
@@ -153,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                  "<default_root_dir>/checkpoints/)")
     if not Path(a.slide).is_file():
         ap.error(f"slide {a.slide} does not exist")
-    module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu")
+    try:
+        module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu")
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{a.ckpt} is not a readable MGPATH checkpoint ({type(e).__name__}); give a .ckpt "
+                         "written by `mgpath fit`") from None
     sid = a.slide_id or slide_id_from_path(a.slide)
     if a.features:
         files = dict(kv.split("=", 1) for kv in a.features)

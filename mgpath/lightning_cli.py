@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from mgpath.data import WSIFeatureDataModule
 from mgpath.module import MGPATHModule
+from vapt.resources import ResourceError, resolve_config_args
 
 __all__ = ["MGPATHCLI", "main"]
 
@@ -24,7 +25,11 @@ class MGPATHCLI(LightningCLI):
 
 
 def make_cli(argv: list[str], run: bool = True) -> MGPATHCLI:
-    """Build the CLI from an argument list (``argv[0]`` is the subcommand when ``run``)."""
+    """Build the CLI from an argument list (``argv[0]`` is the subcommand when ``run``).
+
+    ``--config`` takes a path or a shipped config name (``tcga_nsclc_16shot``, see ``mgpath configs --list``).
+    """
+    argv = resolve_config_args(argv, prefixes=("", "wsi/"), lister="mgpath configs")
     return MGPATHCLI(MGPATHModule, WSIFeatureDataModule, args=argv, run=run, seed_everything_default=2023,
                      save_config_kwargs={"overwrite": True})
 
@@ -38,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [saved[0] if saved else "mgpath", *argv]  # LightningCLI warns when sys.argv and args differ
     try:
         make_cli(argv)
+    except ResourceError as e:  # --config names neither a file nor a shipped config
+        print(f"mgpath {argv[0] if argv else ''}: {e}", file=sys.stderr)
+        return 2
     finally:
         sys.argv = saved
     return 0

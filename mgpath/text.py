@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vapt.quiet import drop_log_records
+from vapt.resources import resolve_data_path
+
 __all__ = [
     "TINY_TEXT_CFG",
     "MLPAdaptor",
@@ -59,7 +62,7 @@ def load_descriptions(path: str | os.PathLike, classes: list[str] | None = None,
     -------
     ``{mag: {class: [description, ...]}}`` restricted to ``classes`` and ``magnifications`` when given.
     """
-    path = Path(path)
+    path = resolve_data_path(path)  # data/prompts/<name>.json of the shipped configs works from any folder
     if not path.is_file():
         raise FileNotFoundError(f"mgpath/text.py: description file {path} does not exist; see data/prompts/ for "
                                 "examples")
@@ -205,7 +208,8 @@ def build_text_tower(model_name: str = "ViT-B-32", checkpoint: str | None = None
         model = open_clip.CLIP(**cfg, quick_gelu=quick_gelu)
         tok = open_clip.get_tokenizer("ViT-B-32")
     else:
-        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        with drop_log_records("No pretrained weights loaded", enabled=bool(checkpoint)):  # the file follows
+            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         tok = open_clip.get_tokenizer(model_name)
     if checkpoint:
         sd = load_state_dict_file(checkpoint, trust=trust_checkpoint)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.vtab import GROUPS, VTAB_TASKS, get_task, tasks_in_group
+from vapt.quiet import quiet_command
 from vapt.report import report
 from vapt.tune import OFFICIAL_SEEDS, tune
 
@@ -69,8 +70,9 @@ def main(argv=None) -> int:
                 ap.error(f"missing config {cfg}; regenerate with python scripts/make_vapt_configs.py")
             root = args.root if args.family == "vtab" else str(Path(args.root) / FGVC_DATASETS[task].official)
             print(f"== {task} / {method}", flush=True)
-            tune(["--config", str(cfg), "--data.root", root, *passthrough], args.out, grid=args.grid,
-                 seeds=seeds, fast=args.fast, name=f"{task}/{method}")
+            with quiet_command():
+                tune(["--config", str(cfg), "--data.root", root, *passthrough], args.out, grid=args.grid,
+                     seeds=seeds, fast=args.fast, name=f"{task}/{method}", log=print)
     paths = report(args.out)
     print(Path(paths["md"]).read_text())
     print("wrote", *paths.values())

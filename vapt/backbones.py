@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vapt.quiet import drop_log_records
 from vapt.state_dict import check_state_dict
 from vapt.weights import WeightsFileError, load_weights_file
 
@@ -313,7 +314,9 @@ def _build_open_clip(model_name, checkpoint, img_size, pretrained, trust=False) 
             raise BackboneError("open_clip vision towers take square inputs; pass a single img_size.")
         kwargs["force_image_size"] = hw[0]
     tag = pretrained if isinstance(pretrained, str) else None
-    model = open_clip.create_model(model_name, pretrained=tag, **kwargs)
+    # open_clip logs "No pretrained weights loaded ... initialized randomly"; untrue when the user's file follows
+    with drop_log_records("No pretrained weights loaded", enabled=checkpoint is not None):
+        model = open_clip.create_model(model_name, pretrained=tag, **kwargs)
     visual = model.visual
     if not isinstance(visual, OpenClipViT):
         raise BackboneError(f"open_clip model {model_name!r} has a {type(visual).__name__} vision tower; "

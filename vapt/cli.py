@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "predict": ("vapt.lightning_cli", "main", "predict (LightningCLI)"),
     "tune": ("vapt.tune", "main", "lr x wd grid on train800/val200, then seeds on train800val200 -> test"),
     "report": ("vapt.report", "main", "results table (markdown + csv) and plot with paper deltas"),
+    "configs": ("vapt.resources", "configs_main", "list (--list) or print the shipped configs"),
 }
 _LIGHTNING = {"fit", "validate", "test", "predict"}
 

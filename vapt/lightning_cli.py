@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,17 +20,14 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.config_keys import SuggestingArgumentParser
 from vapt.data.base import ClassificationDataModule, DataError
 from vapt.module import ModelConfigError, PromptTuningModule
-
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
-warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended to run from within Python.*")
+from vapt.quiet import quiet_command
+from vapt.resources import ResourceError, resolve_config_args
 
 _VERSION_ENV = "VAPT_LOG_VERSION"
-_USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelConfigError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelConfigError, ResourceError)
 try:  # the backbone builder's own error type (bad name / checkpoint / size)
     from vapt.backbones import BackboneError
 
@@ -50,10 +46,14 @@ def method_label(model_args: Any) -> str:
 
 
 def experiment_name(config: Namespace) -> str:
-    """``<task>/<method>`` from a parsed config (``task`` or ``dataset`` of the data, else the class name)."""
+    """``<task>/<method>`` from a parsed config: the data's ``task``, ``dataset`` or ``name``, else the folder
+    name of its ``root`` (ImageFolder), else the class name."""
     data = config.get("data") or Namespace()
     init = data.get("init_args") or Namespace()
-    task = init.get("task") or init.get("dataset") or str(data.get("class_path", "data")).rsplit(".", 1)[-1]
+    root = init.get("root") if str(data.get("class_path", "")).endswith("ImageFolderDataModule") else None
+    task = (init.get("task") or init.get("dataset") or init.get("name")
+            or (Path(root).expanduser().resolve().name if root else None)
+            or str(data.get("class_path", "data")).rsplit(".", 1)[-1])
     model_init = (config.get("model") or Namespace()).get("init_args") or Namespace()
     return f"{task}/{method_label(model_init)}"
 
@@ -92,8 +92,11 @@ class VaptCLI(LightningCLI):
         parser.add_argument("--result_json", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
                             help="write the subcommand's final metrics to this JSON file")
         parser.add_argument("--predictions_csv", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
-                            help="predict: write path,label,pred,prob rows here (default <default_root_dir>/"
-                                 "predictions.csv)")
+                            help="predict: write path,label,label_name,pred,pred_name,prob rows here "
+                                 "(default <default_root_dir>/predictions.csv)")
+        parser.add_argument("--predict_images", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
+                            help="predict: a folder (recursive) or list file of images, labelled or not, instead "
+                                 "of the DataModule's test split")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the last-epoch model (the official protocol reports it)")
 
@@ -125,6 +128,13 @@ class VaptCLI(LightningCLI):
     after_validate = _write_result
     after_test = _write_result
 
+    def before_predict(self) -> None:
+        source = self._config().get("predict_images")
+        if source:
+            self.datamodule.use_predict_images(source)
+        # read before the loop, so a bad classes.txt stops the run before any work
+        self._class_names = self.datamodule.class_names() if hasattr(self.datamodule, "class_names") else None
+
     def after_predict(self) -> None:
         if not self.trainer.is_global_zero:
             return
@@ -132,7 +142,8 @@ class VaptCLI(LightningCLI):
         path = config.get("predictions_csv") or os.path.join(self.trainer.default_root_dir, "predictions.csv")
         preds = self.trainer.predict_loop.predictions or []
         dataset = getattr(self.datamodule, "datasets", {}).get("predict")
-        write_predictions(path, preds, dataset.samples if dataset is not None else None)
+        write_predictions(path, preds, dataset.samples if dataset is not None else None,
+                          getattr(self, "_class_names", None))
         print(f"wrote {path}")
 
 
@@ -154,21 +165,38 @@ def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, ex
     return result
 
 
-def write_predictions(path: str | os.PathLike, preds: list[dict], samples: Optional[list] = None) -> None:  # noqa: UP045
-    """``path,label,pred,prob`` rows (one per image, in dataset order) from ``predict_step`` outputs."""
+def write_predictions(path: str | os.PathLike, preds: list[dict], samples: Optional[list] = None,  # noqa: UP045
+                      class_names: Optional[list[str]] = None) -> None:  # noqa: UP045
+    """``path,label,label_name,pred,pred_name,prob`` rows (one per image, in dataset order) from
+    ``predict_step`` outputs; label cells are blank for unlabelled images (label -1), name cells when the
+    dataset has no class names."""
+    import csv
+    import io
+
     import torch
 
     pred = torch.cat([p["pred"] for p in preds]).tolist() if preds else []
     prob = torch.cat([p["probs"].max(-1).values for p in preds]).tolist() if preds else []
-    rows = ["path,label,pred,prob"]
+
+    def name(i) -> str:
+        return class_names[i] if class_names is not None and isinstance(i, int) and 0 <= i < len(class_names) else ""
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", "label_name", "pred", "pred_name", "prob"])
     for i, (y_hat, p) in enumerate(zip(pred, prob)):
         img, label = samples[i] if samples is not None and i < len(samples) else ("", "")
-        rows.append(f"{img},{label},{y_hat},{p:.6f}")
-    atomic_write_text(path, "\n".join(rows) + "\n")
+        label = "" if label == -1 else label
+        writer.writerow([img, label, name(label), y_hat, name(y_hat), f"{p:.6f}"])
+    atomic_write_text(path, buf.getvalue())
 
 
 def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) -> VaptCLI:
-    """Construct the CLI (``run=False``: instantiate model, data and trainer only; argv has no subcommand)."""
+    """Construct the CLI (``run=False``: instantiate model, data and trainer only; argv has no subcommand).
+
+    ``--config`` takes a YAML path or a shipped config name (``vtab/vapt/cifar100``; ``vapt configs --list``).
+    """
+    argv = resolve_config_args(argv)
     return VaptCLI(
         PromptTuningModule,
         ClassificationDataModule,
@@ -179,6 +207,7 @@ def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) ->
         args=argv,
         run=run,
         auto_configure_optimizers=False,
+        parser_class=SuggestingArgumentParser,  # did-you-mean for misspelt keys
     )
 
 
@@ -198,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     owns_version = _VERSION_ENV not in os.environ
     try:
-        build_cli(argv, run=True)
+        with quiet_command():
+            build_cli(argv, run=True)
     except Exception as e:
         user = _user_error(e)
         if user is None:

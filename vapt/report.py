@@ -6,7 +6,11 @@ group (Natural / Specialized / Structured) and the mean; columns per method: our
 seeds), the paper's number and the delta. When only some tasks of a group ran, the group's published
 value is the mean of the published per-task numbers of the same tasks (marked ``k/n``); a published
 group mean with no per-task numbers (VAPT) is compared only when the group is complete.
-Published numbers: ``data/vtab/published.csv`` and ``data/fgvc/published.csv`` (sources in the files).
+Every method with a published number for the tasks that ran gets a column, also when we did not run it
+(Full / Linear / VPT-shallow / VPT-deep / VAPT); a number that does not exist stays blank in the tables and
+is an ``x`` on the axis (no bar) in the plot; the seeds' std is drawn as error bars.
+Published numbers: ``data/vtab/published.csv`` and ``data/fgvc/published.csv`` (sources in the files), shipped
+in the package (``vapt.resources``).
 """
 from __future__ import annotations
 
@@ -23,9 +27,10 @@ from vapt.atomic import atomic_path
 from vapt.atomic import write_text_atomic as atomic_write_text
 from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.vtab import GROUPS, VTAB_TASKS
+from vapt.resources import data_file
 
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 METHOD_ORDER = ("full", "linear", "vpt_shallow", "vpt_deep", "vapt")
+LABELS = {"full": "Full", "linear": "Linear", "vpt_shallow": "VPT-shallow", "vpt_deep": "VPT-deep", "vapt": "VAPT"}
 
 
 def load_summaries(runs_dir: str | os.PathLike) -> list[dict]:
@@ -54,12 +59,18 @@ def _mean(xs):
 
 
 def build_rows(summaries: list[dict], family: str, published: dict) -> tuple[list[dict], list[str]]:
-    """Rows ``{level, name, method, ours, std, n_seeds, published, delta, note}`` for one family."""
+    """Rows ``{level, name, method, ours, std, n_seeds, published, delta, note}`` for one family.
+
+    Methods: those we ran plus every method with a published number for one of the tasks we ran (or for a
+    group / mean), in :data:`METHOD_ORDER`; a published-only method has ``ours = None``. Tasks: those we ran.
+    """
     names = list(VTAB_TASKS) if family == "vtab" else list(FGVC_DATASETS)
     ours = {(s["method"], s["task"]): s for s in summaries if s.get("family") == family}
-    methods = [m for m in METHOD_ORDER if any(k[0] == m for k in ours)]
-    methods += sorted({k[0] for k in ours} - set(methods))
     tasks = [t for t in names if any(k[1] == t for k in ours)]
+    ran = {k[0] for k in ours}
+    with_paper = {m for (m, t) in published if t in tasks or t == "mean" or t.startswith("group:")}
+    methods = [m for m in METHOD_ORDER if m in ran | with_paper]
+    methods += sorted((ran | with_paper) - set(methods))
     rows = []
     for method in methods:
         accs = {}
@@ -68,6 +79,8 @@ def build_rows(summaries: list[dict], family: str, published: dict) -> tuple[lis
             acc = 100 * s["test_acc_mean"] if s else None
             pub = published.get((method, task))
             accs[task] = acc
+            if s is None and pub is None and method not in ran:
+                continue
             rows.append({"level": "task", "name": task, "method": method, "ours": acc,
                          "std": 100 * s["test_acc_std"] if s else None, "n_seeds": len(s["test_acc"]) if s else 0,
                          "best_lr": s["best_lr"] if s else None, "best_wd": s["best_wd"] if s else None,
@@ -76,10 +89,11 @@ def build_rows(summaries: list[dict], family: str, published: dict) -> tuple[lis
         groups = [(g, [t for t in names if VTAB_TASKS[t].group == g]) for g in GROUPS] if family == "vtab" else []
         groups.append(("mean", names))
         for gname, members in groups:
-            done = [t for t in members if accs.get(t) is not None]
+            # ours: the tasks this method ran; a published-only method: the tasks any method ran
+            done = [t for t in members if (accs.get(t) is not None if method in ran else t in tasks)]
             if not done:
                 continue
-            acc = _mean(accs[t] for t in done)
+            acc = _mean(accs[t] for t in done) if method in ran else None
             per_task = [published.get((method, t)) for t in done]
             key = "mean" if gname == "mean" else f"group:{gname}"
             if all(p is not None for p in per_task):
@@ -88,20 +102,28 @@ def build_rows(summaries: list[dict], family: str, published: dict) -> tuple[lis
                 pub = published.get((method, key))
             else:
                 pub = None
+            if acc is None and pub is None:
+                continue
             rows.append({"level": "group" if gname != "mean" else "mean", "name": gname, "method": method,
                          "ours": acc, "std": None, "n_seeds": None, "best_lr": None, "best_wd": None,
-                         "published": pub, "delta": acc - pub if pub is not None else None,
+                         "published": pub, "delta": acc - pub if acc is not None and pub is not None else None,
                          "note": f"{len(done)}/{len(members)}"})
-    return rows, methods
+    return rows, [m for m in methods if any(r["method"] == m for r in rows)]
 
 
 def _cell(v, fmt="{:.2f}") -> str:
     return "" if v is None else fmt.format(v)
 
 
+def _ran(rows: list[dict], method: str) -> bool:
+    return any(r["method"] == method and r["ours"] is not None for r in rows)
+
+
 def to_markdown(rows: list[dict], methods: list[str], family: str) -> str:
+    """One table: per method we ran ``ours | paper | Δ``, per published-only method ``paper``; blanks = none."""
     title = {"vtab": "VTAB-1k", "fgvc": "FGVC"}[family]
-    header = ["task"] + [f"{m} {c}" for m in methods for c in ("ours", "paper", "Δ")]
+    cols = {m: ("ours", "paper", "Δ") if _ran(rows, m) else ("paper",) for m in methods}
+    header = ["task"] + [f"{LABELS.get(m, m)} {c}" for m in methods for c in cols[m]]
     lines = [f"### {title} top-1 (%)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by = defaultdict(dict)
     order = []
@@ -118,46 +140,68 @@ def to_markdown(rows: list[dict], methods: list[str], family: str) -> str:
         for m in methods:
             r = by[key].get(m)
             if r is None:
-                cells += ["", "", ""]
+                cells += [""] * len(cols[m])
                 continue
             ours = _cell(r["ours"])
             if r["std"] is not None and r["ours"] is not None:
                 ours += f" ± {r['std']:.2f}"
-            cells += [ours, _cell(r["published"]), _cell(r["delta"], "{:+.2f}")]
+            values = {"ours": ours, "paper": _cell(r["published"]), "Δ": _cell(r["delta"], "{:+.2f}")}
+            cells += [values[c] for c in cols[m]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def draw_panel(ax, rows: list[dict], family: str) -> None:
+    """One family's grouped bars on ``ax``: per method ours (solid, seeds' std as error bars) and the paper
+    (hatched); a value that does not exist gets no bar but an ``x`` on the axis, in the series' colour."""
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    series = [(m, kind) for m in methods for kind in (("ours", "published") if _ran(rows, m) else ("published",))]
+    width = 0.8 / max(1, len(series))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    missing = []
+    for j, (m, kind) in enumerate(series):
+        get = {r["name"]: r for r in rows if r["method"] == m}
+        c = colours[methods.index(m) % len(colours)]
+        xs, ys, err = [], [], []
+        for i, n in enumerate(names):
+            v = get[n][kind] if n in get else None
+            if v is None:
+                missing.append((i + j * width, c))
+                continue
+            xs.append(i + j * width)
+            ys.append(v)
+            err.append(get[n]["std"] if kind == "ours" and get[n]["std"] is not None else float("nan"))
+        if not xs:
+            continue
+        if kind == "ours":
+            ax.bar(xs, ys, width, color=c, yerr=err, capsize=2, ecolor="black",
+                   label=f"{LABELS.get(m, m)} (ours ± std)")
+        else:
+            ax.bar(xs, ys, width, color="none", edgecolor=c, hatch="//", label=f"{LABELS.get(m, m)} (paper)")
+    for k, (x, c) in enumerate(missing):
+        ax.plot([x], [1.5], "x", color=c, markersize=6, linestyle="none", label=None if k else "no value")
+    ax.set_xticks([i + (len(series) - 1) * width / 2 for i in range(len(names))])
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title({"vtab": "VTAB-1k", "fgvc": "FGVC"}[family])
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
 def plot(rows_by_family: dict[str, list[dict]], path: Path) -> None:
-    """Grouped bars: ours (solid) and the paper (hatched) per task and group, one panel per family."""
+    """``path`` (PNG): one :func:`draw_panel` per family that has rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fams = [f for f, rows in rows_by_family.items() if rows]
-    fig, axes = plt.subplots(len(fams), 1, figsize=(12, 4 * len(fams)), squeeze=False)
+    fig, axes = plt.subplots(len(fams), 1, figsize=(14, 4 * len(fams)), squeeze=False)
     for ax, fam in zip(axes[:, 0], fams):
-        rows = rows_by_family[fam]
-        names = list(dict.fromkeys(r["name"] for r in rows))
-        methods = list(dict.fromkeys(r["method"] for r in rows))
-        width = 0.8 / max(1, len(methods))
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for j, m in enumerate(methods):
-            get = {r["name"]: r for r in rows if r["method"] == m}
-            xs = [i + j * width for i in range(len(names))]
-            ours = [get[n]["ours"] if n in get and get[n]["ours"] is not None else 0 for n in names]
-            pub = [get[n]["published"] if n in get and get[n]["published"] is not None else 0 for n in names]
-            c = colours[j % len(colours)]
-            ax.bar(xs, ours, width * 0.5, color=c, label=f"{m} (ours)")
-            ax.bar([x + width * 0.5 for x in xs], pub, width * 0.5, color="none", edgecolor=c, hatch="//",
-                   label=f"{m} (paper)")
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
-        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel("top-1 (%)")
-        ax.set_ylim(0, 100)
-        ax.set_title({"vtab": "VTAB-1k", "fgvc": "FGVC"}[fam])
-        ax.legend(fontsize=7, ncol=max(1, len(methods)))
+        draw_panel(ax, rows_by_family[fam], fam)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)
@@ -171,8 +215,7 @@ def report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     out = Path(out or runs_dir)
     out.mkdir(parents=True, exist_ok=True)
     published = published or {}
-    pub_paths = {"vtab": published.get("vtab", REPO_DATA / "vtab" / "published.csv"),
-                 "fgvc": published.get("fgvc", REPO_DATA / "fgvc" / "published.csv")}
+    pub_paths = {f: published.get(f) or data_file(f"{f}/published.csv") for f in ("vtab", "fgvc")}
     md = ["# Results", "", (f"Runs: `{runs_dir}`. Ours = mean ± std of test top-1 over seeds (last epoch); "
           "paper = published number (sources in data/*/published.csv); Δ = ours − paper."), ""]
     rows_by_family, csv_rows = {}, []

@@ -20,6 +20,7 @@ import argparse
 import gc
 import importlib
 import json
+import logging
 import math
 import os
 import sys
@@ -29,6 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.quiet import quiet_command
+from vapt.resources import ResourceError, resolve_config_args
+
+_log = logging.getLogger(__name__)
 
 OFFICIAL_LRS = (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)
 OFFICIAL_WDS = (0.01, 0.001, 0.0001, 0.0)
@@ -66,8 +71,8 @@ def parse_config(cli_args: Sequence[str]):
             raise _Parsed(self.config)
 
     try:
-        _ParseOnly(PromptTuningModule, ClassificationDataModule, subclass_mode_model=True,
-                   subclass_mode_data=True, args=list(cli_args), run=False, auto_configure_optimizers=False)
+        _ParseOnly(PromptTuningModule, ClassificationDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                   args=resolve_config_args(list(cli_args)), run=False, auto_configure_optimizers=False)
     except _Parsed as p:
         return p.config
     raise RuntimeError("unreachable")  # pragma: no cover
@@ -125,7 +130,7 @@ def _cli_value(v: Any) -> str:
 
 
 def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], evaluate: str,
-            log=print) -> dict:
+            log=_log.info) -> dict:
     """Train one configuration in ``run_dir`` and evaluate it (``validate`` or ``test``).
 
     Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists;
@@ -172,7 +177,7 @@ def tune(
     seeds: Sequence[int] = OFFICIAL_SEEDS,
     fast: bool = False,
     name: str | None = None,
-    log=print,
+    log=_log.info,
 ) -> dict:
     """Grid search then seeds for one (task, method) config; returns and writes ``summary.json``.
 
@@ -272,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 42,44,82,100,800")
-    cli_args = [a for c in args.config for a in ("--config", c)] + passthrough
     try:
-        tune(cli_args, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name)
-    except TuneError as e:
+        cli_args = resolve_config_args([a for c in args.config for a in ("--config", c)]) + passthrough
+        with quiet_command():
+            tune(cli_args, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name, log=print)
+    except (TuneError, ResourceError) as e:
         print(f"vapt tune: {e}", file=sys.stderr)
         return 2
     return 0

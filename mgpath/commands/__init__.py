@@ -1,1 +1,1 @@
-"""Thin argparse command lines of mgpath (parse, call, print)."""
+"""The ``mgpath`` subcommands that are plain argparse tools: parse, call a pipeline, print (no logic here)."""

@@ -49,7 +49,7 @@ def main() -> None:
     a = ap.parse_args()
     device = torch.device(a.device)
     torch.manual_seed(0)
-    from mgpath.features import tile_adjacency
+    from mgpath.graph import tile_adjacency
     from mgpath.model import Bag, build_mgpath
 
     classes = [f"c{i}" for i in range(a.classes)]

@@ -49,9 +49,11 @@ def main(argv=None) -> int:
 
     import torch
 
+    from mgpath.io import read_coords
+    from mgpath.pipelines.tile import tile_slide
     from mgpath.slides import Slide
+    from mgpath.slides.grid import TileParams
     from mgpath.slides.synthetic import make_synthetic_slide
-    from mgpath.slides.tiling import TileParams, read_coords, tile_slide
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,11 @@ def main(argv=None) -> int:
         coords_file = Path(tmp) / tp.tag / "coords" / f"{slide_path.stem}.h5"
 
         if not args.skip_extract:
-            from mgpath.features import SlideJob, TileDataset, extract_features
+            import lightning.pytorch as pl
+
+            from mgpath.pipelines.extract import extract_features
+            from mgpath.pipelines.jobs import SlideJob
+            from mgpath.pipelines.tile_dataset import TileDataset
             from vapt.backbones import build_encoder
 
             if args.extract_magnification and args.extract_magnification != args.magnification:
@@ -131,6 +137,13 @@ def main(argv=None) -> int:
                     overwrite=True,
                     progress=False,
                 )
+            class BatchTimer(pl.Callback):  # (time, tiles) per predicted batch
+                times: list = []
+
+                def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+                    self.times.append((time.perf_counter(), len(batch[1])))
+
+            timer = BatchTimer()
             t = time.perf_counter()
             rows = extract_features(
                 [job],
@@ -142,10 +155,11 @@ def main(argv=None) -> int:
                 devices=1,
                 overwrite=True,
                 progress=False,
+                callbacks=[timer],
             )
             extract_s = time.perf_counter() - t
             assert rows[0]["status"] == "done", rows
-            bt = extract_features.last_writer.batch_times
+            bt = timer.times
             steady = (sum(n for _, n in bt[1:]) / (bt[-1][0] - bt[0][0])) if len(bt) > 2 else None
             # the same tensors, encoder alone
             ds = TileDataset([job], tuple(cfg["input_size"][-2:]), cfg["mean"], cfg["std"])

@@ -11,17 +11,14 @@ import pytest
 import timm
 import torch
 
-from mgpath.features import (
-    adjacency_to_edge_index,
-    extract_features,
-    find_jobs,
-    main,
-    read_features,
-    tile_adjacency,
-)
+from mgpath.commands.extract import main
+from mgpath.commands.tile import main as tile_main
+from mgpath.graph import adjacency_to_edge_index, tile_adjacency
+from mgpath.io import read_features
+from mgpath.pipelines.extract import extract_features
+from mgpath.pipelines.jobs import find_jobs
 from mgpath.slides import Slide
-from mgpath.slides.tiling import main as tile_main
-from mgpath.slides.tiling import tile_grid
+from mgpath.slides.grid import tile_grid
 
 
 # -- adjacency -----------------------------------------------------------------------------------------

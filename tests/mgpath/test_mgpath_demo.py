@@ -2,10 +2,9 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 
-from mgpath.features import tile_adjacency
+from mgpath.graph import tile_adjacency
 from mgpath.heatmap import draw_heatmaps, heatmap_scores
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import ot_similarity
@@ -38,7 +37,7 @@ def test_heatmap_scores_add_up_to_the_ot_similarity(tmp_path):
 
 
 def test_tile_augment_encoder_rotates_and_flips():
-    from mgpath.data import TileAugmentEncoder
+    from mgpath.pipelines.augment import TileAugmentEncoder
     enc = TileAugmentEncoder(torch.nn.Flatten(), seed=0)
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4).repeat(16, 1, 1, 1)
     y = enc.augment(x)

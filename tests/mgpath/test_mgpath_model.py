@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mgpath.features import tile_adjacency
 from mgpath.granular import GraphAttention, neighbours_from_edges
+from mgpath.graph import tile_adjacency
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import OTConfig
 from mgpath.text import load_descriptions

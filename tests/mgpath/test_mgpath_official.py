@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mgpath.features import tile_adjacency
 from mgpath.granular import neighbours_from_edges
+from mgpath.graph import tile_adjacency
 from mgpath.model import Bag
 from mgpath.official import convert_official, load_converted, main
 

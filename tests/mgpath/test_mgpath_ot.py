@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from mgpath.ot import OTError, cosine_cost, ot_similarity, sinkhorn_log, sinkhorn_plot
 
 
-
 def _problem(B=3, M=16, S=4, C=3, D=24, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     v = F.normalize(torch.randn(B, M, D, generator=g, dtype=dtype), dim=-1)

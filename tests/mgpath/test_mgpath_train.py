@@ -8,11 +8,10 @@ import pytest
 import torch
 import yaml
 
-from mgpath.data import WSIFeatureDataModule, find_feature_file, load_bag, read_feature_file, read_split_csv
-from mgpath.features import tile_adjacency
+from mgpath.data import WSIFeatureDataModule, load_bag, read_split_csv
+from mgpath.graph import tile_adjacency
+from mgpath.io import find_feature_file, read_features
 from mgpath.splits import check_no_leakage, make_kshot_splits, write_split_csv
-
-
 
 ROOT = Path(__file__).resolve().parents[2]
 D = 16
@@ -95,7 +94,7 @@ def test_bad_feature_files(tmp_path):
     with h5py.File(tmp_path / "coords_only.h5", "w") as h:
         h["coords"] = _grid(2)
     with pytest.raises(KeyError, match="no 'features'"):
-        read_feature_file(tmp_path / "coords_only.h5")
+        read_features(tmp_path / "coords_only.h5")
     with pytest.raises(FileNotFoundError, match="no features for slide 'x'"):
         find_feature_file(tmp_path, "x")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mgpath.features import tile_adjacency
+from mgpath.graph import tile_adjacency
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import ot_similarity
 from mgpath.zeroshot import ZeroShotMGPATH, main

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from mgpath.slides import tiling
-from mgpath.slides.tiling import (
-    TileParams,
-    main,
-    read_coords,
-    tile_grid,
-    tile_slide,
-    tile_slides,
-    tissue_fraction,
-)
+from mgpath import io as mgpath_io
+from mgpath.commands.tile import main
+from mgpath.io import read_coords
+from mgpath.pipelines.tile import tile_slide, tile_slides
+from mgpath.slides.grid import TileParams, tile_grid, tissue_fraction
 
 
 def _grid(xs, ys):
@@ -273,7 +268,7 @@ def test_resume_after_interruption(slide_dir, tmp_path, monkeypatch):
     tile_slides([str(slide_dir)], fresh, tp, progress=False)
 
     out = tmp_path / "out"
-    real = tiling._atomic_h5
+    real = mgpath_io.write_h5_atomic
     calls = {"n": 0}
 
     def dying(path, fill):  # the 3rd coords file (slide 2, 10x) dies half-way through writing
@@ -287,10 +282,10 @@ def test_resume_after_interruption(slide_dir, tmp_path, monkeypatch):
             return real(path, half)
         return real(path, fill)
 
-    monkeypatch.setattr(tiling, "_atomic_h5", dying)
+    monkeypatch.setattr(mgpath_io, "write_h5_atomic", dying)
     with pytest.raises(KeyboardInterrupt):
         tile_slides([str(slide_dir)], out, tp, progress=False)
-    monkeypatch.setattr(tiling, "_atomic_h5", real)
+    monkeypatch.setattr(mgpath_io, "write_h5_atomic", real)
     assert not list(out.rglob("*.tmp"))  # nothing half-written left behind
     assert not (out / "10x" / "coords" / "s1_he.h5").exists()
     (out / "10x" / "coords" / "stale.h5.x1y2.tmp").write_bytes(b"partial")  # as a kill -9 would leave

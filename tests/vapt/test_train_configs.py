@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from vapt.data.fgvc import FGVC_DATASETS
-from vapt.data.synthetic import write_fgvc_tree, write_vtab_tree
+from vapt.data.synthetic import PATTERNS, write_fgvc_tree, write_vtab_tree
 from vapt.data.vtab import VTAB_TASKS
 from vapt.lightning_cli import build_cli, main
 
@@ -109,7 +109,8 @@ def test_predict_writes_one_row_per_image(tmp_path: Path):
                "--data.train_size=4", "--data.val_size=4", "--data.test_size=6", f"--predictions_csv={out}", *QUIET])
     assert rc == 0
     rows = out.read_text().splitlines()
-    assert rows[0] == "path,label,pred,prob" and len(rows) == 7
+    assert rows[0] == "path,label,label_name,pred,pred_name,prob" and len(rows) == 7
     for row in rows[1:]:
-        path, label, pred, prob = row.split(",")
+        path, label, label_name, pred, pred_name, prob = row.split(",")
         assert Path(path).is_file() and int(label) in range(4) and int(pred) in range(4) and 0 < float(prob) <= 1
+        assert label_name == PATTERNS[int(label)] and pred_name == PATTERNS[int(pred)]  # names beside the ids

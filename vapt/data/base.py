@@ -172,7 +172,22 @@ class ClassificationDataModule(pl.LightningDataModule):
             None: ["train", "val", "test"],
         }[stage]
 
+    def class_names(self) -> list[str] | None:
+        """Names of classes ``0..num_classes-1`` when the dataset knows them (``None`` otherwise)."""
+        return None
+
+    def use_predict_images(self, source: str | os.PathLike | None) -> None:
+        """Predict on a folder or list file of (unlabelled) images instead of the test split
+        (see :func:`vapt.data.images.unlabelled_samples`); ``None`` goes back to the test split."""
+        self.predict_source = source
+        self.datasets.pop("predict", None)
+
     def _load(self, which: str) -> None:
+        if which == "predict" and getattr(self, "predict_source", None) and which not in self.datasets:
+            from vapt.data.images import unlabelled_samples
+
+            self.datasets[which] = ListDataset(unlabelled_samples(self.predict_source), self._transform("test"))
+            return
         split = self._split_name(which)
         if split is None or which in self.datasets:
             return

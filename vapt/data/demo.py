@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from vapt.data.base import ClassificationDataModule, Sample, read_list_file
-from vapt.data.synthetic import write_shapes_vtab
+from vapt.data.synthetic import PATTERNS, SHAPES, write_shapes_vtab
 from vapt.data.transforms import vtab_transform
 
 
@@ -64,6 +64,10 @@ class DemoShapesDataModule(ClassificationDataModule):
     def prepare_data(self) -> None:
         write_shapes_vtab(self.task_dir, self.num_classes, self.sizes, self.image_pixels, self.data_seed,
                           self.kind)
+
+    def class_names(self) -> list[str]:
+        """The pattern or shape drawn for each class."""
+        return list((PATTERNS if self.kind == "patterns" else SHAPES)[: self.num_classes])
 
     def _split_samples(self, split: str) -> list[Sample]:
         self.prepare_data()  # no-op when present; also covers use outside a Trainer

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from vapt.data.base import ClassificationDataModule, DataError, Sample, registry_num_classes
+from vapt.data.images import read_class_names
 from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform
 
 
@@ -126,6 +127,12 @@ class FGVCDataModule(ClassificationDataModule):
                 )
             self._id_map = {c: i for i, c in enumerate(sorted(ids))}
         return self._id_map
+
+    def class_names(self) -> list[str] | None:
+        """From an optional ``<root>/classes.txt`` (line ``i`` names class ``i`` after remapping the split ids
+        to ``0..C-1`` in sorted order; CUB's own ``<id> <name>`` lines are read as they are)."""
+        root = Path(self.root).expanduser()
+        return read_class_names(root / "classes.txt", self.num_classes) if root.is_dir() else None
 
     def _split_samples(self, split: str) -> list[Sample]:
         root = self._root()

@@ -9,9 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vapt.data.base import ClassificationDataModule, DataError, Sample
+from vapt.data.images import IMAGE_EXTENSIONS
 from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform, vtab_transform
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def scan_class_folders(split_dir: Path) -> dict[str, list[Path]]:
@@ -39,6 +38,8 @@ class ImageFolderDataModule(ClassificationDataModule):
         When given, must equal the number of class folders in the training split.
     augment : bool
         FGVC-style random crop + flip for training (True) or VTAB-style plain resize (False).
+    name : str, optional
+        Run-folder name (``<default_root_dir>/<name>/<method>/``); default: the folder name of ``root``.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         test_split: str | None = "test",
         num_classes: int | None = None,
         augment: bool = True,
+        name: str | None = None,
         batch_size: int = 64,
         num_workers: int = 4,
         img_size: int = 224,
@@ -59,6 +61,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         super().__init__(batch_size, num_workers, img_size, normalize, seed, pin_memory)
         self.root = root
         self.augment = augment
+        self.name = name or Path(root).expanduser().resolve().name
         self._use_splits(train_split, val_split, test_split)
         root_p = Path(root).expanduser()
         if not root_p.is_dir():
@@ -70,6 +73,10 @@ class ImageFolderDataModule(ClassificationDataModule):
                 f"num_classes={num_classes}; fix the config or the folders."
             )
         self.num_classes = len(self.classes)
+
+    def class_names(self) -> list[str]:
+        """The class folder names (class ``i`` is the ``i``-th in sorted order)."""
+        return list(self.classes)
 
     def _split_samples(self, split: str) -> list[Sample]:
         folders = scan_class_folders(Path(self.root).expanduser() / split)

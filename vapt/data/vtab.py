@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from vapt.data.base import ClassificationDataModule, DataError, Sample, read_list_file, registry_num_classes
+from vapt.data.images import read_class_names
 from vapt.data.transforms import vtab_transform
 
 SPLITS = ("train800", "val200", "train800val200", "test")
@@ -137,6 +138,15 @@ class VTABDataModule(ClassificationDataModule):
         self.task = get_task(task)
         self.num_classes = registry_num_classes("VTAB-1k task", self.task.name, self.task.num_classes, num_classes)
         self._use_splits(train_split, val_split, test_split)
+
+    def class_names(self) -> list[str] | None:
+        """From an optional ``<task folder>/classes.txt`` (one name per line, in label order); ``None``
+        without one (also when the task folder is absent, e.g. predicting on one's own images)."""
+        try:
+            task_dir = resolve_task_dir(self.root, self.task)
+        except DataError:
+            return None
+        return read_class_names(task_dir / "classes.txt", self.num_classes)
 
     def _split_samples(self, split: str) -> list[Sample]:
         task_dir = resolve_task_dir(self.root, self.task)

@@ -1,0 +1,115 @@
+"""``mgpath extract``: encode the tiles of every slide with a frozen encoder into one features h5 per slide."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from mgpath.pipelines import extract as pipeline
+from mgpath.pipelines.extract import extract_features, weights_description, write_summary
+from mgpath.pipelines.jobs import find_jobs
+from mgpath.pipelines.locks import clean_temp
+from mgpath.pipelines.summary import count_statuses, format_rows
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mgpath extract", description=pipeline.__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--coords",
+        required=True,
+        help="`mgpath tile` output folder, or a folder of coordinate h5 "
+        "files (mgpath, CLAM patches/, TRIDENT patches/)",
+    )
+    p.add_argument("--slides", default=None, help="folder with the slides (searched recursively by slide id)")
+    p.add_argument("--encoder", required=True, help="timm ViT name or open_clip:<name> (see vapt.backbones)")
+    p.add_argument("--checkpoint", default=None, help="local weights file for the encoder")
+    p.add_argument("--img-size", type=int, default=None, help="encoder input size (default: the encoder's)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers reading tiles")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument(
+        "--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32-true on CPU)"
+    )
+    p.add_argument("--mpp", type=float, default=None, help="level-0 um/px override for the slides")
+    p.add_argument("--random-seed", type=int, default=0,
+                   help="seed of the random weights used when no --checkpoint is given (0); part of the cache "
+                   "identity, so a resumed run never mixes two random encoders")
+    p.add_argument("--overwrite", action="store_true", help="redo slides whose features exist or are stale")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mgpath extract``. Exit status 0 when every slide is done or cached, 1 when some were skipped."""
+    args = build_parser().parse_args(argv)
+    try:
+        jobs, problems = find_jobs(args.coords, args.out, args.slides, args.mpp)
+        if args.checkpoint and not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist; give the encoder's local "
+                                    "weights file")
+        from vapt.backbones import build_encoder
+
+        if not args.checkpoint:
+            torch.manual_seed(args.random_seed)  # same run -> same random encoder -> same features
+            print(f"mgpath extract: WARNING: no --checkpoint given: {args.encoder} has RANDOM weights "
+                  f"(seed {args.random_seed}); these features are for testing only, not for real results",
+                  file=sys.stderr)
+        encoder = build_encoder(args.encoder, checkpoint=args.checkpoint, img_size=args.img_size)
+        weights = weights_description(args.checkpoint, args.random_seed)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"mgpath extract: {e}", file=sys.stderr)
+        return 2
+    if (
+        "LOCAL_RANK" not in os.environ and Path(args.out).exists()
+    ):  # launcher process, before any DDP rank starts
+        clean_temp(Path(args.out))  # temporary files a killed run left behind
+    devices = (
+        args.devices
+        if args.devices == "auto"
+        else (int(args.devices) if args.devices.isdigit() else args.devices)
+    )
+    rows = problems + extract_features(
+        jobs,
+        encoder,
+        args.encoder,
+        args.checkpoint,
+        args.batch_size,
+        args.workers,
+        args.accelerator,
+        devices,
+        args.precision,
+        args.overwrite,
+        progress=not args.no_progress,
+        num_nodes=args.num_nodes,
+        weights=weights,
+    )
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    n = count_statuses(rows)
+    print(f"{len(rows)} slides: {n['done']} done, {n['cached']} cached, {n['skipped']} skipped")
+
+    def details(r):
+        out = r.get("out")
+        where = f"{Path(out).parent.name}/" if out and Path(out).parent != Path(args.out) else ""
+        return f"{where}{r['slide_id']} ({r.get('tiles', '?')} tiles)"
+
+    print("\n".join(format_rows(rows, details)))
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        print(f"summary: {write_summary(rows, Path(args.out), rank, world)}")
+    except OSError as e:
+        print(f"mgpath extract: could not write the summary into {args.out}: {e.strerror or e} (disk full?); "
+              "the lines above are the whole summary", file=sys.stderr)
+        return 1
+    return 0 if all(r["status"] in ("done", "cached") for r in rows) else 1
+
+

@@ -1,0 +1,45 @@
+"""Per-run summaries: one row per slide written as CSV and JSON beside the outputs, and a text rendering."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from vapt.atomic import write_bytes_atomic
+
+__all__ = ["STATUSES", "count_statuses", "format_rows", "write_summary_files"]
+
+STATUSES = ("done", "cached", "skipped")
+
+
+def count_statuses(rows: list[dict]) -> dict[str, int]:
+    """``{"done": n, "cached": n, "skipped": n}``."""
+    return {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+
+
+def write_summary_files(rows: list[dict], out: Path, name: str, fields: list[str], json_doc=None) -> Path:
+    """Write ``out/<name>.csv`` (``fields`` columns, empty for None) and ``out/<name>.json`` atomically.
+
+    ``json_doc`` is what the JSON holds (default: the rows); returns the CSV's path.
+    """
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    out = Path(out)
+    write_bytes_atomic(out / f"{name}.csv", buf.getvalue().encode())
+    doc = rows if json_doc is None else json_doc
+    write_bytes_atomic(out / f"{name}.json", json.dumps(doc, indent=1, default=str).encode())
+    return out / f"{name}.csv"
+
+
+def format_rows(rows: list[dict], details) -> list[str]:
+    """One text line per row: status, ``details(row)`` (e.g. slide id and tile counts), and why it was skipped."""
+    lines = []
+    for r in rows:
+        why = f" - {r['reason']}" if r["status"] == "skipped" else ""
+        lines.append(f"  {r['status']:<8} {details(r)}{why}")
+    return lines

@@ -1,0 +1,89 @@
+"""The tiles of many slides as one Dataset, read straight from the slides inside DataLoader workers.
+
+Each tile's level-0 footprint is read from the best pyramid level and resized once, directly to the
+encoder's input size (bilinear, antialiased), then normalised with the encoder's mean/std.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mgpath.pipelines.jobs import SlideJob
+
+__all__ = ["TileDataset"]
+
+
+class TileDataset(torch.utils.data.Dataset):
+    """Tiles of several slides, read lazily in each worker.
+
+    Item ``i`` -> ``(image (3, H, W) float32 normalised, job index, tile index, ok)``; ``ok`` is False (and the
+    image white) when the slide could not be read, so the writer can report the slide instead of crashing.
+    """
+
+    def __init__(self, jobs: list[SlideJob], input_size: tuple[int, int], mean, std, max_open: int = 4):
+        self.jobs = jobs
+        self.input_size = tuple(int(v) for v in input_size)
+        self._mean_np = np.asarray(mean, np.float32).reshape(1, 1, 3)
+        self._std_np = np.asarray(std, np.float32).reshape(1, 1, 3)
+        self.offsets = np.concatenate([[0], np.cumsum([j.n for j in jobs])]).astype(np.int64)
+        self.max_open = max_open
+        self._open: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getstate__(self):
+        st = self.__dict__.copy()
+        st["_open"] = OrderedDict()
+        return st
+
+    def _slide(self, j: int):
+        from mgpath.slides.reader import Slide
+
+        if j in self._open:
+            self._open.move_to_end(j)
+            return self._open[j]
+        s = Slide(self.jobs[j].slide_path, mpp=self.jobs[j].mpp)
+        self._open[j] = s
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)[1].close()
+        return s
+
+    def read_tile(self, j: int, t: int, size: int | tuple[int, int] | None = None) -> np.ndarray:
+        """Tile ``t`` of job ``j``: its level-0 footprint read at ``size`` px (default: the file's ``patch_size``).
+
+        The dataset reads each footprint straight at the encoder's input size (one resize from the best
+        pyramid level instead of two), so ``(H, W, 3)`` uint8.
+        """
+        job = self.jobs[j]
+        size = job.attrs["patch_size"] if size is None else size
+        return self._slide(j).read_footprint(job.coords[t], job.attrs["patch_size_level0"], size)
+
+    def transform(self, tile: np.ndarray) -> torch.Tensor:
+        """``(S, S, 3)`` uint8 -> ``(3, H, W)`` float32: PIL bilinear resize (antialiased), /255, normalise.
+
+        Done in numpy/PIL (single-threaded), so DataLoader workers and the main process do not fight over
+        cores with the encoder's threads.
+        """
+        h, w = self.input_size
+        if tile.shape[:2] != (h, w):
+            tile = np.asarray(Image.fromarray(tile).resize((w, h), Image.Resampling.BILINEAR))
+        x = tile.astype(np.float32) * np.float32(1 / 255.0)
+        x = (x - self._mean_np) / self._std_np
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+    def __getitem__(self, i: int):
+        j = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        t = int(i - self.offsets[j])
+        from mgpath.slides.reader import SlideError
+
+        try:
+            tile, ok = self.read_tile(j, t, self.input_size[::-1]), True
+        except SlideError:
+            tile, ok = np.full((*self.input_size, 3), 255, np.uint8), False
+            self._open.pop(j, None)
+        return self.transform(tile), j, t, ok

@@ -1,0 +1,108 @@
+"""The bad-input matrix of the mgpath command line, run as a user would (a subprocess per case).
+
+Each case asserts the exit status (2 bad input, 1 some slides skipped), that the message names the file
+and fits on one line without a traceback, and that the good outputs made before are left intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+
+import h5py
+import pytest
+import timm
+import torch
+
+ENC = "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def good_run(slide_dir, tmp_path_factory):
+    """A finished tile + extract run whose outputs every bad case below must leave untouched."""
+    root = tmp_path_factory.mktemp("matrix")
+    slides = root / "slides"
+    shutil.copytree(slide_dir, slides)
+    torch.manual_seed(0)
+    timm_model = timm.create_model(ENC, pretrained=False, num_classes=0, img_size=64)
+    torch.save(timm_model.state_dict(), root / "w.pth")
+    assert _run("tile", str(slides), "--out", str(root / "tiles"), "--magnification", "2.5", "--tile-size", "96",
+                "--no-progress").returncode == 0
+    assert _run("extract", *_extract_args(root), "--checkpoint", str(root / "w.pth")).returncode == 0
+    return root
+
+
+def _extract_args(root, coords=None):
+    return ["--coords", str(coords or root / "tiles"), "--slides", str(root / "slides"), "--encoder", ENC,
+            "--img-size", "64", "--out", str(root / "features"), "--workers", "0", "--accelerator", "cpu",
+            "--no-progress"]
+
+
+def _run(*argv):
+    return subprocess.run([sys.executable, "-m", "mgpath.cli", *argv], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def _digest(root):
+    files = sorted(p for d in ("tiles", "features") for p in (root / d).rglob("*.h5"))
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _case(root, name):
+    """``(argv, expected exit, text the message must contain)`` of one bad input."""
+    bad = root / "bad"
+    bad.mkdir(exist_ok=True)
+    if name == "garbage_checkpoint":
+        (bad / "garbage.pth").write_bytes(b"not a checkpoint")
+        return ["extract", *_extract_args(root), "--checkpoint", str(bad / "garbage.pth")], 2, "garbage.pth"
+    if name == "truncated_checkpoint":
+        data = (root / "w.pth").read_bytes()
+        (bad / "trunc.pth").write_bytes(data[: len(data) // 2])
+        return ["extract", *_extract_args(root), "--checkpoint", str(bad / "trunc.pth"), "--overwrite"], 2, "trunc.pth"
+    if name == "missing_checkpoint":
+        return ["extract", *_extract_args(root), "--checkpoint", str(bad / "nope.pth")], 2, "nope.pth"
+    if name == "no_coords_folder":
+        return ["extract", *_extract_args(root, coords=bad / "nowhere")], 2, "nowhere"
+    if name == "corrupt_coords_h5":
+        cdir = bad / "coords"
+        shutil.copytree(root / "tiles" / "2.5x" / "coords", cdir, dirs_exist_ok=True)
+        (cdir / "s1_he.h5").write_bytes(b"\x89HDF torn")
+        return ["extract", *_extract_args(root, coords=cdir), "--checkpoint", str(root / "w.pth")], 1, "s1_he.h5"
+    if name == "mpp_csv_without_columns":
+        (bad / "mpp.csv").write_text("name,resolution\ns0_ihc,0.5\n")
+        return ["tile", str(root / "slides"), "--out", str(root / "tiles"), "--magnification", "2.5",
+                "--tile-size", "96", "--mpp-csv", str(bad / "mpp.csv"), "--no-progress"], 2, "mpp.csv"
+    if name == "not_a_slide":
+        (bad / "notes.svs").write_text("this is text")
+        return ["tile", str(bad / "notes.svs"), "--out", str(root / "tiles"), "--magnification", "2.5",
+                "--tile-size", "96", "--no-progress"], 1, "notes.svs"
+    if name == "garbage_mgpath_checkpoint":
+        (bad / "model.ckpt").write_bytes(b"garbage")
+        return ["heatmap", "--ckpt", str(bad / "model.ckpt"), "--slide", str(root / "slides" / "s0_ihc.tiff"),
+                "--out", str(bad / "h.png")], 2, "model.ckpt"
+    raise KeyError(name)
+
+
+CASES = ["garbage_checkpoint", "truncated_checkpoint", "missing_checkpoint", "no_coords_folder",
+         "corrupt_coords_h5", "mpp_csv_without_columns", "not_a_slide", "garbage_mgpath_checkpoint"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input(name, good_run):
+    before = _digest(good_run)
+    argv, code, named = _case(good_run, name)
+    proc = _run(*argv)
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    if code == 2:  # bad input: one line on stderr naming the file
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and named in lines[0], proc.stderr
+    else:  # some slides skipped: the skipped slide's line names the file
+        skipped = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("skipped")]
+        assert skipped and all(named in ln for ln in skipped), proc.stdout
+    after = _digest(good_run)
+    assert {k: after.get(k) for k in before} == before  # nothing lost: every earlier output is unchanged
+    with h5py.File(good_run / "features" / "2.5x" / "s0_ihc.h5") as f:
+        assert f["features"].shape[0] > 0
