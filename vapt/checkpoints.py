@@ -32,7 +32,7 @@ which is the architecture of the official code.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ def load_official_checkpoint(model: PromptedViT, state_dict: Mapping) -> Prompte
             sd = dict(sd[wrapper])
     if "shallow_prompt" in sd or "deep_prompt" in sd:
         return _load_prompt_file(model, sd)
-    sd = {k.removeprefix("module."): _tensor(v) for k, v in sd.items()}
+    sd = {k[len("module."):] if k.startswith("module.") else k: _tensor(v) for k, v in sd.items()}
     if not any(k.startswith("enc.") for k in sd) and any(k.startswith("transformer.") for k in sd):
         sd = {("enc." + k if k.startswith("transformer.") else k): v for k, v in sd.items()}
     rows = _key_map(model)

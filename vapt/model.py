@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ class PromptedViT(nn.Module):
         self.train()
 
     # ------------------------------------------------------------------ modes
-    def train(self, mode: bool = True) -> PromptedViT:
+    def train(self, mode: bool = True) -> "PromptedViT":
         """Prompt modules and head follow ``mode``; a frozen backbone always stays in eval mode (its dropout and
         drop-path never fire during prompt tuning, as in the official code). Full fine-tuning trains it."""
         self.training = mode

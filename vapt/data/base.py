@@ -2,6 +2,7 @@
 and a base ``LightningDataModule`` that checks its splits before training starts."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
