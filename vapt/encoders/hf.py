@@ -125,7 +125,10 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, trust, **overrides)
     if oc_cfg is not None:
         model = open_clip.CLIP(**oc_cfg["model_cfg"])
     else:
-        model = open_clip.create_model(preset.arch, pretrained=None)
+        from vapt.quiet import drop_log_records
+
+        with drop_log_records("No pretrained weights loaded", enabled=weights is not None):  # the file follows
+            model = open_clip.create_model(preset.arch, pretrained=None)
     visual = model.visual
     if weights is None:
         warn_random(preset.name)
