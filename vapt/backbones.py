@@ -248,6 +248,13 @@ def build_encoder(
                            **timm_kwargs)
         if not isinstance(enc, ViTEncoder):
             raise BackboneError(f"Preset {name!r} is not a Vision Transformer; prompt tuning needs a ViT preset.")
+        mean, std = tuple(enc.data_config["mean"]), tuple(enc.data_config["std"])
+        if (mean, std) != (IMAGENET_MEAN, IMAGENET_STD):
+            import warnings
+
+            warnings.warn(f"Preset {name} expects inputs normalised with mean {mean} / std {std}; the vapt data "
+                          "modules normalise with ImageNet statistics, so feed it data normalised with the "
+                          "preset's (model.backbone.data_config).", stacklevel=2)
         return enc
     if name.startswith(OPEN_CLIP_PREFIX):
         if global_pool is not None or timm_kwargs:
