@@ -77,7 +77,8 @@ def load_weights_file(path: str | os.PathLike, *, trust: bool = False):
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
         try:
-            with torch.serialization.safe_globals(_safe_globals()):
+            with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch's pickle-protocol notes on foreign files
                 return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # distinguish "needs unpickling" (a global) from "corrupt" (bad opcodes)
             if "Weights only load failed" not in str(err) or "global" not in str(err).lower():

@@ -85,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.checkpoint:
             torch.manual_seed(args.random_seed)  # same run -> same random encoder -> same features
+        encoder = build_encoder(args.encoder, checkpoint=args.checkpoint, img_size=args.img_size, mean=args.mean,
+                                std=args.std, trust_checkpoint=args.trust_checkpoint, **kwargs)
+        if not args.checkpoint:
             print(f"mgpath extract: WARNING: no --checkpoint given: {args.encoder} has RANDOM weights "
                   f"(seed {args.random_seed}); these features are for testing only, not for real results",
                   file=sys.stderr)
-        encoder = build_encoder(args.encoder, checkpoint=args.checkpoint, img_size=args.img_size, mean=args.mean,
-                                std=args.std, trust_checkpoint=args.trust_checkpoint, **kwargs)
         weights_file = str(resolve(args.checkpoint).file) if args.checkpoint else None  # a folder's weights file
         weights = weights_description(weights_file, args.random_seed)
     except (FileNotFoundError, ValueError, OSError) as e:
