@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mpp-csv", default=None, help="CSV with columns slide_id (or wsi) and mpp: per-slide override"
     )
     p.add_argument(
-        "--seg-mpp", type=float, default=TissueParams.seg_mpp, help="um/px of the segmentation image (8)"
+        "--seg-mpp", type=float, default=TissueParams.seg_mpp, help="um/px of the segmentation image (4; finer on small slides)"
     )
     p.add_argument("--threshold", choices=["fixed", "otsu"], default=TissueParams.threshold)
     p.add_argument(

@@ -165,8 +165,10 @@ class _ShardedData(pl.LightningDataModule):
     reported as busy and left to it.
     """
 
-    def __init__(self, jobs, input_size, mean, std, batch_size, workers, writer, identity, overwrite):
+    def __init__(self, jobs, input_size, mean, std, batch_size, workers, writer, identity, overwrite,
+                 reader="openslide"):
         super().__init__()
+        self.reader = reader
         self.jobs, self.input_size, self.mean, self.std = jobs, input_size, mean, std
         self.batch_size, self.workers, self.writer = batch_size, workers, writer
         self.identity, self.overwrite = identity, overwrite
@@ -198,7 +200,8 @@ class _ShardedData(pl.LightningDataModule):
         self.locks = []
 
     def predict_dataloader(self):
-        ds = TileDataset(self.mine, self.input_size, self.mean, self.std, data_config=self.data_config)
+        ds = TileDataset(self.mine, self.input_size, self.mean, self.std, reader=self.reader,
+                         data_config=self.data_config)
         return torch.utils.data.DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -238,6 +241,7 @@ def extract_features(
     callbacks: list | None = None,
     weights: str | None = None,
     identity_extra: dict | None = None,
+    reader: str = "openslide",
 ) -> list[dict]:
     """Encode the tiles of ``jobs`` and write one features h5 per job; returns summary rows.
 
@@ -246,12 +250,16 @@ def extract_features(
     weights for the cache identity (default: the checkpoint's SHA-256, else random-init); ``identity_extra``
     holds any other setting that changes the features. A job whose output holds features of the same
     identity is ``cached``; one made with anything else is reported stale (``skipped``) unless ``overwrite``.
+    ``reader="fast"`` reads JPEG-tiled slides through :mod:`mgpath.slides.jpeg_tiles` (others through
+    OpenSlide); it is part of the identity.
     """
     precision = precision or default_precision(accelerator)
     cfg = encoder.data_config
     if "resize" in cfg or getattr(encoder, "overrides", None):  # a preset: its transform and options count too
         identity_extra = {**(identity_extra or {}), "overrides": dict(getattr(encoder, "overrides", {}) or {}),
                           "transform": {k: cfg.get(k) for k in ("resize", "crop", "interpolation")}}
+    if reader != "openslide":
+        identity_extra = {**(identity_extra or {}), "reader": reader}
     identity = encoder_identity(encoder_name, weights or weights_description(checkpoint), cfg, precision,
                                 identity_extra)
     rows: list[dict] = []
@@ -288,7 +296,8 @@ def extract_features(
     extra_attrs = {"input_size": np.array(input_size), "mean": np.array(cfg["mean"]),
                    "std": np.array(cfg["std"]), "precision": precision}
     writer = H5FeatureWriter(ok, checkpoint, identity, extra_attrs)
-    dm = _ShardedData(ok, input_size, cfg["mean"], cfg["std"], batch_size, workers, writer, identity, overwrite)
+    dm = _ShardedData(ok, input_size, cfg["mean"], cfg["std"], batch_size, workers, writer, identity, overwrite,
+                      reader)
     dm.data_config = cfg
     trainer = pl.Trainer(
         accelerator=accelerator,

@@ -5,7 +5,8 @@ or ``mpp0.5`` for ``--mpp-target 0.5``)::
 
     OUT/geojson/<slide_id>.geojson         tissue polygons, level-0 pixels (QuPath: File > Import objects)
     OUT/<tag>/coords/<slide_id>.h5         dataset ``coords`` (N, 2) int64 level-0 top-left, + attributes
-    OUT/<tag>/previews/<slide_id>.png      segmentation image with tissue contours and the tile grid
+    OUT/<tag>/previews/<slide_id>.png      2048-px thumbnail with tissue contours, holes and the tile grid
+    OUT/previews.html, OUT/previews.png    every slide's previews on one page / one grid (contact sheet)
     OUT/summary.csv, OUT/summary.json      one row per slide: status (done / cached / skipped), reason, tiles
 
 Every file is written to a temporary name in the same folder and renamed, so a killed run never leaves a
@@ -27,9 +28,10 @@ from mgpath.io import COORDS_FORMAT, read_coords_header, write_coords
 from mgpath.pipelines.discovery import find_slides
 from mgpath.pipelines.locks import SlideLock, clean_temp
 from mgpath.pipelines.summary import count_statuses, format_rows, write_summary_files
+from mgpath.slides import preview
 from mgpath.slides.grid import TileParams, tile_grid, tissue_fraction
 from mgpath.slides.reader import Slide, SlideError, slide_id_from_path
-from mgpath.slides.tissue import TissueParams, segment_tissue, write_geojson, write_preview
+from mgpath.slides.tissue import TissueParams, segment_tissue, write_geojson
 
 __all__ = ["format_summary", "tile_slide", "tile_slides", "write_summary"]
 
@@ -158,8 +160,13 @@ def _tile_locked(path, out, tps, tissue_params, mpp, overwrite, row, source, t0)
     return row
 
 
+#: longer side in pixels of the previews (``OUT/<tag>/previews/<slide_id>.png``)
+PREVIEW_SIDE = 2048
+
+
 def _tile_open_slide(slide: Slide, out: Path, tps: list[TileParams], tp_tissue: TissueParams, source: dict) -> dict:
     res: dict = {}
+    thumb = None  # one thumbnail for the previews of every resolution
     tissue = segment_tissue(slide, tp_tissue)
     res["tissue_mm2"] = round(tissue.area_mm2, 4)
     need_tissue = any(tp.use_tissue for tp in tps)
@@ -221,7 +228,9 @@ def _tile_open_slide(slide: Slide, out: Path, tps: list[TileParams], tp_tissue: 
             "slide_size": source["slide_size"],
             "slide_mtime": source["slide_mtime"],
         }
-        write_preview(tissue, p["preview"], coords, size0)
+        if thumb is None:
+            thumb = slide.thumbnail(PREVIEW_SIDE)
+        preview.write_preview(slide, p["preview"], tissue, coords, size0, tag=tp.tag, thumbnail=thumb)
         write_coords(p["coords"], coords, attrs, frac)  # last: its presence marks the slide done
         res[f"tiles_{tp.tag}"] = len(coords)
     return res
@@ -286,7 +295,24 @@ def tile_slides(
     bar.close()
     rows += [results[p] for p in paths]
     write_summary(rows, out, tags)
+    write_previews_sheet(rows, out, tags)
     return rows
+
+
+def write_previews_sheet(rows: list[dict], out: Path, tags: list[str]) -> None:
+    """``OUT/previews.html`` and ``OUT/previews.png``: the preview of every slide and resolution of the run
+    (a skipped slide shows its reason)."""
+    items = []
+    for r in rows:
+        sid = r.get("slide_id") or Path(str(r.get("path", "?"))).name
+        for t in tags:
+            png = _paths(out, sid, t)["preview"]
+            ok = r.get("status") in ("done", "cached") and png.is_file()
+            tiles = r.get(f"tiles_{t}")
+            items.append({"slide_id": f"{sid} {t}", "png": png if ok else None,
+                          "caption": (f"{tiles} tiles" if tiles is not None else "") if ok else r.get("reason", "")})
+    if items:
+        preview.write_contact_sheet(items, out, name="previews")
 
 
 def _run_pool(jobs, workers, bar) -> dict[str, dict]:

@@ -27,13 +27,18 @@ class TileDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, jobs: list[SlideJob], input_size: tuple[int, int], mean, std, max_open: int = 4,
-                 data_config: dict | None = None):
+                 reader: str = "openslide", data_config: dict | None = None):
+        if reader not in ("openslide", "fast"):
+            raise ValueError(f"reader must be 'openslide' or 'fast', got {reader!r}")
+        self.reader = reader  # "fast": JPEG-tiled slides through mgpath.slides.jpeg_tiles (others: OpenSlide)
         self.jobs = jobs
         # a preset's own transform (vapt.encoders.preprocess_tiles) instead of the single direct resize
         self.data_config = data_config if data_config is not None and "resize" in data_config else None
         self.input_size = tuple(int(v) for v in input_size)
         self._mean_np = np.asarray(mean, np.float32).reshape(1, 1, 3)
         self._std_np = np.asarray(std, np.float32).reshape(1, 1, 3)
+        self._mean_t = torch.from_numpy(self._mean_np.reshape(3, 1, 1).copy())
+        self._std_t = torch.from_numpy(self._std_np.reshape(3, 1, 1).copy())
         self.offsets = np.concatenate([[0], np.cumsum([j.n for j in jobs])]).astype(np.int64)
         self.max_open = max_open
         self._open: OrderedDict = OrderedDict()
@@ -52,7 +57,7 @@ class TileDataset(torch.utils.data.Dataset):
         if j in self._open:
             self._open.move_to_end(j)
             return self._open[j]
-        s = Slide(self.jobs[j].slide_path, mpp=self.jobs[j].mpp)
+        s = Slide(self.jobs[j].slide_path, mpp=self.jobs[j].mpp, fast=self.reader == "fast")
         self._open[j] = s
         while len(self._open) > self.max_open:
             self._open.popitem(last=False)[1].close()
@@ -77,9 +82,12 @@ class TileDataset(torch.utils.data.Dataset):
         h, w = self.input_size
         if tile.shape[:2] != (h, w):
             tile = np.asarray(Image.fromarray(tile).resize((w, h), Image.Resampling.BILINEAR))
-        x = tile.astype(np.float32) * np.float32(1 / 255.0)
-        x = (x - self._mean_np) / self._std_np
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+        # one converting copy to channel-first float32, then in place: the same float32 operations as
+        # (tile * (1/255) - mean) / std in numpy, about 5x faster (it costs as much as a tile read otherwise)
+        x = torch.empty((3, h, w), dtype=torch.float32)
+        x.copy_(torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1))
+        x.mul_(np.float32(1 / 255.0))
+        return x.sub_(self._mean_t).div_(self._std_t)
 
     def __getitem__(self, i: int):
         j = int(np.searchsorted(self.offsets, i, side="right") - 1)

@@ -147,12 +147,21 @@ class Slide:
     mpp : level-0 microns per pixel; overrides the file's metadata (use it when the metadata is missing
         or wrong).
 
+    fast : read footprints (:meth:`read_footprint`, :meth:`read`) of JPEG-tiled TIFF/svs files through
+        :class:`mgpath.slides.jpeg_tiles.JpegTiles` (tiles decoded once, reduced-scale DCT decode) instead of
+        OpenSlide. Files that do not qualify are read with OpenSlide; ``fast_reason`` says why.
+    dct_margin : with ``fast``, how much resolution a reduced-scale JPEG decode keeps above the target
+        (see :func:`mgpath.slides.jpeg_tiles.plan_read`; None: straight at 1/2, one octave kept below;
+        0 fastest; 1 closest to OpenSlide).
+
     The OpenSlide handle opens lazily and is not pickled, so a ``Slide`` can be sent to DataLoader worker
     processes: each process opens its own handle on first use. Use as a context manager or call
     :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike, mpp: float | None = None):
+    def __init__(
+        self, path: str | os.PathLike, mpp: float | None = None, fast: bool = False, dct_margin: int | None = None
+    ):
         self.path = str(path)
         self.slide_id = slide_id_from_path(self.path)
         if mpp is not None and not (_float(mpp) and float(mpp) < 1e3):
@@ -171,6 +180,15 @@ class Slide:
             self._mpp, self.mpp_source, self._mpp_notes = self._mpp_override, "override", []
         else:
             self._mpp, self.mpp_source, self._mpp_notes = mpp_from_properties(self.properties)
+        self._jpeg = None
+        self.fast_reason = "not asked for"
+        if fast:
+            self._jpeg, self.fast_reason = _fast_reader(self, dct_margin)
+
+    @property
+    def fast(self) -> bool:
+        """True when footprints are read through the JPEG fast path."""
+        return self._jpeg is not None
 
     # -- handle management -------------------------------------------------------------------------
     def _handle(self):
@@ -183,6 +201,8 @@ class Slide:
         if self._osr is not None:
             self._osr.close()
             self._osr = None
+        if self._jpeg is not None:
+            self._jpeg.close()
 
     def __enter__(self) -> "Slide":
         return self
@@ -277,6 +297,13 @@ class Slide:
         The deepest level not coarser than needed is read, then resized (bilinear, antialiased) only when
         the residual factor differs from 1. Works without MPP.
         """
+        if self._jpeg is not None:
+            try:
+                return self._jpeg.read_footprint(xy_level0, size_level0, out_size)
+            except OSError as e:
+                raise SlideError(
+                    f"reading {self.path} at {tuple(xy_level0)} failed ({e}); the file may be corrupt"
+                ) from None
         sw, sh = (size_level0, size_level0) if np.isscalar(size_level0) else size_level0
         ow, oh = (out_size, out_size) if np.isscalar(out_size) else out_size
         level, _ = self.best_level_for_downsample(min(sw / ow, sh / oh))
@@ -336,6 +363,19 @@ class Slide:
         """Whole-slide RGB uint8 ``(h, w, 3)`` on white whose longer side is ``max_size`` px."""
         w0, h0 = self.dimensions
         return self.read_at_downsample(max(w0, h0) / float(max_size))
+
+
+def _fast_reader(slide: Slide, dct_margin: int | None):
+    """``(JpegTiles or None, reason)``: the fast path when every OpenSlide level is a JPEG-tiled page."""
+    from mgpath.slides.jpeg_tiles import JpegTiles, jpeg_levels
+
+    levels, why = jpeg_levels(slide.path)
+    if not levels:
+        return None, why
+    dims = [(lv.width, lv.height) for lv in levels]
+    if dims != slide.level_dimensions:
+        return None, f"tiled pages {dims} differ from OpenSlide's levels {slide.level_dimensions}"
+    return JpegTiles(slide.path, levels, slide.level_downsamples, dct_margin=dct_margin), ""
 
 
 def _on_white(rgba: Image.Image) -> Image.Image:

@@ -36,7 +36,7 @@ class TissueParams:
 
     Attributes
     ----------
-    seg_mpp : um/px of the image segmented (8 um/px is about 1.25x); coarsened if the image would exceed
+    seg_mpp : um/px of the image segmented (4 um/px is about 2.5x); coarsened if the image would exceed
         ``max_side`` pixels.
     threshold : ``"fixed"`` (saturation > ``min_saturation``, CLAM/MGPATH-preset style, the default) or
         ``"otsu"`` (Otsu on saturation, never below ``min_saturation``; can split two-toned stains such as IHC
@@ -47,16 +47,19 @@ class TissueParams:
     min_tissue_mm2 : tissue pieces with a smaller area (holes subtracted) are dropped.
     min_hole_mm2 : holes with a smaller area are filled.
     black_value : pixels with HSV value below this are ignored (pen / black borders); 0 disables.
+    min_side, max_side : bounds on the segmentation image's longer side in pixels (a small slide is segmented
+        finer than ``seg_mpp``, never finer than its level 0; a huge one coarser).
     """
 
-    seg_mpp: float = 8.0
+    seg_mpp: float = 4.0
     threshold: str = "fixed"
     min_saturation: int = 15
-    median_um: float = 56.0
+    median_um: float = 32.0
     close_um: float = 32.0
     min_tissue_mm2: float = 0.05
     min_hole_mm2: float = 0.01
     black_value: int = 30
+    min_side: int = 1024
     max_side: int = 8192
 
     def __post_init__(self):
@@ -106,12 +109,74 @@ def _odd(n: float) -> int:
     return k if k % 2 else k + 1
 
 
+def _final_mask(mask: np.ndarray, min_piece_px: float, min_hole_px: float) -> np.ndarray:
+    """Fill holes under ``min_hole_px`` pixels, then drop pieces under ``min_piece_px`` pixels.
+
+    Tissue is 8-connected and background 4-connected (the pair OpenCV's contours follow), so every kept
+    pixel set has a valid pixel-edge outline. Areas are pixel counts (a piece's area excludes its holes).
+    """
+    import cv2
+
+    m = mask.astype(np.uint8)
+    if min_hole_px > 0:
+        _, lab, stats, _ = cv2.connectedComponentsWithStats(1 - m, connectivity=4)
+        h, w = m.shape
+        x, y, bw, bh, area = stats.T
+        small = (area < min_hole_px) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
+        m[small[lab] & (m == 0)] = 1  # label 0 is the tissue (background of the inverted mask)
+    _, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_piece_px
+    keep[0] = False
+    return keep[lab]
+
+
+def mask_polygons(mask: np.ndarray) -> list:
+    """Pixel-edge outlines of a bool mask ``(h, w)``: valid shapely Polygons in pixel units, pixel ``(i, j)``
+    being the square ``[j, j + 1) x [i, i + 1)``.
+
+    OpenCV's contours run through the centres of the boundary pixels; each piece (with its holes) is grown by
+    half a pixel (mitred corners, a hair more so that pieces touching at a corner merge rather than make a
+    self-touching ring) and clipped to the image, so the outline encloses exactly the mask's pixels.
+    """
+    import cv2
+    import shapely
+    from shapely.geometry import LineString, Point, Polygon, box
+
+    h, w = mask.shape
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    hier = hierarchy[0]
+    frame = box(0, 0, w, h)
+
+    def geom(c):
+        pts = c[:, 0, :].astype(np.float64) + 0.5
+        if len(pts) >= 3:
+            return shapely.make_valid(Polygon(pts))
+        return LineString(pts) if len(pts) == 2 else Point(pts[0])
+
+    out = []
+    for i, cnt in enumerate(contours):
+        if hier[i][3] != -1:
+            continue
+        g = geom(cnt)
+        j = hier[i][2]
+        while j != -1:
+            if len(contours[j]) >= 3:
+                g = g.difference(geom(contours[j]))
+            j = hier[j][0]
+        g = g.buffer(0.5 + 1e-3, join_style="mitre", mitre_limit=2.0).intersection(frame)
+        out += [q for q in getattr(g, "geoms", [g]) if isinstance(q, Polygon) and not q.is_empty]
+    return out
+
+
 def segment_image(rgb: np.ndarray, mpp: float, params: TissueParams | None = None):
     """Segment an RGB image ``(h, w, 3)`` uint8 at ``mpp`` um/px.
 
     Returns
     -------
-    (polygons in image pixel coordinates, mask (h, w) bool, threshold used)
+    (polygons in image pixel units with pixel ``(i, j)`` the square ``[j, j+1) x [i, i+1)``, mask (h, w) bool
+    of the kept tissue, threshold used). The polygons enclose exactly the mask's pixels.
     """
     import cv2
 
@@ -129,39 +194,22 @@ def segment_image(rgb: np.ndarray, mpp: float, params: TissueParams | None = Non
     else:
         thr = float(p.min_saturation)
     mask = (sat > thr).astype(np.uint8)
-    c = int(round(p.close_um / mpp))
+    c = _odd(p.close_um / mpp) if p.close_um > 0 else 0  # odd: an even kernel's closing shifts the mask
     if c > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (c, c))
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     px_mm2 = (mpp / 1000.0) ** 2
-    polys: list[TissuePolygon] = []
-    if hierarchy is not None:
-        hier = hierarchy[0]
-        for i, cnt in enumerate(contours):
-            if hier[i][3] != -1:  # a hole; handled with its parent
-                continue
-            area = cv2.contourArea(cnt)
-            holes = []
-            j = hier[i][2]
-            while j != -1:
-                ha = cv2.contourArea(contours[j])
-                if ha * px_mm2 >= p.min_hole_mm2:
-                    holes.append(contours[j])
-                    area -= ha
-                j = hier[j][0]
-            if area * px_mm2 < p.min_tissue_mm2:
-                continue
-            polys.append(
-                TissuePolygon(
-                    exterior=cnt[:, 0, :].astype(np.float64),
-                    holes=[h[:, 0, :].astype(np.float64) for h in holes],
-                    area_mm2=area * px_mm2,
-                )
-            )
+    mask = _final_mask(mask, p.min_tissue_mm2 / px_mm2, p.min_hole_mm2 / px_mm2)
+    polys = [
+        TissuePolygon(
+            np.asarray(g.exterior.coords, np.float64)[:-1],
+            [np.asarray(r.coords, np.float64)[:-1] for r in g.interiors],
+            g.area * px_mm2,
+        )
+        for g in mask_polygons(mask)
+    ]
     polys.sort(key=lambda q: -q.area_mm2)
-    out = rasterize(polys, mask.shape, 1.0, pixel_centres=False)
-    return polys, out, thr
+    return polys, mask, thr
 
 
 def rasterize(
@@ -172,37 +220,49 @@ def rasterize(
 ) -> np.ndarray:
     """Fill polygons (holes left empty) into a ``shape=(h, w)`` bool mask of ``downsample`` level-0 px per pixel.
 
-    With ``pixel_centres`` the polygon vertices are level-0 coordinates of pixel corners; otherwise they are
-    already integer mask pixel indices (OpenCV contour convention).
+    A pixel is set when its centre lies inside (even-odd rule over each polygon's rings, union over
+    polygons). With ``pixel_centres`` the vertices are level-0 coordinates (pixel ``j`` spans
+    ``[j * s, (j + 1) * s)``); otherwise they are mask pixel units already.
     """
-    import cv2
-
     sx, sy = (downsample, downsample) if np.isscalar(downsample) else downsample
-    m = np.zeros(shape, np.uint8)
-
-    def to_px(a):
-        a = np.asarray(a, np.float64)
-        if pixel_centres:
-            a = a / np.array([sx, sy]) - 0.5
-        return np.round(a).astype(np.int32).reshape(-1, 1, 2)
-
+    if not pixel_centres:
+        sx = sy = 1.0
+    h, w = shape
+    out = np.zeros((h, w), bool)
+    yc = (np.arange(h) + 0.5) * sy
     for poly in polygons:
-        cv2.fillPoly(m, [to_px(poly.exterior)], 1)
-        # outline too, so a 1-px wide piece is not lost
-        cv2.polylines(m, [to_px(poly.exterior)], True, 1)
-        for h in poly.holes:
-            cv2.fillPoly(m, [to_px(h)], 0)
-    return m.astype(bool)
+        rings = [np.asarray(poly.exterior, np.float64)] + [np.asarray(r, np.float64) for r in poly.holes]
+        a = np.concatenate([r for r in rings if len(r) >= 3]) if rings else np.zeros((0, 2))
+        b = np.concatenate([np.roll(r, -1, axis=0) for r in rings if len(r) >= 3]) if rings else a
+        if len(a) == 0:
+            continue
+        lo, hi = max(0, int((a[:, 1].min() / sy) - 1)), min(h, int(a[:, 1].max() / sy) + 2)
+        for i in range(lo, hi):
+            y = yc[i]
+            cross = (a[:, 1] <= y) != (b[:, 1] <= y)
+            if not cross.any():
+                continue
+            t = (y - a[cross, 1]) / (b[cross, 1] - a[cross, 1])
+            xs = np.sort(a[cross, 0] + t * (b[cross, 0] - a[cross, 0])) / sx - 0.5  # pixel index units
+            for x0, x1 in zip(xs[0::2], xs[1::2]):
+                j0, j1 = max(0, int(np.ceil(x0))), min(w, int(np.floor(x1)) + 1)
+                if j1 > j0:
+                    out[i, j0:j1] = True
+    return out
 
 
 def segment_tissue(slide, params: TissueParams | None = None) -> Tissue:
     """Segment the tissue of a :class:`~mgpath.slides.reader.Slide` (needs its MPP).
 
-    Returns polygons in level-0 pixels (vertex = centre of a boundary pixel of the segmentation image).
+    The segmentation image is ``seg_mpp`` um/px, finer on small slides so that its longer side has at least
+    ``min_side`` pixels, coarser when it would exceed ``max_side``. Returns polygons in level-0 pixels that
+    enclose exactly the mask's pixels.
     """
     p = params or TissueParams()
     w0, h0 = slide.dimensions
-    seg_mpp = max(p.seg_mpp, slide.mpp * max(w0, h0) / p.max_side)
+    extent_um = slide.mpp * max(w0, h0)
+    seg_mpp = min(p.seg_mpp, max(slide.mpp, extent_um / max(1, p.min_side)))
+    seg_mpp = max(seg_mpp, extent_um / p.max_side)
     img = slide.read_at_downsample(seg_mpp / slide.mpp, max_side=p.max_side)
     h, w = img.shape[:2]
     sx, sy = w0 / w, h0 / h
@@ -210,8 +270,8 @@ def segment_tissue(slide, params: TissueParams | None = None) -> Tissue:
     polys, mask, thr = segment_image(img, mpp_img, p)
     scale = np.array([sx, sy])
     for poly in polys:
-        poly.exterior = (poly.exterior + 0.5) * scale
-        poly.holes = [(hh + 0.5) * scale for hh in poly.holes]
+        poly.exterior = poly.exterior * scale
+        poly.holes = [hh * scale for hh in poly.holes]
     return Tissue(polys, mask, (sx, sy), img, thr)
 
 
