@@ -68,7 +68,30 @@ class _TextKeys(nn.Module):
         self.text_projection = clip.text_projection
 
 
-class CoCaTextTower(nn.Module):
+class _TokenizersTower(nn.Module):
+    """Shared by the towers whose tokenizer is a ``tokenizers.Tokenizer`` (truncating / padding to L): frozen,
+    always in eval mode, end-of-text token named by ``EOT``."""
+
+    EOT = ""
+
+    def freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    @property
+    def eot_token_id(self) -> int:
+        return int(self.tokenizer.token_to_id(self.EOT))
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """(P,) strings -> (P, L) ids (start, text, end-of-text, padding), truncated and padded to L."""
+        return torch.tensor([e.ids for e in self.tokenizer.encode_batch(list(texts))], dtype=torch.long)
+
+
+class CoCaTextTower(_TokenizersTower):
     """CONCH's CoCa text encoder for prompt learning. Forward: (P, L, W) embeddings with positions, (P,) end-of-text
     index -> (P, W) = ``ln_final`` of the appended CLS after the transformer (before ``text_projection``)."""
 
@@ -84,25 +107,13 @@ class CoCaTextTower(nn.Module):
         self.context_length = int(text.context_length)
         self.width = int(text.width)
         self.tokenizer = tokenizer
-        for p in self.parameters():
-            p.requires_grad_(False)
+        self.freeze()
+
+    EOT = "<end_of_text>"
 
     @property
     def positional_embedding(self) -> torch.Tensor:
         return self.all_positions[: self.context_length]
-
-    @property
-    def eot_token_id(self) -> int:
-        return int(self.tokenizer.token_to_id("<end_of_text>"))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.transformer.eval()
-        return self
-
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """(P,) strings -> (P, L) ids: ``<start_of_text> ... <end_of_text>``, truncated and padded (id 0)."""
-        return torch.tensor([e.ids for e in self.tokenizer.encode_batch(list(texts))], dtype=torch.long)
 
     def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         P, L, W = embeddings.shape
@@ -183,7 +194,7 @@ def quiltnet_tower(checkpoint, trust: bool = False):
     return "ViT-B-32", (oc["model_cfg"] if oc else None), str(w.file)
 
 
-class BertTextTower(nn.Module):
+class BertTextTower(_TokenizersTower):
     """BiomedCLIP's text encoder (HF ``BertModel``) for prompt learning.
 
     ``positional_embedding`` is zero: BERT adds its own position and token-type embeddings (and its embedding
@@ -201,21 +212,9 @@ class BertTextTower(nn.Module):
         self.width = int(bert.config.hidden_size)
         self.register_buffer("positional_embedding", torch.zeros(self.context_length, self.width), persistent=False)
         self.tokenizer = tokenizer
-        for p in self.parameters():
-            p.requires_grad_(False)
+        self.freeze()
 
-    @property
-    def eot_token_id(self) -> int:
-        return int(self.tokenizer.token_to_id("[SEP]"))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.bert.eval()
-        return self
-
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """(P,) strings -> (P, L) ids ``[CLS] ... [SEP] [PAD]...`` (truncated / padded to the context length)."""
-        return torch.tensor([e.ids for e in self.tokenizer.encode_batch(list(texts))], dtype=torch.long)
+    EOT = "[SEP]"
 
     def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         keep = torch.arange(embeddings.shape[1], device=embeddings.device)[None] <= eot_index[:, None]
