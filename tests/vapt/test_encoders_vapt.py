@@ -135,3 +135,19 @@ def test_tile_config_prompt_tunes_uni(uni_file, tmp_path):
     assert cli.trainer.global_step == 1 and cli.model.model.head.out_features == 3
     assert cli.model.model.backbone.name == "uni_v1"
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_mgpath_encoders_lists_every_preset(capsys):
+    import json
+
+    from mgpath.commands.encoders import main
+
+    assert main(["--format", "json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    dims = {"uni_v1": 1024, "uni_v2": 1536, "conch_v1": 512, "virchow2": 2560, "gigapath": 1536, "phikon": 768,
+            "phikon_v2": 1024, "ctranspath": 768, "resnet50": 1024, "plip": 512, "quiltnet": 512, "hoptimus0": 1536}
+    assert {n: rows[n]["dim"] for n in dims} == dims
+    assert rows["uni_v1"]["mean_std"] == "ImageNet" and rows["conch_v1"]["mean_std"] == "OpenAI CLIP"
+    assert rows["musk"]["status"].startswith("unavailable: needs the musk package")
+    assert main(["--format", "markdown"]) == 0 and "| `gigapath` | 1536 | 224 | resize 256 bicubic + crop 224 |" in \
+        capsys.readouterr().out
