@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import sys
 from pathlib import Path
 
 import torch
@@ -35,38 +35,15 @@ from mgpath.model import MGPATH, build_mgpath
 from mgpath.ot import OTConfig
 from mgpath.text import load_state_dict_file
 from vapt.atomic import atomic_path, write_text_atomic
+from vapt.encoders.hf_clip import hf_layers_to_open_clip
 
 __all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "main"]
 
-_HF_LAYER = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(.+)$")
-_LAYER_MAP = {"layer_norm1.weight": "ln_1.weight", "layer_norm1.bias": "ln_1.bias",
-              "layer_norm2.weight": "ln_2.weight", "layer_norm2.bias": "ln_2.bias",
-              "mlp.fc1.weight": "mlp.c_fc.weight", "mlp.fc1.bias": "mlp.c_fc.bias",
-              "mlp.fc2.weight": "mlp.c_proj.weight", "mlp.fc2.bias": "mlp.c_proj.bias",
-              "self_attn.out_proj.weight": "attn.out_proj.weight", "self_attn.out_proj.bias": "attn.out_proj.bias"}
-
-
 def hf_text_to_open_clip(layers: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """HF CLIP text-encoder layers (``{prefix}layers.i.self_attn.q_proj.weight`` ...) -> open_clip
-    ``transformer.resblocks.i.*`` (q/k/v concatenated into ``in_proj``)."""
-    out, qkv = {}, {}
-    for k, v in layers.items():
-        if not k.startswith(prefix):
-            continue
-        m = _HF_LAYER.match(k[len(prefix):])
-        if not m:
-            continue
-        i, rest = int(m.group(1)), m.group(2)
-        if rest in _LAYER_MAP:
-            out[f"transformer.resblocks.{i}.{_LAYER_MAP[rest]}"] = v
-        elif rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
-            _, proj, kind = rest.split(".")
-            qkv.setdefault((i, kind), {})[proj[0]] = v
-    for (i, kind), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise KeyError(f"mgpath/official.py: layer {i} lacks one of q/k/v_proj.{kind}")
-        out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
+    ``transformer.resblocks.i.*`` (q/k/v concatenated into ``in_proj``); see
+    :func:`vapt.encoders.hf_clip.hf_layers_to_open_clip`."""
+    return hf_layers_to_open_clip(layers, prefix)
 
 
 def _strip(sd: dict, prefix: str) -> dict:
@@ -225,9 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heads", type=int, default=None, help="text attention heads (default width // 64)")
     ap.add_argument("--no-compat", action="store_true", help="use the correct context insertion instead")
     ap.add_argument("--out", required=True, help="output .pt with {'state_dict', 'config'}")
+    ap.add_argument("--trust-checkpoint", action="store_true",
+                    help="allow full unpickling of checkpoints that need it (can run code in the file)")
     a = ap.parse_args(argv)
-    ckpt = load_state_dict_file(a.checkpoint)
-    align = load_state_dict_file(a.alignment) if a.alignment else None
+    try:
+        ckpt = load_state_dict_file(a.checkpoint, trust=a.trust_checkpoint)
+        align = load_state_dict_file(a.alignment, trust=a.trust_checkpoint) if a.alignment else None
+    except (FileNotFoundError, ValueError) as err:
+        print(f"mgpath import-official: {err}", file=sys.stderr)
+        return 2
     sd, settings = convert_official(ckpt, align, a.heads)
     model = load_converted(sd, settings, a.descriptions, a.classes, a.magnifications, compat=not a.no_compat)
     config = {k: v for k, v in settings.items() if k != "rows"}

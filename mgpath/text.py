@@ -103,18 +103,16 @@ def load_descriptions(path: str | os.PathLike, classes: list[str] | None = None,
     return table
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
     """Load a checkpoint file into a flat state dict (``state_dict``/``model`` keys and ``module.`` prefixes
-    are unwrapped; ``.safetensors`` supported)."""
+    are unwrapped; ``.safetensors`` supported). Read with :func:`vapt.weights.load_weights_file`: a file that
+    needs full unpickling is refused unless ``trust`` (``--trust-checkpoint``)."""
+    from vapt.weights import load_weights_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mgpath/text.py: checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=False)
+    sd = load_weights_file(path, trust=trust)
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -170,30 +168,51 @@ class TextTower(nn.Module):
 
 
 def build_text_tower(model_name: str = "ViT-B-32", checkpoint: str | None = None,
-                     model_cfg: dict | None = None, quick_gelu: bool = False) -> TextTower:
-    """Build a frozen :class:`TextTower` from any open_clip model, without download.
+                     model_cfg: dict | None = None, quick_gelu: bool = False, *, tokenizer: str | None = None,
+                     trust_checkpoint: bool = False) -> nn.Module:
+    """Build a frozen text tower by name from local files, without download.
 
     Parameters
     ----------
-    model_name : an open_clip model name (``open_clip.list_models()``), ``"mgpath-tiny"`` (the small random
-        :data:`TINY_TEXT_CFG`), or ``local-dir:/path`` (open_clip's offline folder format).
-    checkpoint : optional local file with the CLIP state dict (``state_dict`` key / ``module.`` prefix allowed).
-    model_cfg : an explicit open_clip CLIP config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``).
-    quick_gelu : use QuickGELU (OpenAI/PLIP weights).
+    model_name : ``"plip"`` (HF CLIPModel folder), ``"biomedclip"`` (open_clip hub folder), ``"conch_v1"``
+        (CONCH's ``pytorch_model.bin`` + tokenizer file), ``"quiltnet"`` (open_clip file or folder), an open_clip
+        model name (``open_clip.list_models()``),
+        ``"mgpath-tiny"`` (the small random :data:`TINY_TEXT_CFG`), or ``local-dir:/path`` (open_clip's offline
+        folder format). See :mod:`mgpath.towers`.
+    checkpoint : local file or folder with the weights (``state_dict`` key / ``module.`` prefix allowed).
+    model_cfg : an explicit open_clip CLIP config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``); for
+        ``conch_v1`` overrides of its text config (tests use a narrow one).
+    quick_gelu : use QuickGELU (OpenAI weights).
+    tokenizer : ``conch_v1`` only: CONCH's tokenizer JSON (default: beside the checkpoint, or the conch package's).
+    trust_checkpoint : allow full unpickling of a checkpoint that needs it (can run code in the file).
     """
     import open_clip
+
+    from mgpath import towers
+
+    if model_name == "plip":
+        return towers.plip_tower(checkpoint, trust_checkpoint)
+    if model_name == "biomedclip":
+        return towers.biomedclip_tower(checkpoint, trust_checkpoint)
+    if model_name == "conch_v1":
+        return towers.conch_tower(checkpoint, tokenizer, model_cfg, trust_checkpoint)
+    if model_name == "quiltnet":
+        model_name, folder_cfg, checkpoint = towers.quiltnet_tower(checkpoint, trust_checkpoint)
+        model_cfg = model_cfg or folder_cfg
 
     if model_cfg is None and model_name == "mgpath-tiny":
         model_cfg = TINY_TEXT_CFG
     if model_cfg is not None:
-        model = open_clip.CLIP(**model_cfg, quick_gelu=quick_gelu)
-        tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        cfg = dict(model_cfg)
+        quick_gelu = cfg.pop("quick_gelu", quick_gelu)
+        model = open_clip.CLIP(**cfg, quick_gelu=quick_gelu)
+        tok = open_clip.get_tokenizer("ViT-B-32")
     else:
         with drop_log_records("No pretrained weights loaded", enabled=bool(checkpoint)):  # the file follows
             model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
-        tokenizer = open_clip.get_tokenizer(model_name)
+        tok = open_clip.get_tokenizer(model_name)
     if checkpoint:
-        sd = load_state_dict_file(checkpoint)
+        sd = load_state_dict_file(checkpoint, trust=trust_checkpoint)
         text_keys = [k for k in model.state_dict() if not k.startswith("visual.") and k not in
                      ("logit_scale", "logit_bias", "attn_mask")]
         missing = [k for k in text_keys if k not in sd]
@@ -202,7 +221,7 @@ def build_text_tower(model_name: str = "ViT-B-32", checkpoint: str | None = None
                            f"open_clip model {model_name!r}; is it an open_clip checkpoint of that architecture?")
         model.load_state_dict({k: sd[k] for k in text_keys}, strict=False)
     model.visual = None  # only the text side is kept
-    return TextTower(model, tokenizer)
+    return TextTower(model, tok)
 
 
 class MLPAdaptor(nn.Module):
@@ -265,6 +284,11 @@ class PromptLearner(nn.Module):
             flat = [" ".join(["X"] * self.n_ctx) + " " + t for t in flat]
         tokens = tower.tokenize(flat)  # (S*P, L)
         eot = tower.eot_token_id
+        if self.placement == "insert" and self.n_ctx:
+            probe = tower.tokenize([" ".join(["X"] * self.n_ctx)])[0]
+            if int((probe == eot).int().argmax()) != self.n_ctx + 1:
+                raise ValueError("mgpath/text.py: the tower's tokenizer does not encode the context placeholder 'X' "
+                                 "as one token each; this tower cannot use placement='insert'")
         eot_index = (tokens == eot).int().argmax(-1)
         if not (tokens[torch.arange(len(tokens)), eot_index] == eot).all():
             raise ValueError("mgpath/text.py: tokenizer output has no end-of-text token")

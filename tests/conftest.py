@@ -84,3 +84,39 @@ def aperio_svs(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("aperio")
     shutil.copy(src, d / src.name)
     return d / src.name
+
+
+def _randomise(model, seed: int = 0):
+    """Seeded random values in every floating tensor of ``model`` (1-D ones around 1, like norm weights), so a
+    mis-mapped key changes outputs; returns the model in eval mode."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.state_dict().values():
+            if p.is_floating_point():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05 + (1.0 if p.ndim == 1 and p.numel() > 1 else 0))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def randomise():
+    """The function :func:`_randomise` (random weights for models written in a publisher's layout)."""
+    return _randomise
+
+
+@pytest.fixture(scope="session")
+def plip_folder(tmp_path_factory, randomise):
+    """An HF CLIPModel folder in PLIP's layout (config.json + weights) holding a narrow random CLIP (224 px,
+    patch 32), and that model."""
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = CLIPConfig(text_config={"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+                                  "num_attention_heads": 2},
+                     vision_config={"hidden_size": 96, "intermediate_size": 384, "num_hidden_layers": 2,
+                                    "num_attention_heads": 4, "image_size": 224, "patch_size": 32},
+                     projection_dim=48)
+    model = randomise(CLIPModel(cfg))
+    folder = tmp_path_factory.mktemp("plip")
+    model.save_pretrained(folder)
+    return folder, model

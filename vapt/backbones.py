@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from torch import nn
 
 from vapt.quiet import drop_log_records
 from vapt.state_dict import check_state_dict
+from vapt.weights import WeightsFileError, load_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,7 +64,8 @@ class ViTEncoder(nn.Module):
         ``input_size`` (3, H, W), ``mean``, ``std``, ``interpolation`` for preprocessing.
     """
 
-    def __init__(self, model: nn.Module, library: str, name: str):
+    def __init__(self, model: nn.Module, library: str, name: str, *, data_config: dict | None = None,
+                 output: str | None = None, head: nn.Module | None = None, head_dim: int | None = None):
         super().__init__()
         self.model = model
         self.library = library
@@ -92,8 +94,20 @@ class ViTEncoder(nn.Module):
             mean = tuple(mean) if mean is not None else (0.48145466, 0.4578275, 0.40821073)
             std = tuple(std) if std is not None else (0.26862954, 0.26130258, 0.27577711)
             interpolation = "bicubic"
-        self.data_config = {"input_size": (3, *self.img_size), "mean": tuple(mean), "std": tuple(std),
-                            "interpolation": interpolation}
+        self.data_config = data_config or {"input_size": (3, *self.img_size), "mean": tuple(mean),
+                                           "std": tuple(std), "interpolation": interpolation}
+        # output rule: "token"/"avg" (the library's pooling), "cls_mean" (CLS concatenated with the mean of the
+        # patch tokens, Virchow style) or "head" (a module over all normalised tokens, e.g. CONCH's pooler)
+        self.output = output or self.global_pool
+        if self.output not in ("token", "avg", "cls_mean", "head"):
+            raise BackboneError(f"Unknown output rule {self.output!r} for {name}.")
+        if (self.output == "head") != (head is not None):
+            raise BackboneError(f"Output rule 'head' needs a head module (and only it takes one) for {name}.")
+        self.head = head
+        if self.output == "cls_mean":
+            self.feature_dim = 2 * self.embed_dim
+        elif head is not None:
+            self.feature_dim = int(head_dim)
         self.freeze()
 
     # ------------------------------------------------------------------ pieces used by prompt models
@@ -145,9 +159,14 @@ class ViTEncoder(nn.Module):
         """Pool normalised tokens (B, L, D) -> (B, feature_dim).
 
         ``"token"``: the CLS token. ``"avg"``: mean over ``x[:, num_skip:]`` then ``fc_norm`` (MAE style; the
-        official VPT/VAPT MAE code averages over everything after CLS, prompts included).
+        official VPT/VAPT MAE code averages over everything after CLS, prompts included). ``"cls_mean"``:
+        ``[CLS, mean(x[:, num_skip:])]`` (B, 2D). ``"head"``: the head module over all tokens.
         """
         m = self.model
+        if self.output == "head":
+            return self.head(x)
+        if self.output == "cls_mean":
+            return torch.cat([x[:, 0], x[:, num_skip:].mean(dim=1)], dim=-1)
         pooled = x[:, 0] if self.global_pool == "token" else x[:, num_skip:].mean(dim=1)
         if self.library == "timm":
             return m.fc_norm(pooled)
@@ -165,6 +184,12 @@ class ViTEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled frozen features. (B, 3, H, W) -> (B, feature_dim)."""
         return self.pool(self.forward_tokens(x), num_skip=self.num_prefix_tokens)
+
+    def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
+        """uint8 tiles (B, H, W, 3) -> the normalised input (B, 3, H', W') of ``data_config``."""
+        from vapt.encoders.preprocess import preprocess_tiles
+
+        return preprocess_tiles(tiles, self.data_config)
 
     # ------------------------------------------------------------------ freezing
     def freeze(self) -> None:
@@ -186,6 +211,7 @@ def build_encoder(
     img_size: int | Sequence[int] | None = None,
     pretrained: bool = False,
     global_pool: str | None = None,
+    trust_checkpoint: bool = False,
     **timm_kwargs,
 ) -> ViTEncoder:
     """Build a frozen ViT encoder, optionally from a local checkpoint file.
@@ -193,7 +219,8 @@ def build_encoder(
     Parameters
     ----------
     name : str
-        timm ViT name, or ``open_clip:<model name>``.
+        timm ViT name, ``open_clip:<model name>``, or a ViT preset of :mod:`vapt.encoders` (``uni_v1``,
+        ``virchow2``, ``phikon`` ...: the publisher's architecture, preprocessing and output rule).
     checkpoint : path, optional
         Local weights (see module docstring for the formats). Backbone keys that are missing or unexpected
         raise :class:`BackboneError` listing them; classification heads are ignored.
@@ -203,12 +230,37 @@ def build_encoder(
         Download the library's pretrained weights (the only path that touches the network).
     global_pool : {"token", "avg"}, optional
         Pooling for the timm model (``"avg"`` gives MAE-style mean pooling + fc_norm).
+    trust_checkpoint : bool
+        Allow full unpickling of a checkpoint that needs it (it can run code; see :mod:`vapt.weights`).
     """
+    from vapt.encoders.registry import PRESETS, _load_tables
+
+    _load_tables()
+    if name in PRESETS:
+        from vapt.encoders.registry import build_encoder as build_preset
+
+        if not PRESETS[name].vit:
+            raise BackboneError(f"Preset {name!r} is a {PRESETS[name].arch}, not a Vision Transformer; prompt "
+                                "tuning needs a ViT preset (e.g. uni_v1, phikon, virchow2).")
+        if global_pool is not None:
+            timm_kwargs["global_pool"] = global_pool
+        enc = build_preset(name, checkpoint, img_size, pretrained=pretrained, trust_checkpoint=trust_checkpoint,
+                           **timm_kwargs)
+        if not isinstance(enc, ViTEncoder):
+            raise BackboneError(f"Preset {name!r} is not a Vision Transformer; prompt tuning needs a ViT preset.")
+        mean, std = tuple(enc.data_config["mean"]), tuple(enc.data_config["std"])
+        if (mean, std) != (IMAGENET_MEAN, IMAGENET_STD):
+            import warnings
+
+            warnings.warn(f"Preset {name} expects inputs normalised with mean {mean} / std {std}; the vapt data "
+                          "modules normalise with ImageNet statistics, so feed it data normalised with the "
+                          "preset's (model.backbone.data_config).", stacklevel=2)
+        return enc
     if name.startswith(OPEN_CLIP_PREFIX):
         if global_pool is not None or timm_kwargs:
             raise BackboneError(f"open_clip towers take no timm keywords; got {sorted(timm_kwargs)} / global_pool.")
-        return _build_open_clip(name[len(OPEN_CLIP_PREFIX):], checkpoint, img_size, pretrained)
-    return _build_timm(name, checkpoint, img_size, pretrained, global_pool, **timm_kwargs)
+        return _build_open_clip(name[len(OPEN_CLIP_PREFIX):], checkpoint, img_size, pretrained, trust_checkpoint)
+    return _build_timm(name, checkpoint, img_size, pretrained, global_pool, trust_checkpoint, **timm_kwargs)
 
 
 def _as_hw(img_size) -> tuple[int, int] | None:
@@ -225,7 +277,7 @@ def _unknown_name_error(name: str, candidates: Iterable[str], library: str) -> B
     return BackboneError(f"Unknown {library} backbone {name!r}.{hint}")
 
 
-def _build_timm(name, checkpoint, img_size, pretrained, global_pool, **kwargs) -> ViTEncoder:
+def _build_timm(name, checkpoint, img_size, pretrained, global_pool, trust=False, **kwargs) -> ViTEncoder:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
@@ -252,11 +304,11 @@ def _build_timm(name, checkpoint, img_size, pretrained, global_pool, **kwargs) -
         raise BackboneError(f"Image size {h}x{w} is not divisible by the patch size {ph}x{pw} of {name}; "
                             f"choose img_size as a multiple of the patch size (e.g. {h // ph * ph}).")
     if checkpoint is not None:
-        _load_timm_checkpoint(model, checkpoint)
+        _load_timm_checkpoint(model, checkpoint, trust)
     return ViTEncoder(model, "timm", name)
 
 
-def _build_open_clip(model_name, checkpoint, img_size, pretrained) -> ViTEncoder:
+def _build_open_clip(model_name, checkpoint, img_size, pretrained, trust=False) -> ViTEncoder:
     import open_clip
     from open_clip.transformer import VisionTransformer as OpenClipViT
 
@@ -277,40 +329,21 @@ def _build_open_clip(model_name, checkpoint, img_size, pretrained) -> ViTEncoder
         raise BackboneError(f"open_clip model {model_name!r} has a {type(visual).__name__} vision tower; "
                             "only ViT towers (open_clip VisionTransformer) are supported.")
     if checkpoint is not None:
-        _load_open_clip_checkpoint(visual, checkpoint)
+        _load_open_clip_checkpoint(visual, checkpoint, trust_checkpoint=trust)
     return ViTEncoder(visual, "open_clip", OPEN_CLIP_PREFIX + model_name)
 
 
 # ---------------------------------------------------------------------------------------------------- files
-def read_checkpoint_file(path: str | os.PathLike) -> dict:
-    """Read a checkpoint file into a dict of tensors / objects, with a clear error for unreadable files.
+def read_checkpoint_file(path: str | os.PathLike, trust: bool = False) -> dict:
+    """Read a checkpoint file safely (:func:`vapt.weights.load_weights_file`); errors as :class:`BackboneError`.
 
-    ``.safetensors`` through safetensors, ``.npz`` through numpy, everything else through ``torch.load``.
+    ``.safetensors`` through safetensors, ``.npz`` with ``allow_pickle=False``, everything else through
+    ``torch.load(weights_only=True)``; a file that needs full unpickling is refused unless ``trust``.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise BackboneError(f"Checkpoint file {path} does not exist; check the path.")
     try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return dict(load_file(path))
-        if path.endswith(".npz"):
-            import numpy as np
-
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as weights_only_error:  # noqa: BLE001 - old checkpoints pickle extra objects
-            if "Weights only load failed" not in str(weights_only_error):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=False)
-    except BackboneError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any reader failure means a corrupt or foreign file
-        raise BackboneError(f"Could not read checkpoint {path} ({type(err).__name__}: {err}); the file is corrupt, "
-                            "truncated or not a model checkpoint. Re-download or re-save it.") from err
+        return load_weights_file(path, trust=trust)
+    except WeightsFileError as err:
+        raise BackboneError(str(err)) from None
 
 
 def unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
@@ -318,11 +351,11 @@ def unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
 
     MoCo v3 checkpoints keep the ViT under ``module.base_encoder.``; DDP checkpoints under ``module.``.
     """
-    for key in ("model", "state_dict", "module"):
+    for key in ("teacher", "model", "state_dict", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     sd = {k: v for k, v in obj.items() if torch.is_tensor(v)}
-    for prefix in ("module.base_encoder.", "base_encoder.", "module."):
+    for prefix in ("module.base_encoder.", "base_encoder.", "module.", "backbone."):
         if any(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
             break
@@ -332,21 +365,21 @@ def unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
 _HEAD_PREFIXES = ("head.", "head_drop.", "fc_norm.", "pre_logits.")
 
 
-def _load_timm_checkpoint(model: nn.Module, path) -> None:
+def _load_timm_checkpoint(model: nn.Module, path, trust: bool = False) -> None:
     from timm.layers import resample_abs_pos_embed
     from timm.models.vision_transformer import _load_weights
 
     path = os.fspath(path)
     if path.endswith(".npz"):
-        raw = read_checkpoint_file(path)  # validates the file before timm touches it
+        raw = read_checkpoint_file(path, trust)  # validates the file before timm touches it
         _check_npz_keys(model, raw, path)
         try:
             _load_weights(model, path)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise BackboneError(f"Could not load the .npz checkpoint {path} into {type(model).__name__} "
                                 f"({type(err).__name__}: {err}); is it a ViT of the same size?") from err
         return
-    sd = unwrap_state_dict(read_checkpoint_file(path))
+    sd = unwrap_state_dict(read_checkpoint_file(path, trust))
     if not sd:
         raise BackboneError(f"Checkpoint {path} holds no tensors; it is not a model state dict.")
     own = model.state_dict()
@@ -389,8 +422,8 @@ def _strict_load(model: nn.Module, sd: dict, path, ignore_missing_prefixes: tupl
     model.load_state_dict(sd, strict=False)
 
 
-def _load_open_clip_checkpoint(visual: nn.Module, path) -> None:
-    sd = unwrap_state_dict(read_checkpoint_file(path))
+def _load_open_clip_checkpoint(visual: nn.Module, path, trust_checkpoint: bool = False) -> None:
+    sd = unwrap_state_dict(read_checkpoint_file(path, trust_checkpoint))
     if any(k.startswith("visual.") for k in sd):
         sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     own = visual.state_dict()
@@ -403,7 +436,7 @@ def _load_open_clip_checkpoint(visual: nn.Module, path) -> None:
 def resize_open_clip_pos_embed(pos: torch.Tensor, new_len: int) -> torch.Tensor:
     """Bicubic resize of an open_clip position table (1 + g*g, D) -> (new_len, D), CLS row kept."""
     cls, grid = pos[:1], pos[1:]
-    old, new = int(math.isqrt(grid.shape[0])), int(math.isqrt(new_len - 1))
+    old, new = math.isqrt(grid.shape[0]), math.isqrt(new_len - 1)
     grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(new * new, -1).to(pos.dtype)

@@ -25,14 +25,16 @@ enc.transformer.deep_prompt_embeddings_mlp.block.{0,2}.w    prompts.projectors.0
 head.last_layer.{weight,bias}                               head.{weight,bias}
 ==========================================================  ==========================================
 
-With ``share_projector=False`` the projectors are written as ``deep_prompt_embeddings_mlp.j.block.{0,2}``.
+The adaptive lists (``deep_prompt_norm``, ``deep_prompt_downsample`` and unshared projectors) are indexed
+``j = block - VPT_DEPTH`` as in the official model (``total_d_layer = num_layers - VPT_DEPTH`` entries), which is
+also the index of our ``prompts.norms`` / ``downsamples`` lists. With ``share_projector=False`` the projectors are written as ``deep_prompt_embeddings_mlp.j.block.{0,2}``.
 The per-epoch prompt files of the official trainer (``{"shallow_prompt": (1, N, d), "deep_prompt": (L-1, N, d)}``)
 load too (prompts only). The layout is defined for timm ViTs with a class token, fused qkv and no registers,
 which is the architecture of the official code.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -84,16 +86,17 @@ def _prompt_key_map(model: PromptedViT) -> list[tuple[str, str, None]]:
         rows.append((ENC + "deep_prompt_embeddings", "prompts.deep_prompt_embeddings", None))
     if not isinstance(g.prompt_proj, torch.nn.Identity):
         rows += [(ENC + f"prompt_proj.{p}", f"prompts.prompt_proj.{p}", None) for p in ("weight", "bias")]
-    offset = g.first_adaptive_block - 1  # official lists are indexed by (block index - 1)
+    # The official lists hold total_d_layer = num_layers - VPT_DEPTH entries, entry i - VPT_DEPTH serving block i;
+    # our adaptive modules start at block first_adaptive_block = vpt_depth, so both indices are j.
     for j in range(len(g.norms)):
-        k = j + offset
+        k = j
         rows += [(ENC + f"deep_prompt_norm.{k}.{p}", f"prompts.norms.{j}.{p}", None) for p in ("weight", "bias")]
         rows += [(ENC + f"deep_prompt_downsample.{k}.conv.kernel", f"prompts.downsamples.{j}.kernel", None)]
         rows += [(ENC + f"deep_prompt_downsample.{k}.linear.{p}", f"prompts.downsamples.{j}.linear.{p}", None)
                  for p in ("weight", "bias")]
     shared = g.cfg.share_projector
     for j in range(len(g.projectors)):
-        base = ENC + "deep_prompt_embeddings_mlp." + ("" if shared else f"{j + offset}.")
+        base = ENC + "deep_prompt_embeddings_mlp." + ("" if shared else f"{j}.")
         rows += [(base + "block.0.weight", f"prompts.projectors.{j}.fc1.weight", None),
                  (base + "block.2.weight", f"prompts.projectors.{j}.fc2.weight", None)]
     return rows
@@ -123,7 +126,7 @@ def load_official_checkpoint(model: PromptedViT, state_dict: Mapping) -> Prompte
             sd = dict(sd[wrapper])
     if "shallow_prompt" in sd or "deep_prompt" in sd:
         return _load_prompt_file(model, sd)
-    sd = {k[len("module."):] if k.startswith("module.") else k: _tensor(v) for k, v in sd.items()}
+    sd = {k.removeprefix("module."): _tensor(v) for k, v in sd.items()}
     if not any(k.startswith("enc.") for k in sd) and any(k.startswith("transformer.") for k in sd):
         sd = {("enc." + k if k.startswith("transformer.") else k): v for k, v in sd.items()}
     rows = _key_map(model)

@@ -21,19 +21,14 @@ from lightning.pytorch.cli import LightningCLI
 
 from vapt.atomic import write_text_atomic as atomic_write_text
 from vapt.config_keys import SuggestingArgumentParser
-from vapt.data.base import ClassificationDataModule, DataError
-from vapt.module import ModelConfigError, PromptTuningModule
+from vapt.data.base import ClassificationDataModule
+from vapt.errors import EXIT_SKIPPED, run_reporting_user_errors
+from vapt.module import PromptTuningModule
 from vapt.quiet import quiet_command
-from vapt.resources import ResourceError, resolve_config_args
+from vapt.resources import resolve_config_args
+from vapt.resume import check_checkpoint, resolve_ckpt_path, resume_callbacks, use_atomic_checkpoints
 
 _VERSION_ENV = "VAPT_LOG_VERSION"
-_USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelConfigError, ResourceError)
-try:  # the backbone builder's own error type (bad name / checkpoint / size)
-    from vapt.backbones import BackboneError
-
-    _USER_ERRORS += (BackboneError,)
-except ImportError:  # pragma: no cover
-    pass
 
 
 def method_label(model_args: Any) -> str:
@@ -111,6 +106,34 @@ class VaptCLI(LightningCLI):
     def _config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    # -- resume: RNG state + last.ckpt in every checkpointing trainer, atomic files, checked --ckpt_path
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        trainer = super()._instantiate_trainer(config, list(callbacks) + resume_callbacks(config))
+        use_atomic_checkpoints(trainer)
+        return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the hyper-parameters of a ``--ckpt_path`` file here: check the file first."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path not in (None, "last", "best", "hpc", "registry"):
+            check_checkpoint(ckpt_path, what="--ckpt_path")
+        super()._parse_ckpt_path()
+
+    def _resolve_ckpt_path(self) -> None:
+        """``--ckpt_path last`` -> newest good checkpoint of this experiment's versions; a file is checked."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        loggers = self.trainer.loggers
+        log_dir = loggers[0].log_dir if loggers else None  # None for fast_dev_run's dummy logger
+        run_folder = Path(log_dir).parent if log_dir else Path(self.trainer.default_root_dir)
+        log = print if self.trainer.is_global_zero else (lambda *a: None)
+        config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), run_folder,
+                                                lambda m: log(f"vapt {self.subcommand}: {m}"))
+
+    before_fit = before_validate = before_test = _resolve_ckpt_path  # before_predict calls it too
+
     def after_fit(self) -> None:
         if self._config().get("test_after_fit"):
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
@@ -129,6 +152,7 @@ class VaptCLI(LightningCLI):
     after_test = _write_result
 
     def before_predict(self) -> None:
+        self._resolve_ckpt_path()
         source = self._config().get("predict_images")
         if source:
             self.datamodule.use_predict_images(source)
@@ -211,35 +235,30 @@ def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) ->
     )
 
 
-def _user_error(exc: BaseException) -> BaseException | None:
-    """The DataError / BackboneError behind ``exc`` (jsonargparse wraps errors raised in ``__init__``)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, _USER_ERRORS):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+def _run(argv: list[str]) -> int:
+    with quiet_command():
+        cli = build_cli(argv, run=True)
+    skipped = getattr(cli.datamodule, "skipped", None)
+    if skipped:
+        print(f"vapt {argv[0]}: skipped {len(skipped)} unreadable image(s) (data.on_bad_image: skip), e.g. "
+              f"{skipped[0]}", file=sys.stderr)
+        return EXIT_SKIPPED
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``argv[0]`` is ``fit`` | ``validate`` | ``test`` | ``predict``; the rest are LightningCLI options."""
+    """``argv[0]`` is ``fit`` | ``validate`` | ``test`` | ``predict``; the rest are LightningCLI options.
+
+    Exit 0, 1 when images were skipped (``data.on_bad_image: skip``), 2 on bad input (one line on stderr;
+    ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     owns_version = _VERSION_ENV not in os.environ
     try:
-        with quiet_command():
-            build_cli(argv, run=True)
-    except Exception as e:
-        user = _user_error(e)
-        if user is None:
-            raise
-        # a wrong path / task / class count / backbone: the message says what to do, no traceback needed
-        print(f"vapt {argv[0] if argv else ''}: {type(user).__name__}: {user}", file=sys.stderr)
-        return 2
+        return run_reporting_user_errors(f"vapt {argv[0] if argv else ''}".strip(), _run, argv)
     finally:
         if owns_version:
             os.environ.pop(_VERSION_ENV, None)
-    return 0
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ class PromptTuningModule(pl.LightningModule):
             )
         except (TypeError, ValueError) as e:
             raise ModelConfigError(f"model.init_args: {e}") from e
-        if checkpoint is not None and not os.path.isfile(os.path.expanduser(checkpoint)):
+        if checkpoint is not None and not os.path.exists(os.path.expanduser(checkpoint)):  # files or HF folders
             raise ModelConfigError(
                 f"Backbone weights {checkpoint} do not exist. The shipped configs expect the ImageNet-21k ViT-B/16 "
                 "(ViT-B_16.npz of the original ViT release) there; see data/vtab/README.md. Pass "

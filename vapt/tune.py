@@ -9,7 +9,8 @@
 ``--fast`` (VAPT): sweep wd at lr = 5.0 first, then lr at the best wd (13 runs instead of 40).
 
 Every run writes ``result.json`` atomically when it finishes and is skipped when that file exists; a run
-that was killed resumes from its newest checkpoint. Options that ``vapt tune`` does not know are passed to
+that was killed resumes from its newest checkpoint that loads, bit for bit as if never stopped (the RNG state
+is in the checkpoint; a truncated newer checkpoint is named and skipped). Options that ``vapt tune`` does not know are passed to
 the LightningCLI of every run, e.g. ``--data.root DIR --trainer.max_epochs 100``.
 
     vapt tune --config configs/vtab/vapt/cifar100.yaml --out runs/repro --data.root DIR --fast
@@ -31,7 +32,7 @@ from typing import Any
 
 from vapt.atomic import write_text_atomic as atomic_write_text
 from vapt.quiet import quiet_command
-from vapt.resources import ResourceError, resolve_config_args
+from vapt.resources import resolve_config_args
 
 _log = logging.getLogger(__name__)
 
@@ -120,11 +121,6 @@ def parse_grid(spec: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return lrs, wds
 
 
-def _newest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted(run_dir.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return ckpts[-1] if ckpts else None
-
-
 def _cli_value(v: Any) -> str:
     return "null" if v is None else str(v)
 
@@ -134,9 +130,10 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     """Train one configuration in ``run_dir`` and evaluate it (``validate`` or ``test``).
 
     Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists;
-    resumes from the newest checkpoint in ``run_dir`` when there is one.
+    resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
     """
     from vapt.lightning_cli import _VERSION_ENV, build_cli
+    from vapt.resume import find_resume_checkpoint
 
     result_path = run_dir / "result.json"
     if result_path.is_file():
@@ -145,7 +142,7 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     run_dir.mkdir(parents=True, exist_ok=True)
     args = list(cli_args) + [f"--trainer.default_root_dir={run_dir}"]
     args += [f"--{k}={_cli_value(v)}" for k, v in overrides.items()]
-    resume = _newest_checkpoint(run_dir)
+    resume = find_resume_checkpoint(run_dir, log=lambda m: log(f"  {m}"))
     log(f"  {'resuming' if resume else 'running'}: {run_dir}" + (f" from {resume.name}" if resume else ""))
     t0 = time.time()
     try:
@@ -264,6 +261,9 @@ def _best(scores: dict[tuple[float, float], float], lrs, wds) -> tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0, or 2 on bad input (one line on stderr; ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback)."""
+    from vapt.errors import run_reporting_user_errors
+
     ap = argparse.ArgumentParser(
         prog="vapt tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable)")
@@ -277,14 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 42,44,82,100,800")
-    try:
-        cli_args = resolve_config_args([a for c in args.config for a in ("--config", c)]) + passthrough
+    cli_args = [a for c in args.config for a in ("--config", c)] + passthrough
+
+    def run(cli: list[str]) -> int:
         with quiet_command():
-            tune(cli_args, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name, log=print)
-    except (TuneError, ResourceError) as e:
-        print(f"vapt tune: {e}", file=sys.stderr)
-        return 2
-    return 0
+            tune(resolve_config_args(cli), args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name,
+                 log=print)
+        return 0
+
+    return run_reporting_user_errors("vapt tune", run, cli_args)
 
 
 if __name__ == "__main__":

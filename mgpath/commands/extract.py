@@ -27,9 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
         "files (mgpath, CLAM patches/, TRIDENT patches/)",
     )
     p.add_argument("--slides", default=None, help="folder with the slides (searched recursively by slide id)")
-    p.add_argument("--encoder", required=True, help="timm ViT name or open_clip:<name> (see vapt.backbones)")
-    p.add_argument("--checkpoint", default=None, help="local weights file for the encoder")
+    p.add_argument("--encoder", required=True,
+                   help="preset (uni_v1, conch_v1, virchow2, resnet50, ...: `mgpath encoders`), timm model name or "
+                   "open_clip:<name>")
+    p.add_argument("--checkpoint", default=None,
+                   help="the encoder's local weights: a file, the publisher's model folder or a hub-cache folder")
     p.add_argument("--img-size", type=int, default=None, help="encoder input size (default: the encoder's)")
+    p.add_argument("--encoder-kwargs", default=None, metavar="JSON",
+                   help='preset options / timm keywords, e.g. \'{"output": "trident"}\' for conch_v1')
+    p.add_argument("--mean", type=float, nargs=3, default=None, help="override the encoder's normalisation mean")
+    p.add_argument("--std", type=float, nargs=3, default=None, help="override the encoder's normalisation std")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of a checkpoint that needs it (it can run code in the file)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers reading tiles")
@@ -56,23 +65,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _encoder_kwargs(text: str | None) -> dict:
+    import json
+
+    if not text:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"--encoder-kwargs {text!r} is not JSON ({err}); e.g. '{{\"output\": \"trident\"}}'") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--encoder-kwargs must be a JSON object, got {text!r}")  # noqa: TRY004 - a user error
+    return kwargs
+
+
 def main(argv: list[str] | None = None) -> int:
     """``mgpath extract``. Exit status 0 when every slide is done or cached, 1 when some were skipped."""
     args = build_parser().parse_args(argv)
     try:
         jobs, problems = find_jobs(args.coords, args.out, args.slides, args.mpp)
-        if args.checkpoint and not Path(args.checkpoint).is_file():
+        if args.checkpoint and not Path(args.checkpoint).exists():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist; give the encoder's local "
-                                    "weights file")
-        from vapt.backbones import build_encoder
+                                    "weights file or model folder")
+        kwargs = _encoder_kwargs(args.encoder_kwargs)
+        from vapt.encoders import build_encoder
+        from vapt.encoders.files import resolve
 
         if not args.checkpoint:
             torch.manual_seed(args.random_seed)  # same run -> same random encoder -> same features
+        encoder = build_encoder(args.encoder, checkpoint=args.checkpoint, img_size=args.img_size, mean=args.mean,
+                                std=args.std, trust_checkpoint=args.trust_checkpoint, **kwargs)
+        if not args.checkpoint:
             print(f"mgpath extract: WARNING: no --checkpoint given: {args.encoder} has RANDOM weights "
                   f"(seed {args.random_seed}); these features are for testing only, not for real results",
                   file=sys.stderr)
-        encoder = build_encoder(args.encoder, checkpoint=args.checkpoint, img_size=args.img_size)
-        weights = weights_description(args.checkpoint, args.random_seed)
+        weights_file = str(resolve(args.checkpoint).file) if args.checkpoint else None  # a folder's weights file
+        weights = weights_description(weights_file, args.random_seed)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"mgpath extract: {e}", file=sys.stderr)
         return 2

@@ -172,6 +172,7 @@ class _ShardedData(pl.LightningDataModule):
         self.jobs, self.input_size, self.mean, self.std = jobs, input_size, mean, std
         self.batch_size, self.workers, self.writer = batch_size, workers, writer
         self.identity, self.overwrite = identity, overwrite
+        self.data_config = None  # set by extract_features: the encoder's own transform, when it has one
         self.locks: list[SlideLock] = []
         self.other_rows: list[dict] = []
 
@@ -199,7 +200,8 @@ class _ShardedData(pl.LightningDataModule):
         self.locks = []
 
     def predict_dataloader(self):
-        ds = TileDataset(self.mine, self.input_size, self.mean, self.std, reader=self.reader)
+        ds = TileDataset(self.mine, self.input_size, self.mean, self.std, reader=self.reader,
+                         data_config=self.data_config)
         return torch.utils.data.DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -253,6 +255,9 @@ def extract_features(
     """
     precision = precision or default_precision(accelerator)
     cfg = encoder.data_config
+    if "resize" in cfg or getattr(encoder, "overrides", None):  # a preset: its transform and options count too
+        identity_extra = {**(identity_extra or {}), "overrides": dict(getattr(encoder, "overrides", {}) or {}),
+                          "transform": {k: cfg.get(k) for k in ("resize", "crop", "interpolation")}}
     if reader != "openslide":
         identity_extra = {**(identity_extra or {}), "reader": reader}
     identity = encoder_identity(encoder_name, weights or weights_description(checkpoint), cfg, precision,
@@ -293,6 +298,7 @@ def extract_features(
     writer = H5FeatureWriter(ok, checkpoint, identity, extra_attrs)
     dm = _ShardedData(ok, input_size, cfg["mean"], cfg["std"], batch_size, workers, writer, identity, overwrite,
                       reader)
+    dm.data_config = cfg
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,

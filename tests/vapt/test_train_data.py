@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -141,8 +142,9 @@ def test_split_file_naming_a_missing_image(vtab_root, tmp_path):
 def test_class_count_disagreement(vtab_root, tmp_path):
     with pytest.raises(DataError, match="'cifar100' has 100 classes but the config says num_classes=10"):
         VTABDataModule(root=str(vtab_root), task="cifar100", num_classes=10)
-    with open(vtab_root / "svhn" / "test.txt", "a") as fh:
-        fh.write("images/test/000000.jpg 10\n")  # svhn has 10 classes: 10 is out of range
+    shutil.copy(vtab_root / "svhn" / "images" / "test" / "000000.jpg", vtab_root / "svhn" / "images" / "test" / "x.jpg")
+    with open(vtab_root / "svhn" / "test.txt", "a") as fh:  # (listing 000000.jpg again is now a duplicate-line error)
+        fh.write("images/test/x.jpg 10\n")  # svhn has 10 classes: 10 is out of range
     with pytest.raises(DataError, match=r"outside \[0, 10\).*num_classes=10 disagrees with the data"):
         VTABDataModule(root=str(vtab_root), task="svhn").setup("test")
     with pytest.raises(DataError, match="'flowers' has 102 classes but the config says num_classes=100"):

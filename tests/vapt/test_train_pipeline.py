@@ -92,7 +92,7 @@ def test_grid_seeds_report_end_to_end(tree, backbone_file, tmp_path):
 
 
 def test_interrupted_run_resumes_and_finished_runs_are_skipped(tree, backbone_file, tmp_path, monkeypatch):
-    args = ["--config", str(REPO / "configs/vtab/vpt_deep/eurosat.yaml"), "--model.dropout=0",
+    args = ["--config", str(REPO / "configs/vtab/vpt_deep/eurosat.yaml"), "--model.dropout=0.2",  # resume is exact
             "--model.warmup_epochs=1", "--model.num_tokens=2", *run_args(tree, backbone_file, epochs=3)]
     kw = {"grid": "lr=1,0.1;wd=0", "seeds": [7], "name": "eurosat/vpt_deep", "log": lambda *a: None}
     reference = tune(args, tmp_path / "a", **kw)
@@ -115,8 +115,14 @@ def test_interrupted_run_resumes_and_finished_runs_are_skipped(tree, backbone_fi
     assert first.is_file() and not second.is_file()
     assert list((grid / "lr0.1_wd0").rglob("*.ckpt"))
     stamp = first.stat().st_mtime_ns
+    # a full disk left a newer checkpoint cut short under its final name: named, skipped, not blocking
+    ckpt_dir = next((grid / "lr0.1_wd0").rglob("checkpoints"))
+    truncated = ckpt_dir / "epoch=2-step=8.ckpt"
+    truncated.write_bytes(next(ckpt_dir.glob("epoch=1-*.ckpt")).read_bytes()[:500])
+    said: list[str] = []
 
-    resumed = tune(args, tmp_path / "b", **kw)
+    resumed = tune(args, tmp_path / "b", **{**kw, "log": said.append})
+    assert any(f"skipping {truncated}" in line for line in said)
     assert first.stat().st_mtime_ns == stamp  # finished run not redone
     res = json.loads(second.read_text())
     assert res["resumed_from"] and "epoch=1" in res["resumed_from"]

@@ -11,7 +11,6 @@ from timm.layers import resample_abs_pos_embed
 from vapt import PromptConfig, build_model, export_official_checkpoint, load_official_checkpoint
 from vapt.backbones import BackboneError, build_encoder
 
-
 NAME = "vit_tiny_patch16_224"
 
 
@@ -104,7 +103,7 @@ def test_mocov3_pth_tar(tmp_path, source):
     _assert_same_features(build_encoder(NAME, checkpoint=tmp_path / "mocov3.pth.tar", img_size=32), source)
 
 
-def test_open_clip_checkpoint(tmp_path, tiny_open_clip):  # noqa: F811
+def test_open_clip_checkpoint(tmp_path, tiny_open_clip):
     import open_clip
 
     torch.manual_seed(3)
@@ -202,3 +201,45 @@ def test_official_prompt_file():
                           img_size=32)
     with pytest.raises(KeyError, match="no static deep prompts"):
         load_official_checkpoint(shallow, prompt_file)
+
+
+def _official_vapt_keys(num_layers: int, vpt_depth: int, share_projector: bool) -> set[str]:
+    """Prompt keys of the official VAPT model, written from its construction rule: ``total_d_layer =
+    num_layers - VPT_DEPTH`` norms / downsamples (block i uses entry ``i - VPT_DEPTH``) and a static bank
+    for blocks 1 .. VPT_DEPTH - 1."""
+    e = "enc.transformer."
+    total_d_layer = num_layers - vpt_depth
+    keys = {e + "prompt_embeddings"}
+    if vpt_depth > 1:
+        keys.add(e + "deep_prompt_embeddings")
+    for i in range(vpt_depth, num_layers):
+        k = i - vpt_depth
+        keys |= {e + f"deep_prompt_norm.{k}.weight", e + f"deep_prompt_norm.{k}.bias",
+                 e + f"deep_prompt_downsample.{k}.conv.kernel", e + f"deep_prompt_downsample.{k}.linear.weight",
+                 e + f"deep_prompt_downsample.{k}.linear.bias"}
+    assert len({k for k in keys if "deep_prompt_norm" in k}) == 2 * total_d_layer
+    mlps = [""] if share_projector else [f"{k}." for k in range(total_d_layer)]
+    keys |= {e + f"deep_prompt_embeddings_mlp.{m}block.{b}.weight" for m in mlps for b in (0, 2)}
+    return keys
+
+
+@pytest.mark.parametrize("vpt_depth", [2, 3])
+@pytest.mark.parametrize("share_projector", [True, False])
+def test_official_layout_vpt_depth_indexes_like_the_official_model(vpt_depth, share_projector):
+    a = _randomised("vapt", vpt_depth=vpt_depth, share_projector=share_projector)
+    sd = export_official_checkpoint(a)
+    prompt_keys = {k for k in sd if "prompt" in k}
+    assert prompt_keys == _official_vapt_keys(12, vpt_depth, share_projector)
+    assert sd["enc.transformer.deep_prompt_embeddings"].shape == (vpt_depth - 1, 3, 192)
+    # an official state dict (keys of the official model, values of our own making) loads, and block i uses
+    # entry i - VPT_DEPTH of every list, as the official forward does
+    torch.manual_seed(3)
+    official = {k: torch.randn_like(v) for k, v in sd.items()}
+    b = build_model(NAME, num_classes=5, prompt=a.prompt_config, img_size=32)
+    load_official_checkpoint(b, official)
+    g = b.prompts
+    for i in range(vpt_depth, 12):
+        j = i - g.first_adaptive_block
+        assert torch.equal(g.norms[j].weight, official[f"enc.transformer.deep_prompt_norm.{i - vpt_depth}.weight"])
+        assert torch.equal(g.downsamples[j].kernel,
+                           official[f"enc.transformer.deep_prompt_downsample.{i - vpt_depth}.conv.kernel"])

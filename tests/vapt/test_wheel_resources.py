@@ -55,7 +55,7 @@ def test_configs_subcommands_list_and_print(capsys):
     assert vapt_main(["configs", "--list"]) == 0
     listed = capsys.readouterr().out.split()
     assert listed == [n for n in config_names() if not n.startswith("wsi/")] and "demo" in listed
-    assert len(listed) == 97  # 96 VTAB/FGVC configs + the demo
+    assert len(listed) == 98 and "tiles/uni_v1_vapt_nct_crc" in listed  # 96 VTAB/FGVC + the demo + the tile config
     assert vapt_main(["configs", "demo"]) == 0
     assert capsys.readouterr().out == (REPO / "configs" / "demo.yaml").read_text()
     from mgpath.cli import main as mgpath_main

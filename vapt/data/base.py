@@ -1,17 +1,21 @@
-"""Shared pieces of the image-classification DataModules: a list dataset, a resumable sampler,
-and a base ``LightningDataModule`` that checks its splits before training starts."""
+"""Shared pieces of the image-classification DataModules: a list dataset, a resumable sampler, split-file
+reading with its checks, and a base ``LightningDataModule`` that checks its splits before training starts."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from vapt.data.decode import DECODE_ERRORS, image_problem, load_rgb
 
 Sample = tuple[str, int]
+BadImage = Literal["stop", "skip"]
 
 
 class DataError(ValueError):
@@ -21,37 +25,74 @@ class DataError(ValueError):
 class ListDataset(Dataset):
     """Images listed as ``(absolute_path, label)`` pairs.
 
-    ``dataset[i]`` returns ``(image, label)`` with ``image`` the transformed PIL image, typically
-    a float tensor ``(3, H, W)``, and ``label`` an int.
+    ``dataset[i]`` returns ``(image, label)`` with ``image`` the transformed 8-bit RGB image (16-bit files are
+    scaled, see `vapt.data.decode`), typically a float tensor ``(3, H, W)``, and ``label`` an int.
+    ``dataset[(i, epoch)]`` (what `EpochSeededRandomSampler` yields with ``tag_epoch``) runs the transform
+    under a torch seed fixed by ``(seed, epoch, i)``, so random augmentation does not depend on the worker
+    that loads the image, on the number of workers, or on whether the run was resumed.
+
+    A file that cannot be decoded raises `DataError` naming it (``on_bad_image="stop"``) or is left out of
+    its batch with a warning (``"skip"``; `collate_skipping` drops it, ``skipped`` lists it in this process).
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None):
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, seed: int = 0,
+                 on_bad_image: BadImage = "stop"):
         self.samples = list(samples)
         self.transform = transform
+        self.seed = seed
+        self.on_bad_image = on_bad_image
+        self.skipped: list[str] = []
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, epoch = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, label
+        try:
+            img = load_rgb(path)
+        except DECODE_ERRORS as e:
+            if self.on_bad_image == "stop":
+                raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e}); replace or remove the "
+                                "file, or set data.on_bad_image: skip.") from e
+            warnings.warn(f"skipping {path}: cannot decode image ({type(e).__name__}: {e})", stacklevel=2)
+            self.skipped.append(path)
+            return None
+        if self.transform is None:
+            return img, label
+        if epoch is None:
+            return self.transform(img), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.transform(img), label
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Torch seed of one training image's augmentation in one epoch."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
+
+
+def collate_skipping(batch: list):
+    """`default_collate` without the images `ListDataset` skipped (None entries)."""
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        raise DataError(f"every image of a batch of {len(batch)} was unreadable (skipped); see the warnings above.")
+    return default_collate(kept)
 
 
 class EpochSeededRandomSampler(Sampler[int]):
     """Random order that depends only on ``(seed, epoch)``.
 
     Lightning calls ``set_epoch`` before every epoch, so a run resumed from a checkpoint sees the
-    same order as an uninterrupted one (the global RNG is not part of a checkpoint).
+    same order as an uninterrupted one. ``tag_epoch=True`` yields ``(index, epoch)`` pairs, which
+    `ListDataset` uses to seed each image's augmentation.
     """
 
-    def __init__(self, num_samples: int, seed: int = 0):
+    def __init__(self, num_samples: int, seed: int = 0, tag_epoch: bool = False):
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
+        self.tag_epoch = tag_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -59,21 +100,46 @@ class EpochSeededRandomSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+        order = torch.randperm(self.num_samples, generator=g).tolist()
+        return iter([(i, self.epoch) for i in order] if self.tag_epoch else order)
 
 
-def read_list_file(list_file: Path, image_root: Path) -> list[Sample]:
+def resolve_entry(image_root: Path, entry: str, where: str, allow_outside_root: bool) -> Path:
+    """``image_root / entry``, refusing (`DataError` at ``where``) an entry that leaves the root.
+
+    The test is on the path as written (``..`` parts, absolute paths), so symlinked images inside the root
+    stay allowed.
+    """
+    path = Path(os.path.normpath(image_root / entry))
+    root = Path(os.path.normpath(image_root))
+    if not allow_outside_root and root not in path.parents:
+        raise DataError(f"{where}: {entry!r} resolves outside the data root {root} ({path}); fix the split file, "
+                        "or set data.allow_outside_root: true if the images really live elsewhere.")
+    return path
+
+
+def raise_missing(missing: Sequence[str], listed_in: Path, hint: str) -> None:
+    """One `DataError` for the images of a split file that do not exist (first five named)."""
+    if missing:
+        head = "\n  ".join(missing[:5])
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(f"{len(missing)} image(s) named in {listed_in} do not exist:\n  {head}{more}\n{hint}")
+
+
+def read_list_file(list_file: Path, image_root: Path, allow_outside_root: bool = False) -> list[Sample]:
     """Read ``relative/path label`` lines into ``(absolute_path, label)`` pairs.
 
-    Raises ``DataError`` naming the file and line for a malformed line or a missing image.
+    A UTF-8 byte-order mark is ignored. Raises ``DataError`` naming the file and line for a malformed or
+    repeated line, a path leaving ``image_root`` (unless ``allow_outside_root``) or a missing image.
     """
     if not list_file.is_file():
         raise DataError(f"Split file {list_file} does not exist; check the data root or the split name.")
     samples: list[Sample] = []
     missing: list[str] = []
-    with open(list_file) as fh:
+    first_line: dict[str, int] = {}
+    with open(list_file, encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
             if not line:
@@ -84,20 +150,38 @@ def read_list_file(list_file: Path, image_root: Path) -> list[Sample]:
                     f"{list_file}:{lineno}: expected 'relative/path label', got {line!r}; "
                     "each line must be an image path and an integer class id."
                 )
-            path = image_root / parts[0]
+            where = f"{list_file}:{lineno}"
+            path = resolve_entry(image_root, parts[0], where, allow_outside_root)
+            if str(path) in first_line:
+                raise DataError(f"{where}: {parts[0]} is listed again (first at line {first_line[str(path)]}); "
+                                "remove the duplicate line.")
+            first_line[str(path)] = lineno
             if not path.is_file():
-                missing.append(f"{list_file}:{lineno}: {path}")
+                missing.append(f"{where}: {path}")
             samples.append((str(path), int(parts[1])))
-    if missing:
-        head = "\n  ".join(missing[:5])
-        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise DataError(
-            f"{len(missing)} image(s) named in {list_file} do not exist:\n  {head}{more}\n"
-            "Re-export or re-download the dataset, or fix the split file."
-        )
+    raise_missing(missing, list_file, "Re-export or re-download the dataset, or fix the split file.")
     if not samples:
         raise DataError(f"Split file {list_file} lists no images.")
     return samples
+
+
+def check_image_files(samples: Sequence[Sample], where: str, on_bad_image: BadImage,
+                      warn: Callable[[str], Any] = warnings.warn) -> tuple[list[Sample], list[str]]:
+    """Drop (``skip``) or refuse (``stop``) images whose header or end marker is damaged (no decoding).
+
+    Returns the samples kept and the descriptions of the files left out.
+    """
+    problems = [(s, p) for s in samples if (p := image_problem(s[0])) is not None]
+    if not problems:
+        return list(samples), []
+    lines = [f"{s[0]}: {p}" for s, p in problems]
+    if on_bad_image == "stop":
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise DataError(f"{where}: damaged image {lines[0]}{more}; replace or remove it, or set "
+                        "data.on_bad_image: skip.")
+    warn(f"{where}: skipping {len(lines)} damaged image(s): " + "; ".join(lines[:5]))
+    bad = {id(s) for s, _ in problems}
+    return [s for s in samples if id(s) not in bad], lines
 
 
 def check_labels(samples: Sequence[Sample], num_classes: int, where: str) -> None:
@@ -126,7 +210,15 @@ class ClassificationDataModule(pl.LightningDataModule):
     normalize : bool
         ImageNet mean/std normalisation (the official recipe) or plain [0, 1] inputs.
     seed : int
-        Seed of the training order (see ``EpochSeededRandomSampler``).
+        Seed of the training order and augmentation (see ``EpochSeededRandomSampler``).
+    pin_memory : bool
+    allow_outside_root : bool
+        Accept split / label entries that resolve outside the data root (``../x``, absolute paths).
+    on_bad_image : {"stop", "skip"}
+        A damaged image (found by the header check at set-up, or when decoding fails mid-epoch): stop with an
+        error naming it, or leave it out with a warning (``skipped`` lists those found in this process).
+    check_images : bool
+        At set-up, open every image's header and look for its end marker (cheap; catches truncated files).
     """
 
     def __init__(
@@ -137,15 +229,29 @@ class ClassificationDataModule(pl.LightningDataModule):
         normalize: bool = True,
         seed: int = 0,
         pin_memory: bool = True,
+        allow_outside_root: bool = False,
+        on_bad_image: BadImage = "stop",
+        check_images: bool = True,
     ):
         super().__init__()
+        if on_bad_image not in ("stop", "skip"):
+            raise DataError(f"data.on_bad_image must be 'stop' or 'skip'; got {on_bad_image!r}.")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.img_size = img_size
         self.normalize = normalize
         self.seed = seed
         self.pin_memory = pin_memory
+        self.allow_outside_root = allow_outside_root
+        self.on_bad_image = on_bad_image
+        self.check_images = check_images
         self.datasets: dict[str, ListDataset] = {}
+        self._skipped_at_setup: list[str] = []
+
+    @property
+    def skipped(self) -> list[str]:
+        """Images left out so far (``on_bad_image="skip"``): at set-up, and when decoding in this process."""
+        return self._skipped_at_setup + [p for ds in self.datasets.values() for p in ds.skipped]
 
     # -- to implement ---------------------------------------------------------------------------
     num_classes: int
@@ -187,14 +293,24 @@ class ClassificationDataModule(pl.LightningDataModule):
         if which == "predict" and getattr(self, "predict_source", None) and which not in self.datasets:
             from vapt.data.images import unlabelled_samples
 
-            self.datasets[which] = ListDataset(unlabelled_samples(self.predict_source), self._transform("test"))
+            samples = unlabelled_samples(self.predict_source)
+            if self.check_images:
+                samples, bad = check_image_files(samples, f"--predict_images {self.predict_source}", self.on_bad_image)
+                self._skipped_at_setup += bad
+            self.datasets[which] = ListDataset(samples, self._transform("test"), self.seed, self.on_bad_image)
             return
         split = self._split_name(which)
         if split is None or which in self.datasets:
             return
         samples = self._split_samples(split)
-        check_labels(samples, self.num_classes, f"{type(self).__name__} split {split!r}")
-        self.datasets[which] = ListDataset(samples, self._transform(which))
+        where = f"{type(self).__name__} split {split!r}"
+        check_labels(samples, self.num_classes, where)
+        if self.check_images:
+            samples, bad = check_image_files(samples, where, self.on_bad_image)
+            self._skipped_at_setup += bad
+            if not samples:
+                raise DataError(f"{where}: no readable image left after skipping {len(bad)} damaged one(s).")
+        self.datasets[which] = ListDataset(samples, self._transform(which), self.seed, self.on_bad_image)
 
     def setup(self, stage: str | None = None) -> None:
         """Read and check every split the stage needs (missing files and bad labels fail here)."""
@@ -207,8 +323,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            sampler=EpochSeededRandomSampler(len(ds), self.seed) if train else None,
+            sampler=EpochSeededRandomSampler(len(ds), self.seed, tag_epoch=True) if train else None,
             shuffle=False,
+            collate_fn=collate_skipping,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds leave the global RNG alone
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -216,7 +334,14 @@ class ClassificationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        loader = self._loader("train", train=True)
+        # Lightning creates the first iterator (and worker processes prefetch from it) before it calls
+        # set_epoch; start the sampler at the epoch the fit loop will run, so a resumed run does not replay
+        # epoch 0's order and augmentation.
+        progress = getattr(getattr(self.trainer, "fit_loop", None), "epoch_progress", None)
+        if progress is not None:
+            loader.sampler.set_epoch(progress.current.processed)
+        return loader
 
     def val_dataloader(self):
         if self._split_name("val") is None:

@@ -24,6 +24,10 @@ class DemoShapesDataModule(ClassificationDataModule):
         Images per split (``train800val200`` = train + val, as in VTAB-1k).
     image_pixels : int
         Side of the generated images (they are resized to ``img_size`` like VTAB images).
+    num_workers, img_size, pin_memory
+        Defaults suited to the small generated images (no workers, 32 px, no pinning).
+    **kwargs
+        Loader and checking options of `ClassificationDataModule` (``batch_size``, ``normalize``, ``seed``, ``allow_outside_root``, ``on_bad_image``, ``check_images``).
     """
 
     def __init__(
@@ -39,14 +43,12 @@ class DemoShapesDataModule(ClassificationDataModule):
         train_split: Literal["train800", "train800val200"] = "train800",
         val_split: Literal["val200"] | None = "val200",
         test_split: Literal["test"] | None = "test",
-        batch_size: int = 64,
         num_workers: int = 0,
         img_size: int = 32,
-        normalize: bool = True,
-        seed: int = 0,
         pin_memory: bool = False,
+        **kwargs,
     ):
-        super().__init__(batch_size, num_workers, img_size, normalize, seed, pin_memory)
+        super().__init__(num_workers=num_workers, img_size=img_size, pin_memory=pin_memory, **kwargs)
         self.num_classes = num_classes
         self.sizes = {"train800": train_size, "val200": val_size, "test": test_size}
         self.image_pixels = image_pixels
@@ -71,7 +73,7 @@ class DemoShapesDataModule(ClassificationDataModule):
 
     def _split_samples(self, split: str) -> list[Sample]:
         self.prepare_data()  # no-op when present; also covers use outside a Trainer
-        return read_list_file(self.task_dir / f"{split}.txt", self.task_dir)
+        return read_list_file(self.task_dir / f"{split}.txt", self.task_dir, self.allow_outside_root)
 
     def _transform(self, which: str) -> Callable:
         return vtab_transform(self.img_size, self.normalize)

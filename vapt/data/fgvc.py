@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vapt.data.base import ClassificationDataModule, DataError, Sample, registry_num_classes
+from vapt.data.base import (
+    ClassificationDataModule,
+    DataError,
+    Sample,
+    raise_missing,
+    registry_num_classes,
+    resolve_entry,
+)
 from vapt.data.images import read_class_names
 from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform
 
@@ -56,13 +63,28 @@ def get_fgvc(name: str) -> FGVCDataset:
 
 
 def read_json_split(path: Path) -> dict[str, int]:
-    """``{relative_path: class_id}`` from a split file, with a clear error for a missing/bad file."""
+    """``{relative_path: class_id}`` from a split file (a UTF-8 byte-order mark is ignored); `DataError` for a
+    missing or malformed file and for a path given twice (naming file:line)."""
     if not path.is_file():
         raise DataError(f"FGVC split file {path} does not exist; put VPT's train/val/test.json in the data root.")
+    text = path.read_text(encoding="utf-8-sig")
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        seen: set[str] = set()
+        repeated.extend(k for k, _ in items if k in seen or seen.add(k))
+        return dict(items)
+
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as e:
         raise DataError(f"FGVC split file {path} is not valid JSON ({e}).") from e
+    if repeated:
+        key = json.dumps(repeated[0])
+        lines = [i for i, line in enumerate(text.splitlines(), 1) if key in line]
+        at = f"{path}:{lines[-1]}" if len(lines) > 1 else str(path)
+        raise DataError(f"{at}: {repeated[0]} is listed again ({len(repeated)} repeated path(s) in all); "
+                        "remove the duplicate entries.")
     if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
         raise DataError(f"FGVC split file {path} must map 'relative/image/path' to an integer class id.")
     return data
@@ -81,6 +103,9 @@ class FGVCDataModule(ClassificationDataModule):
         Split file stems (``train`` / ``val`` / ``test`` / ``trainval``); ``None`` disables the loop.
     num_classes : int, optional
         Must agree with the registry when given.
+    **kwargs
+        Loader and checking options of `ClassificationDataModule` (``batch_size``, ``num_workers``, ``img_size``,
+        ``normalize``, ``seed``, ``pin_memory``, ``allow_outside_root``, ``on_bad_image``, ``check_images``).
     """
 
     def __init__(
@@ -91,14 +116,9 @@ class FGVCDataModule(ClassificationDataModule):
         val_split: str | None = "val",
         test_split: str | None = "test",
         num_classes: int | None = None,
-        batch_size: int = 64,
-        num_workers: int = 4,
-        img_size: int = 224,
-        normalize: bool = True,
-        seed: int = 0,
-        pin_memory: bool = True,
+        **kwargs,
     ):
-        super().__init__(batch_size, num_workers, img_size, normalize, seed, pin_memory)
+        super().__init__(**kwargs)
         self.root = root
         self.info = get_fgvc(dataset)
         self.num_classes = registry_num_classes("FGVC dataset", self.info.name, self.info.num_classes, num_classes)
@@ -139,13 +159,11 @@ class FGVCDataModule(ClassificationDataModule):
         ann = read_json_split(root / f"{split}.json")
         id_map = self._class_map()
         image_root = root / self.info.image_dir
-        missing = [p for p in ann if not (image_root / p).is_file()]
-        if missing:
-            raise DataError(
-                f"{len(missing)} image(s) named in {root / f'{split}.json'} do not exist under {image_root}, "
-                f"e.g. {image_root / missing[0]}; check the root and that the images were extracted there."
-            )
-        return [(str(image_root / p), id_map[c]) for p, c in sorted(ann.items())]
+        listed_in = root / f"{split}.json"
+        paths = {p: resolve_entry(image_root, p, str(listed_in), self.allow_outside_root) for p in ann}
+        raise_missing([str(p) for p in paths.values() if not p.is_file()], listed_in,
+                      f"Check the root and that the images were extracted under {image_root}.")
+        return [(str(paths[p]), id_map[c]) for p, c in sorted(ann.items())]
 
     def _transform(self, which: str) -> Callable:
         if which == "train":

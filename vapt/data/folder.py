@@ -14,14 +14,19 @@ from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform, vtab
 
 
 def scan_class_folders(split_dir: Path) -> dict[str, list[Path]]:
-    """``{class_name: [image paths]}`` of one split folder (sorted, images only)."""
+    """``{class_name: [image paths]}`` of one split folder (sorted, images only); an empty class folder is a
+    `DataError` naming it (a class without images cannot be learned, and torchvision refuses it too)."""
     if not split_dir.is_dir():
         raise DataError(f"Image folder {split_dir} does not exist; expected <root>/<split>/<class>/<image>.")
     out = {}
     for d in sorted(p for p in split_dir.iterdir() if p.is_dir()):
         out[d.name] = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not out or not any(out.values()):
-        raise DataError(f"Image folder {split_dir} has no class sub-folders with images.")
+    if not out:
+        raise DataError(f"Image folder {split_dir} has no class sub-folders; expected <root>/<split>/<class>/<image>.")
+    empty = [name for name, paths in out.items() if not paths]
+    if empty:
+        raise DataError(f"Class folder {split_dir / empty[0]} has no images ({IMAGE_EXTENSIONS}); "
+                        f"{len(empty)} empty class folder(s) in {split_dir}: add images or remove the folder.")
     return out
 
 
@@ -40,6 +45,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         FGVC-style random crop + flip for training (True) or VTAB-style plain resize (False).
     name : str, optional
         Run-folder name (``<default_root_dir>/<name>/<method>/``); default: the folder name of ``root``.
+    **kwargs
+        Loader and checking options of `ClassificationDataModule` (``batch_size``, ``num_workers``, ``img_size``,
+        ``normalize``, ``seed``, ``pin_memory``, ``allow_outside_root``, ``on_bad_image``, ``check_images``).
     """
 
     def __init__(
@@ -51,14 +59,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         num_classes: int | None = None,
         augment: bool = True,
         name: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 4,
-        img_size: int = 224,
-        normalize: bool = True,
-        seed: int = 0,
-        pin_memory: bool = True,
+        **kwargs,
     ):
-        super().__init__(batch_size, num_workers, img_size, normalize, seed, pin_memory)
+        super().__init__(**kwargs)
         self.root = root
         self.augment = augment
         self.name = name or Path(root).expanduser().resolve().name

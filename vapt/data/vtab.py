@@ -116,6 +116,9 @@ class VTABDataModule(ClassificationDataModule):
         final runs ``train800val200`` / ``test``. ``None`` disables that loop.
     num_classes : int, optional
         Must agree with the registry when given (it exists to catch a wrong config early).
+    **kwargs
+        Loader and checking options of `ClassificationDataModule` (``batch_size``, ``num_workers``, ``img_size``,
+        ``normalize``, ``seed``, ``pin_memory``, ``allow_outside_root``, ``on_bad_image``, ``check_images``).
     """
 
     def __init__(
@@ -126,14 +129,9 @@ class VTABDataModule(ClassificationDataModule):
         val_split: Literal["train800", "val200", "train800val200", "test"] | None = None,
         test_split: Literal["train800", "val200", "train800val200", "test"] | None = "test",
         num_classes: int | None = None,
-        batch_size: int = 64,
-        num_workers: int = 4,
-        img_size: int = 224,
-        normalize: bool = True,
-        seed: int = 0,
-        pin_memory: bool = True,
+        **kwargs,
     ):
-        super().__init__(batch_size, num_workers, img_size, normalize, seed, pin_memory)
+        super().__init__(**kwargs)
         self.root = root
         self.task = get_task(task)
         self.num_classes = registry_num_classes("VTAB-1k task", self.task.name, self.task.num_classes, num_classes)
@@ -150,7 +148,7 @@ class VTABDataModule(ClassificationDataModule):
 
     def _split_samples(self, split: str) -> list[Sample]:
         task_dir = resolve_task_dir(self.root, self.task)
-        return read_list_file(task_dir / f"{split}.txt", task_dir)
+        return read_list_file(task_dir / f"{split}.txt", task_dir, self.allow_outside_root)
 
     def _transform(self, which: str) -> Callable:
         return vtab_transform(self.img_size, self.normalize)

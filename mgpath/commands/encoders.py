@@ -1,0 +1,74 @@
+"""``mgpath encoders``: list the tile-encoder presets (dimension, input, preprocessing, weights, status)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+_NORMS = {"IMAGENET": "ImageNet", "OPENAI_CLIP": "OpenAI CLIP", "HALF": "0.5/0.5", "HOPTIMUS": "H-optimus",
+          "HIBOU": "Hibou"}
+
+
+def _norm_name(norm) -> str:
+    from vapt.encoders import preprocess
+
+    for attr, label in _NORMS.items():
+        if tuple(norm) == getattr(preprocess, attr):
+            return label
+    return "from config.json"
+
+
+def preset_rows() -> list[dict]:
+    """One dict per preset: name, dim, input, transform, mean/std, vit, status, weights, licence, magnification."""
+    from vapt.encoders import list_presets
+
+    rows = []
+    for p in list_presets():
+        pre = p.preprocess
+        hub = p.options.get("hub_config", False)
+        resize = f"{pre.resize or pre.size} " if pre.crop and (pre.resize or pre.size) != pre.size else ""
+        transform = (f"resize {resize}{pre.interpolation}" + (f" + crop {pre.size}" if pre.crop else f" {pre.size}"))
+        rows.append({"name": p.name, "dim": p.dim, "input": "config.json" if hub else pre.size,
+                     "transform": "from config.json" if hub else transform,
+                     "mean_std": "from config.json" if hub else _norm_name(pre.norm), "vapt_backbone": p.vit,
+                     "status": "available" if not p.unavailable else f"unavailable: {p.unavailable}",
+                     "architecture": p.arch, "weights": p.layout, "source": p.source, "licence": p.licence,
+                     "magnification": p.magnification, "notes": p.notes})
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| preset | dim | input | transform | mean/std | vapt backbone | weights (layout) | get it | licence | magnification |"
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        if r["status"] != "available":
+            lines.append(f"| `{r['name']}` | {r['dim']} | - | - | - | - | {r['status']} | - | - | - |")
+            continue
+        lines.append(f"| `{r['name']}` | {r['dim']} | {r['input']} | {r['transform']} | {r['mean_std']} | "
+                     f"{'yes' if r['vapt_backbone'] else 'no'} | {r['weights']} | {r['source']} | {r['licence']} | "
+                     f"{r['magnification']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mgpath encoders", description=__doc__)
+    ap.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    a = ap.parse_args(argv)
+    rows = preset_rows()
+    if a.format == "json":
+        print(json.dumps(rows, indent=1))
+    elif a.format == "markdown":
+        print(markdown_table(rows))
+    else:
+        for r in rows:
+            if r["status"] != "available":
+                print(f"{r['name']:<14} {r['dim']:>5}  {r['status']}")
+                continue
+            print(f"{r['name']:<14} {r['dim']:>5}  {r['input']!s:>11}  {r['transform']:<30} {r['mean_std']:<16}"
+                  f"{'  vapt backbone' if r['vapt_backbone'] else ''}")
+        print("plus any timm model name (CNNs included) and open_clip:<name>; details: docs/encoders.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

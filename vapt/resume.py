@@ -1,0 +1,179 @@
+"""Exact and crash-safe resume of vapt training.
+
+- `RNGStateCallback` stores the random state of torch (CPU and CUDA), numpy and python in every checkpoint
+  and puts it back at the start of the first resumed epoch, so dropout draws continue as in an uninterrupted
+  run. The data side needs no state: the training order depends on ``(seed, epoch)`` only and each training
+  image's augmentation on ``(seed, epoch, index)`` (see `vapt.data.base`), whatever the number of workers.
+- `AtomicCheckpointIO` writes each checkpoint through a temporary file in the checkpoint's own folder and
+  renames it into place: a full disk or a kill leaves the previous checkpoint, never a truncated one under
+  the final name.
+- `find_resume_checkpoint` picks the newest checkpoint of a run folder that loads, naming those it skipped.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+
+from vapt.atomic import atomic_path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message names it and says what to do (``reason``: what is wrong)."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def _short(e: BaseException) -> str:
+    """``Type: first sentence`` of an exception (torch's messages run to several lines)."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    text = text.split(". ", 1)[0].rstrip(".")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict[str, Any]:
+    """The process's random state as tensors and plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGStateCallback(Callback):
+    """Save the RNG state with every checkpoint; restore it when the first resumed training epoch starts.
+
+    Restoring at the epoch start rather than at load time keeps whatever runs in between (sanity-check
+    validation, data set-up) from shifting the stream. A checkpoint written without this callback resumes as
+    before (the current RNG state is kept).
+    """
+
+    def __init__(self):
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict.get("rng")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self._pending is not None:
+            set_rng_state(self._pending)
+            self._pending = None
+
+
+# ---------------------------------------------------------------------------------------------- atomic files
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`TorchCheckpointIO` whose files appear complete or not at all (temporary file beside the target)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO takes no storage_options; got {storage_options!r}.")
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def use_atomic_checkpoints(trainer) -> None:
+    """Swap the trainer's plain `TorchCheckpointIO` for `AtomicCheckpointIO` (a user's own plugin stays)."""
+    strategy = trainer.strategy
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+# ---------------------------------------------------------------------------------------------- choosing one
+def check_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """Load ``path`` safely (``weights_only=True``, CPU); `CheckpointError` naming it when it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist; pass an existing .ckpt file or 'last'.", "missing")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, a pickle that needs code to run
+        reason = f"cannot be loaded ({_short(e)})"
+        raise CheckpointError(f"{what} {path} {reason}; it is truncated, damaged or not a vapt checkpoint. "
+                              "Delete it or pass another file.", reason) from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{what} {path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt "
+                              "written by vapt fit / vapt tune.", "not a Lightning checkpoint")
+    return ckpt
+
+
+def _rank(path: Path) -> tuple[int, int, float]:
+    """Newest first: epoch and step from the name (``epoch=3-step=40.ckpt``), then mtime; unnamed ones last."""
+    epoch, step = (re.search(rf"{k}=(\d+)", path.name) for k in ("epoch", "step"))
+    return (int(epoch.group(1)) if epoch else -1, int(step.group(1)) if step else -1, path.stat().st_mtime)
+
+
+def find_resume_checkpoint(folder: str | os.PathLike, log: Callable[[str], Any] = print) -> Path | None:
+    """The newest checkpoint under ``folder`` that loads, or None; each damaged newer one is named via ``log``.
+
+    Candidates are the ``*.ckpt`` files below ``folder`` (temporary ``*.tmp`` files of an interrupted write are
+    not), ordered by the epoch and step in their names, then by modification time.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.rglob("*.ckpt"), key=_rank, reverse=True):
+        try:
+            check_checkpoint(path)
+        except CheckpointError as e:
+            log(f"skipping {path}: {e.reason}")
+            continue
+        return path
+    return None
+
+
+def resume_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
+    """Callbacks every vapt trainer gets: `RNGStateCallback`, and a ``ModelCheckpoint(save_last=True)``
+    (``last.ckpt`` beside the epoch file) unless the config brings its own or disables checkpointing."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    given = trainer_config.get("callbacks") or []
+    given = given if isinstance(given, list) else [given]
+    out: list[Callback] = [] if any(isinstance(c, RNGStateCallback) for c in given) else [RNGStateCallback()]
+    if trainer_config.get("enable_checkpointing") is not False and not any(
+            isinstance(c, ModelCheckpoint) for c in given):
+        out.append(ModelCheckpoint(save_last=True))
+    return out
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_folder: str | os.PathLike, log: Callable[[str], Any] = print
+                      ) -> str | None:
+    """``--ckpt_path`` of a vapt subcommand -> the file to load, or None.
+
+    ``last``: the newest good checkpoint of any earlier version of this experiment (``run_folder`` holds the
+    ``version_<n>/`` folders); none -> None (training starts at epoch 0, said via ``log``). Anything else
+    passes through (a file is checked with `check_checkpoint` when the command line is parsed).
+    """
+    if ckpt_path != "last":
+        return ckpt_path
+    found = find_resume_checkpoint(run_folder, log)
+    log(f"resuming from {found}" if found else f"no checkpoint under {run_folder}; starting from epoch 0")
+    return None if found is None else str(found)
