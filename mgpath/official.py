@@ -202,12 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heads", type=int, default=None, help="text attention heads (default width // 64)")
     ap.add_argument("--no-compat", action="store_true", help="use the correct context insertion instead")
     ap.add_argument("--out", required=True, help="output .pt with {'state_dict', 'config'}")
-    ap.add_argument("--trust-checkpoint", action="store_true",
-                    help="allow full unpickling of checkpoints that need it (can run code in the file)")
     a = ap.parse_args(argv)
     try:
-        ckpt = load_state_dict_file(a.checkpoint, trust=a.trust_checkpoint)
-        align = load_state_dict_file(a.alignment, trust=a.trust_checkpoint) if a.alignment else None
+        ckpt = load_state_dict_file(a.checkpoint)
+        align = load_state_dict_file(a.alignment) if a.alignment else None
     except (FileNotFoundError, ValueError) as err:
         print(f"mgpath import-official: {err}", file=sys.stderr)
         return 2

@@ -103,16 +103,16 @@ def load_descriptions(path: str | os.PathLike, classes: list[str] | None = None,
     return table
 
 
-def load_state_dict_file(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint file into a flat state dict (``state_dict``/``model`` keys and ``module.`` prefixes
     are unwrapped; ``.safetensors`` supported). Read with :func:`vapt.weights.load_weights_file`: a file that
-    needs full unpickling is refused unless ``trust`` (``--trust-checkpoint``)."""
+    needs full unpickling is refused (see :mod:`vapt.weights`)."""
     from vapt.weights import load_weights_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mgpath/text.py: checkpoint {path} does not exist")
-    sd = load_weights_file(path, trust=trust)
+    sd = load_weights_file(path)
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -168,8 +168,7 @@ class TextTower(nn.Module):
 
 
 def build_text_tower(model_name: str = "ViT-B-32", checkpoint: str | None = None,
-                     model_cfg: dict | None = None, quick_gelu: bool = False, *, tokenizer: str | None = None,
-                     trust_checkpoint: bool = False) -> nn.Module:
+                     model_cfg: dict | None = None, quick_gelu: bool = False, *, tokenizer: str | None = None) -> nn.Module:
     """Build a frozen text tower by name from local files, without download.
 
     Parameters
@@ -184,20 +183,19 @@ def build_text_tower(model_name: str = "ViT-B-32", checkpoint: str | None = None
         ``conch_v1`` overrides of its text config (tests use a narrow one).
     quick_gelu : use QuickGELU (OpenAI weights).
     tokenizer : ``conch_v1`` only: CONCH's tokenizer JSON (default: beside the checkpoint, or the conch package's).
-    trust_checkpoint : allow full unpickling of a checkpoint that needs it (can run code in the file).
     """
     import open_clip
 
     from mgpath import towers
 
     if model_name == "plip":
-        return towers.plip_tower(checkpoint, trust_checkpoint)
+        return towers.plip_tower(checkpoint)
     if model_name == "biomedclip":
-        return towers.biomedclip_tower(checkpoint, trust_checkpoint)
+        return towers.biomedclip_tower(checkpoint)
     if model_name == "conch_v1":
-        return towers.conch_tower(checkpoint, tokenizer, model_cfg, trust_checkpoint)
+        return towers.conch_tower(checkpoint, tokenizer, model_cfg)
     if model_name == "quiltnet":
-        model_name, folder_cfg, checkpoint = towers.quiltnet_tower(checkpoint, trust_checkpoint)
+        model_name, folder_cfg, checkpoint = towers.quiltnet_tower(checkpoint)
         model_cfg = model_cfg or folder_cfg
 
     if model_cfg is None and model_name == "mgpath-tiny":
@@ -212,7 +210,7 @@ def build_text_tower(model_name: str = "ViT-B-32", checkpoint: str | None = None
             model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         tok = open_clip.get_tokenizer(model_name)
     if checkpoint:
-        sd = load_state_dict_file(checkpoint, trust=trust_checkpoint)
+        sd = load_state_dict_file(checkpoint)
         text_keys = [k for k in model.state_dict() if not k.startswith("visual.") and k not in
                      ("logit_scale", "logit_bias", "attn_mask")]
         missing = [k for k in text_keys if k not in sd]

@@ -28,7 +28,7 @@ CONCH_TEXT_CFG = {"context_length": 127, "vocab_size": 32007, "width": 768, "hea
 CONCH_TOKENIZER_NAMES = ("conch_byte_level_bpe_uncased.json", "tokenizer.json")
 
 
-def _weights(checkpoint, name: str, trust: bool):
+def _weights(checkpoint, name: str):
     from vapt.backbones import BackboneError
     from vapt.encoders import files
 
@@ -36,10 +36,10 @@ def _weights(checkpoint, name: str, trust: bool):
         raise BackboneError(f"Text tower {name} is built from the publisher's files; pass the checkpoint "
                             "(--model.text_checkpoint PATH).")
     w = files.resolve(checkpoint)
-    return w, files.read_state_dict(w.file, trust)
+    return w, files.read_state_dict(w.file)
 
 
-def plip_tower(checkpoint, trust: bool = False):
+def plip_tower(checkpoint):
     """PLIP's text side from its HF folder (config.json + pytorch_model.bin)."""
     import open_clip
 
@@ -48,7 +48,7 @@ def plip_tower(checkpoint, trust: bool = False):
     from vapt.encoders.files import load_checked
     from vapt.encoders.hf_clip import hf_clip_to_open_clip, open_clip_from_hf_config
 
-    w, sd = _weights(checkpoint, "plip", trust)
+    w, sd = _weights(checkpoint, "plip")
     if w.config() is None:
         raise BackboneError(f"{w.file}: the plip text tower needs the HF folder with config.json (vinid/plip).")
     model = open_clip_from_hf_config(w.config(), w.folder)
@@ -165,14 +165,14 @@ def _find_conch_tokenizer(tokenizer, folder: Path | None) -> Path:
                             "beside the checkpoint or pass --model.text_tokenizer PATH.") from None
 
 
-def conch_tower(checkpoint, tokenizer=None, model_cfg: dict | None = None, trust: bool = False) -> CoCaTextTower:
+def conch_tower(checkpoint, tokenizer=None, model_cfg: dict | None = None) -> CoCaTextTower:
     """CONCH v1's text side from ``pytorch_model.bin`` (full CoCa; ``text.*`` keys) and its tokenizer file."""
     from open_clip.transformer import TextTransformer
 
     from vapt.backbones import BackboneError
     from vapt.encoders.files import load_checked
 
-    w, sd = _weights(checkpoint, "conch_v1", trust)
+    w, sd = _weights(checkpoint, "conch_v1")
     cfg = {**CONCH_TEXT_CFG, **(model_cfg or {})}
     text = TextTransformer(**cfg, embed_cls=True, pad_id=0, act_layer=nn.GELU, norm_layer=nn.LayerNorm)
     text_sd = {k[len("text."):]: v for k, v in sd.items() if k.startswith("text.")}
@@ -183,7 +183,7 @@ def conch_tower(checkpoint, tokenizer=None, model_cfg: dict | None = None, trust
                                                       cfg["context_length"]))
 
 
-def quiltnet_tower(checkpoint, trust: bool = False):
+def quiltnet_tower(checkpoint):
     """QuiltNet (open_clip ViT-B-32 or the folder's ``open_clip_config.json``) -> (model_name, model_cfg, file)."""
     from vapt.encoders import files
 
@@ -242,7 +242,7 @@ def _bert_config(sd: dict, folder: Path | None):
                       type_vocab_size=sd["embeddings.token_type_embeddings.weight"].shape[0])
 
 
-def biomedclip_tower(checkpoint, trust: bool = False) -> BertTextTower:
+def biomedclip_tower(checkpoint) -> BertTextTower:
     """BiomedCLIP's text side from its open_clip hub folder (``open_clip_config.json`` + weights + ``tokenizer.json``)."""
     from vapt.backbones import BackboneError
     from vapt.encoders.files import load_checked
@@ -252,7 +252,7 @@ def biomedclip_tower(checkpoint, trust: bool = False) -> BertTextTower:
         from transformers import BertModel
     except ImportError:
         raise BackboneError("The biomedclip text tower needs transformers: pip install 'vapt-mgpath[hf]'.") from None
-    w, sd = _weights(checkpoint, "biomedclip", trust)
+    w, sd = _weights(checkpoint, "biomedclip")
     oc = w.configs.get("open_clip_config.json")
     folder = w.folder or w.file.parent
     if oc is None or "hf_model_name" not in oc.get("model_cfg", {}).get("text_cfg", {}):

@@ -211,7 +211,6 @@ def build_encoder(
     img_size: int | Sequence[int] | None = None,
     pretrained: bool = False,
     global_pool: str | None = None,
-    trust_checkpoint: bool = False,
     **timm_kwargs,
 ) -> ViTEncoder:
     """Build a frozen ViT encoder, optionally from a local checkpoint file.
@@ -230,8 +229,6 @@ def build_encoder(
         Download the library's pretrained weights (the only path that touches the network).
     global_pool : {"token", "avg"}, optional
         Pooling for the timm model (``"avg"`` gives MAE-style mean pooling + fc_norm).
-    trust_checkpoint : bool
-        Allow full unpickling of a checkpoint that needs it (it can run code; see :mod:`vapt.weights`).
     """
     from vapt.encoders.registry import PRESETS, _load_tables
 
@@ -244,7 +241,7 @@ def build_encoder(
                                 "tuning needs a ViT preset (e.g. uni_v1, phikon, virchow2).")
         if global_pool is not None:
             timm_kwargs["global_pool"] = global_pool
-        enc = build_preset(name, checkpoint, img_size, pretrained=pretrained, trust_checkpoint=trust_checkpoint,
+        enc = build_preset(name, checkpoint, img_size, pretrained=pretrained,
                            **timm_kwargs)
         if not isinstance(enc, ViTEncoder):
             raise BackboneError(f"Preset {name!r} is not a Vision Transformer; prompt tuning needs a ViT preset.")
@@ -259,8 +256,8 @@ def build_encoder(
     if name.startswith(OPEN_CLIP_PREFIX):
         if global_pool is not None or timm_kwargs:
             raise BackboneError(f"open_clip towers take no timm keywords; got {sorted(timm_kwargs)} / global_pool.")
-        return _build_open_clip(name[len(OPEN_CLIP_PREFIX):], checkpoint, img_size, pretrained, trust_checkpoint)
-    return _build_timm(name, checkpoint, img_size, pretrained, global_pool, trust_checkpoint, **timm_kwargs)
+        return _build_open_clip(name[len(OPEN_CLIP_PREFIX):], checkpoint, img_size, pretrained)
+    return _build_timm(name, checkpoint, img_size, pretrained, global_pool, **timm_kwargs)
 
 
 def _as_hw(img_size) -> tuple[int, int] | None:
@@ -277,7 +274,7 @@ def _unknown_name_error(name: str, candidates: Iterable[str], library: str) -> B
     return BackboneError(f"Unknown {library} backbone {name!r}.{hint}")
 
 
-def _build_timm(name, checkpoint, img_size, pretrained, global_pool, trust=False, **kwargs) -> ViTEncoder:
+def _build_timm(name, checkpoint, img_size, pretrained, global_pool, **kwargs) -> ViTEncoder:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
@@ -304,11 +301,11 @@ def _build_timm(name, checkpoint, img_size, pretrained, global_pool, trust=False
         raise BackboneError(f"Image size {h}x{w} is not divisible by the patch size {ph}x{pw} of {name}; "
                             f"choose img_size as a multiple of the patch size (e.g. {h // ph * ph}).")
     if checkpoint is not None:
-        _load_timm_checkpoint(model, checkpoint, trust)
+        _load_timm_checkpoint(model, checkpoint)
     return ViTEncoder(model, "timm", name)
 
 
-def _build_open_clip(model_name, checkpoint, img_size, pretrained, trust=False) -> ViTEncoder:
+def _build_open_clip(model_name, checkpoint, img_size, pretrained) -> ViTEncoder:
     import open_clip
     from open_clip.transformer import VisionTransformer as OpenClipViT
 
@@ -329,19 +326,19 @@ def _build_open_clip(model_name, checkpoint, img_size, pretrained, trust=False) 
         raise BackboneError(f"open_clip model {model_name!r} has a {type(visual).__name__} vision tower; "
                             "only ViT towers (open_clip VisionTransformer) are supported.")
     if checkpoint is not None:
-        _load_open_clip_checkpoint(visual, checkpoint, trust_checkpoint=trust)
+        _load_open_clip_checkpoint(visual, checkpoint)
     return ViTEncoder(visual, "open_clip", OPEN_CLIP_PREFIX + model_name)
 
 
 # ---------------------------------------------------------------------------------------------------- files
-def read_checkpoint_file(path: str | os.PathLike, trust: bool = False) -> dict:
+def read_checkpoint_file(path: str | os.PathLike) -> dict:
     """Read a checkpoint file safely (:func:`vapt.weights.load_weights_file`); errors as :class:`BackboneError`.
 
     ``.safetensors`` through safetensors, ``.npz`` with ``allow_pickle=False``, everything else through
-    ``torch.load(weights_only=True)``; a file that needs full unpickling is refused unless ``trust``.
+    ``torch.load(weights_only=True)``; a file that needs full unpickling is refused.
     """
     try:
-        return load_weights_file(path, trust=trust)
+        return load_weights_file(path)
     except WeightsFileError as err:
         raise BackboneError(str(err)) from None
 
@@ -365,13 +362,13 @@ def unwrap_state_dict(obj: dict) -> dict[str, torch.Tensor]:
 _HEAD_PREFIXES = ("head.", "head_drop.", "fc_norm.", "pre_logits.")
 
 
-def _load_timm_checkpoint(model: nn.Module, path, trust: bool = False) -> None:
+def _load_timm_checkpoint(model: nn.Module, path) -> None:
     from timm.layers import resample_abs_pos_embed
     from timm.models.vision_transformer import _load_weights
 
     path = os.fspath(path)
     if path.endswith(".npz"):
-        raw = read_checkpoint_file(path, trust)  # validates the file before timm touches it
+        raw = read_checkpoint_file(path)  # validates the file before timm touches it
         _check_npz_keys(model, raw, path)
         try:
             _load_weights(model, path)
@@ -379,7 +376,7 @@ def _load_timm_checkpoint(model: nn.Module, path, trust: bool = False) -> None:
             raise BackboneError(f"Could not load the .npz checkpoint {path} into {type(model).__name__} "
                                 f"({type(err).__name__}: {err}); is it a ViT of the same size?") from err
         return
-    sd = unwrap_state_dict(read_checkpoint_file(path, trust))
+    sd = unwrap_state_dict(read_checkpoint_file(path))
     if not sd:
         raise BackboneError(f"Checkpoint {path} holds no tensors; it is not a model state dict.")
     own = model.state_dict()
@@ -422,8 +419,8 @@ def _strict_load(model: nn.Module, sd: dict, path, ignore_missing_prefixes: tupl
     model.load_state_dict(sd, strict=False)
 
 
-def _load_open_clip_checkpoint(visual: nn.Module, path, trust_checkpoint: bool = False) -> None:
-    sd = unwrap_state_dict(read_checkpoint_file(path, trust_checkpoint))
+def _load_open_clip_checkpoint(visual: nn.Module, path) -> None:
+    sd = unwrap_state_dict(read_checkpoint_file(path))
     if any(k.startswith("visual.") for k in sd):
         sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     own = visual.state_dict()

@@ -9,9 +9,8 @@ imports) goes through :func:`load_weights_file`:
   plain Python values.
 
 A pickle that needs more than that (custom classes, or a payload that calls a function while being
-unpickled) is refused with one line naming the file and the opt-in: ``--trust-checkpoint`` on the command
-lines, ``trust_checkpoint=True`` in Python. Only with the opt-in is the file fully unpickled, with a warning.
-Nothing is retried silently.
+unpickled) is refused with one line naming the file and the fix (re-save its tensors as safetensors where
+you trust the file). There is no opt-in: nothing here ever unpickles code, and nothing is retried.
 """
 from __future__ import annotations
 
@@ -23,8 +22,8 @@ import torch
 
 __all__ = ["TRUST_HINT", "WeightsFileError", "load_weights_file"]
 
-TRUST_HINT = ("if you trust where it came from, pass --trust-checkpoint (Python: trust_checkpoint=True), "
-              "or re-save it as .safetensors")
+TRUST_HINT = ("if you trust where it came from, re-save its tensors there as .safetensors "
+              "(safetensors.torch.save_file) and pass that file")
 
 
 class WeightsFileError(ValueError):
@@ -46,15 +45,13 @@ def _safe_globals() -> list:
     return [argparse.Namespace, scalar, np.dtype, *dtypes]
 
 
-def load_weights_file(path: str | os.PathLike, *, trust: bool = False):
+def load_weights_file(path: str | os.PathLike):
     """Load a weights file safely.
 
     Parameters
     ----------
     path : file
         ``.safetensors``, ``.npz`` or a ``torch.save`` file (``.pth``, ``.pt``, ``.bin``, ``.ckpt``, ``.tar``).
-    trust : bool
-        Allow full unpickling (can run arbitrary code) for a torch file that ``weights_only=True`` rejects.
 
     Returns
     -------
@@ -83,14 +80,10 @@ def load_weights_file(path: str | os.PathLike, *, trust: bool = False):
         except Exception as err:  # distinguish "needs unpickling" (a global) from "corrupt" (bad opcodes)
             if "Weights only load failed" not in str(err) or "global" not in str(err).lower():
                 raise
-            if not trust:
-                raise WeightsFileError(
-                    f"Weights file {path} holds pickled Python objects that only a full unpickle can rebuild, "
-                    f"and unpickling can run code hidden in the file; it was not loaded; {TRUST_HINT}."
-                ) from None
-        warnings.warn(f"Fully unpickling {path} because trust_checkpoint=True; this runs any code it holds.",
-                      stacklevel=2)
-        return torch.load(path, map_location="cpu", weights_only=False)
+            raise WeightsFileError(
+                f"Weights file {path} holds pickled Python objects that only a full unpickle can rebuild, "
+                f"and unpickling can run code hidden in the file; it was not loaded; {TRUST_HINT}."
+            ) from None
     except WeightsFileError:
         raise
     except Exception as err:

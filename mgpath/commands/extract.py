@@ -37,8 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help='preset options / timm keywords, e.g. \'{"output": "trident"}\' for conch_v1')
     p.add_argument("--mean", type=float, nargs=3, default=None, help="override the encoder's normalisation mean")
     p.add_argument("--std", type=float, nargs=3, default=None, help="override the encoder's normalisation std")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of a checkpoint that needs it (it can run code in the file)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers reading tiles")
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.checkpoint:
             torch.manual_seed(args.random_seed)  # same run -> same random encoder -> same features
         encoder = build_encoder(args.encoder, checkpoint=args.checkpoint, img_size=args.img_size, mean=args.mean,
-                                std=args.std, trust_checkpoint=args.trust_checkpoint, **kwargs)
+                                std=args.std, **kwargs)
         if not args.checkpoint:
             print(f"mgpath extract: WARNING: no --checkpoint given: {args.encoder} has RANDOM weights "
                   f"(seed {args.random_seed}); these features are for testing only, not for real results",

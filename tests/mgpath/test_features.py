@@ -188,30 +188,16 @@ def test_extract_resume_and_bad_slide(tiled, slide_dir, tiny_vit, tiny_enc, tmp_
     out = tmp_path / "feats"
     jobs, problems = find_jobs(tiled / "2.5x" / "coords", out, str(slides))
     assert not problems and len(jobs) == 2
-    rows = extract_features(
-        jobs,
-        enc,
-        "vit_tiny_patch16_224",
-        str(ckpt),
-        batch_size=32,
-        workers=0,
-        accelerator="cpu",
-        progress=False,
-    )
+    def run():
+        return extract_features(jobs, enc, "vit_tiny_patch16_224", str(ckpt), batch_size=32, workers=0,
+                                accelerator="cpu", progress=False)
+
+    rows = run()
     assert [r["status"] for r in rows] == ["done", "done"]
     first = read_features(out / "s1_he.h5")["features"]
     # resume: existing outputs are kept; a deleted one is redone identically
     (out / "s1_he.h5").unlink()
-    rows = extract_features(
-        jobs,
-        enc,
-        "vit_tiny_patch16_224",
-        str(ckpt),
-        batch_size=32,
-        workers=0,
-        accelerator="cpu",
-        progress=False,
-    )
+    rows = run()
     assert sorted(r["status"] for r in rows) == ["cached", "done"]
     np.testing.assert_allclose(read_features(out / "s1_he.h5")["features"], first, atol=1e-6)
     assert not list(out.glob("*.tmp"))

@@ -1,7 +1,8 @@
 """A weights file whose pickle runs code is refused by every loader (Python API and command lines).
 
 The malicious file is a real ``torch.save`` of a state dict plus an object that reduces to ``os.system``
-writing a marker file. The positive control (``trust=True``) shows the payload does run when allowed.
+writing a marker file. That the file really carries the payload is shown without running it: its pickle
+opcodes name ``os.system`` (or ``posix.system``) as a global to call.
 """
 from __future__ import annotations
 
@@ -34,14 +35,32 @@ def malicious(tmp_path):
     return path, marker
 
 
-def test_loader_refuses_and_names_the_opt_in(malicious):
+def _pickled_globals(path) -> set[str]:
+    """Globals the pickle inside a torch zip file would import and call, read from its opcodes (nothing runs)."""
+    import pickletools
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    found, strings = set(), []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(arg)
+        elif op.name == "GLOBAL":
+            found.add(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            found.add(f"{strings[-2]}.{strings[-1]}")
+    return found
+
+
+def test_loader_refuses_and_names_the_fix(malicious):
     path, marker = malicious
-    with pytest.raises(WeightsFileError, match=r"pytorch_model.bin.*not loaded.*--trust-checkpoint"):
+    assert _pickled_globals(path) & {"os.system", "posix.system"}  # positive control: the file is malicious
+    with pytest.raises(WeightsFileError, match=r"pytorch_model.bin.*not loaded.*safetensors"):
         load_weights_file(path)
     assert not marker.exists()
-    with pytest.warns(UserWarning, match="trust_checkpoint=True"):
-        load_weights_file(path, trust=True)  # positive control: the file really is malicious
-    assert marker.read_text().strip() == "pwned"
+    with pytest.raises(TypeError):
+        load_weights_file(path, trust=True)  # there is no opt-in that unpickles code
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "uni_v1", "resnet50", "phikon", "conch_v1", "ctranspath"])
@@ -52,10 +71,10 @@ def test_every_encoder_loader_refuses(name, malicious):
                                              '"patch_size": 16}')
     from vapt.encoders import build_encoder as build_any
 
-    with pytest.raises(BackboneError, match="--trust-checkpoint"):
+    with pytest.raises(BackboneError, match="not loaded.*safetensors"):
         build_any(name, checkpoint=path.parent if name == "phikon" else path)
     if name in ("vit_tiny_patch16_224", "uni_v1"):
-        with pytest.raises(BackboneError, match="--trust-checkpoint"):
+        with pytest.raises(BackboneError, match="not loaded.*safetensors"):
             build_encoder(name, checkpoint=path)  # the vapt backbone path (vapt fit --model.checkpoint)
     assert not marker.exists()
 
@@ -64,11 +83,11 @@ def test_open_clip_and_text_tower_loaders_refuse(malicious, tiny_open_clip):
     from mgpath.text import build_text_tower, load_state_dict_file
 
     path, marker = malicious
-    with pytest.raises(BackboneError, match="--trust-checkpoint"):
+    with pytest.raises(BackboneError, match="not loaded.*safetensors"):
         build_encoder(tiny_open_clip, checkpoint=path)
-    with pytest.raises(WeightsFileError, match="--trust-checkpoint"):
+    with pytest.raises(WeightsFileError, match="not loaded.*safetensors"):
         load_state_dict_file(path)
-    with pytest.raises(WeightsFileError, match="--trust-checkpoint"):
+    with pytest.raises(WeightsFileError, match="not loaded.*safetensors"):
         build_text_tower("mgpath-tiny", checkpoint=path)
     assert not marker.exists()
 
@@ -84,12 +103,12 @@ def test_command_lines_refuse(malicious, tmp_path):
     (tmp_path / "coords").mkdir()
     r = _cli("extract", "--coords", str(tmp_path / "coords"), "--encoder", "vit_tiny_patch16_224",
              "--checkpoint", str(path), "--out", str(tmp_path / "out"))
-    assert r.returncode == 2 and "--trust-checkpoint" in r.stderr and str(path) in r.stderr, r.stderr
+    assert r.returncode == 2 and "safetensors" in r.stderr and str(path) in r.stderr, r.stderr
     prompts = tmp_path / "p.csv"
     prompts.write_text("a\nb\nc\nd\n")
     r = _cli("import-official", "--checkpoint", str(path), "--descriptions", str(prompts), "--classes", "A", "B",
              "--out", str(tmp_path / "o.pt"))
-    assert r.returncode == 2 and "--trust-checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and "safetensors" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "o.pt").exists()
 
 

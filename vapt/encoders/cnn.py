@@ -50,13 +50,13 @@ class LastFeatureAvgPool(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- resnet50
-def _build_resnet50(preset: Preset, checkpoint, img_size, trust, **overrides) -> TileEncoder:
+def _build_resnet50(preset: Preset, checkpoint, img_size, **overrides) -> TileEncoder:
     import timm
 
     if overrides:
         raise BackboneError(f"Preset resnet50 takes no options; got {sorted(overrides)}.")
     w = files.resolve(checkpoint) if checkpoint is not None else None
-    sd = files.read_state_dict(w.file, trust) if w is not None else None
+    sd = files.read_state_dict(w.file) if w is not None else None
     model = timm.create_model("resnet50", pretrained=False, features_only=True, out_indices=[3])
     if sd is None:
         warn_random(preset.name)
@@ -101,13 +101,13 @@ def ctranspath_remap(sd: dict) -> dict:
     return out
 
 
-def _build_ctranspath(preset: Preset, checkpoint, img_size, trust, **overrides) -> TileEncoder:
+def _build_ctranspath(preset: Preset, checkpoint, img_size, **overrides) -> TileEncoder:
     from timm.models.swin_transformer import SwinTransformer
 
     if overrides:
         raise BackboneError(f"Preset ctranspath takes no options; got {sorted(overrides)}.")
     w = files.resolve(checkpoint) if checkpoint is not None else None
-    sd = ctranspath_remap(files.read_state_dict(w.file, trust)) if w is not None else None
+    sd = ctranspath_remap(files.read_state_dict(w.file)) if w is not None else None
     model = SwinTransformer(img_size=img_size or 224, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2),
                             num_heads=(3, 6, 12, 24), window_size=7, num_classes=0, embed_layer=ConvStem)
     if sd is None:
@@ -118,7 +118,7 @@ def _build_ctranspath(preset: Preset, checkpoint, img_size, trust, **overrides) 
 
 
 # ------------------------------------------------------------------------------------------------- generic timm
-def build_generic_timm(name, checkpoint, img_size, pretrained, trust, **overrides) -> nn.Module:
+def build_generic_timm(name, checkpoint, img_size, pretrained, **overrides) -> nn.Module:
     """Any timm model by name: ViTs as ``ViTEncoder`` (prompt-tunable), others as pooled ``TileEncoder``."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
@@ -131,12 +131,12 @@ def build_generic_timm(name, checkpoint, img_size, pretrained, trust, **override
     if isinstance(probe, VisionTransformer):
         from vapt.backbones import build_encoder as build_vit
 
-        return build_vit(name, checkpoint, img_size, pretrained, trust_checkpoint=trust, **overrides)
+        return build_vit(name, checkpoint, img_size, pretrained, **overrides)
     kw = dict(overrides)
     model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kw)
     if checkpoint is not None:
         w = files.resolve(checkpoint)
-        sd = files.read_state_dict(w.file, trust)
+        sd = files.read_state_dict(w.file)
         head = model.default_cfg.get("classifier", "fc") if hasattr(model, "default_cfg") else "fc"
         files.load_checked(model, sd, w.file, name, ignore_unexpected=(f"{head}.",))
     data = timm.data.resolve_data_config({}, model=model)

@@ -97,10 +97,10 @@ def unwrap(obj, path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def read_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Safely read a weights file and unwrap it to ``{name: tensor}``."""
     try:
-        return unwrap(load_weights_file(path, trust=trust), path)
+        return unwrap(load_weights_file(path), path)
     except WeightsFileError as err:
         raise BackboneError(str(err)) from None
 

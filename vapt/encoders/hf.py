@@ -78,7 +78,7 @@ def _timm_from_hf_config(cfg: dict, path, img_size: int) -> nn.Module:
         norm_layer=partial(nn.LayerNorm, eps=cfg.get("layer_norm_eps", 1e-12 if kind == "vit" else 1e-6)))
 
 
-def _build_hf_vit(preset: Preset, checkpoint, img_size, trust, **overrides) -> ViTEncoder:
+def _build_hf_vit(preset: Preset, checkpoint, img_size, **overrides) -> ViTEncoder:
     if overrides:
         raise BackboneError(f"Preset {preset.name} takes its architecture from config.json; got {sorted(overrides)}.")
     if checkpoint is None:
@@ -92,14 +92,14 @@ def _build_hf_vit(preset: Preset, checkpoint, img_size, trust, **overrides) -> V
     if cfg.get("model_type") != preset.options["model_type"]:
         raise BackboneError(f"{weights.folder}/config.json is a {cfg.get('model_type')!r} model, not the "
                             f"{preset.options['model_type']!r} of preset {preset.name}; check --encoder.")
-    raw = files.read_state_dict(weights.file, trust)
+    raw = files.read_state_dict(weights.file)
     model = _timm_from_hf_config(cfg, weights.folder, int(img_size or preset.preprocess.size))
     sd = fit_pos_embed(model, hf_vit_to_timm(raw))
     files.load_checked(model, sd, weights.file, preset.name, identify=lambda _: identify(raw))
     return ViTEncoder(model, "timm", preset.name, data_config=preset.preprocess.data_config(img_size))
 
 
-def _build_clip_visual(preset: Preset, checkpoint, img_size, trust, **overrides) -> ViTEncoder:
+def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViTEncoder:
     """PLIP (HF CLIPModel folder) or QuiltNet (open_clip file / folder): the CLIP vision tower."""
     import open_clip
 
@@ -117,7 +117,7 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, trust, **overrides)
         if weights.config() is None:
             raise BackboneError(f"{weights.file}: preset plip needs the HF folder with config.json.")
         visual = open_clip_from_hf_config(weights.config(), weights.folder).visual
-        sd = hf_clip_to_open_clip(files.read_state_dict(weights.file, trust), "visual")
+        sd = hf_clip_to_open_clip(files.read_state_dict(weights.file), "visual")
         files.load_checked(visual, sd, weights.file, preset.name)
         return ViTEncoder(visual, "open_clip", preset.name, data_config=cfg)
     weights = files.resolve(checkpoint) if checkpoint is not None else None
@@ -133,7 +133,7 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, trust, **overrides)
     if weights is None:
         warn_random(preset.name)
     else:
-        _load_open_clip_checkpoint(visual, weights.file, trust_checkpoint=trust)
+        _load_open_clip_checkpoint(visual, weights.file)
     return ViTEncoder(visual, "open_clip", preset.name, data_config=cfg)
 
 

@@ -23,7 +23,7 @@ __all__ = ["PRESETS", "Preset", "build_encoder", "get_preset", "list_presets", "
 class Preset:
     """A named tile encoder as its publisher builds it.
 
-    ``build(preset, checkpoint, img_size, trust, **overrides) -> encoder`` (a ``ViTEncoder`` or
+    ``build(preset, checkpoint, img_size, **overrides) -> encoder`` (a ``ViTEncoder`` or
     ``TileEncoder``). ``unavailable`` (a one-line reason naming the package or file it needs) marks presets
     that cannot be rebuilt exactly here; they are listed but refuse to build.
     """
@@ -74,7 +74,7 @@ def get_preset(name: str) -> Preset:
 
 
 def build_encoder(name: str, checkpoint: str | os.PathLike | None = None, img_size: int | None = None, *,
-                  mean=None, std=None, pretrained: bool = False, trust_checkpoint: bool = False,
+                  mean=None, std=None, pretrained: bool = False,
                   **overrides) -> nn.Module:
     """Build a frozen tile encoder by name, from the user's local weights.
 
@@ -94,8 +94,6 @@ def build_encoder(name: str, checkpoint: str | os.PathLike | None = None, img_si
         Override the publisher's normalisation (recorded by the caller; never needed for presets).
     pretrained : bool
         Generic timm / open_clip names only: download the library's weights (the only network path).
-    trust_checkpoint : bool
-        Allow full unpickling of a checkpoint that needs it (can run code; see :mod:`vapt.weights`).
     **overrides
         Preset options (e.g. ``output="trident"`` for conch_v1) or timm constructor keywords (e.g. ``depth``).
 
@@ -113,15 +111,15 @@ def build_encoder(name: str, checkpoint: str | os.PathLike | None = None, img_si
         if pretrained:
             raise BackboneError(f"Preset {name!r} loads the publisher's file from your disk; download it (see "
                                 f"{preset.source}) and pass checkpoint=PATH (--checkpoint PATH).")
-        enc = preset.build(preset, checkpoint, img_size, trust_checkpoint, **overrides)
+        enc = preset.build(preset, checkpoint, img_size, **overrides)
     elif name.startswith(OPEN_CLIP_PREFIX):
         from vapt.backbones import build_encoder as build_vit
 
-        enc = build_vit(name, checkpoint, img_size, pretrained, trust_checkpoint=trust_checkpoint, **overrides)
+        enc = build_vit(name, checkpoint, img_size, pretrained, **overrides)
     else:
         from vapt.encoders.cnn import build_generic_timm
 
-        enc = build_generic_timm(name, checkpoint, img_size, pretrained, trust_checkpoint, **overrides)
+        enc = build_generic_timm(name, checkpoint, img_size, pretrained, **overrides)
     if mean is not None or std is not None:
         enc.data_config = {**enc.data_config, "mean": tuple(mean or enc.data_config["mean"]),
                            "std": tuple(std or enc.data_config["std"])}

@@ -56,7 +56,7 @@ def warn_random(name: str) -> None:
                   "nothing; pass checkpoint=PATH (--checkpoint PATH).", stacklevel=3)
 
 
-def _build_timm_preset(preset: Preset, checkpoint, img_size, trust, **overrides) -> ViTEncoder:
+def _build_timm_preset(preset: Preset, checkpoint, img_size, **overrides) -> ViTEncoder:
     opts = preset.options
     output = overrides.pop("output", opts.get("output", "token"))
     if output not in opts.get("outputs", (opts.get("output", "token"),)):
@@ -66,7 +66,7 @@ def _build_timm_preset(preset: Preset, checkpoint, img_size, trust, **overrides)
     weights = files.resolve(checkpoint) if checkpoint is not None else None
     if opts.get("hub_config"):  # architecture and transform come from the publisher's timm config.json
         arch, kwargs, pre = _hub_config(preset, weights, kwargs)
-    sd = files.read_state_dict(weights.file, trust) if weights is not None else None  # a bad file fails fast
+    sd = files.read_state_dict(weights.file) if weights is not None else None  # a bad file fails fast
     model = create_timm(arch, kwargs, img_size, overrides)
     if sd is None:
         warn_random(preset.name)
@@ -123,13 +123,13 @@ def conch_remap(sd: dict) -> tuple[dict, dict]:
     return trunk, head
 
 
-def _build_conch(preset: Preset, checkpoint, img_size, trust, **overrides) -> ViTEncoder:
+def _build_conch(preset: Preset, checkpoint, img_size, **overrides) -> ViTEncoder:
     output = overrides.pop("output", "proj_contrast")
     if output not in ("proj_contrast", "trident", "trunk_cls"):
         raise BackboneError(f"conch_v1 output must be 'proj_contrast' (512, aligned with CONCH text, default), "
                             f"'trident' (512, pooled + LN, no projection) or 'trunk_cls' (768); got {output!r}.")
     weights = files.resolve(checkpoint) if checkpoint is not None else None
-    sd = files.read_state_dict(weights.file, trust) if weights is not None else None
+    sd = files.read_state_dict(weights.file) if weights is not None else None
     trunk = create_timm(preset.arch, preset.options["kwargs"], img_size, overrides)
     head = ConchPool(proj=output == "proj_contrast") if output != "trunk_cls" else None
     if sd is None:
