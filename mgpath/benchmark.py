@@ -170,8 +170,9 @@ def _record_settings(mdir: Path, folds: list[int], model: dict, settings: dict) 
         path = mdir / f"fold_{k}" / "result.json"
         if path.is_file():
             row = json.loads(path.read_text())
-            row.update(class_path=model["class_path"], settings=settings)
-            write_text_atomic(path, json.dumps(row, indent=1))
+            if (row.get("class_path"), row.get("settings")) != (model["class_path"], settings):
+                row.update(class_path=model["class_path"], settings=settings)
+                write_text_atomic(path, json.dumps(row, indent=1))
 
 
 def run_benchmark(config: str, methods: list[str], folds: list[int], out: str,

@@ -112,13 +112,19 @@ def test_per_method_settings_reach_the_model_and_the_results(tmp_path):
     import torch
     import yaml
     cfg = _bench_config(tmp_path, {"clam": {"k_sample": 3, "lr": 0.003, "recipe": "official"},
-                                   "dsmil": {"lr": 0.0007}})
+                                   "dsmil": {"lr": 0.0007, "recipe": "official"}, "transmil": {"recipe": "official", "dim": 32}})
     out = tmp_path / "runs"
-    assert main(["benchmark", "--config", str(cfg), "--methods", "clam,dsmil", "--folds", "0", "--out", str(out)]) == 0
+    assert main(["benchmark", "--config", str(cfg), "--methods", "clam,dsmil,transmil", "--folds", "0",
+                 "--out", str(out)]) == 0
+    # the official TransMIL recipe ran under Lightning: Lookahead(RAdam), checkpoint on the validation loss
+    tm = json.loads((out / "transmil" / "fold_0" / "result.json").read_text())
+    ck = torch.load(tm["checkpoint"], weights_only=False)
+    assert "slow_state" in ck["optimizer_states"][0] and ck["hyper_parameters"]["recipe"] == "official"
+    assert any("val/loss" in k for k in ck["callbacks"])
     clam = json.loads((out / "clam" / "fold_0" / "result.json").read_text())
     assert clam["settings"] == {"k_sample": 3, "lr": 0.003, "recipe": "official"}
     assert clam["class_path"] == "mgpath.baselines.CLAMModule"
-    assert json.loads((out / "dsmil" / "fold_0" / "result.json").read_text())["settings"] == {"lr": 0.0007}
+    assert json.loads((out / "dsmil" / "fold_0" / "result.json").read_text())["settings"] == {"lr": 0.0007, "recipe": "official"}
     written = yaml.safe_load((out / "clam" / "config.yaml").read_text())
     assert "methods" not in written and written["model"]["init_args"]["k_sample"] == 3
     hp = torch.load(clam["checkpoint"], weights_only=False)["hyper_parameters"]
