@@ -93,7 +93,7 @@ def method_settings(base: dict, source: str = "the config") -> dict[str, dict]:
     closest valid names."""
     block = base.get(SETTINGS_KEY) or {}
     if not isinstance(block, dict):
-        raise ValueError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}:' must map method names to settings, e.g. "
+        raise TypeError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}:' must map method names to settings, e.g. "
                          f"'{SETTINGS_KEY}: {{clam: {{k_sample: 4}}}}'")
     out = {}
     for method, settings in block.items():
@@ -102,7 +102,7 @@ def method_settings(base: dict, source: str = "the config") -> dict[str, dict]:
                              f"{_did_you_mean(str(method), METHODS)} (methods: {', '.join(METHODS)})")
         settings = settings or {}
         if not isinstance(settings, dict):
-            raise ValueError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}: {method}' must be a mapping of "
+            raise TypeError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}: {method}' must be a mapping of "
                              f"settings, e.g. {{lr: 0.001}}")
         class_path = _class_path(method)
         accepted = set(_init_params(class_path)) - {"classes", "magnifications"}

@@ -33,6 +33,8 @@ MGPATH ablations are MGPATHModule settings: patch level only ``use_graph: false`
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
@@ -44,8 +46,15 @@ from mgpath.lit import SlideClassifier
 from mgpath.module import MGPATHModule
 from mgpath.selection import BestCheckpoint
 
-__all__ = ["ABMILModule", "CLAMModule", "CoOpModule", "DSMILModule", "PoolingModule", "RECIPES",
-           "TransMILModule"]
+__all__ = [
+    "RECIPES",
+    "ABMILModule",
+    "CLAMModule",
+    "CoOpModule",
+    "DSMILModule",
+    "PoolingModule",
+    "TransMILModule",
+]
 
 RECIPES = ("fewshot", "official")
 
@@ -55,8 +64,8 @@ class _BagModule(SlideClassifier):
 
     Subclasses set ``LR`` / ``WD`` (recipe -> default) and may override :meth:`slide_loss`."""
 
-    LR = {"fewshot": 2e-4, "official": 2e-4}
-    WD = {"fewshot": 1e-5, "official": 1e-5}
+    LR: ClassVar[dict[str, float]] = {"fewshot": 2e-4, "official": 2e-4}
+    WD: ClassVar[dict[str, float]] = {"fewshot": 1e-5, "official": 1e-5}
 
     def __init__(self, feature_dim: int, classes, magnifications, magnification, lr, weight_decay, recipe):
         if recipe not in RECIPES:
@@ -192,8 +201,8 @@ class DSMILModule(_BagModule):
     zero biases, Adam lr 1e-4, betas (0.5, 0.9), wd 1e-3, ``CosineAnnealingLR(T_max=max_epochs,
     eta_min=5e-6)`` stepped per epoch, probabilities ``sigmoid(bag logits)``."""
 
-    LR = {"fewshot": 2e-4, "official": 1e-4}
-    WD = {"fewshot": 5e-3, "official": 1e-3}
+    LR: ClassVar[dict[str, float]] = {"fewshot": 2e-4, "official": 1e-4}
+    WD: ClassVar[dict[str, float]] = {"fewshot": 5e-3, "official": 1e-3}
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None, q_dim: int = 128,
@@ -231,7 +240,7 @@ class PoolingModule(_BagModule):
     """Mean or max pooling + linear (:class:`mgpath.baselines.mil.PoolingLinear`); one recipe (no official
     code): CE, Adam lr 1e-3, wd 1e-5."""
 
-    LR = {"fewshot": 1e-3, "official": 1e-3}
+    LR: ClassVar[dict[str, float]] = {"fewshot": 1e-3, "official": 1e-3}
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None,

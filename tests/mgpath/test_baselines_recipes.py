@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 
 from mgpath.baselines import CLAMModule, DSMILModule, TransMILModule
-from mgpath.baselines.recipes import EarlyStoppingAfter, Lookahead, no_decay_groups, smooth_top1_svm
+from mgpath.baselines.recipes import EarlyStoppingAfter, Lookahead, smooth_top1_svm
 from mgpath.selection import BestCheckpoint
 
 D = 12
