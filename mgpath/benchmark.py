@@ -35,8 +35,12 @@ from pathlib import Path
 
 import yaml
 
-from vapt.atomic import write_text_atomic
-from vapt.config_keys import _init_params
+<<<<<<< HEAD
+from vapt.fileio.atomic import write_text_atomic
+from vapt.training.config_keys import _init_params
+=======
+from vapt.fileio.atomic import write_text_atomic
+>>>>>>> main
 
 __all__ = ["METHODS", "SETTINGS_KEY", "main", "method_config", "method_settings", "parse_folds",
            "run_benchmark"]

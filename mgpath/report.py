@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vapt.atomic import atomic_path, write_text_atomic
+from vapt.fileio.atomic import atomic_path, write_text_atomic
 
 __all__ = ["collect", "main", "read_published", "summary_table", "write_report"]
 
