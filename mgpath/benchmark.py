@@ -35,12 +35,8 @@ from pathlib import Path
 
 import yaml
 
-<<<<<<< HEAD
 from vapt.fileio.atomic import write_text_atomic
 from vapt.training.config_keys import _init_params
-=======
-from vapt.fileio.atomic import write_text_atomic
->>>>>>> main
 
 __all__ = ["METHODS", "SETTINGS_KEY", "main", "method_config", "method_settings", "parse_folds",
            "run_benchmark"]
