@@ -10,8 +10,9 @@ rerun, a killed one restarts cleanly. ``mgpath report OUT`` then writes the comp
 
 Methods (``--methods``): see :data:`METHODS`. The MIL baselines use their published default
 hyper-parameters (see :mod:`mgpath.baselines.modules`) and the config's ``feature_dim``; CoOp and zero-shot
-take the MGPATH block's text tower, descriptions and ``init_checkpoint``; the MGPATH ablations change one
-setting of the MGPATH block.
+take the MGPATH block's text tower, descriptions and ``init_checkpoint``; ViLa-MIL its descriptions and text
+tower (its own settings, e.g. ``text_model: RN50``, in the ``methods:`` block); the MGPATH ablations change
+one setting of the MGPATH block.
 
 Each method's own settings go in a ``methods:`` block of the benchmark config (read only by ``mgpath
 benchmark``; checked against the method's constructor, with did-you-mean), e.g.::
@@ -47,6 +48,7 @@ SETTINGS_KEY = "methods"
 _TEXT_KEYS = ("descriptions", "text_model", "text_checkpoint", "text_model_cfg", "quick_gelu", "embed_dim",
               "init_checkpoint", "image_adaptor_hidden", "text_adaptor_hidden", "placement", "logit_scale",
               "lr", "weight_decay")
+_VILA_KEYS = ("descriptions", "feature_dim", "text_model", "text_checkpoint", "text_model_cfg", "quick_gelu")
 _MIL = {"abmil": "ABMILModule", "clam": "CLAMModule", "transmil": "TransMILModule", "dsmil": "DSMILModule"}
 
 #: method -> one-line description
@@ -62,6 +64,7 @@ METHODS = {
     "meanpool": "mean pooling + linear",
     "maxpool": "max pooling + linear",
     "coop": "CoOp: learnable context, mean-pooled slide feature, cosine logits (Zhou et al. 2022)",
+    "vilamil": "ViLa-MIL: dual-scale prototypes + prompted text, text attends to the image (Shi et al. 2024)",
     "zeroshot": "zero-shot: text tower + descriptions only, no training",
 }
 
@@ -121,6 +124,8 @@ def _class_path(method: str) -> str:
         return f"mgpath.baselines.{_MIL[method]}"
     if method in ("meanpool", "maxpool"):
         return "mgpath.baselines.PoolingModule"
+    if method == "vilamil":
+        return "mgpath.baselines.ViLaMILModule"
     return "mgpath.baselines.CoOpModule" if method == "coop" else "mgpath.zeroshot.ZeroShotModule"
 
 
@@ -151,6 +156,8 @@ def method_config(base: dict, method: str) -> tuple[dict, bool]:
     elif method in ("meanpool", "maxpool"):
         model = {"class_path": _class_path(method),
                  "init_args": {"feature_dim": block["feature_dim"], "pooling": method[:-4]}}
+    elif method == "vilamil":
+        model = {"class_path": _class_path(method), "init_args": {k: block[k] for k in _VILA_KEYS if k in block}}
     else:
         args = {k: block[k] for k in ("feature_dim", *_TEXT_KEYS) if k in block}
         if method == "coop":

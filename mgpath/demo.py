@@ -143,6 +143,8 @@ def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BA
             cfg["model"][flag.removeprefix("--model.")] = yaml.safe_load(value)
         else:
             rest += [flag, value]
+    # the demo's features are not the tiny text tower's size: ViLa-MIL learns a linear map to it
+    cfg["methods"] = {"vilamil": {"feature_adaptor": True, "n_ctx": 4, "n_prototypes": 4, "hidden": 16}}
     res = {}
     for name in names:
         method, train = method_config(cfg, name)

@@ -8,9 +8,12 @@ from mgpath.baselines.modules import (
     DSMILModule,
     PoolingModule,
     TransMILModule,
+    ViLaMILModule,
     count_parameters,
 )
 from mgpath.baselines.transmil import TransMIL
+from mgpath.baselines.vila import ViLaMIL
 
 __all__ = ["ABMIL", "CLAMSB", "DSMIL", "ABMILModule", "CLAMModule", "CoOpModule", "DSMILModule", "PoolingLinear",
-           "PoolingModule", "TransMIL", "TransMILModule", "count_parameters"]
+           "PoolingModule", "TransMIL", "TransMILModule", "ViLaMIL", "ViLaMILModule",
+           "count_parameters"]
