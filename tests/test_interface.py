@@ -163,3 +163,19 @@ def test_help_lists_the_canonical_spelling_only(parsers):
     text = parsers["mgpath tile"].format_help()
     assert "--tile_size" in text and "--tile-size" not in text
     assert isinstance(parsers["mgpath tile"], argparse.ArgumentParser)
+
+
+def test_old_module_paths_import_with_a_notice(capfd):
+    import subprocess
+    import sys
+
+    code = ("from vapt.module import PromptTuningModule as A; from vapt.training.module import PromptTuningModule as B;"
+            "from vapt.encoders import build_encoder as C; from vapt.backbones import build_encoder as D;"
+            "print(A is B and C is D)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
+    assert r.stdout.strip() == "True", r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "vapt: the module vapt.module moved to vapt.training.module; update the import or class_path (the old "
+        "path will be removed)",
+        "vapt: the module vapt.encoders moved to vapt.backbones; update the import or class_path (the old path "
+        "will be removed)"]
