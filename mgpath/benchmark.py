@@ -11,8 +11,8 @@ rerun, a killed one restarts cleanly. ``mgpath report OUT`` then writes the comp
 Methods (``--methods``): see :data:`METHODS`. The MIL baselines use their published default
 hyper-parameters (see :mod:`mgpath.baselines.modules`) and the config's ``feature_dim``; CoOp and zero-shot
 take the MGPATH block's text tower, descriptions and ``init_checkpoint``; ViLa-MIL its descriptions and text
-tower (its own settings, e.g. ``text_model: RN50``, in the ``methods:`` block); the MGPATH ablations change
-one setting of the MGPATH block.
+tower, TOP its text tower (their own settings, e.g. ``text_model: RN50`` and TOP's ``prompts`` file, in the
+``methods:`` block); the MGPATH ablations change one setting of the MGPATH block.
 
 Each method's own settings go in a ``methods:`` block of the benchmark config (read only by ``mgpath
 benchmark``; checked against the method's constructor, with did-you-mean), e.g.::
@@ -67,6 +67,7 @@ METHODS = {
     "maxpool": "max pooling + linear",
     "coop": "CoOp: learnable context, mean-pooled slide feature, cosine logits (Zhou et al. 2022)",
     "vilamil": "ViLa-MIL: dual-scale prototypes + prompted text, text attends to the image (Shi et al. 2024)",
+    "top": "TOP: two-level prompt learning, prototype pooling by instance prompts (Qu et al. 2023)",
     "zeroshot": "zero-shot: text tower + descriptions only, no training",
 }
 
@@ -111,8 +112,8 @@ def _class_path(method: str) -> str:
         return f"mgpath.baselines.{_MIL[method]}"
     if method in ("meanpool", "maxpool"):
         return "mgpath.baselines.PoolingModule"
-    if method == "vilamil":
-        return "mgpath.baselines.ViLaMILModule"
+    if method in ("vilamil", "top"):
+        return f"mgpath.baselines.{'ViLaMILModule' if method == 'vilamil' else 'TOPModule'}"
     return "mgpath.baselines.CoOpModule" if method == "coop" else "mgpath.zeroshot.ZeroShotModule"
 
 
@@ -145,6 +146,12 @@ def method_config(base: dict, method: str) -> tuple[dict, bool]:
                  "init_args": {"feature_dim": block["feature_dim"], "pooling": method[:-4]}}
     elif method == "vilamil":
         model = {"class_path": _class_path(method), "init_args": {k: block[k] for k in _VILA_KEYS if k in block}}
+    elif method == "top":
+        if "prompts" not in settings:
+            raise ValueError("mgpath benchmark: TOP needs its prompt file: add 'methods: {top: {prompts: "
+                             "top_prompts.json}}' to the config (see mgpath.baselines.top.read_top_prompts)")
+        keys = [k for k in _VILA_KEYS if k != "descriptions"]
+        model = {"class_path": _class_path(method), "init_args": {k: block[k] for k in keys if k in block}}
     else:
         args = {k: block[k] for k in ("feature_dim", *_TEXT_KEYS) if k in block}
         if method == "coop":

@@ -144,8 +144,15 @@ def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BA
             cfg["model"][flag.removeprefix("--model.")] = yaml.safe_load(value)
         else:
             rest += [flag, value]
-    # the demo's features are not the tiny text tower's size: ViLa-MIL learns a linear map to it
-    cfg["methods"] = {"vilamil": {"feature_adaptor": True, "n_ctx": 4, "n_prototypes": 4, "hidden": 16}}
+    # the demo's features are not the tiny text tower's size: ViLa-MIL and TOP learn a linear map to it; TOP
+    # gets prompts written for the demo's two textures
+    top = out / "top_prompts.json"
+    top.write_text(json.dumps({"bag": {c: f"tissue with a {t.replace('_', ' ')} texture. * * * *"
+                                       for c, t in CLASSES.items()},
+                               "instance": ["an image of fine blue texture. * * * *",
+                                            "an image of coarse pink texture. * * * *"]}))
+    cfg["methods"] = {"vilamil": {"feature_adaptor": True, "n_ctx": 4, "n_prototypes": 4, "hidden": 16},
+                      "top": {"prompts": str(top), "feature_adaptor": True}}
     res = {}
     for name in names:
         method, train = method_config(cfg, name)

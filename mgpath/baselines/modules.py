@@ -25,8 +25,8 @@ class_path             ``recipe: fewshot``                           ``recipe: o
                        before 2024-03)                                (0.5, 0.9), wd 1e-3, cosine to 5e-6; sigmoid
 ``PoolingModule``      CE; Adam lr 1e-3, wd 1e-5                     (no official code: same as fewshot)
 ``CoOpModule``         CoOp: learnable context, mean-pooled slide feature, cosine logits; Adam (MGPATH's lr / wd)
-``ViLaMILModule``      ViLa-MIL (Shi et al. 2024): CE; Adam lr 1e-4 (README), wd 1e-5; official adds early
-                       stopping on the validation loss (patience 20, not before epoch 80)
+``ViLaMILModule``,     the vision-language few-shot MIL methods: :mod:`mgpath.baselines.prompt_modules`
+``TOPModule``
 =====================  ============================================  =============================================
 
 ``lr`` / ``weight_decay`` left unset take the recipe's value. Zero-shot: :class:`mgpath.zeroshot.ZeroShotModule`.
@@ -44,11 +44,9 @@ from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from mgpath.baselines.mil import ABMIL, CLAMSB, DSMIL, PoolingLinear
 from mgpath.baselines.recipes import EarlyStoppingAfter, Lookahead, no_decay_groups, orthogonal_init_
 from mgpath.baselines.transmil import TransMIL
-from mgpath.baselines.vila import ViLaMIL, text_projection
 from mgpath.lit import SlideClassifier
 from mgpath.module import MGPATHModule
 from mgpath.selection import BestCheckpoint
-from mgpath.text import build_text_tower, load_descriptions
 
 __all__ = [
     "RECIPES",
@@ -288,60 +286,6 @@ class CoOpModule(MGPATHModule):
         v = torch.stack([F.normalize(self.model.visual.adaptor(s[self.magnification].features).mean(0), dim=-1)
                          for s in slides])
         return self.model.logit_scale.exp() * v @ text.T
-
-
-class ViLaMILModule(SlideClassifier):
-    """ViLa-MIL (:class:`mgpath.baselines.vila.ViLaMIL`) on the two magnifications of ``magnifications``
-    (low, high), with the text tower ``text_model`` (the paper's: open_clip ``RN50``, QuickGELU, OpenAI weights
-    as ``text_checkpoint``; any tower of :func:`mgpath.text.build_text_tower` whose checkpoint has a
-    ``text_projection``). The official model needs ``feature_dim`` equal to the text embedding size (RN50:
-    1024); ``feature_adaptor: true`` instead learns a ``Linear(feature_dim, D)`` on the tiles (not official).
-
-    Defaults from Jiangbo-Shi/ViLa-MIL (68a11cf): ``n_ctx`` 16, ``n_prototypes`` 16 (README), ``hidden`` 192,
-    Adam lr 1e-4 (README), wd 1e-5 (``--reg``). ``recipe: official`` adds its early stopping on the validation
-    loss (patience 20, not before epoch 80; checkpoint at the lowest validation loss, ties to the later epoch).
-    """
-
-    def __init__(self, descriptions: str, feature_dim: int, classes: list[str] | None = None, *,
-                 magnifications: list[str] | None = None, text_model: str = "RN50",
-                 text_checkpoint: str | None = None, text_model_cfg: dict | None = None, quick_gelu: bool = True,
-                 n_ctx: int = 16, n_prototypes: int = 16, hidden: int = 192, train_text: bool = True,
-                 feature_adaptor: bool = False, lr: float = 1e-4, weight_decay: float = 1e-5,
-                 recipe: str = "fewshot"):
-        if recipe not in RECIPES:
-            raise ValueError(f"mgpath/baselines: ViLaMILModule: recipe must be one of {RECIPES}, got {recipe!r}")
-        super().__init__(classes, lr, weight_decay)
-        self.save_hyperparameters()
-        self.recipe = recipe
-        self.magnifications = list(magnifications or ["5x", "10x"])
-        if len(self.magnifications) != 2:
-            raise ValueError(f"mgpath/baselines: ViLa-MIL reads two magnifications (low, high), got "
-                             f"{self.magnifications}")
-        table = load_descriptions(descriptions, self.classes, self.magnifications)
-        many = [(m, c) for m in self.magnifications for c in self.classes if len(table[m][c]) != 1]
-        if many:
-            raise ValueError(f"mgpath/baselines: ViLa-MIL takes one description per class and magnification; "
-                             f"{descriptions} has {len(table[many[0][0]][many[0][1]])} for {many[0]}")
-        tower = build_text_tower(text_model, text_checkpoint, text_model_cfg, quick_gelu)
-        proj = text_projection(text_model, text_checkpoint, text_model_cfg, tower.width)
-        if proj.shape[1] != feature_dim and not feature_adaptor:
-            raise ValueError(f"mgpath/baselines: ViLa-MIL compares tile features with text features directly: "
-                             f"feature_dim {feature_dim} must equal the text embedding size {proj.shape[1]} of "
-                             f"{text_model}; use tile features of that size (RN50: 1024) or set feature_adaptor: "
-                             "true (a learnt linear map, not in the official model)")
-        texts = [table[m][c][0] for m in self.magnifications for c in self.classes]
-        self.model = ViLaMIL(tower, proj, texts, n_ctx, n_prototypes, hidden, train_text, feature_dim)
-
-    def forward(self, slides: list[dict]) -> torch.Tensor:
-        low, high = self.magnifications
-        return torch.stack([self.model(s[low].features, s[high].features) for s in slides])
-
-    def configure_callbacks(self):
-        if self.recipe != "official":
-            return []
-        return [EarlyStoppingAfter(monitor="val/loss", mode="min", patience=20, start_epoch=80),
-                BestCheckpoint(monitor="val/loss", mode="min", ties="latest", save_last=True, save_top_k=1,
-                               filename="best-{epoch}-{val/loss:.4f}", auto_insert_metric_name=False)]
 
 
 def count_parameters(module: torch.nn.Module, trainable: bool = True) -> int:
