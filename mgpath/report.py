@@ -29,6 +29,7 @@ import pandas as pd
 
 from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path, write_text_atomic
+from vapt.reporting.tables import markdown_table
 
 __all__ = ["collect", "main", "read_published", "summary_table", "write_report"]
 
@@ -173,14 +174,14 @@ def _notes(per_fold: pd.DataFrame) -> list[str]:
 def _markdown(table: pd.DataFrame, per_fold: pd.DataFrame) -> str:
     head = ["method", "folds", *[f"test {m} (mean ± std)" for m in METRICS], *[f"paper {m}" for m in METRICS],
             "source"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    body = []
     for meth, r in table.iterrows():
         paper = ["" if pd.isna(r[f"paper_{m}"]) else f"{r[f'paper_{m}']:.4f}" for m in METRICS]
         name = f"{meth} (paper only)" if r["paper_only"] else meth
         folds = "–" if r["paper_only"] else str(int(r["folds"])) + (
             f" (+{int(r['unfinished'])} unfinished)" if r["unfinished"] else "")
-        lines.append(f"| {name} | {folds} | " + " | ".join(_cell(r, m) for m in METRICS)
-                     + " | " + " | ".join(paper) + f" | {r['paper_source']} |")
+        body.append([name, folds, *(_cell(r, m) for m in METRICS), *paper, r["paper_source"]])
+    lines = markdown_table(head, body)
     notes = _notes(per_fold)
     lines += ["", *(["Folds left out:", *notes, ""] if notes else []),
               ("std: sample std over folds (ddof 1; '–' for a single fold); report.csv also has std_ddof0 (np.std, "

@@ -51,7 +51,7 @@ def test_published_scale_names_and_paper_only_rows(tmp_path, capsys):
     assert t.loc["ViLa-MIL", "paper_only"] and t.loc["ViLa-MIL", "folds"] == 0
     assert t.loc["ViLa-MIL", "paper_f1"] == pytest.approx(0.85) and pd.isna(t.loc["mgpath", "paper_auc"])
     md = (runs / "report.md").read_text()
-    assert "| ViLa-MIL (paper only) | – | – | – | – | 0.9250 | 0.8500 |  | Table 2 |" in md
+    assert "| ViLa-MIL (paper only) | – | – | – | – | 0.9250 | 0.8500 | | Table 2 |" in md
     # a 0-1 file is taken as it is
     pub, notes = read_published(_write(tmp_path, "ok.csv", "method,auc\nabmil,0.951\n"))
     assert pub.loc[0, "auc"] == 0.951 and notes == []
