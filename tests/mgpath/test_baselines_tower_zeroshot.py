@@ -1,0 +1,93 @@
+"""Zero-shot rows with a vision-language model's own towers: the published prompt files, the classifier and
+top-j pooling against CONCH's ``zero_shot_classifier`` / ``topj_pooling`` re-stated on a random PLIP folder
+(HF CLIPModel), and the benchmark's methods and refusals."""
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mgpath.baselines import TowerZeroShotModule
+from mgpath.baselines.tower_zeroshot import read_zeroshot_prompts
+from mgpath.benchmark import method_config, run_benchmark
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ["LUAD", "LUSC"]
+
+
+def test_shipped_prompt_files_are_the_published_ones():
+    conch = json.loads((ROOT / "data/prompts/zeroshot_conch_nsclc.json").read_text())
+    assert "141cc09c7d4ff33d8eda562bd75169b457f71a62" in conch["source"]
+    names, templates = read_zeroshot_prompts(ROOT / "data/prompts/zeroshot_conch_nsclc.json", CLASSES)
+    # CONCH prompts/nsclc_prompts_all_per_class.json: 4 names per class, 22 templates
+    assert names == [["adenocarcinoma", "lung adenocarcinoma", "adenocarcinoma of the lung", "LUAD"],
+                     ["squamous cell carcinoma", "lung squamous cell carcinoma",
+                      "squamous cell carcinoma of the lung", "LUSC"]]
+    assert len(templates) == 22 and templates[0] == "CLASSNAME." and templates[-1] == "CLASSNAME, H&E."
+    assert "an H&E stained image of CLASSNAME." in templates
+    plip = json.loads((ROOT / "data/prompts/zeroshot_plip_nsclc.json").read_text())
+    assert "f010f3d0bef20f4e8cc64cc26c301cbd26305fa1" in plip["source"]
+    assert read_zeroshot_prompts(ROOT / "data/prompts/zeroshot_plip_nsclc.json", CLASSES)[1] == [
+        "An H&E image patch of CLASSNAME."]
+
+
+def test_bad_prompt_files_are_refused(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps({"classnames": {"LUAD": ["a"]}, "templates": ["CLASSNAME."]}))
+    with pytest.raises(ValueError, match=r"p.json: no class names for class\(es\) \['LUSC'\]"):
+        read_zeroshot_prompts(bad, CLASSES)
+    bad.write_text(json.dumps({"classnames": {"LUAD": "a", "LUSC": "b"}, "templates": ["an image"]}))
+    with pytest.raises(ValueError, match="has no CLASSNAME"):
+        read_zeroshot_prompts(bad, CLASSES)
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="cannot read the zero-shot prompt file"):
+        read_zeroshot_prompts(bad, CLASSES)
+
+
+def test_plip_zero_shot_equals_the_publisher_protocol(plip_folder, tmp_path):
+    folder, hf = plip_folder
+    prompts = {"classnames": {"LUAD": ["adenocarcinoma", "lung adenocarcinoma"], "LUSC": ["squamous carcinoma"]},
+               "templates": ["CLASSNAME.", "an H&E image of CLASSNAME.", "CLASSNAME is shown."]}
+    (tmp_path / "p.json").write_text(json.dumps({"0": prompts}))  # CONCH's own layout
+    m = TowerZeroShotModule(str(tmp_path / "p.json"), 48, CLASSES, text_model="plip", text_checkpoint=str(folder),
+                            magnifications=["5x", "20x"], topj=3).eval()
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(n, 48, generator=g) for n in (7, 2)]
+    with torch.no_grad():
+        ours = m([{"20x": types.SimpleNamespace(features=f)} for f in feats])
+        # CONCH zero_shot_classifier: per class, normalised embeddings of names x templates, mean, normalise
+        import open_clip
+
+        tok = open_clip.get_tokenizer("ViT-B-32")
+        clf = []
+        for c in CLASSES:
+            texts = [t.replace("CLASSNAME", n) for n in prompts["classnames"][c] for t in prompts["templates"]]
+            # HF CLIP get_text_features: text_projection of the pooled (final-LN end-of-text) state
+            e = F.normalize(hf.text_projection(hf.text_model(input_ids=tok(texts)).pooler_output), dim=-1)
+            clf.append(e.mean(0) / e.mean(0).norm())
+        clf = torch.stack(clf, 1)
+        for f, row in zip(feats, ours):  # run_mizero: normalised tiles @ classifier, mean of the top j per class
+            sim = F.normalize(f, dim=-1) @ clf
+            ref = sim.topk(min(3, len(f)), 0).values.mean(0) * hf.logit_scale.exp()
+            torch.testing.assert_close(row, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="extract the tiles with the same model's image tower"):
+        TowerZeroShotModule(str(tmp_path / "p.json"), 64, CLASSES, text_model="plip", text_checkpoint=str(folder))
+
+
+def test_benchmark_zero_shot_methods_and_refusals(tmp_path):
+    base = {"model": {"feature_dim": 512, "descriptions": "d.json"}, "data": {}}
+    with pytest.raises(ValueError, match="zeroshot_conch needs prompts and text_checkpoint"):
+        method_config(base, "zeroshot_conch")
+    base["methods"] = {"zeroshot_quiltnet": {"prompts": "p.json", "text_checkpoint": "q.bin", "topj": 10}}
+    cfg, train = method_config(base, "zeroshot_quiltnet")
+    assert not train and cfg["model"] == {"class_path": "mgpath.baselines.TowerZeroShotModule", "init_args": {
+        "feature_dim": 512, "text_model": "quiltnet", "prompts": "p.json", "text_checkpoint": "q.bin", "topj": 10}}
+    with pytest.raises(ValueError, match="method 'mscpt' is not offered: MSCPT tunes visual prompts"):
+        method_config(base, "mscpt")
+    (tmp_path / "c.yaml").write_text(json.dumps({"methods": {"mscpt": {}}, "model": {"feature_dim": 512}}))
+    with pytest.raises(ValueError, match="'methods:' method 'mscpt' is not offered"):
+        run_benchmark(str(tmp_path / "c.yaml"), ["abmil"], [0], str(tmp_path / "out"))
