@@ -109,8 +109,11 @@ def method_settings(base: dict, source: str = "the config") -> dict[str, dict]:
                          f"'{SETTINGS_KEY}: {{clam: {{k_sample: 4}}}}'")
     out = {}
     for method, settings in block.items():
-        if method not in METHODS:
+        if method in NOT_OFFERED:
             raise _unknown_method(str(method), f"{source}: '{SETTINGS_KEY}:' ")
+        if method not in METHODS:
+            raise ValueError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}: {method}' is not a method"
+                             f"{_did_you_mean(str(method), METHODS)} (methods: {', '.join(METHODS)})")
         settings = settings or {}
         if not isinstance(settings, dict):
             raise TypeError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}: {method}' must be a mapping of "

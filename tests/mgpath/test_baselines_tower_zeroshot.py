@@ -91,3 +91,37 @@ def test_benchmark_zero_shot_methods_and_refusals(tmp_path):
     (tmp_path / "c.yaml").write_text(json.dumps({"methods": {"mscpt": {}}, "model": {"feature_dim": 512}}))
     with pytest.raises(ValueError, match="'methods:' method 'mscpt' is not offered"):
         run_benchmark(str(tmp_path / "c.yaml"), ["abmil"], [0], str(tmp_path / "out"))
+
+
+def test_benchmark_and_report_show_a_zero_shot_row(tmp_path, randomise):
+    """`mgpath benchmark --methods zeroshot_quiltnet` on a QuiltNet-layout open_clip folder: tested, not trained;
+    its row in `mgpath report`."""
+    import open_clip
+    import pandas as pd
+    import yaml
+    from test_baselines_benchmark import _bench_config
+    from test_mgpath_train import D
+
+    from mgpath.cli import main
+
+    model_cfg = {"embed_dim": D, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                                                "patch_size": 16},
+                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    q = tmp_path / "quilt"
+    q.mkdir()
+    (q / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    torch.save(randomise(open_clip.CLIP(**model_cfg)).state_dict(), q / "open_clip_pytorch_model.bin")
+    (tmp_path / "p.json").write_text(json.dumps({"classnames": {"class_a": ["gland"], "class_b": ["sheet"]},
+                                                 "templates": ["CLASSNAME.", "an image of CLASSNAME."]}))
+    cfg = _bench_config(tmp_path, {"zeroshot_quiltnet": {"prompts": str(tmp_path / "p.json"),
+                                                         "text_checkpoint": str(q), "topj": 5}})
+    out = tmp_path / "runs"
+    assert main(["benchmark", "--config", str(cfg), "--methods", "zeroshot_quiltnet", "--folds", "0",
+                 "--out", str(out)]) == 0
+    r = json.loads((out / "zeroshot_quiltnet" / "fold_0" / "result.json").read_text())
+    assert 0 <= r["auc"] <= 1 and r["class_path"] == "mgpath.baselines.TowerZeroShotModule"
+    written = yaml.safe_load((out / "zeroshot_quiltnet" / "config.yaml").read_text())["model"]["init_args"]
+    assert written["text_model"] == "quiltnet" and written["topj"] == 5
+    assert main(["report", str(out)]) == 0
+    table = pd.read_csv(out / "report.csv", index_col=0)
+    assert "zeroshot_quiltnet" in table.index
