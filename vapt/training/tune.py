@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vapt.training.lightning_cli import USER_ERRORS
 
-    return run_reporting_errors("vapt tune", run, cli_args, (*USER_ERRORS, TuneError))
+    return run_reporting_errors("vapt tune", run, cli_args, (*USER_ERRORS, TuneError), report_bugs=False)
 
 
 if __name__ == "__main__":
