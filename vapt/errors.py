@@ -24,9 +24,10 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from vapt.module import ModelConfigError
     from vapt.resources import ResourceError
     from vapt.resume import CheckpointError
+    from vapt.training.sweep_errors import SweepError
     from vapt.tune import TuneError
 
-    return (DataError, ModelConfigError, CheckpointError, BackboneError, TuneError, ResourceError,
+    return (DataError, ModelConfigError, CheckpointError, BackboneError, TuneError, SweepError, ResourceError,
             MisconfigurationException)
 
 
