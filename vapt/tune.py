@@ -26,7 +26,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from vapt.atomic import write_text_atomic as atomic_write_text
 from vapt.quiet import quiet_command

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from vapt.atomic import atomic_path
-
 from vapt.data.base import EpochSeededRandomSampler
 from vapt.lightning_cli import build_cli
 from vapt.training.decoded import decoded_split
@@ -79,8 +78,7 @@ class Member:
     interval: str = "epoch"
     rng: RngStream | None = None
     backbone_id: str = ""
-    device: torch.device = torch.device("cpu")
-    extra: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 def _cli_value(v: Any) -> str:
@@ -193,7 +191,7 @@ def _stacked_features(models, streams, images: torch.Tensor) -> torch.Tensor:
     matrices = [p.adaptive_token_matrices() for p in prompts]
     for i, block in enumerate(enc.blocks):
         if prompts[0].replaces_prompts(i):
-            new = each(lambda j: prompts[j].prompts_for_block(i, h[j, :, first:], matrices[j]))
+            new = each(lambda j, i=i, h=h: prompts[j].prompts_for_block(i, h[j, :, first:], matrices[j]))
             h = torch.cat([h[:, :, :1], new, h[:, :, 1 + n:]], dim=2)
         h = enc.run_block(block, h.flatten(0, 1)).view(h.shape)
     # official MAE pooling averages everything after CLS, prompts and registers included

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,9 @@ def submitit_runner(cli_args: Sequence[str], out: str | os.PathLike, cluster: st
     if workers < 1:
         raise SweepError(f"--workers {workers}: give at least 1.")
     submitit = _submitit()
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise SweepError("--cluster slurm: sbatch is not on PATH (no Slurm here); run the command on a Slurm login "
+                         "node, or use --cluster local for worker processes on this machine.")
     folder = Path(out) / "jobs"
     cache = str(trunk_cache) if trunk_cache is not None else None
     params = {"timeout_min": 24 * 60, **(parameters or {})}
@@ -133,7 +137,7 @@ def _wait(jobs: list, folder: Path) -> None:
     for job in jobs:
         try:
             job.result()
-        except Exception as e:  # submitit re-raises a job's error (or its death) here
+        except Exception as e:  # noqa: BLE001  (submitit re-raises a job's error, or its death, as any type)
             text = (str(e).strip().splitlines() or [type(e).__name__])[-1]
             failed.append(f"job {job.job_id}: {text[:300]}")
     if failed:

@@ -167,5 +167,5 @@ def _read_key(path: Path) -> dict[str, Any] | None:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
         return json.loads(meta["key"]) if "key" in meta else None
-    except Exception:  # truncated or foreign file: recompute and replace it
+    except Exception:  # noqa: BLE001  (truncated or foreign file: recompute and replace it)
         return None
