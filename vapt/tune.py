@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                          "under <out>/trunk_cache")
     ap.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
                     help="run each stage's runs as submitit jobs: Slurm job arrays, local worker processes, or "
-                         "in-process (needs the [sweep] extra); default: here, one after another")
+                         "in-process with pdb on a failure (debug); needs the [sweep] extra; default: here, one "
+                         "after another")
     ap.add_argument("--workers", type=int, default=2, help="jobs running at once with --cluster (default 2)")
     ap.add_argument("--cluster_args", default=None,
                     help="JSON object of submitit parameters, e.g. '{\"slurm_partition\": \"gpu\", "

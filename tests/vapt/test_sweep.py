@@ -108,7 +108,8 @@ def test_cached_trunk_and_stacked_linear_equal_separate_runs(tree, backbone_file
 
 @pytest.mark.parametrize("method,extra", [
     ("vpt_deep", ("--model.dropout=0.3", "--model.num_tokens=2")),
-    ("vapt", ("--model.dropout=0.3", "--model.mlp_dropout=0.3", "--model.conv_dropout=0.3", "--model.num_tokens=2")),
+    ("vapt", ("--model.dropout=0.3", "--model.mlp_dropout=0.3", "--model.conv_dropout=0.3",
+              "--model.num_tokens=2")),
 ])
 def test_stacked_prompts_with_dropout_equal_separate_runs(tree, backbone_file, tmp_path, method, extra):
     args = run_args(method, tree, backbone_file, *extra)
@@ -155,12 +156,20 @@ def test_estimate_prints_predicted_hours(tree, backbone_file, tmp_path, capsys):
     train, head, trunk = report["train_step_s"], report["head_step_s"], report["trunk_step_s"]
     assert train > 0 and head > 0 and trunk > 0
     expected_grid = 4 * (3 * steps["tune"] * head + steps["val"] * head / 2) / 3600  # ceil(13 / 4) passes
-    assert report["grid_h"] == pytest.approx(expected_grid, rel=1e-3, abs=1e-4)
-    assert report["trunk_h"] == pytest.approx((steps["final"] + steps["test"]) * trunk / 3600, abs=1e-4)
+    assert report["grid_h"] == pytest.approx(expected_grid, rel=1e-9)
+    assert report["final_h"] == pytest.approx(2 * 3 * steps["final"] * head / 3600, rel=1e-9)  # ceil(5 / 4)
+    assert report["trunk_h"] == pytest.approx((steps["final"] + steps["test"]) * trunk / 3600, rel=1e-9)
+    total = sum(report[k] for k in ("grid_h", "final_h", "test_h", "trunk_h"))
+    assert report["total_h"] == pytest.approx(total, rel=1e-9)
 
 
-def test_frozen_prefix_and_deterministic_transforms():
+def test_frozen_prefix_and_deterministic_transforms(tmp_path):
+    from PIL import Image
     from torchvision import transforms as T
+
+    from vapt.data.base import ListDataset
+    from vapt.training.decoded import decoded_split
+    from vapt.training.sweep_errors import SweepError
 
     from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform, vtab_transform
     from vapt.prompts import PromptConfig
@@ -176,3 +185,8 @@ def test_frozen_prefix_and_deterministic_transforms():
     assert transform_is_deterministic(vtab_transform(32)) and transform_is_deterministic(fgvc_eval_transform(32))
     assert not transform_is_deterministic(fgvc_train_transform(32))
     assert not transform_is_deterministic(T.Compose([T.ToTensor(), T.ColorJitter(0.1)]))
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(tmp_path / "a.png")
+    images, labels = decoded_split(ListDataset([(str(tmp_path / "a.png"), 3)], vtab_transform(8)))
+    assert images.shape == (1, 3, 8, 8) and labels.tolist() == [3]
+    with pytest.raises(SweepError, match="draws random numbers"):
+        decoded_split(ListDataset([(str(tmp_path / "a.png"), 0)], fgvc_train_transform(8)))

@@ -142,5 +142,4 @@ def estimate_sweep(cli_args: Sequence[str], out: str | Path, grid_runs: int, see
     device = first.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return {"device": name, "epochs": first.max_epochs, "grid_runs": grid_runs, "seeds": seeds, "stack": stack,
-            "cached_trunk": cached, "sizes": sizes, **{k_: round(v, 6) for k_, v in timing.items()},
-            **{k_: round(v, 4) for k_, v in hours.items()}}
+            "cached_trunk": cached, "sizes": sizes, **timing, **hours}
