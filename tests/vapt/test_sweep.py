@@ -168,11 +168,10 @@ def test_frozen_prefix_and_deterministic_transforms(tmp_path):
     from torchvision import transforms as T
 
     from vapt.data.base import ListDataset
-    from vapt.training.decoded import decoded_split
-    from vapt.training.sweep_errors import SweepError
-
     from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform, vtab_transform
     from vapt.prompts import PromptConfig
+    from vapt.training.decoded import decoded_split
+    from vapt.training.sweep_errors import SweepError
 
     assert frozen_prefix(PromptConfig(method="linear"), 12) == FrozenPrefix(12, whole_trunk=True)
     assert frozen_prefix("vapt", 12) == FrozenPrefix(0) and frozen_prefix("vpt", 12).blocks == 0
