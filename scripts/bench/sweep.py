@@ -25,7 +25,7 @@ from types import SimpleNamespace
 def build(args, method: str, seed: int):
     import torch
 
-    from vapt.module import PromptTuningModule
+    from vapt.training.module import PromptTuningModule
     from vapt.training.stacked import Member, RngStream
 
     torch.manual_seed(seed)

@@ -20,7 +20,7 @@ from vapt.data.synthetic import write_vtab_tree
 from vapt.training.decoded import transform_is_deterministic
 from vapt.training.runs import run_specs
 from vapt.training.trunk_cache import FrozenPrefix, TrunkCache, frozen_prefix
-from vapt.tune import grid_spec, main, tune
+from vapt.training.tune import grid_spec, main, tune
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2}
@@ -93,7 +93,7 @@ def test_cached_trunk_and_stacked_linear_equal_separate_runs(tree, backbone_file
     files = sorted((out / "trunk_cache").glob("*.safetensors"))
     assert len(files) == 4
     # the cached features are the model's own trunk output, bit for bit
-    from vapt.lightning_cli import build_cli
+    from vapt.training.lightning_cli import build_cli
 
     cli = build_cli(run_args("linear", tree, backbone_file, "--trainer.logger=false", "--data.train_split=train800"),
                     run=False)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vapt.atomic import write_text_atomic
-from vapt.lightning_cli import _VERSION_ENV, build_cli
-from vapt.resume import find_resume_checkpoint
+from vapt.fileio.atomic import write_text_atomic
+from vapt.training.lightning_cli import _VERSION_ENV, build_cli
+from vapt.training.resume import find_resume_checkpoint
 from vapt.training.stacked import build_member, group_members, run_stacked
 from vapt.training.trunk_cache import TrunkCache
 

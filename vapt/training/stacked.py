@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vapt.atomic import atomic_path
 from vapt.data.base import EpochSeededRandomSampler
-from vapt.lightning_cli import build_cli
+from vapt.fileio.atomic import atomic_path
 from vapt.training.decoded import decoded_split
+from vapt.training.lightning_cli import build_cli
 from vapt.training.sweep_errors import SweepError
 from vapt.training.trunk_cache import TrunkCache, frozen_prefix, tensors_fingerprint
 

@@ -3,7 +3,7 @@
 `vapt tune --cluster slurm|local|debug` hands each stage of the protocol (the grid, or the ``--fast`` wd and lr
 stages, then the seeds) to `submitit_runner`: the stage's unfinished runs are cut into jobs, the jobs run
 wherever the cluster puts them, and the driver waits, then reads every run's ``result.json``. Selection, the
-summary and resume are those of the sequential runner, because the driver still runs `vapt.tune.tune`; only
+summary and resume are those of the sequential runner, because the driver still runs `vapt.training.tune.tune`; only
 where the runs execute changes. A job runs its share with `vapt.training.runs.run_specs` (separate Lightning
 runs, or K configurations per pass with ``--stack``), so a killed job resumes the same way: finished runs are
 skipped, a separate run resumes from its newest good checkpoint, a stacked pass restarts.
@@ -62,7 +62,7 @@ def submitit_runner(cli_args: Sequence[str], out: str | os.PathLike, cluster: st
                     stack: int = 0, trunk_cache: str | os.PathLike | None = None,
                     parameters: dict[str, Any] | None = None, log: Callable[[str], Any] = print
                     ) -> Callable[[list[RunSpec]], list[dict]]:
-    """A ``runner(specs) -> results`` for `vapt.tune.tune` that executes each stage as submitit jobs.
+    """A ``runner(specs) -> results`` for `vapt.training.tune.tune` that executes each stage as submitit jobs.
 
     Parameters
     ----------

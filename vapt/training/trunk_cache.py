@@ -21,8 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from vapt.atomic import atomic_path
 from vapt.data.base import DataError, ListDataset
+from vapt.fileio.atomic import atomic_path
 from vapt.training.decoded import transform_identity, transform_is_deterministic
 from vapt.training.sweep_errors import SweepError
 

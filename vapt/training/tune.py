@@ -27,10 +27,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.cli.errors import run_reporting_errors
+from vapt.fileio.atomic import write_text_atomic as atomic_write_text
+from vapt.fileio.resources import resolve_config_args
 from vapt.quiet import quiet_command
-from vapt.resources import resolve_config_args
 from vapt.training.runs import RunSpec, run_one, run_specs  # noqa: F401  (run_one: public here too)
+from vapt.training.sweep_errors import SweepError
 
 _log = logging.getLogger(__name__)
 
@@ -62,8 +64,8 @@ class _Parsed(Exception):
 def parse_config(cli_args: Sequence[str]):
     """Parse (without instantiating anything) LightningCLI arguments -> jsonargparse Namespace."""
     from vapt.data.base import ClassificationDataModule
-    from vapt.lightning_cli import VaptCLI
-    from vapt.module import PromptTuningModule
+    from vapt.training.lightning_cli import VaptCLI
+    from vapt.training.module import PromptTuningModule
 
     class _ParseOnly(VaptCLI):
         def before_instantiate_classes(self) -> None:
@@ -178,7 +180,7 @@ def tune(
         ``runner(specs) -> results`` that executes a stage's runs elsewhere (`vapt.training.sweep_engine`);
         by default they run here.
     """
-    from vapt.lightning_cli import experiment_name
+    from vapt.training.lightning_cli import experiment_name
 
     config = parse_config(cli_args)
     family = data_family(config)
@@ -261,8 +263,6 @@ def estimate(cli_args: Sequence[str], out: str | os.PathLike, grid: str | None =
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0, or 2 on bad input (one line on stderr; ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback)."""
-    from vapt.errors import run_reporting_user_errors
-
     ap = argparse.ArgumentParser(
         prog="vapt tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable)")
@@ -319,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             print_estimate(report)
         return 0
 
-    return run_reporting_user_errors("vapt tune", run, cli_args)
+    from vapt.training.lightning_cli import USER_ERRORS
+
+    return run_reporting_errors("vapt tune", run, cli_args, (*USER_ERRORS, TuneError, SweepError))
 
 
 def print_estimate(report: dict) -> None:
