@@ -20,7 +20,7 @@ from vapt.data.synthetic import write_vtab_tree
 from vapt.training.decoded import transform_is_deterministic
 from vapt.training.runs import run_specs
 from vapt.training.trunk_cache import FrozenPrefix, TrunkCache, frozen_prefix
-from vapt.training.tune import grid_spec, main, tune
+from vapt.training.tune import final_spec, grid_spec, main, tune
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2}
@@ -106,19 +106,27 @@ def test_cached_trunk_and_stacked_linear_equal_separate_runs(tree, backbone_file
     assert torch.equal(feats, direct)
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("vpt_deep", ("--model.dropout=0.3", "--model.num_tokens=2")),
+@pytest.mark.parametrize("method,extra,stage", [
+    ("vpt_deep", ("--model.dropout=0.3", "--model.num_tokens=2"), "grid"),
     ("vapt", ("--model.dropout=0.3", "--model.mlp_dropout=0.3", "--model.conv_dropout=0.3",
-              "--model.num_tokens=2")),
+              "--model.num_tokens=2"), "final"),
 ])
-def test_stacked_prompts_with_dropout_equal_separate_runs(tree, backbone_file, tmp_path, method, extra):
+def test_stacked_prompts_with_dropout_equal_separate_runs(tree, backbone_file, tmp_path, method, extra, stage):
+    """Grid: two learning rates, one data order. Final: two seeds, so two data orders, two random streams, and
+    the test split streamed through the DataModule's loader."""
     args = run_args(method, tree, backbone_file, *extra)
+    protocol = {"tune": PROTOCOL, "final": {"train_split": "train800val200", "val_split": None, "test_split": "test"}}
+
     def specs(out):
-        return [grid_spec(out, {"tune": PROTOCOL}, lr, 0.0) for lr in (2.0, 0.5)]
+        if stage == "grid":
+            return [grid_spec(out, protocol, lr, 0.0) for lr in (2.0, 0.5)]
+        return [final_spec(out, protocol, 2.0, 0.0, seed) for seed in (1, 2)]
 
     run_specs(args, specs(tmp_path / "separate"), stack=0, log=lambda *a: None)
     run_specs(args, specs(tmp_path / "stacked"), stack=2, log=lambda *a: None)
     assert_same_runs(tmp_path / "separate", tmp_path / "stacked")
+    metric = "val/acc" if stage == "grid" else "test/acc"
+    assert all(metric in json.loads(p.read_text())["metrics"] for p in (tmp_path / "stacked").rglob("result.json"))
 
 
 def test_local_cluster_sweep_equals_sequential_and_resumes(tree, backbone_file, sequential_linear, tmp_path, capsys):
