@@ -28,8 +28,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vapt.cli.errors import run_reporting_errors
+from vapt.cli.flags import DialectParser, add_config_options, print_configs
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
-from vapt.fileio.resources import resolve_config_args
+from vapt.fileio.resources import resolve_config, resolve_config_args
 from vapt.quiet import quiet_command
 from vapt.training.runs import RunSpec, run_one, run_specs  # noqa: F401  (run_one: public here too)
 from vapt.training.sweep_errors import SweepError
@@ -263,9 +264,9 @@ def estimate(cli_args: Sequence[str], out: str | os.PathLike, grid: str | None =
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0, or 2 on bad input (one line on stderr; ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback)."""
-    ap = argparse.ArgumentParser(
+    ap = DialectParser(
         prog="vapt tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable)")
+    add_config_options(ap, repeat=True, help="LightningCLI YAML: a path or a shipped config name (repeatable)")
     ap.add_argument("--out", default="runs/tune", help="runs folder (default runs/tune)")
     ap.add_argument("--grid", default=None, help="'official' (default) or 'lr=50,25,...;wd=0.01,0'")
     ap.add_argument("--seeds", default=",".join(map(str, OFFICIAL_SEEDS)), help="comma-separated final seeds")
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                          "whole sweep (grid, seeds, test evaluation) and exit")
     ap.add_argument("--estimate_steps", type=int, default=3, help="timed steps of --estimate (default 3)")
     args, passthrough = ap.parse_known_args(argv)
+    if args.print_config:
+        return print_configs(args.config, resolve_config)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
