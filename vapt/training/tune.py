@@ -32,6 +32,7 @@ from vapt.cli.flags import DialectParser, add_config_options, print_configs
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 from vapt.fileio.resources import resolve_config, resolve_config_args
 from vapt.quiet import quiet_command
+from vapt.training.decoded import forget_decoded
 from vapt.training.runs import RunSpec, run_one, run_specs  # noqa: F401  (run_one: public here too)
 from vapt.training.sweep_errors import SweepError
 
@@ -216,6 +217,7 @@ def tune(
     log(f"  best: lr={_fmt(best_lr)} wd={_fmt(best_wd)} (val/acc {scores[(best_lr, best_wd)]:.4f})")
 
     results = run([final_spec(base, protocol, best_lr, best_wd, seed) for seed in seeds])
+    forget_decoded()  # kept for this task's sweep only
     tests = [res["metrics"]["test/acc"] for res in results]
     for seed, acc in zip(seeds, tests):
         log(f"    seed {seed}: test/acc={acc:.4f}")
