@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -129,26 +130,54 @@ def test_stacked_prompts_with_dropout_equal_separate_runs(tree, backbone_file, t
     assert all(metric in json.loads(p.read_text())["metrics"] for p in (tmp_path / "stacked").rglob("result.json"))
 
 
-def test_local_cluster_sweep_equals_sequential_and_resumes(tree, backbone_file, sequential_linear, tmp_path, capsys):
+KILLER = """
+import os, signal
+from pathlib import Path
+from lightning.pytorch.callbacks import Callback
+
+
+class KillOnce(Callback):
+    \"\"\"SIGKILL this process when run folder ``run`` starts epoch ``epoch``, once (while ``marker`` exists).\"\"\"
+
+    def __init__(self, marker: str, run: str, epoch: int = 2):
+        self.marker, self.run, self.epoch = marker, run, epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        here = Path(trainer.default_root_dir).name == self.run and trainer.current_epoch == self.epoch
+        if here and os.path.exists(self.marker):
+            os.remove(self.marker)
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_local_cluster_sweep_equals_sequential_and_resumes(tree, backbone_file, sequential_linear, tmp_path, capsys,
+                                                           monkeypatch):
     pytest.importorskip("submitit")
     reference, summary = sequential_linear
+    helpers = tmp_path / "helpers"
+    helpers.mkdir()
+    (helpers / "killonce.py").write_text(KILLER)
+    monkeypatch.syspath_prepend(str(helpers))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(helpers), os.environ.get("PYTHONPATH", "")]))
+    marker = tmp_path / "kill-once"
+    marker.touch()
+    killer = {"class_path": "killonce.KillOnce", "init_args": {"marker": str(marker), "run": "lr0.5_wd0"}}
     out = tmp_path / "cluster"
-    argv = [*run_args("linear", tree, backbone_file), "--grid", GRID["grid"], "--seeds", "1", "--out", str(out),
-            "--cluster", "local", "--workers", "2"]
-    # the job of one grid run dies after training (its result file cannot be written)
-    blocker = out / "eurosat/linear/grid/lr0.5_wd0/result.json"
-    blocker.mkdir(parents=True)
+    argv = [*run_args("linear", tree, backbone_file), f"--trainer.callbacks+={json.dumps(killer)}",
+            "--grid", GRID["grid"], "--seeds", "1", "--out", str(out), "--cluster", "local", "--workers", "2"]
+    # the worker training lr=0.5 is killed (SIGKILL) as its epoch 2 starts; the other worker finishes lr=2
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vapt tune: SweepError: 1 of 2 job(s) failed") and "Rerun the same command" in err
+    assert not marker.exists()
     other = out / "eurosat/linear/grid/lr2_wd0/result.json"
-    assert other.is_file() and not (out / "eurosat/linear/summary.json").exists()
+    assert other.is_file() and not (out / "eurosat/linear/grid/lr0.5_wd0/result.json").exists()
+    assert not (out / "eurosat/linear/summary.json").exists()
     stamp = other.stat().st_mtime_ns
-    blocker.rmdir()
     assert main(argv) == 0
     assert other.stat().st_mtime_ns == stamp  # finished run kept
     resumed = json.loads((out / "eurosat/linear/grid/lr0.5_wd0/result.json").read_text())
-    assert resumed["resumed_from"] and Path(resumed["resumed_from"]).name in ("last.ckpt", "epoch=2-step=9.ckpt")
+    assert resumed["resumed_from"] and "epoch=1" in Path(resumed["resumed_from"]).name
     assert json.loads((out / "eurosat/linear/summary.json").read_text()) == summary
     assert_same_runs(reference, out, tensors=False)
 
