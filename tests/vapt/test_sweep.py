@@ -154,7 +154,6 @@ class KillOnce(Callback):
 
 def test_local_cluster_sweep_equals_sequential_and_resumes(tree, backbone_file, sequential_linear, tmp_path, capsys,
                                                            monkeypatch):
-    pytest.importorskip("submitit")
     reference, summary = sequential_linear
     helpers = tmp_path / "helpers"
     helpers.mkdir()
