@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from vapt.fileio.atomic import write_text_atomic
-from vapt.training.lightning_cli import _VERSION_ENV, build_cli
+from vapt.training.lightning_cli import build_cli
+from vapt.training.run_folders import VERSION_ENV
 from vapt.training.resume import find_resume_checkpoint
 from vapt.training.stacked import build_member, group_members, run_stacked
 from vapt.training.trunk_cache import TrunkCache
@@ -78,7 +79,7 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
         metrics = (trainer.validate if evaluate == "validate" else trainer.test)(
             model, datamodule=data, verbose=False)[0]
     finally:
-        os.environ.pop(_VERSION_ENV, None)
+        os.environ.pop(VERSION_ENV, None)
     result = {
         "metrics": {k: float(v) for k, v in metrics.items()},
         "overrides": overrides,
