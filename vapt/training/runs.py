@@ -20,8 +20,8 @@ from typing import Any
 
 from vapt.fileio.atomic import write_text_atomic
 from vapt.training.lightning_cli import build_cli
-from vapt.training.run_folders import VERSION_ENV
 from vapt.training.resume import find_resume_checkpoint
+from vapt.training.run_folders import VERSION_ENV
 from vapt.training.stacked import build_member, group_members, run_stacked
 from vapt.training.trunk_cache import TrunkCache
 
