@@ -26,7 +26,8 @@ from vapt.quiet import quiet_command
 from vapt.report import report
 from vapt.tune import OFFICIAL_SEEDS, tune
 
-METHODS = ("vapt", "vpt_deep", "vpt_shallow", "linear")
+METHODS = ("vapt", "vpt_deep", "vpt_shallow", "linear", "adapter", "lora", "vfpt", "e2vpt", "gatevpt", "replora",
+           "gated_prompt")  # the config folders written by scripts/make_vapt_configs.py
 
 
 def select_tasks(spec: str, family: str) -> list[str]:

@@ -128,6 +128,7 @@ def test_demo_config_parses_and_runs_one_step(tmp_path: Path):
     ("--data.num_classes=10", "DataError: VTAB-1k task 'cifar100' has 100 classes but the config says num_classes=10"),
     ("--data.root=/nonexistent/vtab", "DataError: VTAB-1k root /nonexistent/vtab does not exist"),
     ("--model.deep=false", "ModelConfigError: model.init_args: VAPT inserts adaptive prompts at every layer"),
+    ("--model.method=lorra", "ModelConfigError: model.init_args: Unknown method 'lorra'; choose one of vpt, vapt"),
 ])
 def test_cli_bad_inputs_give_one_clear_line(override, message, capsys):
     config = REPO / "configs/vtab/vapt/cifar100.yaml"
