@@ -1,16 +1,17 @@
 """``mgpath encoders``: list the tile-encoder presets (dimension, input, preprocessing, weights, status)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from vapt.cli.flags import DialectParser
 
 _NORMS = {"IMAGENET": "ImageNet", "OPENAI_CLIP": "OpenAI CLIP", "HALF": "0.5/0.5", "HOPTIMUS": "H-optimus",
           "HIBOU": "Hibou"}
 
 
 def _norm_name(norm) -> str:
-    from vapt.encoders import preprocess
+    from vapt.backbones import preprocess
 
     for attr, label in _NORMS.items():
         if tuple(norm) == getattr(preprocess, attr):
@@ -20,7 +21,7 @@ def _norm_name(norm) -> str:
 
 def preset_rows() -> list[dict]:
     """One dict per preset: name, dim, input, transform, mean/std, vit, status, weights, licence, magnification."""
-    from vapt.encoders import list_presets
+    from vapt.backbones import list_presets
 
     rows = []
     for p in list_presets():
@@ -51,7 +52,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath encoders", description=__doc__)
+    ap = DialectParser(prog="mgpath encoders", description=__doc__)
     ap.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     a = ap.parse_args(argv)
     rows = preset_rows()

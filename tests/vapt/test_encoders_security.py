@@ -13,8 +13,9 @@ import sys
 import pytest
 import torch
 
-from vapt.backbones import BackboneError, build_encoder
-from vapt.weights import WeightsFileError, load_weights_file
+from vapt.backbones import BackboneError
+from vapt.backbones import build_backbone as build_encoder
+from vapt.fileio.weights import WeightsFileError, load_weights_file
 
 
 class _Payload:
@@ -69,7 +70,7 @@ def test_every_encoder_loader_refuses(name, malicious):
     (path.parent / "config.json").write_text('{"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1, '
                                              '"num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, '
                                              '"patch_size": 16}')
-    from vapt.encoders import build_encoder as build_any
+    from vapt.backbones import build_encoder as build_any
 
     with pytest.raises(BackboneError, match="not loaded.*safetensors"):
         build_any(name, checkpoint=path.parent if name == "phikon" else path)
@@ -106,7 +107,7 @@ def test_command_lines_refuse(malicious, tmp_path):
     assert r.returncode == 2 and "safetensors" in r.stderr and str(path) in r.stderr, r.stderr
     prompts = tmp_path / "p.csv"
     prompts.write_text("a\nb\nc\nd\n")
-    r = _cli("import-official", "--checkpoint", str(path), "--descriptions", str(prompts), "--classes", "A", "B",
+    r = _cli("import-official", "--ckpt_path", str(path), "--descriptions", str(prompts), "--classes", "A", "B",
              "--out", str(tmp_path / "o.pt"))
     assert r.returncode == 2 and "safetensors" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "o.pt").exists()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from vapt import build_model
 from vapt.peft import make_config, method_names
-from vapt.summary import main as summary_main
+from vapt.reporting.summary import main as summary_main
 
 TINY = dict(backbone="vit_tiny_patch16_224", img_size=32, depth=2, embed_dim=32, num_heads=2)
 

@@ -30,9 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.cli.errors import run_reporting_errors
+from vapt.cli.flags import DialectParser, add_config_options, print_configs
+from vapt.fileio.atomic import write_text_atomic as atomic_write_text
+from vapt.fileio.resources import resolve_config, resolve_config_args
 from vapt.quiet import quiet_command
-from vapt.resources import resolve_config_args
 
 _log = logging.getLogger(__name__)
 
@@ -64,8 +66,8 @@ class _Parsed(Exception):
 def parse_config(cli_args: Sequence[str]):
     """Parse (without instantiating anything) LightningCLI arguments -> jsonargparse Namespace."""
     from vapt.data.base import ClassificationDataModule
-    from vapt.lightning_cli import VaptCLI
-    from vapt.module import PromptTuningModule
+    from vapt.training.lightning_cli import VaptCLI
+    from vapt.training.module import PromptTuningModule
 
     class _ParseOnly(VaptCLI):
         def before_instantiate_classes(self) -> None:
@@ -132,8 +134,8 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists;
     resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
     """
-    from vapt.lightning_cli import _VERSION_ENV, build_cli
-    from vapt.resume import find_resume_checkpoint
+    from vapt.training.lightning_cli import _VERSION_ENV, build_cli
+    from vapt.training.resume import find_resume_checkpoint
 
     result_path = run_dir / "result.json"
     if result_path.is_file():
@@ -192,8 +194,8 @@ def tune(
     name : str, optional
         ``<task>/<method>`` folder; default from the config.
     """
-    from vapt.lightning_cli import experiment_name
-    from vapt.module import PromptTuningModule  # noqa: F401  (fail early on a broken install)
+    from vapt.training.lightning_cli import experiment_name
+    from vapt.training.module import PromptTuningModule  # noqa: F401  (fail early on a broken install)
 
     config = parse_config(cli_args)
     family = data_family(config)
@@ -262,17 +264,17 @@ def _best(scores: dict[tuple[float, float], float], lrs, wds) -> tuple[float, fl
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0, or 2 on bad input (one line on stderr; ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback)."""
-    from vapt.errors import run_reporting_user_errors
-
-    ap = argparse.ArgumentParser(
+    ap = DialectParser(
         prog="vapt tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable)")
+    add_config_options(ap, repeat=True, help="LightningCLI YAML: a path or a shipped config name (repeatable)")
     ap.add_argument("--out", default="runs/tune", help="runs folder (default runs/tune)")
     ap.add_argument("--grid", default=None, help="'official' (default) or 'lr=50,25,...;wd=0.01,0'")
     ap.add_argument("--seeds", default=",".join(map(str, OFFICIAL_SEEDS)), help="comma-separated final seeds")
     ap.add_argument("--fast", action="store_true", help="wd sweep at lr 5, then lr sweep at the best wd")
     ap.add_argument("--name", default=None, help="<task>/<method> folder name (default: from the config)")
     args, passthrough = ap.parse_known_args(argv)
+    if args.print_config:
+        return print_configs(args.config, resolve_config)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -285,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                  log=print)
         return 0
 
-    return run_reporting_user_errors("vapt tune", run, cli_args)
+    from vapt.training.lightning_cli import USER_ERRORS
+
+    return run_reporting_errors("vapt tune", run, cli_args, (*USER_ERRORS, TuneError))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 import torch
 import yaml
 
+from vapt.cli.flags import DialectParser
 from vapt.model import PromptedViT, build_model
 from vapt.peft import make_config, method_names
 
@@ -49,20 +50,19 @@ def format_table(model: PromptedViT) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vapt summary", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = DialectParser(prog="vapt summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="timm ViT name or open_clip:<name>")
     p.add_argument("--method", choices=method_names(), default="vapt")
-    p.add_argument("--num-tokens", type=int, default=None, help="prompt tokens N (default: the method's)")
+    p.add_argument("--num_tokens", type=int, default=None, help="prompt tokens N (default: the method's)")
     p.add_argument("--shallow", action="store_true", help="VPT-shallow instead of deep")
-    p.add_argument("--kernel-size", type=int, default=None)
-    p.add_argument("--hidden-dim", type=int, default=None)
-    p.add_argument("--vpt-depth", type=int, default=None)
-    p.add_argument("--no-share-projector", action="store_true")
+    p.add_argument("--kernel_size", type=int, default=None)
+    p.add_argument("--hidden_dim", type=int, default=None)
+    p.add_argument("--vpt_depth", type=int, default=None)
+    p.add_argument("--no_share_projector", action="store_true")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="any other option of the method's config (repeatable)")
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--num_classes", type=int, default=100)
+    p.add_argument("--img_size", type=int, default=None)
     return p
 
 

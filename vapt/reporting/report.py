@@ -10,7 +10,7 @@ Every method with a published number for the tasks that ran gets a column, also 
 (Full / Linear / VPT-shallow / VPT-deep / VAPT); a number that does not exist stays blank in the tables and
 is an ``x`` on the axis (no bar) in the plot; the seeds' std is drawn as error bars.
 Published numbers: ``data/vtab/published.csv`` and ``data/fgvc/published.csv`` (sources in the files), shipped
-in the package (``vapt.resources``).
+in the package (``vapt.fileio.resources``).
 """
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from vapt.atomic import atomic_path
-from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.cli.errors import report_error
+from vapt.cli.flags import DialectParser
 from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.vtab import GROUPS, VTAB_TASKS
-from vapt.resources import data_file
+from vapt.fileio.atomic import atomic_path
+from vapt.fileio.atomic import write_text_atomic as atomic_write_text
+from vapt.fileio.resources import data_file
 
 METHOD_ORDER = ("full", "linear", "bitfit", "partial", "adapter", "lora", "replora", "vpt_shallow", "vpt_deep",
                 "e2vpt", "vfpt", "gatevpt", "gated_prompt", "vapt")
@@ -267,19 +269,18 @@ def report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vapt report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = DialectParser(prog="vapt report", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs_dir", help="folder written by vapt tune / scripts/reproduce_vtab.py")
     ap.add_argument("--out", default=None, help="where to write report.{md,csv,png} (default: runs_dir)")
-    ap.add_argument("--published-vtab", default=None, help="CSV method,task,top1 (default data/vtab/published.csv)")
-    ap.add_argument("--published-fgvc", default=None, help="CSV method,task,top1 (default data/fgvc/published.csv)")
+    ap.add_argument("--published_vtab", default=None, help="CSV method,task,top1 (default data/vtab/published.csv)")
+    ap.add_argument("--published_fgvc", default=None, help="CSV method,task,top1 (default data/fgvc/published.csv)")
     args = ap.parse_args(argv)
     published = {k: v for k, v in (("vtab", args.published_vtab), ("fgvc", args.published_fgvc)) if v}
     try:
         paths = report(args.runs_dir, args.out, published)
     except FileNotFoundError as e:
-        print(str(e), file=sys.stderr)
-        return 2
+        return report_error("vapt report", e)
     print(Path(paths["md"]).read_text())
     print("wrote", *paths.values())
     return 0
