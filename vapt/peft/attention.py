@@ -13,13 +13,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vapt.peft.base import timm_only
 
-def check_block(block, method: str) -> None:
-    """Refuse a block that is not a standard timm pre-norm block (norm1/attn/ls1, norm2/mlp/ls2)."""
+
+def require_timm_blocks(encoder, method: str) -> None:
+    """Refuse an encoder whose blocks are not standard timm pre-norm blocks (norm1/attn/ls1, norm2/mlp/ls2)."""
+    timm_only(encoder, method)
     needed = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
-    if not all(hasattr(block, n) for n in needed) or not hasattr(block.attn, "qkv"):
-        raise ValueError(f"{method} needs standard timm ViT blocks (norm1 -> attn -> ls1, norm2 -> mlp -> ls2); "
-                         f"got {type(block).__name__}.")
+    for block in encoder.blocks:
+        if not all(hasattr(block, n) for n in needed) or getattr(block.attn, "gate", None) is not None:
+            raise ValueError(f"{method} needs standard timm ViT blocks (norm1 -> attn -> ls1, norm2 -> mlp -> ls2); "
+                             f"got {type(block).__name__}.")
 
 
 def _heads(attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -26,8 +26,8 @@ from typing import ClassVar, Iterable
 import torch
 from torch import nn
 
-from vapt.peft.attention import check_block, run_block
-from vapt.peft.base import MethodConfig, PeftMethod, register, timm_only
+from vapt.peft.attention import require_timm_blocks, run_block
+from vapt.peft.base import MethodConfig, PeftMethod, register
 from vapt.peft.vpt import xavier_prompt_bound
 
 
@@ -77,9 +77,7 @@ class E2VPT(PeftMethod):
 
     def __init__(self, cfg: E2VPTConfig, encoder):
         super().__init__(cfg, encoder)
-        timm_only(encoder, "e2vpt")
-        for block in encoder.blocks:
-            check_block(block, "e2vpt")
+        require_timm_blocks(encoder, "e2vpt")
         d, depth = encoder.embed_dim, len(encoder.blocks)
         if cfg.piece_mask and d % cfg.num_pieces:
             raise ValueError(f"e2vpt: D={d} is not divisible by num_pieces={cfg.num_pieces}.")

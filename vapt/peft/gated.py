@@ -22,8 +22,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vapt.peft.attention import check_block, run_block
-from vapt.peft.base import MethodConfig, PeftMethod, register, timm_only
+from vapt.peft.attention import require_timm_blocks, run_block
+from vapt.peft.base import MethodConfig, PeftMethod, register
 from vapt.peft.replora import ACTIVATIONS, Reparam
 from vapt.peft.vpt import xavier_prompt_bound
 
@@ -59,9 +59,7 @@ class GatedPrompt(PeftMethod):
 
     def __init__(self, cfg: GatedPromptConfig, encoder):
         super().__init__(cfg, encoder)
-        timm_only(encoder, "gated_prompt")
-        for block in encoder.blocks:
-            check_block(block, "gated_prompt")
+        require_timm_blocks(encoder, "gated_prompt")
         d, depth = encoder.embed_dim, len(encoder.blocks)
         layers = depth if cfg.num_layers is None else max(0, min(cfg.num_layers, depth))
         self.first_block = depth - layers

@@ -20,8 +20,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vapt.peft.attention import check_block, run_block
-from vapt.peft.base import MethodConfig, PeftMethod, register, timm_only
+from vapt.peft.attention import require_timm_blocks, run_block
+from vapt.peft.base import MethodConfig, PeftMethod, register
 from vapt.peft.vpt import xavier_prompt_bound
 
 
@@ -70,9 +70,7 @@ class GateVPT(PeftMethod):
 
     def __init__(self, cfg: GateVPTConfig, encoder):
         super().__init__(cfg, encoder)
-        timm_only(encoder, "gatevpt")
-        for block in encoder.blocks:
-            check_block(block, "gatevpt")
+        require_timm_blocks(encoder, "gatevpt")
         d, depth = encoder.embed_dim, len(encoder.blocks)
         bound = xavier_prompt_bound(encoder.patch_size, d)
         self.prompt_embeddings = nn.Parameter(torch.empty(1, cfg.num_tokens, d).uniform_(-bound, bound))
