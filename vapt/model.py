@@ -89,8 +89,10 @@ class PromptedViT(nn.Module):
         return {k: p for k, p in self.named_parameters() if p.requires_grad}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only what training changes: prompts + head (everything for ``full``), plus buffers of those modules."""
+        """What training changes: the trainable tensors (prompts / adapters + head; everything for ``full``) and the
+        whole method module, frozen parts included (e.g. E2VPT's pruned masks)."""
         names = set(self.trainable_parameters())
+        names |= {f"{self._method_attribute}.{k}" for k in self.method.state_dict()}
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:

@@ -261,3 +261,13 @@ def test_bad_method_options_are_refused(capsys):
         make_config("lorra")
     assert {"vpt", "vapt", "lora", "adapter", "vfpt", "e2vpt", "gatevpt", "replora", "gated_prompt"} <= set(
         method_names())
+
+
+def test_e2vpt_prune_zeroes_and_freezes_masks_and_they_are_saved():
+    model = _model("e2vpt", num_tokens=3, num_kv_tokens=2)
+    model.method.prune(tokens=[1], pieces={0: [2, 5]})
+    g = model.method
+    assert g.token_mask[1] == 0 and g.piece_mask[0, 2] == 0 and g.piece_mask[0, 5] == 0
+    assert not g.token_mask.requires_grad and not g.piece_mask.requires_grad
+    sd = model.trainable_state_dict()  # frozen masks still travel with the trainable tensors
+    assert torch.equal(sd["peft.token_mask"], g.token_mask) and "peft.kv_prompts" in sd

@@ -1,6 +1,7 @@
-"""`PromptTuningModule`: the LightningModule that trains a `PromptedViT` with the official recipe.
+"""`PromptTuningModule`: the LightningModule that trains a `PromptedViT` (any `vapt.peft` method) with the
+official recipe.
 
-Optimisation (official VPT / VAPT defaults): SGD with momentum 0.9, weight decay on prompts and the head
+Optimisation (official VPT / VAPT defaults; other methods' configs set their own, e.g. AdamW for LoRA): SGD with momentum 0.9, weight decay on prompts and the head
 weight but not the head bias, linear warmup + cosine decay stepped once per epoch (so epoch 0 runs at
 lr = 0), learning rate given as a *base* rate scaled by ``global_batch / 256``, cross-entropy loss, top-1
 accuracy. When the backbone comes from a weights file, checkpoints hold only the trainable tensors (prompts +
