@@ -30,6 +30,7 @@ from vapt.data.vtab import GROUPS, VTAB_TASKS
 from vapt.fileio.atomic import atomic_path
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 from vapt.fileio.resources import data_file
+from vapt.reporting.tables import markdown_table
 
 METHOD_ORDER = ("full", "linear", "bitfit", "partial", "adapter", "lora", "replora", "vpt_shallow", "vpt_deep",
                 "e2vpt", "vfpt", "gatevpt", "gated_prompt", "vapt")
@@ -148,7 +149,7 @@ def to_markdown(rows: list[dict], methods: list[str], family: str) -> str:
     title = {"vtab": "VTAB-1k", "fgvc": "FGVC"}[family]
     cols = {m: ("ours", "paper", "Δ") if _ran(rows, m) else ("paper",) for m in methods}
     header = ["task"] + [f"{LABELS.get(m, m)} {c}" for m in methods for c in cols[m]]
-    lines = [f"### {title} top-1 (%)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     by = defaultdict(dict)
     order = []
     for r in rows:
@@ -171,8 +172,8 @@ def to_markdown(rows: list[dict], methods: list[str], family: str) -> str:
                 ours += f" ± {r['std']:.2f}"
             values = {"ours": ours, "paper": _cell(r["published"]), "Δ": _cell(r["delta"], "{:+.2f}")}
             cells += [values[c] for c in cols[m]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return "\n".join([f"### {title} top-1 (%)", "", *markdown_table(header, body)]) + "\n"
 
 
 def draw_panel(ax, rows: list[dict], family: str) -> None:

@@ -14,6 +14,7 @@ import yaml
 from vapt.cli.flags import DialectParser
 from vapt.model import PromptedViT, build_model
 from vapt.peft import make_config, method_names
+from vapt.reporting.tables import markdown_table
 
 #: VPT / VAPT flags -> config field (given only when set on the command line)
 _FLAG_FIELDS = {"num_tokens": "num_tokens", "kernel_size": "kernel_size", "hidden_dim": "hidden_dim",
@@ -38,15 +39,13 @@ def format_table(model: PromptedViT) -> str:
     """Markdown table of tuned and total parameters, with tuned % of the backbone (the papers' convention)."""
     rows = parameter_table(model)
     backbone_total = rows[0][2]
-    lines = ["| module | tuned | total | tuned % of backbone |", "|---|---:|---:|---:|"]
-    for name, tuned, total in rows:
-        lines.append(f"| {name} | {tuned:,} | {total:,} | {100.0 * tuned / backbone_total:.4f} |")
     tuned_all = sum(r[1] for r in rows)
     tuned_no_head = sum(r[1] for r in rows if r[0] != "head")
     total_all = sum(r[2] for r in rows)
-    lines.append(f"| **all** | {tuned_all:,} | {total_all:,} | {100.0 * tuned_all / backbone_total:.4f} |")
-    lines.append(f"| **without head** | {tuned_no_head:,} | | {100.0 * tuned_no_head / backbone_total:.4f} |")
-    return "\n".join(lines)
+    body = [(name, f"{tuned:,}", f"{total:,}", f"{100.0 * tuned / backbone_total:.4f}") for name, tuned, total in rows]
+    body += [("**all**", f"{tuned_all:,}", f"{total_all:,}", f"{100.0 * tuned_all / backbone_total:.4f}"),
+             ("**without head**", f"{tuned_no_head:,}", "", f"{100.0 * tuned_no_head / backbone_total:.4f}")]
+    return "\n".join(markdown_table(["module", "tuned", "total", "tuned % of backbone"], body, "lrrr"))
 
 
 def build_parser() -> argparse.ArgumentParser:
