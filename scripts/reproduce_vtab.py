@@ -27,7 +27,8 @@ from vapt.reporting.report import report
 from vapt.training.sweep_engine import parse_cluster_parameters, submitit_runner
 from vapt.training.tune import OFFICIAL_SEEDS, tune
 
-METHODS = ("vapt", "vpt_deep", "vpt_shallow", "linear")
+METHODS = ("vapt", "vpt_deep", "vpt_shallow", "linear", "adapter", "lora", "vfpt", "e2vpt", "gatevpt", "replora",
+           "gated_prompt")  # the config folders written by scripts/make_vapt_configs.py
 
 
 def select_tasks(spec: str, family: str) -> list[str]:
