@@ -37,7 +37,7 @@ from vapt.training.resume import (
 )
 from vapt.training.run_folders import VERSION_ENV, default_loggers
 
-_VERSION_ENV = VERSION_ENV  # the name tune.py imports
+_VERSION_ENV = VERSION_ENV  # the old name, still importable
 
 
 def method_label(model_args: Any) -> str:
