@@ -110,9 +110,18 @@ def test_benchmark_and_report_show_a_zero_shot_row(tmp_path, randomise):
     q = tmp_path / "quilt"
     q.mkdir()
     (q / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
-    torch.save(randomise(open_clip.CLIP(**model_cfg)).state_dict(), q / "open_clip_pytorch_model.bin")
+    clip = randomise(open_clip.CLIP(**model_cfg)).eval()
+    torch.save(clip.state_dict(), q / "open_clip_pytorch_model.bin")
     (tmp_path / "p.json").write_text(json.dumps({"classnames": {"class_a": ["gland"], "class_b": ["sheet"]},
                                                  "templates": ["CLASSNAME.", "an image of CLASSNAME."]}))
+    m = TowerZeroShotModule(str(tmp_path / "p.json"), D, ["class_a", "class_b"], text_model="quiltnet",
+                            text_checkpoint=str(q))
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    with torch.no_grad():  # open_clip encode_text(normalize=True), mean over the templates, normalised
+        ref = torch.stack([F.normalize(F.normalize(clip.encode_text(tok([f"{n}.", f"an image of {n}."])), dim=-1)
+                                       .mean(0), dim=0) for n in ("gland", "sheet")])
+    torch.testing.assert_close(m.model.classifier, ref, atol=1e-5, rtol=1e-5)
+    assert float(m.model.logit_scale) == float(clip.logit_scale)
     cfg = _bench_config(tmp_path, {"zeroshot_quiltnet": {"prompts": str(tmp_path / "p.json"),
                                                          "text_checkpoint": str(q), "topj": 5}})
     out = tmp_path / "runs"
