@@ -180,7 +180,7 @@ def method_config(base: dict, method: str) -> tuple[dict, bool]:
         need = [k for k in ("prompts", "text_checkpoint") if k not in settings]
         if need:
             raise ValueError(f"mgpath benchmark: {method} needs {' and '.join(need)} in the config: 'methods: "
-                             f"{{{method}: {{prompts: data/prompts/zeroshot_conch_nsclc.json, text_checkpoint: "
+                             f"{{{method}: {{prompts: PROMPTS.json, text_checkpoint: "
                              f"PATH}}}}' (the publisher's weights; the tiles extracted with --encoder "
                              f"{TOWER_ZEROSHOT[method]})")
         model = {"class_path": _class_path(method),
