@@ -123,16 +123,34 @@ def _final_mask(mask: np.ndarray, min_piece_px: float, min_hole_px: float) -> np
         h, w = m.shape
         x, y, bw, bh, area = stats.T
         small = (area < min_hole_px) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
-        m[small[lab] & (m == 0)] = 1  # label 0 is the tissue (background of the inverted mask)
+        small[0] = False  # label 0 is the tissue (background of the inverted mask)
+        _set_where_labelled(m, lab, stats, np.flatnonzero(small), 1)
     _, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_piece_px
-    keep[0] = False
-    return keep[lab]
+    drop = stats[:, cv2.CC_STAT_AREA] < min_piece_px
+    drop[0] = False
+    _set_where_labelled(m, lab, stats, np.flatnonzero(drop), 0)
+    return m.view(bool)
 
 
-def mask_polygons(mask: np.ndarray) -> list:
+def _set_where_labelled(out: np.ndarray, lab: np.ndarray, stats: np.ndarray, ids: np.ndarray, value: int) -> None:
+    """``out[lab in ids] = value``, inside each component's bounding box when there are few of them."""
+    if len(ids) > 256:
+        flag = np.zeros(len(stats), bool)
+        flag[ids] = True
+        out[flag[lab]] = value
+        return
+    for i in ids:
+        x, y, w, h = (int(v) for v in stats[i, :4])
+        sub = out[y : y + h, x : x + w]
+        sub[lab[y : y + h, x : x + w] == i] = value
+
+
+def mask_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0), shape: tuple[int, int] | None = None) -> list:
     """Pixel-edge outlines of a bool mask ``(h, w)``: valid shapely Polygons in pixel units, pixel ``(i, j)``
     being the square ``[j, j + 1) x [i, i + 1)``.
+
+    ``mask`` may be a crop at ``offset=(x, y)`` of an image of ``shape=(H, W)`` (with no tissue outside the
+    crop): the outlines are then those of the whole image.
 
     OpenCV's contours run through the centres of the boundary pixels; each piece (with its holes) is grown by
     half a pixel (mitred corners, a hair more so that pieces touching at a corner merge rather than make a
@@ -142,8 +160,9 @@ def mask_polygons(mask: np.ndarray) -> list:
     import shapely
     from shapely.geometry import LineString, Point, Polygon, box
 
-    h, w = mask.shape
-    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    h, w = mask.shape if shape is None else shape
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE,
+                                           offset=tuple(int(v) for v in offset))
     if hierarchy is None:
         return []
     hier = hierarchy[0]
@@ -185,16 +204,24 @@ def segment_image(rgb: np.ndarray, mpp: float, params: TissueParams | None = Non
     sat = hsv[..., 1]
     if p.black_value > 0:
         sat = np.where(hsv[..., 2] < p.black_value, 0, sat).astype(np.uint8)
-    k = _odd(p.median_um / mpp)
-    if k > 1:
-        sat = cv2.medianBlur(np.ascontiguousarray(sat), min(k, 255))
-    if p.threshold == "otsu":
+    k = min(_odd(p.median_um / mpp), 255)
+    c = _odd(p.close_um / mpp) if p.close_um > 0 else 0  # odd: an even kernel's closing shifts the mask
+    full_shape = sat.shape
+    y0 = x0 = 0
+    if p.threshold == "fixed":  # work on the box around the saturated pixels only: the same result, less work
+        thr = float(p.min_saturation)
+        over = sat > thr
+        box = _work_box(over, k // 2 if k > 1 else 0, c // 2 if c > 1 else 0)
+        if box is None:
+            return [], np.zeros(full_shape, bool), thr
+        y0, y1, x0, x1 = box
+        mask = _median_vote(over[y0:y1, x0:x1], k)
+    else:
+        if k > 1:
+            sat = cv2.medianBlur(np.ascontiguousarray(sat), k)
         otsu, _ = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         thr = max(float(otsu), float(p.min_saturation))
-    else:
-        thr = float(p.min_saturation)
-    mask = (sat > thr).astype(np.uint8)
-    c = _odd(p.close_um / mpp) if p.close_um > 0 else 0  # odd: an even kernel's closing shifts the mask
+        mask = (sat > thr).astype(np.uint8)
     if c > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (c, c))
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
@@ -206,10 +233,45 @@ def segment_image(rgb: np.ndarray, mpp: float, params: TissueParams | None = Non
             [np.asarray(r.coords, np.float64)[:-1] for r in g.interiors],
             g.area * px_mm2,
         )
-        for g in mask_polygons(mask)
+        for g in mask_polygons(mask, (x0, y0), full_shape)
     ]
     polys.sort(key=lambda q: -q.area_mm2)
+    if mask.shape != full_shape:
+        full = np.zeros(full_shape, bool)
+        full[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask
+        mask = full
     return polys, mask, thr
+
+
+def _median_vote(over: np.ndarray, k: int) -> np.ndarray:
+    """``medianBlur(sat, k) > thr`` as uint8 ``(h, w)`` from ``over = sat > thr`` (bool ``(h, w)``): the median
+    of a ``k x k`` window exceeds ``thr`` exactly when at least ``(k * k + 1) / 2`` of its pixels do, a box sum
+    (with the replicated border of OpenCV's median), several times faster than the median itself."""
+    import cv2
+
+    over = np.ascontiguousarray(over).view(np.uint8)
+    if k <= 1:
+        return over.copy()
+    votes = cv2.boxFilter(over, cv2.CV_16U, (k, k), normalize=False, borderType=cv2.BORDER_REPLICATE)  # k <= 255
+    return (votes >= (k * k + 1) // 2).astype(np.uint8)
+
+
+def _work_box(raw: np.ndarray, r_median: int, r_close: int) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)`` of the part of an image that a fixed-threshold segmentation needs, or None.
+
+    ``raw`` ``(h, w)`` bool: pixels over the threshold before the median blur. A median over a
+    ``(2 r_median + 1)`` window can only exceed the threshold within ``r_median`` of such a pixel; a closing
+    with radius ``r_close`` never adds pixels outside the bounding box of its input and needs ``2 r_close + 1``
+    pixels of context; the median needs ``r_median`` more. With that margin every step computed on the box
+    equals the same step on the whole image restricted to the box, and the box keeps a ring of background, so
+    holes and pieces are found as on the whole image.
+    """
+    rows, cols = np.flatnonzero(raw.any(axis=1)), np.flatnonzero(raw.any(axis=0))
+    if len(rows) == 0:
+        return None
+    m = 2 * r_median + 2 * r_close + 2
+    h, w = raw.shape
+    return (max(0, rows[0] - m), min(h, rows[-1] + 1 + m), max(0, cols[0] - m), min(w, cols[-1] + 1 + m))
 
 
 def rasterize(
