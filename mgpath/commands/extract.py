@@ -55,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "as the paper's training copy) into OUT/augmented/<mag>/ (read with data.augmented: true); "
                    "done once, resumable like the plain features")
     p.add_argument("--augment-seed", type=int, default=0, help="seed of the per-tile augmentation (0)")
-    p.add_argument("--reader", choices=["openslide", "fast"], default="openslide",
-                   help="fast: read JPEG-tiled svs/TIFF tiles directly (each decoded once, reduced-scale DCT "
-                        "decode; about 3-4x the tiles/s per core); other formats still use OpenSlide")
+    p.add_argument("--reader", choices=["openslide", "fast"], default="fast",
+                   help="fast (default): read JPEG-tiled svs/TIFF tiles directly (each decoded once, reduced-scale "
+                        "DCT decode; about 4x the tiles/s per core), other formats with OpenSlide; openslide: "
+                        "every slide with OpenSlide")
     p.add_argument("--overwrite", action="store_true", help="redo slides whose features exist or are stale")
     p.add_argument("--no-progress", action="store_true")
     return p

@@ -166,7 +166,7 @@ class _ShardedData(pl.LightningDataModule):
     """
 
     def __init__(self, jobs, input_size, mean, std, batch_size, workers, writer, identity, overwrite,
-                 reader="openslide"):
+                 reader="fast"):
         super().__init__()
         self.reader = reader
         self.jobs, self.input_size, self.mean, self.std = jobs, input_size, mean, std
@@ -241,7 +241,7 @@ def extract_features(
     callbacks: list | None = None,
     weights: str | None = None,
     identity_extra: dict | None = None,
-    reader: str = "openslide",
+    reader: str = "fast",
 ) -> list[dict]:
     """Encode the tiles of ``jobs`` and write one features h5 per job; returns summary rows.
 
@@ -250,8 +250,8 @@ def extract_features(
     weights for the cache identity (default: the checkpoint's SHA-256, else random-init); ``identity_extra``
     holds any other setting that changes the features. A job whose output holds features of the same
     identity is ``cached``; one made with anything else is reported stale (``skipped``) unless ``overwrite``.
-    ``reader="fast"`` reads JPEG-tiled slides through :mod:`mgpath.slides.jpeg_tiles` (others through
-    OpenSlide); it is part of the identity.
+    ``reader="fast"`` (the default) reads JPEG-tiled slides through :mod:`mgpath.slides.jpeg_tiles` (others
+    through OpenSlide), ``"openslide"`` reads every slide with OpenSlide; it is part of the identity.
     """
     precision = precision or default_precision(accelerator)
     cfg = encoder.data_config

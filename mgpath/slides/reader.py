@@ -149,8 +149,11 @@ class Slide:
         or wrong).
 
     fast : read footprints (:meth:`read_footprint`, :meth:`read`) of JPEG-tiled TIFF/svs files through
-        :class:`mgpath.slides.jpeg_tiles.JpegTiles` (tiles decoded once, reduced-scale DCT decode) instead of
-        OpenSlide. Files that do not qualify are read with OpenSlide; ``fast_reason`` says why.
+        :class:`mgpath.slides.jpeg_tiles.JpegTiles` (tiles decoded once, reduced-scale DCT decode; the
+        default, about 4x the tiles/s of OpenSlide on one core) instead of OpenSlide. Files that do not
+        qualify are read with OpenSlide; ``fast_reason`` says why. ``False`` reads everything with OpenSlide
+        (the reference: full-scale reads are the same pixels either way; reduced-scale reads differ by a mean
+        absolute 3 or less per channel, see ``docs/benchmarks-slides.md``).
     dct_margin : with ``fast``, how much resolution a reduced-scale JPEG decode keeps above the target
         (see :func:`mgpath.slides.jpeg_tiles.plan_read`; None: straight at 1/2, one octave kept below;
         0 fastest; 1 closest to OpenSlide).
@@ -161,7 +164,7 @@ class Slide:
     """
 
     def __init__(
-        self, path: str | os.PathLike, mpp: float | None = None, fast: bool = False, dct_margin: int | None = None
+        self, path: str | os.PathLike, mpp: float | None = None, fast: bool = True, dct_margin: int | None = None
     ):
         self.path = str(path)
         self.slide_id = slide_id_from_path(self.path)
@@ -312,8 +315,9 @@ class Slide:
     ) -> np.ndarray:
         """Read the level-0 box ``xy + size_level0`` resized to ``out_size`` px: RGB uint8 ``(h, w, 3)``.
 
-        The deepest level not coarser than needed is read, then resized (bilinear, antialiased) only when
-        the residual factor differs from 1. Works without MPP.
+        With OpenSlide (``fast=False``, or a file the fast path does not take) the deepest level not coarser
+        than needed is read, then resized (bilinear, antialiased) only when the residual factor differs from 1;
+        the fast path is described in :mod:`mgpath.slides.jpeg_tiles`. Works without MPP.
         """
         if self._jpeg is not None:
             try:
