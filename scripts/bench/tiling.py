@@ -269,7 +269,7 @@ def extraction(a, slide_path: Path, tmp: str) -> dict:
     from mgpath.pipelines.tile import tile_slide
     from mgpath.pipelines.tile_dataset import TileDataset
     from mgpath.slides.grid import TileParams
-    from vapt.backbones import build_encoder
+    from vapt.backbones import build_backbone
 
     tpe = TileParams(tile_size=a.tile_size, magnification=a.extract_magnification or 10)
     tile_slide(slide_path, tmp, tpe, overwrite=True)
@@ -277,7 +277,7 @@ def extraction(a, slide_path: Path, tmp: str) -> dict:
     xy, attrs = read_coords(coords_file)
     res = {"extract_magnification": attrs["target_magnification"], "extract_unique_tiles": int(min(len(xy), a.max_tiles))}
     xy = np.resize(xy, (a.max_tiles, 2)) if a.max_tiles > len(xy) else xy[: a.max_tiles]
-    enc = build_encoder(a.encoder, img_size=224)
+    enc = build_backbone(a.encoder, img_size=224)
     cfg = enc.data_config
     job = SlideJob(slide_path.stem, str(slide_path), str(coords_file), str(Path(tmp) / "feats" / f"{slide_path.stem}.h5"),
                    xy, attrs)
