@@ -1,8 +1,10 @@
 """Tile features from a frozen encoder, one h5 per slide (and per magnification), via Lightning ``predict``.
 
-Tiles are read straight from the slide inside DataLoader workers (each worker opens its own OpenSlide
-handle): each tile's level-0 footprint is read from the best pyramid level and resized once, directly to the
-encoder's input size (bilinear, antialiased), then normalised with its mean/std and encoded by any encoder
+Tiles are read straight from the slide inside DataLoader workers (each worker opens its own handle): each
+tile's level-0 footprint is read from the best pyramid level and resized once, directly to the encoder's input
+size (JPEG-tiled svs/TIFF through :mod:`mgpath.slides.jpeg_tiles` by default, other files and
+``reader="openslide"`` through OpenSlide + an antialiased bilinear resize), then normalised with its mean/std
+and encoded by any encoder
 ``vapt.backbones.build_backbone`` builds. Output per slide (written atomically)::
 
     features   (N, D) float32
