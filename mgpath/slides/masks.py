@@ -16,22 +16,87 @@ def final_mask(mask: np.ndarray, min_piece_px: float, min_hole_px: float) -> np.
 
     Tissue is 8-connected and background 4-connected (the pair OpenCV's contours follow), so every kept
     pixel set has a valid pixel-edge outline. Areas are pixel counts (a piece's area excludes its holes).
+    Components are counted inside the bounding boxes of the borders OpenCV traces, and a piece whose outline
+    already proves it large enough is not counted at all: the result is that of labelling the whole mask.
+    """
+    m = mask.astype(np.uint8)
+    if min_hole_px > 0:
+        _fill_small_holes(m, min_hole_px)
+    _drop_small_pieces(m, min_piece_px)
+    return m.view(bool)
+
+
+#: above this many components to count one by one, the whole mask is labelled at once
+_MAX_BOXES = 512
+
+
+def _borders(m: np.ndarray) -> tuple[list, np.ndarray]:
+    """OpenCV's two-level borders of ``m`` (uint8 ``(h, w)``) as if framed by background: ``(contours,
+    hierarchy (K, 4))`` in ``m``'s pixels; outer borders have parent -1, holes are their children."""
+    import cv2
+
+    framed = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    contours, hier = cv2.findContours(framed, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE, offset=(-1, -1))
+    return list(contours), (hier[0] if hier is not None else np.zeros((0, 4), np.int32))
+
+
+def _fill_small_holes(m: np.ndarray, min_px: float) -> None:
+    """Set to 1 the background components of ``m`` (4-connected, not touching its border) under ``min_px``.
+
+    Each hole lies strictly inside the bounding box of its border, so labelling that box finds it whole (and
+    any hole nested deeper); a component of the box that does not touch the box's edge is a whole component
+    of ``m`` that does not touch ``m``'s edge.
     """
     import cv2
 
-    m = mask.astype(np.uint8)
-    if min_hole_px > 0:
-        _, lab, stats, _ = cv2.connectedComponentsWithStats(1 - m, connectivity=4)
-        h, w = m.shape
-        x, y, bw, bh, area = stats.T
-        small = (area < min_hole_px) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
-        small[0] = False  # label 0 is the tissue (background of the inverted mask)
-        _set_where_labelled(m, lab, stats, np.flatnonzero(small), 1)
-    _, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-    drop = stats[:, cv2.CC_STAT_AREA] < min_piece_px
-    drop[0] = False
-    _set_where_labelled(m, lab, stats, np.flatnonzero(drop), 0)
-    return m.view(bool)
+    contours, hier = _borders(m)
+    boxes = [cv2.boundingRect(c) for c, hh in zip(contours, hier) if hh[3] != -1]
+    if len(boxes) > _MAX_BOXES or sum(w * h for *_, w, h in boxes) > m.size // 2:
+        boxes = [(0, 0, m.shape[1], m.shape[0])]
+    for x, y, w, h in boxes:
+        sub = m[y : y + h, x : x + w]
+        _, lab, st, _ = cv2.connectedComponentsWithStats(1 - sub, connectivity=4)
+        sx, sy, sw, sh, area = st.T
+        small = (area < min_px) & (sx > 0) & (sy > 0) & (sx + sw < w) & (sy + sh < h)
+        small[0] = False  # label 0 is the tissue (background of the inverted box)
+        _set_where_labelled(sub, lab, st, np.flatnonzero(small), 1)
+
+
+def _drop_small_pieces(m: np.ndarray, min_px: float) -> None:
+    """Set to 0 the 8-connected pieces of ``m`` under ``min_px`` pixels.
+
+    A piece's pixels number at least the area of its outer border's polygon (through boundary pixel
+    centres) less its holes' polygons; with a margin of every border's length, a piece that clears
+    ``min_px`` that way is kept uncounted. The others are labelled inside their outer border's bounding box,
+    where they lie whole.
+    """
+    import cv2
+
+    contours, hier = _borders(m)
+    doubtful = []
+    for i, c in enumerate(contours):
+        if hier[i][3] != -1:
+            continue
+        lower = cv2.contourArea(c) - cv2.arcLength(c, True)
+        j = hier[i][2]
+        while j != -1:
+            lower -= cv2.contourArea(contours[j]) + cv2.arcLength(contours[j], True)
+            j = hier[j][0]
+        if lower < min_px:
+            doubtful.append(c)
+    if len(doubtful) > _MAX_BOXES:
+        _, lab, st, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        drop = st[:, cv2.CC_STAT_AREA] < min_px
+        drop[0] = False
+        _set_where_labelled(m, lab, st, np.flatnonzero(drop), 0)
+        return
+    for c in doubtful:
+        x, y, w, h = cv2.boundingRect(c)
+        sub = m[y : y + h, x : x + w]
+        _, lab, st, _ = cv2.connectedComponentsWithStats(sub, connectivity=8)
+        k = lab[int(c[0, 0, 1]) - y, int(c[0, 0, 0]) - x]  # a border pixel of the piece
+        if k and st[k, cv2.CC_STAT_AREA] < min_px:
+            sub[lab == k] = 0
 
 
 def _set_where_labelled(out: np.ndarray, lab: np.ndarray, stats: np.ndarray, ids: np.ndarray, value: int) -> None:
