@@ -25,6 +25,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from vapt.cli.flags import DialectParser
+
 __all__ = ["main", "run_demo"]
 
 CLASSES = {"class_a": "blue_fine", "class_b": "he_coarse"}
@@ -167,10 +169,10 @@ def method_table(methods: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = DialectParser(prog="mgpath demo", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="mgpath_demo")
-    ap.add_argument("--slides-per-class", type=int, default=10)
+    ap.add_argument("--slides_per_class", type=int, default=10)
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)

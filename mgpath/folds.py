@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from vapt.cli.flags import DialectParser, add_config_options, parse_folds, print_configs
 from vapt.fileio.atomic import write_text_atomic
+from vapt.fileio.resources import resolve_config
 
 __all__ = ["main", "run_fold", "run_folds", "summarise"]
 
@@ -118,12 +120,14 @@ def run_folds(config: str, folds: list[int], out_dir: str, overrides: list[str] 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath folds", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap = DialectParser(prog="mgpath folds", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_options(ap, help="an MGPATH config (model + data + trainer blocks)")
+    ap.add_argument("--folds", nargs="+", default=["0..4"], help="folds to run: 0..4, or 0 1 2")
     ap.add_argument("--out", required=True)
     a, overrides = ap.parse_known_args(argv)
-    run_folds(a.config, a.folds, a.out, overrides)
+    if a.print_config:
+        return print_configs(a.config, lambda c: resolve_config(c, ("", "wsi/"), lister="mgpath configs"))
+    run_folds(a.config, parse_folds(a.folds), a.out, overrides)
     print((Path(a.out) / "results.md").read_text())
     return 0

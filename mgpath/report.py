@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path, write_text_atomic
 
 __all__ = ["collect", "main", "summary_table", "write_report"]
@@ -132,8 +133,8 @@ def write_report(runs: str | os.PathLike, out: str | os.PathLike | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = DialectParser(prog="mgpath report", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", help="output folder of `mgpath benchmark`")
     ap.add_argument("--out", default=None, help="where to write report.{md,csv,png} (default RUNS)")
     ap.add_argument("--published", default=None, help="CSV of paper numbers: method, auc, f1, acc, source")

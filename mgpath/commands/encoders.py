@@ -1,9 +1,10 @@
 """``mgpath encoders``: list the tile-encoder presets (dimension, input, preprocessing, weights, status)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from vapt.cli.flags import DialectParser
 
 _NORMS = {"IMAGENET": "ImageNet", "OPENAI_CLIP": "OpenAI CLIP", "HALF": "0.5/0.5", "HOPTIMUS": "H-optimus",
           "HIBOU": "Hibou"}
@@ -51,7 +52,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath encoders", description=__doc__)
+    ap = DialectParser(prog="mgpath encoders", description=__doc__)
     ap.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     a = ap.parse_args(argv)
     rows = preset_rows()

@@ -15,12 +15,13 @@ from mgpath.pipelines.jobs import find_jobs
 from mgpath.pipelines.locks import clean_temp
 from mgpath.pipelines.summary import count_statuses, format_rows
 from vapt.cli.errors import report_error
+from vapt.cli.flags import DialectParser
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgpath extract", description=pipeline.__doc__.split("\n\n")[0])
+    p = DialectParser(prog="mgpath extract", description=pipeline.__doc__.split("\n\n")[0])
     p.add_argument(
         "--coords",
         required=True,
@@ -33,35 +34,35 @@ def build_parser() -> argparse.ArgumentParser:
                    "open_clip:<name>")
     p.add_argument("--checkpoint", default=None,
                    help="the encoder's local weights: a file, the publisher's model folder or a hub-cache folder")
-    p.add_argument("--img-size", type=int, default=None, help="encoder input size (default: the encoder's)")
-    p.add_argument("--encoder-kwargs", default=None, metavar="JSON",
+    p.add_argument("--img_size", type=int, default=None, help="encoder input size (default: the encoder's)")
+    p.add_argument("--encoder_kwargs", default=None, metavar="JSON",
                    help='preset options / timm keywords, e.g. \'{"output": "trident"}\' for conch_v1')
     p.add_argument("--mean", type=float, nargs=3, default=None, help="override the encoder's normalisation mean")
     p.add_argument("--std", type=float, nargs=3, default=None, help="override the encoder's normalisation std")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers reading tiles")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
-    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--num_nodes", type=int, default=1)
     p.add_argument(
         "--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32-true on CPU)"
     )
     p.add_argument("--mpp", type=float, default=None, help="level-0 um/px override for the slides")
-    p.add_argument("--random-seed", type=int, default=0,
+    p.add_argument("--random_seed", type=int, default=0,
                    help="seed of the random weights used when no --checkpoint is given (0); part of the cache "
                    "identity, so a resumed run never mixes two random encoders")
     p.add_argument("--augment", action="store_true",
                    help="also write augmented bags (every tile randomly rotated by 90 deg k times and flipped, "
                    "as the paper's training copy) into OUT/augmented/<mag>/ (read with data.augmented: true); "
                    "done once, resumable like the plain features")
-    p.add_argument("--augment-seed", type=int, default=0, help="seed of the per-tile augmentation (0)")
+    p.add_argument("--augment_seed", type=int, default=0, help="seed of the per-tile augmentation (0)")
     p.add_argument("--reader", choices=["openslide", "fast"], default="fast",
                    help="fast (default): read JPEG-tiled svs/TIFF tiles directly (each decoded once, reduced-scale "
                         "DCT decode; about 4x the tiles/s per core), other formats with OpenSlide; openslide: "
                         "every slide with OpenSlide")
     p.add_argument("--overwrite", action="store_true", help="redo slides whose features exist or are stale")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true")
     return p
 
 

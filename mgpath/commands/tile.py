@@ -16,6 +16,7 @@ from mgpath.slides.grid import TileParams
 from mgpath.slides.reader import slide_id_from_path
 from mgpath.slides.tissue import TissueParams
 from vapt.cli.errors import report_error
+from vapt.cli.flags import DialectParser
 
 __all__ = ["build_parser", "main"]
 
@@ -37,7 +38,7 @@ def _exit_on_sigterm(signum, frame):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = DialectParser(
         prog="mgpath tile",
         description=pipeline.__doc__.split("\n\n")[0],
         epilog="\n\n".join(pipeline.__doc__.split("\n\n")[1:]),
@@ -53,43 +54,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="target magnification(s), e.g. 10 5 (10x = 1.0 um/px); default 10",
     )
     p.add_argument(
-        "--mpp-target", type=float, nargs="+", default=None, help="target um/px instead of magnification"
+        "--mpp_target", type=float, nargs="+", default=None, help="target um/px instead of magnification"
     )
-    p.add_argument("--tile-size", type=int, default=256, help="tile pixels at the target resolution (256)")
+    p.add_argument("--tile_size", type=int, default=256, help="tile pixels at the target resolution (256)")
     p.add_argument("--overlap", type=int, default=0, help="overlap in target pixels (0)")
-    p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction per tile (0.5)")
-    p.add_argument("--no-tissue", action="store_true", help="keep every grid tile (no tissue filter)")
+    p.add_argument("--min_tissue", type=float, default=0.5, help="minimum tissue fraction per tile (0.5)")
+    p.add_argument("--no_tissue", action="store_true", help="keep every grid tile (no tissue filter)")
     p.add_argument("--edge", action="store_true", help="keep tiles crossing the right/bottom border")
     p.add_argument("--workers", type=int, default=1, help="slides processed in parallel (processes)")
     p.add_argument("--mpp", type=float, default=None, help="level-0 um/px override for every slide")
     p.add_argument(
-        "--mpp-csv", default=None, help="CSV with columns slide_id (or wsi) and mpp: per-slide override"
+        "--mpp_csv", default=None, help="CSV with columns slide_id (or wsi) and mpp: per-slide override"
     )
     p.add_argument(
-        "--seg-mpp", type=float, default=TissueParams.seg_mpp, help="um/px of the segmentation image (4; finer on small slides)"
+        "--seg_mpp", type=float, default=TissueParams.seg_mpp, help="um/px of the segmentation image (4; finer on small slides)"
     )
     p.add_argument("--threshold", choices=["fixed", "otsu"], default=TissueParams.threshold)
     p.add_argument(
-        "--min-saturation",
+        "--min_saturation",
         type=int,
         default=TissueParams.min_saturation,
         help="saturation threshold 0-255 (fixed) / floor (otsu) (15)",
     )
     p.add_argument(
-        "--min-tissue-area",
+        "--min_tissue_area",
         type=float,
         default=TissueParams.min_tissue_mm2,
         help="drop tissue pieces under this many mm^2 (0.05)",
     )
     p.add_argument(
-        "--min-hole-area",
+        "--min_hole_area",
         type=float,
         default=TissueParams.min_hole_mm2,
         help="fill holes under this many mm^2 (0.01)",
     )
     p.add_argument("--overwrite", action="store_true", help="redo slides whose outputs already exist")
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
 

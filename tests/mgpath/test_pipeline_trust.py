@@ -315,7 +315,7 @@ def test_killing_the_tile_parent_ends_its_workers(slides, tmp_path):
 def test_any_failure_is_one_line_and_debug_shows_the_traceback(slides, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "x.ckpt"
     bad.write_bytes(b"garbage")
-    argv = ["heatmap", "--ckpt", str(bad), "--slide", str(slides / "s0_ihc.tiff"), "--out", str(tmp_path / "o.png")]
+    argv = ["heatmap", "--ckpt_path", str(bad), "--slide", str(slides / "s0_ihc.tiff"), "--out", str(tmp_path / "o.png")]
     assert mgpath_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mgpath heatmap: ") and "--debug" in err[0]

@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from vapt.cli.flags import DialectParser
 from vapt.model import PromptedViT, build_model
 from vapt.prompts import METHODS, PromptConfig
 
@@ -50,17 +51,17 @@ def format_table(model: PromptedViT) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vapt summary", description=__doc__)
+    p = DialectParser(prog="vapt summary", description=__doc__)
     p.add_argument("model", help="timm ViT name or open_clip:<name>")
     p.add_argument("--method", choices=METHODS, default="vapt")
-    p.add_argument("--num-tokens", type=int, default=10)
+    p.add_argument("--num_tokens", type=int, default=10)
     p.add_argument("--shallow", action="store_true", help="VPT-shallow instead of deep")
-    p.add_argument("--kernel-size", type=int, default=2)
-    p.add_argument("--hidden-dim", type=int, default=8)
-    p.add_argument("--vpt-depth", type=int, default=1)
-    p.add_argument("--no-share-projector", action="store_true")
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--kernel_size", type=int, default=2)
+    p.add_argument("--hidden_dim", type=int, default=8)
+    p.add_argument("--vpt_depth", type=int, default=1)
+    p.add_argument("--no_share_projector", action="store_true")
+    p.add_argument("--num_classes", type=int, default=100)
+    p.add_argument("--img_size", type=int, default=None)
     return p
 
 
