@@ -26,6 +26,7 @@ import pandas as pd
 from vapt.cli.flags import DialectParser, add_config_options, parse_folds, print_configs
 from vapt.fileio.atomic import write_text_atomic
 from vapt.fileio.resources import resolve_config
+from vapt.reporting.tables import markdown_table
 
 __all__ = ["main", "run_fold", "run_folds", "summarise"]
 
@@ -52,9 +53,8 @@ def summarise(per_fold: list[dict], out_dir: str | os.PathLike) -> pd.DataFrame:
 
 def _markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
-    lines = ["| fold | " + " | ".join(f"test {c}" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for idx, row in table.iterrows():
-        lines.append(f"| {idx} | " + " | ".join(f"{row[c]:.4f}" for c in cols) + " |")
+    lines = markdown_table(["fold", *(f"test {c}" for c in cols)],
+                           ([idx, *(f"{row[c]:.4f}" for c in cols)] for idx, row in table.iterrows()))
     m, s, s0 = table.loc["mean"], table.loc["std"], table.loc["std_ddof0"]
     lines += ["", "mean ± std (sample std, ddof 1): " + ", ".join(f"{c} {m[c]:.4f} ± {s[c]:.4f}" for c in cols),
               "mean ± std_ddof0 (np.std, as the official main.py, which labels it 'var'): "

@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ckpt_path", required=True, deprecated=("--ckpt",), help="Lightning checkpoint of MGPATHModule (e.g. the best one of fit)")
     ap.add_argument("--slide", "--slides", dest="slide", required=True,
                     help="a slide file, or a folder of slides (then --out is a folder: one PNG per slide + index)")
+    ap.add_argument("--recursive", action="store_true", help="with a folder of --slides: its subfolders too")
     ap.add_argument("--features_root", default=None, help="folder with <mag>/<slide_id>.h5")
     ap.add_argument("--features", nargs="*", default=None, help="explicit MAG=FILE pairs, e.g. 5x=a.h5 10x=b.h5")
     ap.add_argument("--slide_id", default=None, help="default: the slide file name without extension")
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not a.features_root:
             ap.error("a folder of slides needs --features-root (the features of each slide are found by its id)")
-        slides, _ = find_slides([a.slide])
+        slides, _ = find_slides([a.slide], a.recursive)
         if not slides:
             ap.error(f"no slide files in {a.slide}")
         rows = heatmap_folder(module.model, slides, a.features_root, a.out, a.mpp, a.max_size)

@@ -165,17 +165,36 @@ def test_help_lists_the_canonical_spelling_only(parsers):
     assert isinstance(parsers["mgpath tile"], argparse.ArgumentParser)
 
 
-def test_old_module_paths_import_with_a_notice(capfd):
+def test_old_module_paths_import_with_a_notice():
     import subprocess
     import sys
 
-    code = ("from vapt.module import PromptTuningModule as A; from vapt.training.module import PromptTuningModule as B;"
-            "from vapt.encoders import build_encoder as C; from vapt.backbones import build_encoder as D;"
+    from vapt.moved_modules import MOVED
+
+    assert MOVED["vapt.module"] == "vapt.training.module"  # the class_path of older configs
+    code = ("from vapt.atomic import atomic_path as A; from vapt.fileio.atomic import atomic_path as B;"
+            "from vapt.errors import one_line as C; from vapt.cli.errors import one_line as D;"
             "print(A is B and C is D)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
     assert r.stdout.strip() == "True", r.stderr
     assert r.stderr.strip().splitlines() == [
-        "vapt: the module vapt.module moved to vapt.training.module; update the import or class_path (the old "
+        "vapt: the module vapt.atomic moved to vapt.fileio.atomic; update the import or class_path (the old "
         "path will be removed)",
-        "vapt: the module vapt.encoders moved to vapt.backbones; update the import or class_path (the old path "
+        "vapt: the module vapt.errors moved to vapt.cli.errors; update the import or class_path (the old path "
         "will be removed)"]
+
+
+def test_mgpath_runs_use_the_vapt_run_folder_layout(tmp_path):
+    import os
+
+    from mgpath.lightning_cli import VERSION_ENV, make_cli
+
+    (tmp_path / "mycohort").mkdir()
+    args = ["--config", str(REPO / "configs/wsi/demo_tiny.yaml"), "--trainer.logger=true",
+            "--data.labels_csv", str(tmp_path / "mycohort" / "labels.csv"), "--data.split_csv", "s_{fold}.csv",
+            "--data.features_root", str(tmp_path), "--model.descriptions", str(REPO / "data/prompts/demo.json"),
+            "--trainer.default_root_dir", str(tmp_path / "runs")]
+    trainer = make_cli(args, run=False).trainer
+    assert [type(lg).__name__ for lg in trainer.loggers] == ["CSVLogger", "TensorBoardLogger"]
+    assert {lg.log_dir for lg in trainer.loggers} == {str(tmp_path / "runs" / "mycohort" / "mgpath" / "version_0")}
+    assert VERSION_ENV not in os.environ

@@ -18,7 +18,7 @@ from mgpath.slides.tissue import TissueParams
 from vapt.cli.errors import report_error
 from vapt.cli.flags import DialectParser
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_run_options", "add_tile_options", "build_parser", "main", "tile_settings"]
 
 
 def _read_mpp_csv(path: str) -> dict[str, float]:
@@ -33,7 +33,7 @@ def _read_mpp_csv(path: str) -> dict[str, float]:
     return out
 
 
-def _exit_on_sigterm(signum, frame):
+def exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
@@ -46,6 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files and/or folders of slides")
     p.add_argument("--out", required=True, help="output folder (see layout in `mgpath tile --help`)")
+    add_tile_options(p)
+    add_run_options(p)
+    return p
+
+
+def add_run_options(p: DialectParser, workers_help: str = "slides processed in parallel (processes)") -> None:
+    """How a batch of slides runs: ``--workers``, ``--mpp``, ``--overwrite``, ``--recursive``, ``--no_progress``."""
+    p.add_argument("--workers", type=int, default=1, help=workers_help)
+    p.add_argument("--mpp", type=float, default=None, help="level-0 um/px override for every slide")
+    p.add_argument("--overwrite", action="store_true", help="redo slides whose outputs already exist")
+    p.add_argument("--recursive", action="store_true", help="search folders of slides recursively")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def add_tile_options(p: DialectParser) -> None:
+    """The tiling and tissue options of ``mgpath tile`` (also those of ``mgpath prepare``)."""
     p.add_argument(
         "--magnification",
         type=float,
@@ -61,8 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min_tissue", type=float, default=0.5, help="minimum tissue fraction per tile (0.5)")
     p.add_argument("--no_tissue", action="store_true", help="keep every grid tile (no tissue filter)")
     p.add_argument("--edge", action="store_true", help="keep tiles crossing the right/bottom border")
-    p.add_argument("--workers", type=int, default=1, help="slides processed in parallel (processes)")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 um/px override for every slide")
     p.add_argument(
         "--mpp_csv", default=None, help="CSV with columns slide_id (or wsi) and mpp: per-slide override"
     )
@@ -88,51 +102,53 @@ def build_parser() -> argparse.ArgumentParser:
         default=TissueParams.min_hole_mm2,
         help="fill holes under this many mm^2 (0.01)",
     )
-    p.add_argument("--overwrite", action="store_true", help="redo slides whose outputs already exist")
-    p.add_argument("--recursive", action="store_true", help="search folders recursively")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return p
+
+
+def tile_settings(args: argparse.Namespace) -> tuple[list[TileParams], TissueParams, float | dict | None]:
+    """``(tile params per resolution, tissue params, mpp override)`` from parsed tile options."""
+    tps = []
+    if args.mpp_target:
+        tps += [
+            TileParams(
+                args.tile_size, None, m, args.overlap, args.min_tissue, not args.no_tissue, args.edge
+            )
+            for m in args.mpp_target
+        ]
+    mags = args.magnification or ([] if args.mpp_target else [10.0])
+    tps += [
+        TileParams(args.tile_size, m, None, args.overlap, args.min_tissue, not args.no_tissue, args.edge)
+        for m in mags
+    ]
+    tissue = TissueParams(
+        seg_mpp=args.seg_mpp,
+        threshold=args.threshold,
+        min_saturation=args.min_saturation,
+        min_tissue_mm2=args.min_tissue_area,
+        min_hole_mm2=args.min_hole_area,
+    )
+    mpp = _read_mpp_csv(args.mpp_csv) if args.mpp_csv else args.mpp
+    if args.mpp is not None and args.mpp <= 0:
+        raise ValueError(f"--mpp must be positive, got {args.mpp}")
+    return tps, tissue, mpp
 
 
 def main(argv: list[str] | None = None) -> int:
     """``mgpath tile``. Exit status 0 when every slide is done or cached, 1 when some were skipped."""
     args = build_parser().parse_args(argv)
     try:
-        tps = []
-        if args.mpp_target:
-            tps += [
-                TileParams(
-                    args.tile_size, None, m, args.overlap, args.min_tissue, not args.no_tissue, args.edge
-                )
-                for m in args.mpp_target
-            ]
-        mags = args.magnification or ([] if args.mpp_target else [10.0])
-        tps += [
-            TileParams(args.tile_size, m, None, args.overlap, args.min_tissue, not args.no_tissue, args.edge)
-            for m in mags
-        ]
-        tissue = TissueParams(
-            seg_mpp=args.seg_mpp,
-            threshold=args.threshold,
-            min_saturation=args.min_saturation,
-            min_tissue_mm2=args.min_tissue_area,
-            min_hole_mm2=args.min_hole_area,
-        )
-        mpp = _read_mpp_csv(args.mpp_csv) if args.mpp_csv else args.mpp
-        if args.mpp is not None and args.mpp <= 0:
-            raise ValueError(f"--mpp must be positive, got {args.mpp}")
+        tps, tissue, mpp = tile_settings(args)
     except (ValueError, OSError) as e:
         return report_error("mgpath tile", e)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that the worker pool is ended with this process
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # so that the worker pool is ended with this process
     rows = tile_slides(
         args.inputs,
         args.out,
         tps,
-        tissue,
-        mpp,
-        args.workers,
-        args.overwrite,
-        args.recursive,
+        tissue_params=tissue,
+        mpp=mpp,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        recursive=args.recursive,
         progress=not args.no_progress,
     )
     print(format_summary(rows, [tp.tag for tp in tps]))

@@ -247,7 +247,7 @@ def test_interrupted_extraction_resumes_to_the_uninterrupted_result(tiled, slide
     jobs, _ = find_jobs(tiled, tmp_path / "out", str(slides))
     enc = build_encoder(ENC, checkpoint=ckpt, img_size=64)
     with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into SystemExit(1) after its graceful shutdown
-        extract_pipeline.extract_features(jobs, enc, ENC, ckpt, batch_size=8, workers=0, accelerator="cpu",
+        extract_pipeline.extract_features(jobs, enc, ENC, checkpoint=ckpt, batch_size=8, workers=0, accelerator="cpu",
                                           progress=False, callbacks=[Die()])
     assert not (tmp_path / "out" / "2.5x" / "s1_he.h5").exists()
     assert not list((tmp_path / "out").rglob("*.lock"))  # released on the way out
