@@ -26,10 +26,10 @@ SUBCOMMANDS = {
     "folds": ("mgpath.folds", "main", "train and test over all folds; mean and std per metric"),
     "benchmark": ("mgpath.benchmark", "main", "MGPATH and the baselines over the same folds (resumable)"),
     "report": ("mgpath.report", "main", "table and plot of a benchmark folder (mean ± std per method)"),
-    "zeroshot": ("mgpath.zeroshot", "main", "classify slides from the class descriptions alone"),
-    "import-official": ("mgpath.official", "main", "convert an official MGPATH checkpoint into this model"),
-    "heatmap": ("mgpath.heatmap", "main", "draw prompt attention and transport mass over a slide"),
-    "demo": ("mgpath.demo", "main", "end-to-end demo on generated slides (CPU, a few minutes)"),
+    "zeroshot": ("mgpath.commands.zeroshot", "main", "classify slides from the class descriptions alone"),
+    "import-official": ("mgpath.commands.import_official", "main", "convert an official MGPATH checkpoint into this model"),
+    "heatmap": ("mgpath.commands.heatmap", "main", "draw prompt attention and transport mass over a slide"),
+    "demo": ("mgpath.commands.demo", "main", "end-to-end demo on generated slides (CPU, a few minutes)"),
     "configs": ("vapt.resources", "mgpath_configs_main", "list (--list) or print the shipped WSI configs"),
 }
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         os.environ["MGPATH_DEBUG"] = "1"
     try:
-        return dispatch("mgpath", SUBCOMMANDS, argv, _LIGHTNING)
+        return dispatch("mgpath", SUBCOMMANDS, argv, _LIGHTNING, lister="mgpath configs --list")
     except KeyboardInterrupt:
         print("mgpath: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -26,7 +26,7 @@ import torch
 from mgpath.model import MGPATH, Bag
 from vapt.atomic import atomic_path, write_text_atomic
 
-__all__ = ["draw_heatmaps", "heatmap_figure", "heatmap_folder", "heatmap_scores", "main", "slide_heatmap", "tile_value_map"]
+__all__ = ["draw_heatmaps", "heatmap_figure", "heatmap_folder", "heatmap_scores", "run", "slide_heatmap", "tile_value_map"]
 
 
 @torch.no_grad()
@@ -249,19 +249,8 @@ def heatmap_folder(model: MGPATH, slides: list[str], features_root: str, out_dir
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath heatmap", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", required=True, help="Lightning checkpoint of MGPATHModule (e.g. the best one of fit)")
-    ap.add_argument("--slide", "--slides", dest="slide", required=True,
-                    help="a slide file, or a folder of slides (then --out is a folder: one PNG per slide + index)")
-    ap.add_argument("--features-root", default=None, help="folder with <mag>/<slide_id>.h5")
-    ap.add_argument("--features", nargs="*", default=None, help="explicit MAG=FILE pairs, e.g. 5x=a.h5 10x=b.h5")
-    ap.add_argument("--slide-id", default=None, help="default: the slide file name without extension")
-    ap.add_argument("--mpp", type=float, default=None)
-    ap.add_argument("--max-size", type=int, default=1024, help="thumbnail longer side (px)")
-    ap.add_argument("--out", required=True, help="output PNG (a folder when --slide is a folder)")
-    a = ap.parse_args(argv)
+def run(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    """``mgpath heatmap`` after parsing (`mgpath.commands.heatmap`); ``ap.error`` reports usage errors."""
     from mgpath.io import find_feature_file
     from mgpath.module import MGPATHModule
     from mgpath.slides.reader import slide_id_from_path

@@ -1,6 +1,6 @@
 """Import checkpoints of the official MGPATH code (HauschildLab/MGPATH) into :class:`mgpath.model.MGPATH`.
 
-Two official layouts are understood (reference: shared/reference/mgpath.md section 6):
+Two official layouts are understood:
 
 - a fine-tuned MGPATH ``state_dict`` (``s_{fold}_checkpoint.pt``): ``prompt_learner.{ctx,token_prefix,
   token_suffix}``, ``text_encoder.transformer.layers.*`` (HF CLIP text encoder naming),
@@ -37,7 +37,7 @@ from mgpath.text import load_state_dict_file
 from vapt.atomic import atomic_path, write_text_atomic
 from vapt.encoders.hf_clip import hf_layers_to_open_clip
 
-__all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "main"]
+__all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "run"]
 
 def hf_text_to_open_clip(layers: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """HF CLIP text-encoder layers (``{prefix}layers.i.self_attn.q_proj.weight`` ...) -> open_clip
@@ -191,18 +191,8 @@ def fresh_prefixes(state_dict: dict) -> tuple[str, ...]:
     return () if "text.prompts.ctx" in state_dict else ALIGNMENT_FRESH
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath import-official", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="official fine-tuned (s_k_checkpoint.pt) or alignment file")
-    ap.add_argument("--alignment", default=None, help="PLIP-G alignment checkpoint (token/position embeddings)")
-    ap.add_argument("--descriptions", required=True, help="prompt file used in training (official CSV or JSON)")
-    ap.add_argument("--classes", nargs="+", required=True, help="class names in label order, e.g. LUAD LUSC")
-    ap.add_argument("--magnifications", nargs="+", default=["5x", "10x"])
-    ap.add_argument("--heads", type=int, default=None, help="text attention heads (default width // 64)")
-    ap.add_argument("--no-compat", action="store_true", help="use the correct context insertion instead")
-    ap.add_argument("--out", required=True, help="output .pt with {'state_dict', 'config'}")
-    a = ap.parse_args(argv)
+def run(a: argparse.Namespace) -> int:
+    """``mgpath import-official`` after parsing (`mgpath.commands.import_official`)."""
     try:
         ckpt = load_state_dict_file(a.checkpoint)
         align = load_state_dict_file(a.alignment) if a.alignment else None

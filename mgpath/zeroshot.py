@@ -23,7 +23,7 @@ from mgpath.ot import OTConfig, ot_similarity
 from mgpath.text import PromptLearner, load_descriptions
 from vapt.atomic import atomic_path
 
-__all__ = ["ZeroShotMGPATH", "ZeroShotModule", "main"]
+__all__ = ["ZeroShotMGPATH", "ZeroShotModule", "run"]
 
 
 class ZeroShotMGPATH(nn.Module):
@@ -98,14 +98,8 @@ class ZeroShotModule(MGPATHModule):
         return self.zeroshot(slides)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath zeroshot", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="an MGPATH config (model + data blocks)")
-    ap.add_argument("--part", default="test", choices=["train", "val", "test"])
-    ap.add_argument("--tokens", default="tiles", choices=["tiles", "prompts"])
-    ap.add_argument("--out", default=None, help="CSV of per-slide probabilities")
-    a, overrides = ap.parse_known_args(argv)
+def run(a: argparse.Namespace, overrides: list[str]) -> int:
+    """``mgpath zeroshot`` after parsing (`mgpath.commands.zeroshot`); ``overrides`` go to the config."""
     import pandas as pd
     from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 

@@ -1,8 +1,15 @@
-"""`vapt` command line: dispatches each subcommand to the module that owns it (imported lazily)."""
+"""`vapt` command line: dispatches each subcommand to the module that owns it (imported lazily).
+
+``--help`` of the LightningCLI subcommands is answered here without importing Lightning
+(`vapt.lightning_help`); ``--help-all`` asks LightningCLI for its complete help.
+"""
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
+
+from vapt.lightning_help import HELP_ALL, quick_help
 
 #: subcommand -> (module, function taking argv list, one-line help)
 SUBCOMMANDS = {
@@ -17,9 +24,24 @@ SUBCOMMANDS = {
 }
 _LIGHTNING = {"fit", "validate", "test", "predict"}
 
+#: options `vapt.lightning_cli.VaptCLI` adds to LightningCLI's, for the quick --help (a test checks they agree)
+LIGHTNING_EXTRAS = (
+    ("--result_json", "FILE", "write the subcommand's final metrics to this JSON file"),
+    ("--predictions_csv", "FILE", ("predict: where the path,label,label_name,pred,pred_name,prob rows go "
+                                   "(default <default_root_dir>/predictions.csv)")),
+    ("--predict_images", "PATH", ("predict: a folder (searched recursively) or a list file of images instead of "
+                                  "the data module's test split")),
+    ("--test_after_fit", "BOOL", "fit: test the last-epoch model afterwards (the official protocol reports it)"),
+)
 
-def dispatch(prog: str, subcommands: dict, argv: list[str] | None, pass_name: set[str]) -> int:
-    """Run ``subcommands[argv[0]]`` with the remaining arguments (and the name itself for ``pass_name``)."""
+
+def dispatch(prog: str, subcommands: dict, argv: list[str] | None, pass_name: set[str],
+             lister: str = "", extras: Sequence[tuple[str, str, str]] = ()) -> int:
+    """Run ``subcommands[argv[0]]`` with the remaining arguments (and the name itself for ``pass_name``).
+
+    ``pass_name`` are the LightningCLI subcommands: their ``-h/--help`` prints `quick_help` (with ``lister``,
+    the command listing the shipped configs, and the tool's ``extras`` options) without importing them, and
+    ``--help-all`` is handed to LightningCLI as ``--help``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     width = max(len(name) for name in subcommands) + 2
     usage = "\n".join([f"usage: {prog} SUBCOMMAND [options]", "", "subcommands:"]
@@ -31,13 +53,19 @@ def dispatch(prog: str, subcommands: dict, argv: list[str] | None, pass_name: se
     if name not in subcommands:
         print(f"{prog}: unknown subcommand {name!r}\n\n{usage}", file=sys.stderr)
         return 2
+    if name in pass_name:
+        if HELP_ALL in rest:
+            rest = ["--help" if a == HELP_ALL else a for a in rest]
+        elif "-h" in rest or "--help" in rest:
+            print(quick_help(prog, name, lister or f"{prog} configs --list", extras), end="")
+            return 0
     module_name, func_name, _ = subcommands[name]
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func([name, *rest] if name in pass_name else rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch("vapt", SUBCOMMANDS, argv, _LIGHTNING)
+    return dispatch("vapt", SUBCOMMANDS, argv, _LIGHTNING, extras=LIGHTNING_EXTRAS)
 
 
 if __name__ == "__main__":

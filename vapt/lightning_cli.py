@@ -21,6 +21,12 @@ from lightning.pytorch.cli import LightningCLI
 
 from vapt.atomic import write_text_atomic as atomic_write_text
 from vapt.config_keys import SuggestingArgumentParser
+from vapt.data import (  # noqa: F401 - imported so that --data takes their short names (--data VTABDataModule)
+    DemoShapesDataModule,
+    FGVCDataModule,
+    ImageFolderDataModule,
+    VTABDataModule,
+)
 from vapt.data.base import ClassificationDataModule
 from vapt.errors import EXIT_SKIPPED, run_reporting_user_errors
 from vapt.module import PromptTuningModule

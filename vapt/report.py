@@ -25,8 +25,7 @@ from pathlib import Path
 
 from vapt.atomic import atomic_path
 from vapt.atomic import write_text_atomic as atomic_write_text
-from vapt.data.fgvc import FGVC_DATASETS
-from vapt.data.vtab import GROUPS, VTAB_TASKS
+from vapt.data.registry import FGVC_DATASETS, GROUPS, VTAB_TASKS
 from vapt.resources import data_file
 
 METHOD_ORDER = ("full", "linear", "vpt_shallow", "vpt_deep", "vapt")

@@ -1,13 +1,15 @@
-"""`vapt summary MODEL --method ...`: the tuned / total parameter table the VPT and VAPT papers report."""
+"""`vapt summary MODEL --method ...`: the tuned / total parameter table the VPT and VAPT papers report.
+
+The model code (torch, timm) is imported after the arguments are parsed, so ``--help`` answers at once.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-import torch
-
-from vapt.model import PromptedViT, build_model
-from vapt.prompts import METHODS, PromptConfig
+if TYPE_CHECKING:
+    from vapt.model import PromptedViT
 
 
 def parameter_table(model: PromptedViT) -> list[tuple[str, int, int]]:
@@ -52,7 +54,8 @@ def format_table(model: PromptedViT) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vapt summary", description=__doc__)
     p.add_argument("model", help="timm ViT name or open_clip:<name>")
-    p.add_argument("--method", choices=METHODS, default="vapt")
+    p.add_argument("--method", default="vapt", help="linear, full, vpt or vapt (default), or another method "
+                   "name vapt.PromptConfig knows")
     p.add_argument("--num-tokens", type=int, default=10)
     p.add_argument("--shallow", action="store_true", help="VPT-shallow instead of deep")
     p.add_argument("--kernel-size", type=int, default=2)
@@ -65,10 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = PromptConfig(method=args.method, num_tokens=args.num_tokens, deep=not args.shallow,
-                       kernel_size=args.kernel_size, hidden_dim=args.hidden_dim, vpt_depth=args.vpt_depth,
-                       share_projector=not args.no_share_projector)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import torch
+
+    from vapt.model import build_model
+    from vapt.prompts import PromptConfig
+
+    try:
+        cfg = PromptConfig(method=args.method, num_tokens=args.num_tokens, deep=not args.shallow,
+                           kernel_size=args.kernel_size, hidden_dim=args.hidden_dim, vpt_depth=args.vpt_depth,
+                           share_projector=not args.no_share_projector)
+    except ValueError as e:  # an unknown method or a bad combination: a usage error (exit 2)
+        parser.error(str(e))
     with torch.device("meta"):  # shapes only: no memory, no init time
         model = build_model(args.model, num_classes=args.num_classes, prompt=cfg, img_size=args.img_size)
     grid = model.backbone.grid_size()

@@ -1,4 +1,7 @@
-"""``mgpath extract``: encode the tiles of every slide with a frozen encoder into one features h5 per slide."""
+"""``mgpath extract``: encode the tiles of every slide with a frozen encoder into one features h5 per slide.
+
+The pipeline (Lightning, torch) is imported after the arguments are parsed, so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +10,14 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
-from mgpath.pipelines import extract as pipeline
-from mgpath.pipelines.extract import extract_features, weights_description, write_summary
-from mgpath.pipelines.jobs import find_jobs
-from mgpath.pipelines.locks import clean_temp
-from mgpath.pipelines.summary import count_statuses, format_rows
-
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgpath extract", description=pipeline.__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mgpath extract", description=(
+        "Tile features from a frozen encoder, one h5 per slide and magnification (features, coords, adjacency). "
+        "Tiles are read inside DataLoader workers, resized once to the encoder's input and normalised with its "
+        "mean/std; finished slides are kept on a rerun, stale ones reported."))
     p.add_argument(
         "--coords",
         required=True,
@@ -80,6 +78,13 @@ def _encoder_kwargs(text: str | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """``mgpath extract``. Exit status 0 when every slide is done or cached, 1 when some were skipped."""
     args = build_parser().parse_args(argv)
+    import torch
+
+    from mgpath.pipelines.extract import extract_features, weights_description, write_summary
+    from mgpath.pipelines.jobs import find_jobs
+    from mgpath.pipelines.locks import clean_temp
+    from mgpath.pipelines.summary import count_statuses, format_rows
+
     try:
         jobs, problems = find_jobs(args.coords, args.out, args.slides, args.mpp)
         if args.checkpoint and not Path(args.checkpoint).exists():

@@ -1,24 +1,30 @@
-"""DataModules: VTAB-1k (folder layout), FGVC (json splits), ImageFolder, and the generated demo set."""
+"""DataModules: VTAB-1k (folder layout), FGVC (json splits), ImageFolder, and the generated demo set.
+
+The names are imported lazily, so that ``vapt.data.registry`` (task tables) loads without Lightning.
+"""
 from __future__ import annotations
 
-from vapt.data.base import ClassificationDataModule, DataError, ListDataset
-from vapt.data.demo import DemoShapesDataModule
-from vapt.data.fgvc import FGVC_DATASETS, FGVCDataModule, get_fgvc
-from vapt.data.folder import ImageFolderDataModule
-from vapt.data.vtab import GROUPS, VTAB_TASKS, VTABDataModule, get_task, tasks_in_group
+import importlib
 
-__all__ = [
-    "FGVC_DATASETS",
-    "GROUPS",
-    "VTAB_TASKS",
-    "ClassificationDataModule",
-    "DataError",
-    "DemoShapesDataModule",
-    "FGVCDataModule",
-    "ImageFolderDataModule",
-    "ListDataset",
-    "VTABDataModule",
-    "get_fgvc",
-    "get_task",
-    "tasks_in_group",
-]
+_EXPORTS = {
+    "FGVC_DATASETS": "vapt.data.registry",
+    "GROUPS": "vapt.data.registry",
+    "VTAB_TASKS": "vapt.data.registry",
+    "get_fgvc": "vapt.data.registry",
+    "get_task": "vapt.data.registry",
+    "tasks_in_group": "vapt.data.registry",
+    "DataError": "vapt.data.errors",
+    "ClassificationDataModule": "vapt.data.base",
+    "ListDataset": "vapt.data.base",
+    "DemoShapesDataModule": "vapt.data.demo",
+    "FGVCDataModule": "vapt.data.fgvc",
+    "ImageFolderDataModule": "vapt.data.folder",
+    "VTABDataModule": "vapt.data.vtab",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vapt.data' has no attribute {name!r}")

@@ -13,13 +13,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from vapt.data.decode import DECODE_ERRORS, image_problem, load_rgb
+from vapt.data.errors import DataError
 
 Sample = tuple[str, int]
 BadImage = Literal["stop", "skip"]
-
-
-class DataError(ValueError):
-    """A dataset on disk does not match what the configuration expects."""
 
 
 class ListDataset(Dataset):
