@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         os.environ["MGPATH_DEBUG"] = "1"
     try:
-        return dispatch("mgpath", SUBCOMMANDS, argv, _LIGHTNING, lister="mgpath configs --list")
+        return dispatch("mgpath", SUBCOMMANDS, argv, _LIGHTNING, lister="mgpath configs --list",
+                        examples="--trainer.max_epochs 20  --model.init_args.lr 0.0005  --data.fold 1")
     except KeyboardInterrupt:
         print("mgpath: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -36,12 +36,12 @@ LIGHTNING_EXTRAS = (
 
 
 def dispatch(prog: str, subcommands: dict, argv: list[str] | None, pass_name: set[str],
-             lister: str = "", extras: Sequence[tuple[str, str, str]] = ()) -> int:
+             lister: str = "", examples: str = "", extras: Sequence[tuple[str, str, str]] = ()) -> int:
     """Run ``subcommands[argv[0]]`` with the remaining arguments (and the name itself for ``pass_name``).
 
     ``pass_name`` are the LightningCLI subcommands: their ``-h/--help`` prints `quick_help` (with ``lister``,
-    the command listing the shipped configs, and the tool's ``extras`` options) without importing them, and
-    ``--help-all`` is handed to LightningCLI as ``--help``."""
+    the command listing the shipped configs, ``examples`` of overrides and the tool's ``extras`` options)
+    without importing them, and ``--help-all`` is handed to LightningCLI as ``--help``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     width = max(len(name) for name in subcommands) + 2
     usage = "\n".join([f"usage: {prog} SUBCOMMAND [options]", "", "subcommands:"]
@@ -57,7 +57,7 @@ def dispatch(prog: str, subcommands: dict, argv: list[str] | None, pass_name: se
         if HELP_ALL in rest:
             rest = ["--help" if a == HELP_ALL else a for a in rest]
         elif "-h" in rest or "--help" in rest:
-            print(quick_help(prog, name, lister or f"{prog} configs --list", extras), end="")
+            print(quick_help(prog, name, lister or f"{prog} configs --list", examples, extras), end="")
             return 0
     module_name, func_name, _ = subcommands[name]
     func = getattr(importlib.import_module(module_name), func_name)
@@ -65,7 +65,9 @@ def dispatch(prog: str, subcommands: dict, argv: list[str] | None, pass_name: se
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch("vapt", SUBCOMMANDS, argv, _LIGHTNING, extras=LIGHTNING_EXTRAS)
+    return dispatch("vapt", SUBCOMMANDS, argv, _LIGHTNING, extras=LIGHTNING_EXTRAS,
+                    examples="--trainer.max_epochs 10  --model.init_args.lr 0.5  --data.init_args.batch_size 32\n"
+                             "(short forms: --model.lr 0.5, --data.batch_size 32)")
 
 
 if __name__ == "__main__":

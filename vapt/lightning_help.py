@@ -24,7 +24,8 @@ ACTIONS = {
 }
 
 
-def quick_help(prog: str, subcommand: str, lister: str, extras: Sequence[tuple[str, str, str]] = ()) -> str:
+def quick_help(prog: str, subcommand: str, lister: str, examples: str,
+               extras: Sequence[tuple[str, str, str]] = ()) -> str:
     """Help text of ``prog subcommand`` built without Lightning.
 
     Parameters
@@ -35,6 +36,8 @@ def quick_help(prog: str, subcommand: str, lister: str, extras: Sequence[tuple[s
         One of `ACTIONS`.
     lister : str
         The command that lists the shipped configs (``"vapt configs --list"``).
+    examples : str
+        Example overrides by dotted key (``"--trainer.max_epochs 10  --model.init_args.lr 0.5"``).
     extras : sequence of (flag, metavar, help)
         Options the tool adds to LightningCLI's (``--result_json FILE ...``).
     """
@@ -42,9 +45,7 @@ def quick_help(prog: str, subcommand: str, lister: str, extras: Sequence[tuple[s
         prog=f"{prog} {subcommand}", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         usage=f"{prog} {subcommand} [-c CONFIG ...] [--print_config] [--KEY VALUE ...]",
         description=(f"{ACTIONS[subcommand]}\n\n"
-                     "Every value of a config can be set on the command line by its dotted key, e.g.\n"
-                     "  --trainer.max_epochs 10  --model.init_args.lr 0.5  --data.init_args.batch_size 32\n"
-                     "(the short forms --model.lr / --data.batch_size work too)."),
+                     f"Every value of a config can be set on the command line by its dotted key, e.g.\n  {examples}"),
         epilog=(f"{HELP_ALL} prints every option of the model, the data module and the trainer with its default\n"
                 f"(after -c CONFIG: with the config's values); it loads Lightning, so it takes a few seconds."))
     ap.add_argument("-c", "--config", metavar="CONFIG",
