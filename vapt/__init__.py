@@ -5,6 +5,13 @@ The public names are imported lazily so that `import vapt` stays cheap for comma
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the same names, visible to type checkers and to the API docs (griffe)
+    from vapt.backbones import BackboneError, ViTEncoder, build_encoder  # noqa: F401
+    from vapt.checkpoints import export_official_checkpoint, load_official_checkpoint  # noqa: F401
+    from vapt.model import PromptedViT, build_model  # noqa: F401
+    from vapt.prompts import PromptConfig  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -5,6 +5,16 @@ The names are imported lazily, so that ``vapt.data.registry`` (task tables) load
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the same names, visible to type checkers and to the API docs (griffe)
+    from vapt.data.base import ClassificationDataModule, ListDataset  # noqa: F401
+    from vapt.data.demo import DemoShapesDataModule  # noqa: F401
+    from vapt.data.errors import DataError  # noqa: F401
+    from vapt.data.fgvc import FGVCDataModule  # noqa: F401
+    from vapt.data.folder import ImageFolderDataModule  # noqa: F401
+    from vapt.data.registry import FGVC_DATASETS, GROUPS, VTAB_TASKS, get_fgvc, get_task, tasks_in_group  # noqa: F401
+    from vapt.data.vtab import VTABDataModule  # noqa: F401
 
 _EXPORTS = {
     "FGVC_DATASETS": "vapt.data.registry",
