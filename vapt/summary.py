@@ -52,7 +52,9 @@ def format_table(model: PromptedViT) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vapt summary", description=__doc__)
+    p = argparse.ArgumentParser(prog="vapt summary", description=(
+        "Tuned and total parameters per module of a prompt model, as the VPT and VAPT papers report them. "
+        "Only shapes are built: no weights are loaded."))
     p.add_argument("model", help="timm ViT name or open_clip:<name>")
     p.add_argument("--method", default="vapt", help="linear, full, vpt or vapt (default), or another method "
                    "name vapt.PromptConfig knows")

@@ -42,7 +42,7 @@ def render(full: bool = True) -> str:
     """Markdown of both tools: a section per tool, a subsection per subcommand with its ``--help``.
 
     ``full`` adds LightningCLI's complete option list of ``fit`` (imports Lightning)."""
-    os.environ.setdefault("COLUMNS", "110")
+    os.environ["COLUMNS"] = "100"  # argparse wraps help at this width
     out = []
     for prog in TOOLS:
         subcommands = __import__(f"{prog}.cli", fromlist=["SUBCOMMANDS"]).SUBCOMMANDS
