@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vapt.atomic import atomic_path
+from vapt.fileio.atomic import atomic_path
 
 __all__ = ["check_no_leakage", "main", "make_kshot_splits", "read_labels", "read_split_csv", "write_split_csv"]
 

@@ -78,7 +78,7 @@ def _run(commands: dict, preload: list[str], cwd: Path) -> dict:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     from mgpath.cli import SUBCOMMANDS as MGPATH
-    from vapt.cli import SUBCOMMANDS as VAPT
+    from vapt.cli.subcommands import SUBCOMMANDS as VAPT
 
     d = tmp_path_factory.mktemp("light")
     i = _inputs(d)

@@ -4,11 +4,14 @@ The public names are imported lazily so that `import vapt` stays cheap for comma
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from vapt.lazy_exports import lazy_getattr
+
 if TYPE_CHECKING:  # the same names, visible to type checkers and to the API docs (griffe)
-    from vapt.backbones import BackboneError, ViTEncoder, build_encoder  # noqa: F401
+    from vapt.backbones.errors import BackboneError  # noqa: F401
+    from vapt.backbones.factory import build_backbone, build_encoder  # noqa: F401
+    from vapt.backbones.vit import ViTEncoder  # noqa: F401
     from vapt.checkpoints import export_official_checkpoint, load_official_checkpoint  # noqa: F401
     from vapt.model import PromptedViT, build_model  # noqa: F401
     from vapt.prompts import PromptConfig  # noqa: F401
@@ -19,16 +22,12 @@ _EXPORTS = {
     "PromptConfig": "vapt.prompts",
     "PromptedViT": "vapt.model",
     "build_model": "vapt.model",
-    "ViTEncoder": "vapt.backbones",
-    "build_encoder": "vapt.backbones",
-    "BackboneError": "vapt.backbones",
+    "ViTEncoder": "vapt.backbones.vit",
+    "build_backbone": "vapt.backbones.factory",  # what prompt tuning accepts: a frozen ViTEncoder
+    "build_encoder": "vapt.backbones.factory",  # any encoder preset, timm model or open_clip tower
+    "BackboneError": "vapt.backbones.errors",
     "load_official_checkpoint": "vapt.checkpoints",
     "export_official_checkpoint": "vapt.checkpoints",
 }
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vapt' has no attribute {name!r}")
+__getattr__ = lazy_getattr("vapt", _EXPORTS)

@@ -14,7 +14,8 @@ import os
 import sys
 
 MARKER = "<!-- cli-reference -->"
-TOOLS = ("vapt", "mgpath")
+#: tool -> the module holding its SUBCOMMANDS table
+TOOLS = {"vapt": "vapt.cli.subcommands", "mgpath": "mgpath.cli"}
 
 
 def _capture(prog: str, argv: list[str]) -> str:
@@ -45,7 +46,7 @@ def render(full: bool = True) -> str:
     os.environ["COLUMNS"] = "100"  # argparse wraps help at this width
     out = []
     for prog in TOOLS:
-        subcommands = __import__(f"{prog}.cli", fromlist=["SUBCOMMANDS"]).SUBCOMMANDS
+        subcommands = __import__(TOOLS[prog], fromlist=["SUBCOMMANDS"]).SUBCOMMANDS
         out += [f"## {prog}", "", _block(_capture(prog, ["--help"])), ""]
         for name, (_, _, summary) in subcommands.items():
             out += [f"### {prog} {name}", "", summary[:1].upper() + summary[1:] + ".", "",

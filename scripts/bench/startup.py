@@ -52,7 +52,7 @@ def light_commands(d: Path) -> dict[str, list[str]]:
     """Label -> arguments (``vapt ...`` / ``mgpath ...``) of every light command."""
     sys.path.insert(0, str(REPO))
     from mgpath.cli import SUBCOMMANDS as MGPATH
-    from vapt.cli import SUBCOMMANDS as VAPT
+    from vapt.cli.subcommands import SUBCOMMANDS as VAPT
 
     inputs = make_inputs(d)
     cmds = {"vapt --help": ["vapt", "--help"], "mgpath --help": ["mgpath", "--help"]}

@@ -4,16 +4,17 @@ The names are imported lazily, so that ``vapt.data.registry`` (task tables) load
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from vapt.lazy_exports import lazy_getattr
 
 if TYPE_CHECKING:  # the same names, visible to type checkers and to the API docs (griffe)
     from vapt.data.base import ClassificationDataModule, ListDataset  # noqa: F401
     from vapt.data.demo import DemoShapesDataModule  # noqa: F401
-    from vapt.data.errors import DataError  # noqa: F401
     from vapt.data.fgvc import FGVCDataModule  # noqa: F401
     from vapt.data.folder import ImageFolderDataModule  # noqa: F401
     from vapt.data.registry import FGVC_DATASETS, GROUPS, VTAB_TASKS, get_fgvc, get_task, tasks_in_group  # noqa: F401
+    from vapt.data.samples import DataError  # noqa: F401
     from vapt.data.vtab import VTABDataModule  # noqa: F401
 
 _EXPORTS = {
@@ -23,7 +24,7 @@ _EXPORTS = {
     "get_fgvc": "vapt.data.registry",
     "get_task": "vapt.data.registry",
     "tasks_in_group": "vapt.data.registry",
-    "DataError": "vapt.data.errors",
+    "DataError": "vapt.data.samples",
     "ClassificationDataModule": "vapt.data.base",
     "ListDataset": "vapt.data.base",
     "DemoShapesDataModule": "vapt.data.demo",
@@ -33,8 +34,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vapt.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr("vapt.data", _EXPORTS)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vapt.data.errors import DataError
+from vapt.data.samples import DataError
 
 SPLITS = ("train800", "val200", "train800val200", "test")
 GROUPS = ("natural", "specialized", "structured")
