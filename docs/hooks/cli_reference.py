@@ -45,8 +45,8 @@ def render(full: bool = True) -> str:
     ``full`` adds LightningCLI's complete option list of ``fit`` (imports Lightning)."""
     os.environ["COLUMNS"] = "100"  # argparse wraps help at this width
     out = []
-    for prog in TOOLS:
-        subcommands = __import__(TOOLS[prog], fromlist=["SUBCOMMANDS"]).SUBCOMMANDS
+    for prog, table in TOOLS.items():
+        subcommands = __import__(table, fromlist=["SUBCOMMANDS"]).SUBCOMMANDS
         out += [f"## {prog}", "", _block(_capture(prog, ["--help"])), ""]
         for name, (_, _, summary) in subcommands.items():
             out += [f"### {prog} {name}", "", summary[:1].upper() + summary[1:] + ".", "",
