@@ -3,7 +3,9 @@
 
 Each command runs as its own process (``python -m vapt.cli ...`` / ``python -m mgpath.cli ...``), the commands
 interleaved round after round; the figure is the median wall time over the rounds, from process start to exit.
-It also records which heavy libraries each command imported (``lightning``, ``torch``). Prints one JSON line:
+The CPU seconds (user + system) of each process are reported too: on a machine shared with other jobs they
+vary less than the wall time. It also records which heavy libraries each command imported (``lightning``,
+``torch``). Prints one JSON line:
 
     python scripts/bench/startup.py [--rounds 5] [--target 1.5]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -71,14 +74,19 @@ def light_commands(d: Path) -> dict[str, list[str]]:
     return cmds
 
 
-def run_once(args: list[str], env: dict) -> tuple[float, list[str], int]:
-    """Wall seconds, heavy libraries imported and exit status of one command in a fresh process."""
-    t0 = time.perf_counter()
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_once(args: list[str], env: dict) -> tuple[float, float, list[str], int]:
+    """Wall seconds, CPU seconds, heavy libraries imported and exit status of one command in a fresh process."""
+    t0, c0 = time.perf_counter(), _children_cpu()
     p = subprocess.run([sys.executable, "-c", PROBE, f"{args[0]}.cli", *args[1:]], env=env, cwd=REPO,
                        capture_output=True, text=True, check=False)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, _children_cpu() - c0
     heavy = next((json.loads(line[6:]) for line in p.stderr.splitlines() if line.startswith("HEAVY=")), None)
-    return dt, heavy, p.returncode
+    return dt, cpu, heavy, p.returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,17 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cmds = light_commands(Path(tmp))
         times: dict[str, list[float]] = {k: [] for k in ["python -c pass", *cmds]}
+        cpus: dict[str, list[float]] = {k: [] for k in times}
         heavy, status = {}, {}
         for _ in range(a.rounds):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _children_cpu()
             subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
             times["python -c pass"].append(time.perf_counter() - t0)
+            cpus["python -c pass"].append(_children_cpu() - c0)
             for label, args in cmds.items():
-                dt, heavy[label], status[label] = run_once(args, env)
+                dt, cpu, heavy[label], status[label] = run_once(args, env)
                 times[label].append(dt)
+                cpus[label].append(cpu)
     median = {k: round(statistics.median(v), 3) for k, v in times.items()}
     print(json.dumps({
         "rounds": a.rounds, "target_s": a.target, "median_s": median,
+        "median_cpu_s": {k: round(statistics.median(v), 3) for k, v in cpus.items()},
         "over_target": sorted(k for k, v in median.items() if v >= a.target),
         "imports_lightning": sorted(k for k, v in heavy.items() if v and "lightning" in v),
         "imports_torch": sorted(k for k, v in heavy.items() if v and "torch" in v),
