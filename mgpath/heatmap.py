@@ -8,8 +8,8 @@ Per magnification and tile:
   the class's OT similarity; with unbalanced OT the mass itself varies too); this is spread back to the tiles
   through the attention weights: ``score_c(n) = sum_m att[m, n] * sum_s T*_c[m, s] cos_c[m, s]``.
 
-``mgpath heatmap --ckpt best.ckpt --slide slides/x.tiff --features-root features --out x.png``
-``mgpath heatmap --ckpt best.ckpt --slides slides/ --features-root features --out heatmaps/`` (one PNG per slide,
+``mgpath heatmap --ckpt_path best.ckpt --slide slides/x.tiff --features_root features --out x.png``
+``mgpath heatmap --ckpt_path best.ckpt --slides slides/ --features_root features --out heatmaps/`` (one PNG per slide,
 plus ``index.html``, ``index.png`` and ``index.csv``)
 """
 from __future__ import annotations
@@ -255,22 +255,22 @@ def run(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     from mgpath.module import MGPATHModule
     from mgpath.slides.reader import slide_id_from_path
 
-    if not Path(a.ckpt).is_file():
-        ap.error(f"checkpoint {a.ckpt} does not exist (the best one of `mgpath fit` is under "
+    if not Path(a.ckpt_path).is_file():
+        ap.error(f"checkpoint {a.ckpt_path} does not exist (the best one of `mgpath fit` is under "
                  "<default_root_dir>/checkpoints/)")
     if not Path(a.slide).exists():
         ap.error(f"slide {a.slide} does not exist")
     try:
-        module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu")
+        module = MGPATHModule.load_from_checkpoint(a.ckpt_path, map_location="cpu")
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{a.ckpt} is not a readable MGPATH checkpoint ({type(e).__name__}); give a .ckpt "
+        raise ValueError(f"{a.ckpt_path} is not a readable MGPATH checkpoint ({type(e).__name__}); give a .ckpt "
                          "written by `mgpath fit`") from None
     if Path(a.slide).is_dir():
         from mgpath.pipelines.discovery import find_slides
 
         if not a.features_root:
             ap.error("a folder of slides needs --features-root (the features of each slide are found by its id)")
-        slides, _ = find_slides([a.slide])
+        slides, _ = find_slides([a.slide], a.recursive)
         if not slides:
             ap.error(f"no slide files in {a.slide}")
         rows = heatmap_folder(module.model, slides, a.features_root, a.out, a.mpp, a.max_size)

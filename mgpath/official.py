@@ -194,7 +194,7 @@ def fresh_prefixes(state_dict: dict) -> tuple[str, ...]:
 def run(a: argparse.Namespace) -> int:
     """``mgpath import-official`` after parsing (`mgpath.commands.import_official`)."""
     try:
-        ckpt = load_state_dict_file(a.checkpoint)
+        ckpt = load_state_dict_file(a.ckpt_path)
         align = load_state_dict_file(a.alignment) if a.alignment else None
     except (FileNotFoundError, ValueError) as err:
         return report_error("mgpath import-official", err)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vapt import moved_modules
 from vapt.lazy_exports import lazy_getattr
 
 if TYPE_CHECKING:  # the same names, visible to type checkers and to the API docs (griffe)
@@ -31,3 +32,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_getattr("vapt", _EXPORTS)
+moved_modules.install()  # old module paths (vapt.module, vapt.encoders ...) still import, with a notice

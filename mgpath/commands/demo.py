@@ -14,14 +14,16 @@ import argparse
 import json
 import sys
 
+from vapt.cli.flags import DialectParser
+
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="mgpath demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> DialectParser:
+    ap = DialectParser(prog="mgpath demo", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="mgpath_demo")
-    ap.add_argument("--slides-per-class", type=int, default=10)
+    ap.add_argument("--slides_per_class", type=int, default=10)
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)

@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vapt.cli.flags import DialectParser, add_config_options, print_configs
+from vapt.fileio.resources import resolve_config
+
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="mgpath zeroshot", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="an MGPATH config (model + data blocks)")
+def build_parser() -> DialectParser:
+    ap = DialectParser(prog="mgpath zeroshot", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_options(ap, help="an MGPATH config (model + data blocks)")
     ap.add_argument("--part", default="test", choices=["train", "val", "test"])
     ap.add_argument("--tokens", default="tiles", choices=["tiles", "prompts"])
     ap.add_argument("--out", default=None, help="CSV of per-slide probabilities")
@@ -29,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``mgpath zeroshot``: parse (``--help`` needs no model code), then classify."""
     args, overrides = build_parser().parse_known_args(argv)
+    if args.print_config:
+        return print_configs(args.config, lambda c: resolve_config(c, ("", "wsi/"), lister="mgpath configs"))
     from mgpath.zeroshot import run
 
     return run(args, overrides)
