@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and to the API doc
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "PromptConfig": "vapt.prompts",
+    "PromptConfig": "vapt.peft.vpt",
     "PromptedViT": "vapt.model",
     "build_model": "vapt.model",
     "ViTEncoder": "vapt.backbones.vit",
