@@ -42,3 +42,16 @@ def test_nav_keeps_only_existing_pages(hook, tmp_path):
            {"Empty": [{"D": "d.md"}]}, "https://example.org"]
     config = hook.on_config({"docs_dir": str(tmp_path), "nav": nav})
     assert config["nav"] == [{"A": "a.md"}, {"Group": [{"B": "sub/b.md"}]}, "https://example.org"]
+
+
+@pytest.mark.parametrize("package", ["vapt", "vapt.data"])
+def test_api_docs_see_every_lazy_export(package):
+    """The packages export names lazily (``_EXPORTS``); their ``if TYPE_CHECKING:`` imports, which the API
+    reference (griffe) and type checkers read, name the same objects from the same modules."""
+    import ast
+    import importlib
+
+    tree = ast.parse((REPO / package.replace(".", "/") / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    seen = {alias.name: node.module for node in block.body for alias in node.names}
+    assert seen == importlib.import_module(package)._EXPORTS

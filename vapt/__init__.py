@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and to the API doc
     from vapt.backbones.vit import ViTEncoder  # noqa: F401
     from vapt.checkpoints import export_official_checkpoint, load_official_checkpoint  # noqa: F401
     from vapt.model import PromptedViT, build_model  # noqa: F401
-    from vapt.prompts import PromptConfig  # noqa: F401
+    from vapt.peft.vpt import PromptConfig  # noqa: F401
 
 __version__ = "0.1.0"
 
