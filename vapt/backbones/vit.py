@@ -299,7 +299,8 @@ def _build_open_clip(model_name, checkpoint, img_size, pretrained) -> ViTEncoder
     tag = pretrained if isinstance(pretrained, str) else None
     # open_clip logs "No pretrained weights loaded ... initialized randomly"; untrue when the user's file follows
     with drop_log_records("No pretrained weights loaded", enabled=checkpoint is not None):
-        model = open_clip.create_model(model_name, pretrained=tag, **kwargs)
+        # the current default device (cpu, or meta under ``with torch.device("meta")`` for shape-only counts)
+        model = open_clip.create_model(model_name, pretrained=tag, device=torch.get_default_device(), **kwargs)
     visual = model.visual
     if not isinstance(visual, OpenClipViT):
         raise BackboneError(f"open_clip model {model_name!r} has a {type(visual).__name__} vision tower; "
