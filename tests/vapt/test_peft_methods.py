@@ -66,9 +66,9 @@ def embed(model, x):
     return tm._pos_embed(tm.patch_embed(x))
 
 
-def head(model, h, pool_skip=None):
+def head(model, h, pool_skip=None, pooled=False):
     h = ln(h, model.backbone.model.norm)
-    return model.head(h[:, 0])
+    return h[:, 0] if pooled else model.head(h[:, 0])
 
 
 def ref_lora(model, x):
@@ -173,6 +173,23 @@ def ref_gated(model, x):
     return head(model, h)
 
 
+def ref_mlp(model, x):
+    """VPT's MLP head restated: (Linear, ReLU, BatchNorm1d with running statistics) per hidden layer."""
+    f = head(model, ref_trunk(model, x), pooled=True)
+    for i in range(0, len(model.method.hidden), 3):
+        fc, bn = model.method.hidden[i], model.method.hidden[i + 2]
+        f = F.batch_norm(F.relu(f @ fc.weight.T + fc.bias), bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                         False, 0.0, bn.eps)
+    return model.head(f)
+
+
+def ref_trunk(model, x):
+    h = embed(model, x)
+    for blk in model.backbone.model.blocks:
+        h = ref_block(blk, h)
+    return h
+
+
 CASES = {
     "lora": ({}, ref_lora),
     "adapter": ({}, ref_adapter),
@@ -182,6 +199,7 @@ CASES = {
     "replora": ({"rank": 2, "hidden_dim": 4}, ref_replora),
     "gated_prompt": ({"num_tokens": 3}, ref_gated),
     "gated_prompt_nonlinear": ({"num_tokens": 3, "prompt_type": "nonlinear", "hidden_dim": 4}, ref_gated),
+    "mlp": ({"num_layers": 3, "dropout": 0.0}, ref_mlp),
 }
 
 
@@ -245,6 +263,7 @@ def test_lora_init_and_frozen_prefix():
     ("e2vpt", 92_245),           # 12*5*768 visual + 12*12*5*64 kv + 5 + 5*16 masks
     ("gatevpt", 76_823),         # 100*768 + 11 gates + 12 temperatures
     ("bitfit", 102_912),
+    ("mlp", 1_184_256),          # VPT MLP-3: 2 x (768*768 + 768) + 2 x 2*768 BatchNorm
 ])
 def test_summary_counts_vit_b16(method, expected, capsys):
     assert summary_main(["vit_base_patch16_224", "--method", method]) == 0
@@ -257,6 +276,8 @@ def test_bad_method_options_are_refused(capsys):
     assert e.value.code == 2 and "has no option(s) rnk" in capsys.readouterr().err
     with pytest.raises(ValueError, match="targets must be one of"):
         make_config("lora", targets="qk")
+    with pytest.raises(ValueError, match="1 is the linear probe"):
+        make_config("mlp", num_layers=1)
     with pytest.raises(ValueError, match="Unknown method 'lorra'"):
         make_config("lorra")
     assert {"vpt", "vapt", "lora", "adapter", "vfpt", "e2vpt", "gatevpt", "replora", "gated_prompt"} <= set(

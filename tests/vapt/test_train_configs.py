@@ -1,4 +1,4 @@
-"""Every shipped YAML config (19 VTAB-1k tasks + 5 FGVC datasets, x 11 methods, + the demo) trains one step on a
+"""Every shipped YAML config (19 VTAB-1k tasks + 5 FGVC datasets, x 12 methods, + the demo) trains one step on a
 tiny random ViT: the VPT/VAPT/linear configs and the VTAB cifar100 config of every other method through the
 LightningCLI (fast_dev_run, generated data in the real on-disk layout), every other config by building its
 module from the YAML and taking one optimiser step."""
@@ -21,7 +21,7 @@ from vapt.training.module import PromptTuningModule
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "vtab").glob("*/*.yaml")) + sorted((REPO / "configs" / "fgvc").glob("*/*.yaml"))
 CLI_METHODS = ("vapt", "vpt_deep", "vpt_shallow", "linear")
-METHODS = CLI_METHODS + ("adapter", "lora", "vfpt", "e2vpt", "gatevpt", "replora", "gated_prompt")
+METHODS = CLI_METHODS + ("adapter", "lora", "vfpt", "e2vpt", "gatevpt", "replora", "gated_prompt", "mlp")
 CLI_CONFIGS = [p for p in CONFIGS if p.parent.name in CLI_METHODS or p.stem == "cifar100"]
 STEP_CONFIGS = [p for p in CONFIGS if p not in CLI_CONFIGS]
 TINY = json.dumps({"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 1})
@@ -43,7 +43,7 @@ def test_shipped_config_set_is_complete():
     names = {(p.parent.parent.name, p.parent.name, p.stem) for p in CONFIGS}
     expected = {("vtab", m, t) for m in METHODS for t in VTAB_TASKS}
     expected |= {("fgvc", m, d) for m in METHODS for d in FGVC_DATASETS}
-    assert names == expected  # 264 files
+    assert names == expected  # 288 files
     spec = importlib.util.spec_from_file_location("make_vapt_configs", REPO / "scripts" / "make_vapt_configs.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
