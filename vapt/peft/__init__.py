@@ -39,4 +39,5 @@ from vapt.peft.sidetune import SideTuneConfig
 
 __all__ = ["MethodConfig", "PeftMethod", "build_method", "make_config", "method_class", "method_names", "register",
            "PromptConfig", "PromptGenerator", "BitFitConfig", "PartialConfig", "LoraConfig", "AdapterConfig",
-           "VFPTConfig", "E2VPTConfig", "GateVPTConfig", "RepLoraConfig", "GatedPromptConfig", "MlpHeadConfig", "SideTuneConfig"]
+           "VFPTConfig", "E2VPTConfig", "GateVPTConfig", "RepLoraConfig", "GatedPromptConfig", "MlpHeadConfig",
+           "SideTuneConfig"]

@@ -139,8 +139,8 @@ def timm_only(encoder, method: str) -> None:
     """Refuse encoders whose blocks the method cannot reach (it edits timm attention or linear layers)."""
     if encoder.library != "timm" or not hasattr(encoder.blocks[0], "attn") or not hasattr(encoder.blocks[0].attn, "qkv"):
         raise ValueError(f"{method} needs a timm ViT with fused qkv attention; {encoder.name} is not one "
-                         "(open_clip towers take vpt, vapt, vfpt, lora, replora, adapter, bitfit, partial, full "
-                         "or linear).")
+                         "(open_clip towers take vpt, vapt, vfpt, lora, replora, adapter, bitfit, partial, full, "
+                         "mlp, sidetune or linear).")
 
 
 class OutputHook:
