@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     owns_version = _VERSION_ENV not in os.environ
     try:
-        return run_reporting_errors(f"vapt {argv[0] if argv else ''}".strip(), _run, argv, USER_ERRORS)
+        return run_reporting_errors(f"vapt {argv[0] if argv else ''}".strip(), _run, argv, USER_ERRORS,
+                                    report_bugs=False)
     finally:
         if owns_version:
             os.environ.pop(_VERSION_ENV, None)

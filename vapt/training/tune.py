@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from vapt.training.lightning_cli import USER_ERRORS
 
-    return run_reporting_errors("vapt tune", run, cli_args, (*USER_ERRORS, TuneError, SweepError))
+    return run_reporting_errors("vapt tune", run, cli_args, (*USER_ERRORS, TuneError, SweepError),
+                                report_bugs=False)
 
 
 def print_estimate(report: dict) -> None:
