@@ -73,16 +73,16 @@ def test_methods_needing_timm_attention_refuse_open_clip_in_one_line(tiny_open_c
     assert "open_clip towers take vpt, vapt, vfpt, lora, replora, adapter" in err
 
 
-# timm presets at toy size: layer scale (uni_v1), SwiGLU + register tokens + CLS/mean output (virchow2),
-# DINOv2 registers (hoptimus0), patch 8 (kaiko-vits8); image sizes: a multiple of the patch, >= 63 px for sidetune
-PRESETS = {"uni_v1": 64, "virchow2": 70, "hoptimus0": 70, "kaiko-vits8": 64}
+# timm presets at toy size: SwiGLU + register tokens + layer scale + CLS/mean output (virchow2), DINOv2 registers
+# (hoptimus0), patch 8 (kaiko-vits8). sidetune reads the images, not the blocks (tested in test_peft_methods).
+PRESETS = {"virchow2": 14, "hoptimus0": 14, "kaiko-vits8": 8}
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_method_trains_on_the_timm_pathology_presets(preset):
-    size = PRESETS[preset]
+    size = 2 * PRESETS[preset]
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    for method in method_names():
+    for method in (m for m in method_names() if m != "sidetune"):
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # random-weights and normalisation warnings of weightless presets

@@ -25,6 +25,7 @@ METHODS = CLI_METHODS + ("adapter", "lora", "vfpt", "e2vpt", "gatevpt", "replora
 CLI_CONFIGS = [p for p in CONFIGS if p.parent.name in CLI_METHODS or p.stem == "cifar100"]
 STEP_CONFIGS = [p for p in CONFIGS if p not in CLI_CONFIGS]
 TINY = json.dumps({"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 1})
+TINY_SIDE = json.dumps({"patch_size": 16, "embed_dim": 16, "depth": 1, "num_heads": 1})  # 64 px, 16 patches
 QUIET = ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
          "--trainer.enable_model_summary=false", "--trainer.accelerator=cpu", "--trainer.devices=1"]
 
@@ -78,7 +79,8 @@ def test_config_fast_dev_run(config: Path, trees: Path, tmp_path: Path):
     side = config.parent.name == "sidetune"  # AlexNet needs >= 63 px; its weights file is not shipped
     extra = ['--model.method_kwargs={"side_checkpoint": null}'] if side else []
     cli = build_cli(["--config", str(config), f"--data.root={root}", "--model.checkpoint=null", *extra,
-                     f"--model.backbone_kwargs={TINY}", f"--data.img_size={64 if side else 16}", "--data.batch_size=2",
+                     f"--model.backbone_kwargs={TINY_SIDE if side else TINY}", f"--data.img_size={64 if side else 16}",
+                     "--data.batch_size=2",
                      "--data.num_workers=0", "--trainer.fast_dev_run=true", *QUIET], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 1
@@ -101,11 +103,11 @@ def test_config_builds_and_steps(config: Path):
     init = dict(spec["model"]["init_args"])
     data = spec["data"]["init_args"]
     classes = (VTAB_TASKS[data["task"]] if "task" in data else FGVC_DATASETS[data["dataset"]]).num_classes
-    size = 16
+    size, tiny = 16, TINY
     if init["method"] == "sidetune":  # AlexNet needs >= 63 px; its weights file is not shipped
         init["method_kwargs"] = {**init["method_kwargs"], "side_checkpoint": None}
-        size = 64
-    init.update(checkpoint=None, backbone_kwargs=json.loads(TINY), img_size=size, num_classes=classes)
+        size, tiny = 64, TINY_SIDE
+    init.update(checkpoint=None, backbone_kwargs=json.loads(tiny), img_size=size, num_classes=classes)
     module = PromptTuningModule(**init)
     assert module.prompt_config.method == init["method"]
     for key, value in (init.get("method_kwargs") or {}).items():
