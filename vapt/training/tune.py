@@ -35,7 +35,7 @@ from vapt.fileio.resources import resolve_config, resolve_config_args
 from vapt.quiet import quiet_command
 from vapt.training.sweep_errors import SweepError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the runners import Lightning: loaded when a sweep runs, so that --help answers at once
     from vapt.training.runs import RunSpec
 
 _log = logging.getLogger(__name__)
