@@ -53,8 +53,8 @@ def register(preset: Preset) -> Preset:
 
 
 def _load_tables() -> None:
-    if not PRESETS:
-        from vapt.encoders import cnn, hf, timm_vits  # noqa: F401 - registration side effect
+    """Import the modules that register presets (every one: importing one of them first must not hide the rest)."""
+    from vapt.encoders import cnn, hf, timm_vits  # noqa: F401 - registration side effect
 
 
 def list_presets() -> list[Preset]:
