@@ -18,7 +18,6 @@ Nothing is downloaded unless ``pretrained=True`` or an ``hf-hub:`` name is given
 """
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vapt.names import similar_names
 from vapt.quiet import drop_log_records
 from vapt.state_dict import check_state_dict
 from vapt.weights import WeightsFileError, load_weights_file
@@ -269,7 +269,7 @@ def _as_hw(img_size) -> tuple[int, int] | None:
 
 
 def _unknown_name_error(name: str, candidates: Iterable[str], library: str) -> BackboneError:
-    close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.5)
+    close = similar_names(name, candidates, n=5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return BackboneError(f"Unknown {library} backbone {name!r}.{hint}")
 

@@ -257,7 +257,7 @@ def extract_features(
     cfg = encoder.data_config
     if "resize" in cfg or getattr(encoder, "overrides", None):  # a preset: its transform and options count too
         identity_extra = {**(identity_extra or {}), "overrides": dict(getattr(encoder, "overrides", {}) or {}),
-                          "transform": {k: cfg.get(k) for k in ("resize", "crop", "interpolation")}}
+                          "transform": {k: cfg.get(k) for k in ("resize", "crop", "interpolation", "pixels")}}
     if reader != "openslide":
         identity_extra = {**(identity_extra or {}), "reader": reader}
     identity = encoder_identity(encoder_name, weights or weights_description(checkpoint), cfg, precision,

@@ -5,7 +5,7 @@ A ``data_config`` dict (what every encoder carries) says it all:
 ``input_size`` (3, H, W) the encoder's input; ``resize`` the shorter side the tile is resized to first (an int,
 aspect kept, as torchvision ``Resize(int)``); ``crop`` whether a centre crop to (H, W) follows (otherwise the
 resize is to (H, W) exactly, which equals ``Resize(int)`` for square tiles); ``interpolation`` (``bilinear``
-| ``bicubic``); ``mean`` / ``std`` on the 0-1 scale.
+| ``bicubic``); ``mean`` / ``std`` on the 0-1 scale; ``pixels`` how resampling is done (on 8-bit PIL images).
 """
 from __future__ import annotations
 
@@ -17,9 +17,12 @@ from PIL import Image
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+#: how tiles are resampled (recorded with features, so features made another way are not mixed with these)
+PIXELS = "8-bit PIL"
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 HOPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 HIBOU = ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816))
+GENBIO = ((0.697, 0.575, 0.728), (0.188, 0.240, 0.187))
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class Preprocess:
         resize = round(s * (self.resize or self.size) / self.size)  # the publisher's resize/crop ratio kept
         return {"input_size": (3, s, s), "resize": int(resize), "crop": bool(self.crop),
                 "interpolation": self.interpolation, "mean": tuple(mean or self.norm[0]),
-                "std": tuple(std or self.norm[1])}
+                "std": tuple(std or self.norm[1]), "pixels": PIXELS}
 
 
 def resize_tiles(tiles: torch.Tensor, data_config: dict) -> list[Image.Image]:

@@ -6,7 +6,6 @@ beside this one (``timm_vits``, ``hf``, ``cnn``); the table is filled on first u
 """
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from torch import nn
 
 from vapt.backbones import OPEN_CLIP_PREFIX, BackboneError
 from vapt.encoders.preprocess import Preprocess
+from vapt.names import similar_names
 
 __all__ = ["PRESETS", "Preset", "build_encoder", "get_preset", "list_presets", "register"]
 
@@ -68,7 +68,7 @@ def get_preset(name: str) -> Preset:
     _load_tables()
     if name in PRESETS:
         return PRESETS[name]
-    close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.5)
+    close = similar_names(name, PRESETS)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise BackboneError(f"Unknown encoder preset {name!r}.{hint} `mgpath encoders` lists them.")
 
@@ -131,7 +131,7 @@ def build_encoder(name: str, checkpoint: str | os.PathLike | None = None, img_si
 def unknown_name(name: str, timm_names: list[str]) -> BackboneError:
     """Error for a name that is neither a preset nor a timm / open_clip model (closest names of both)."""
     _load_tables()
-    close = difflib.get_close_matches(name, list(PRESETS) + timm_names, n=4, cutoff=0.5)
+    close = similar_names(name, list(PRESETS) + timm_names, n=4)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return BackboneError(f"Unknown encoder {name!r}: not a preset, timm model or open_clip:<name>.{hint} "
                          "`mgpath encoders` lists the presets.")
