@@ -111,7 +111,7 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     sid = split["test"][0]
     files = {m: str(out / "features" / m / f"{sid}.h5") for m in module.model.magnifications}
     png, _ = slide_heatmap(module.model.cpu(), str(out / "slides" / f"{sid}.tiff"), files,
-                           str(out / "heatmaps" / f"{sid}.png"), max_size=512)
+                           str(out / "heatmaps" / f"{sid}.png"))
     log(f"[6/6] heatmap {png} ({time.perf_counter() - t0:.0f}s total)")
     methods = {"mgpath": metrics, **_baselines(base, out, log)}
     log(method_table(methods))

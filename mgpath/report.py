@@ -3,7 +3,7 @@
 ``mgpath report RUNS [--published paper.csv] [--out DIR]`` reads ``RUNS/<method>/fold_k/result.json`` and
 writes ``report.md``, ``report.csv`` (per method: folds, mean ± std of test AUC, macro-F1 and accuracy, std =
 sample std, ddof 1; ``std_ddof0`` as the official code's 'var' row) and ``report.png`` (per-fold points over
-mean bars). Paper numbers go beside ours only from ``--published`` (CSV ``method, auc, f1, acc, source``,
+mean bars, a chance line, the legend beside the panels). Paper numbers go beside ours only from ``--published`` (CSV ``method, auc, f1, acc, source``,
 values in [0, 1]); none ship with the package (no source for MGPATH's table was available to copy from), so
 the paper columns stay blank and nothing is cited unless you give that file.
 """
@@ -18,7 +18,7 @@ import pandas as pd
 
 from vapt.atomic import atomic_path, write_text_atomic
 
-__all__ = ["collect", "main", "summary_table", "write_report"]
+__all__ = ["chance_levels", "collect", "main", "n_classes", "plot_figure", "summary_table", "write_report"]
 
 METRICS = ("auc", "f1", "acc")
 
@@ -83,7 +83,32 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _plot(per_fold: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
+def n_classes(runs: str | os.PathLike) -> int | None:
+    """The class count of a benchmark folder: ``data.classes`` of its ``<method>/config.yaml`` (None if unknown)."""
+    import yaml
+
+    for path in sorted(Path(runs).glob("*/config.yaml")):
+        try:
+            classes = (yaml.safe_load(path.read_text()) or {}).get("data", {}).get("classes")
+        except yaml.YAMLError:
+            continue
+        if classes:
+            return len(classes)
+    return None
+
+
+def chance_levels(classes: int | None) -> dict[str, float]:
+    """What guessing scores: AUC 0.5; accuracy and macro-F1 1/C for uniform random guesses over C classes
+    (macro-F1 exactly so when the classes are balanced). Without a class count only AUC is known."""
+    out = {"auc": 0.5}
+    if classes:
+        out.update(acc=1 / classes, f1=1 / classes)
+    return out
+
+
+def plot_figure(per_fold: pd.DataFrame, table: pd.DataFrame, classes: int | None = None):
+    """The report figure: per metric, mean bars with std error bars, the folds as points, a dashed chance line,
+    paper stars when given; the legend sits to the right of the panels, clear of the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +116,8 @@ def _plot(per_fold: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
     import numpy as np
 
     methods = list(table.index)
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 + 1.2 * len(methods) * len(METRICS) / 2, 3.6),
+    chance = chance_levels(classes)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(2.5 + 1.0 * max(len(methods), 2) * len(METRICS), 4.2),
                              squeeze=False)
     x = np.arange(len(methods))
     for ax, m in zip(axes[0], METRICS):
@@ -104,19 +130,37 @@ def _plot(per_fold: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
             if pd.notna(paper):
                 ax.scatter([i], [paper], marker="*", s=80, color="#e6550d", zorder=4,
                            label="paper" if not ax.get_legend_handles_labels()[1].count("paper") else None)
+        if m in chance:
+            ax.axhline(chance[m], color="0.35", linestyle="--", linewidth=1.2, zorder=2,
+                       label=f"chance: AUC 0.5, accuracy and F1 1/{classes} ({classes} classes)" if classes else
+                       "chance: AUC 0.5 (give --classes for accuracy and F1)")
         ax.set_xticks(x, methods, rotation=45, ha="right")
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"test {m}")
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+        ax.set_title({"auc": "test AUC", "f1": "test macro-F1", "acc": "test accuracy"}[m])
+    handles, labels = {}, {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize=8,
+               frameon=False)
+    return fig
+
+
+def _plot(per_fold: pd.DataFrame, table: pd.DataFrame, path: Path, classes: int | None = None) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(per_fold, table, classes)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
 def write_report(runs: str | os.PathLike, out: str | os.PathLike | None = None,
-                 published: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Write ``report.md``, ``report.csv`` and ``report.png`` into ``out`` (default ``runs``); returns the table."""
+                 published: str | os.PathLike | None = None, classes: int | None = None) -> pd.DataFrame:
+    """Write ``report.md``, ``report.csv`` and ``report.png`` into ``out`` (default ``runs``); returns the table.
+
+    ``classes``: the class count for the plot's chance line (default: from the runs' ``config.yaml``)."""
     per_fold = collect(runs)
     pub = None
     if published:
@@ -127,7 +171,7 @@ def write_report(runs: str | os.PathLike, out: str | os.PathLike | None = None,
     out = Path(out or runs)
     write_text_atomic(out / "report.csv", table.to_csv(float_format="%.4f"))
     write_text_atomic(out / "report.md", _markdown(table))
-    _plot(per_fold, table, out / "report.png")
+    _plot(per_fold, table, out / "report.png", classes or n_classes(runs))
     return table
 
 
@@ -137,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", help="output folder of `mgpath benchmark`")
     ap.add_argument("--out", default=None, help="where to write report.{md,csv,png} (default RUNS)")
     ap.add_argument("--published", default=None, help="CSV of paper numbers: method, auc, f1, acc, source")
+    ap.add_argument("--classes", type=int, default=None,
+                    help="number of classes, for the plot's chance line (default: data.classes of the runs' "
+                         "config.yaml; without it only the AUC chance line 0.5 is drawn)")
     a = ap.parse_args(argv)
-    write_report(a.runs, a.out, a.published)
+    if a.classes is not None and a.classes < 2:
+        ap.error(f"--classes must be at least 2; got {a.classes}")
+    write_report(a.runs, a.out, a.published, a.classes)
     print((Path(a.out or a.runs) / "report.md").read_text())
     return 0
