@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vapt.atomic import write_text_atomic
+from vapt.fileio.atomic import write_text_atomic
 
 __all__ = ["main", "run_fold", "run_folds", "summarise"]
 

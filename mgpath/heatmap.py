@@ -26,7 +26,7 @@ import torch
 from mgpath.heatmap_draw import (COLOURINGS, DPI, colour_key, heatmap_figure, overview_image, panel_values,
                                  tile_value_map)
 from mgpath.model import MGPATH, Bag
-from vapt.atomic import atomic_path, write_text_atomic
+from vapt.fileio.atomic import atomic_path, write_text_atomic
 
 __all__ = ["draw_heatmaps", "heatmap_figure", "heatmap_folder", "heatmap_scores", "main", "slide_heatmap",
            "tile_value_map"]
@@ -112,7 +112,7 @@ def slide_heatmap(model: MGPATH, slide_path: str, feature_files: dict[str, str],
     from mgpath.data import load_bag
     from mgpath.slides.preview import encode_png
     from mgpath.slides.reader import Slide
-    from vapt.atomic import write_bytes_atomic
+    from vapt.fileio.atomic import write_bytes_atomic
 
     bags, coords, tiles = {}, {}, {}
     for m in model.magnifications:

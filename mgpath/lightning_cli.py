@@ -17,7 +17,8 @@ from lightning.pytorch.cli import LightningCLI
 
 from mgpath.data import WSIFeatureDataModule
 from mgpath.lit import SlideClassifier
-from vapt.resources import ResourceError, resolve_config_args
+from vapt.cli.errors import report_error
+from vapt.fileio.resources import ResourceError, resolve_config_args
 
 __all__ = ["MGPATHCLI", "main", "make_cli"]
 
@@ -129,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         make_cli(argv)
     except ResourceError as e:  # --config names neither a file nor a shipped config
-        print(f"mgpath {argv[0] if argv else ''}: {e}", file=sys.stderr)
-        return 2
+        return report_error(f"mgpath {argv[0] if argv else ''}".strip(), e)
     return 0
 
 

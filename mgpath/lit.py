@@ -168,7 +168,7 @@ class SlideClassifier(pl.LightningModule):
         """Write ``<default_root_dir>/predictions.csv`` (slide_id, label, p_<class>...) atomically."""
         import pandas as pd
 
-        from vapt.atomic import atomic_path
+        from vapt.fileio.atomic import atomic_path
 
         rows = []
         for out in self._predictions:

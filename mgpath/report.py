@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vapt.atomic import atomic_path, write_text_atomic
+from vapt.fileio.atomic import atomic_path, write_text_atomic
 
 __all__ = ["chance_levels", "collect", "main", "n_classes", "plot_figure", "summary_table", "write_report"]
 

@@ -13,7 +13,7 @@ import os
 import socket
 from pathlib import Path
 
-from vapt.atomic import temp_owner_pid
+from vapt.fileio.atomic import temp_owner_pid
 
 __all__ = ["SlideLock", "clean_temp", "pid_alive"]
 
@@ -98,7 +98,7 @@ class SlideLock:
 def clean_temp(out: str | os.PathLike) -> list[Path]:
     """Remove the temporary files (``*.tmp``) under ``out`` whose writer process is gone; return them.
 
-    Files named by :func:`vapt.atomic.atomic_path` carry their writer's pid and are kept while it runs;
+    Files named by :func:`vapt.fileio.atomic.atomic_path` carry their writer's pid and are kept while it runs;
     ``*.tmp`` files without a pid (older runs, other tools) are removed.
     """
     out = Path(out)

@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
-from vapt.backbones import BackboneError
-from vapt.encoders import build_encoder, get_preset
-from vapt.encoders.timm_vits import create_timm
-from vapt.names import similar_names
+from vapt.backbones.errors import BackboneError
+from vapt.backbones import build_encoder, get_preset
+from vapt.backbones.timm_vits import create_timm
+from vapt.backbones.names import similar_names
 
 
 def preset_file(name, path):
@@ -103,7 +103,7 @@ def test_quiltnet_without_its_config_says_what_it_built(tmp_path):
                                              ("virchw2", ["virchow2", "virchow"]), ("conch", ["conch_v1", "conch_v15"]),
                                              ("GigaPath", ["gigapath"])])
 def test_suggestions_are_spellings_of_the_name(typed, expected):
-    from vapt.encoders import list_presets
+    from vapt.backbones import list_presets
 
     assert similar_names(typed, [p.name for p in list_presets()]) == expected
 

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from vapt.encoders import list_presets, preprocess_tiles, resize_tiles
-from vapt.encoders.files import Weights
-from vapt.encoders.timm_vits import _hub_config
+from vapt.backbones import list_presets, preprocess_tiles, resize_tiles
+from vapt.backbones.files import Weights
+from vapt.backbones.timm_vits import _hub_config
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))

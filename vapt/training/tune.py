@@ -30,9 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.cli.errors import run_reporting_errors
+from vapt.fileio.atomic import write_text_atomic as atomic_write_text
+from vapt.fileio.resources import resolve_config_args
 from vapt.quiet import quiet_command
-from vapt.resources import resolve_config_args
 
 _log = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ class _Parsed(Exception):
 def parse_config(cli_args: Sequence[str]):
     """Parse (without instantiating anything) LightningCLI arguments -> jsonargparse Namespace."""
     from vapt.data.base import ClassificationDataModule
-    from vapt.lightning_cli import VaptCLI
-    from vapt.module import PromptTuningModule
+    from vapt.training.lightning_cli import VaptCLI
+    from vapt.training.module import PromptTuningModule
 
     class _ParseOnly(VaptCLI):
         def before_instantiate_classes(self) -> None:
@@ -132,8 +133,8 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists;
     resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
     """
-    from vapt.lightning_cli import _VERSION_ENV, build_cli
-    from vapt.resume import find_resume_checkpoint
+    from vapt.training.lightning_cli import _VERSION_ENV, build_cli
+    from vapt.training.resume import find_resume_checkpoint
 
     result_path = run_dir / "result.json"
     if result_path.is_file():
@@ -192,8 +193,8 @@ def tune(
     name : str, optional
         ``<task>/<method>`` folder; default from the config.
     """
-    from vapt.lightning_cli import experiment_name
-    from vapt.module import PromptTuningModule  # noqa: F401  (fail early on a broken install)
+    from vapt.training.lightning_cli import experiment_name
+    from vapt.training.module import PromptTuningModule  # noqa: F401  (fail early on a broken install)
 
     config = parse_config(cli_args)
     family = data_family(config)
@@ -262,8 +263,6 @@ def _best(scores: dict[tuple[float, float], float], lrs, wds) -> tuple[float, fl
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0, or 2 on bad input (one line on stderr; ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback)."""
-    from vapt.errors import run_reporting_user_errors
-
     ap = argparse.ArgumentParser(
         prog="vapt tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable)")
@@ -285,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                  log=print)
         return 0
 
-    return run_reporting_user_errors("vapt tune", run, cli_args)
+    from vapt.training.lightning_cli import USER_ERRORS
+
+    return run_reporting_errors("vapt tune", run, cli_args, (*USER_ERRORS, TuneError))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from vapt.atomic import atomic_path
+from vapt.fileio.atomic import atomic_path
 
 
 class CheckpointError(ValueError):

@@ -13,12 +13,14 @@ from functools import partial
 import torch
 from torch import nn
 
-from vapt.backbones import BackboneError, ViTEncoder
-from vapt.encoders import files
-from vapt.encoders.hf_clip import hf_clip_to_open_clip, open_clip_from_hf_config
-from vapt.encoders.preprocess import GENBIO, HALF, HIBOU, IMAGENET, OPENAI_CLIP, Preprocess
-from vapt.encoders.registry import Preset, register
-from vapt.encoders.timm_vits import fit_pos_embed, identify, warn_random
+from vapt.backbones import files
+from vapt.backbones.errors import BackboneError
+from vapt.backbones.hf_clip import hf_clip_to_open_clip, open_clip_from_hf_config
+from vapt.backbones.preprocess import GENBIO, HALF, HIBOU, IMAGENET, OPENAI_CLIP, Preprocess
+from vapt.backbones.registry import Preset, register
+from vapt.backbones.timm_vits import fit_pos_embed, identify, warn_random
+from vapt.backbones.vit import ViTEncoder, _load_open_clip_checkpoint
+from vapt.quiet import drop_log_records
 
 _BLOCK = re.compile(r"^encoder\.layers?\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
 #: HF ViT / DINOv2 block modules (files as published, and transformers 5 in-memory names) -> timm
@@ -109,8 +111,6 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViT
     """
     import open_clip
 
-    from vapt.backbones import _load_open_clip_checkpoint
-
     activation = overrides.pop("activation", None) if preset.name == "quiltnet" else None
     if overrides or img_size:
         raise BackboneError(f"Preset {preset.name} is the CLIP tower as published; got overrides "
@@ -139,8 +139,6 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViT
                                 f"activation={activation!r}. Drop the option (the publisher's config decides).")
         model = open_clip.CLIP(**model_cfg)
     else:
-        from vapt.quiet import drop_log_records
-
         if weights is not None and activation is None:
             warnings.warn(f"{weights.file} has no open_clip_config.json beside it: QuiltNet built as open_clip "
                           "ViT-B-32 with GELU activations. Put the publisher's open_clip_config.json next to the "
