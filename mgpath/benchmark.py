@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from vapt.cli.help_text import PlainHelpFormatter
 from vapt.fileio.atomic import write_text_atomic
 
 __all__ = ["METHODS", "main", "method_config", "parse_folds", "run_benchmark"]
@@ -132,12 +133,12 @@ def run_benchmark(config: str, methods: list[str], folds: list[int], out: str,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mgpath benchmark", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=PlainHelpFormatter)
     ap.add_argument("--config", required=True, help="an MGPATH config (model + data + trainer blocks)")
     ap.add_argument("--methods", default="mgpath,abmil,transmil,coop,zeroshot",
                     help=f"comma-separated, from: {', '.join(METHODS)}")
     ap.add_argument("--folds", nargs="+", default=["0..4"], help="e.g. 0..4, or 0 1 2")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="output folder: <method>/fold_k/ per method and fold")
     a, overrides = ap.parse_known_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     for m in methods:

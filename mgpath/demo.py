@@ -25,6 +25,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from vapt.cli.help_text import PlainHelpFormatter
+
 __all__ = ["main", "run_demo"]
 
 CLASSES = {"class_a": "blue_fine", "class_b": "he_coarse"}
@@ -168,12 +170,12 @@ def method_table(methods: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mgpath demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="mgpath_demo")
-    ap.add_argument("--slides-per-class", type=int, default=10)
-    ap.add_argument("--shots", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
+                                 formatter_class=PlainHelpFormatter)
+    ap.add_argument("--out", default="mgpath_demo", help="output folder (mgpath_demo)")
+    ap.add_argument("--slides-per-class", type=int, default=10, help="generated slides per class (10)")
+    ap.add_argument("--shots", type=int, default=4, help="training slides per class (4)")
+    ap.add_argument("--epochs", type=int, default=10, help="training epochs (10)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of slides, split and training (0)")
     ap.add_argument("--augment", action="store_true", help="add bags of rotated/flipped tiles to training")
     a = ap.parse_args(argv)
     res = run_demo(a.out, a.slides_per_class, a.shots, a.epochs, seed=a.seed, augment=a.augment, log=print)

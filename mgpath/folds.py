@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vapt.cli.help_text import PlainHelpFormatter
 from vapt.fileio.atomic import write_text_atomic
 
 __all__ = ["main", "run_fold", "run_folds", "summarise"]
@@ -119,10 +120,10 @@ def run_folds(config: str, folds: list[int], out_dir: str, overrides: list[str] 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mgpath folds", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--out", required=True)
+                                 formatter_class=PlainHelpFormatter)
+    ap.add_argument("--config", required=True, help="LightningCLI config (path or shipped name) with data.fold")
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="fold numbers to run (0 1 2 3 4)")
+    ap.add_argument("--out", required=True, help="output folder: fold_k/ per fold, results.md and results.csv")
     a, overrides = ap.parse_known_args(argv)
     run_folds(a.config, a.folds, a.out, overrides)
     print((Path(a.out) / "results.md").read_text())

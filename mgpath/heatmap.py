@@ -23,9 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mgpath.heatmap_draw import (COLOURINGS, DPI, colour_key, heatmap_figure, overview_image, panel_values,
-                                 tile_value_map)
+from mgpath.heatmap_draw import (
+    COLOURINGS,
+    DPI,
+    colour_key,
+    heatmap_figure,
+    overview_image,
+    panel_values,
+    tile_value_map,
+)
 from mgpath.model import MGPATH, Bag
+from vapt.cli.help_text import PlainHelpFormatter
 from vapt.fileio.atomic import atomic_path, write_text_atomic
 
 __all__ = ["draw_heatmaps", "heatmap_figure", "heatmap_folder", "heatmap_scores", "main", "slide_heatmap",
@@ -196,7 +204,7 @@ def _prediction(row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mgpath heatmap", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=PlainHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="Lightning checkpoint of MGPATHModule (e.g. the best one of fit)")
     ap.add_argument("--colouring", choices=COLOURINGS, default="value",
                     help="value: colours span each map's real value range (default); rank: each tile's percentile "

@@ -19,6 +19,7 @@ from mgpath.data import WSIFeatureDataModule
 from mgpath.lit import SlideClassifier
 from vapt.cli.errors import report_error
 from vapt.fileio.resources import ResourceError, resolve_config_args
+from vapt.training.config_keys import SuggestingArgumentParser
 
 __all__ = ["MGPATHCLI", "main", "make_cli"]
 
@@ -118,7 +119,8 @@ def make_cli(argv: list[str], run: bool = True) -> MGPATHCLI:
     sys.argv = [saved[0] if saved else "mgpath"]  # LightningCLI warns when both sys.argv and args are given
     try:
         return MGPATHCLI(SlideClassifier, WSIFeatureDataModule, subclass_mode_model=True, args=argv, run=run,
-                         seed_everything_default=2023, save_config_kwargs={"overwrite": True})
+                         seed_everything_default=2023, save_config_kwargs={"overwrite": True},
+                         parser_class=SuggestingArgumentParser)
     finally:
         sys.argv = saved
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vapt.cli.help_text import PlainHelpFormatter
 from vapt.fileio.atomic import atomic_path, write_text_atomic
 
 __all__ = ["chance_levels", "collect", "main", "n_classes", "plot_figure", "summary_table", "write_report"]
@@ -137,7 +138,7 @@ def plot_figure(per_fold: pd.DataFrame, table: pd.DataFrame, classes: int | None
         ax.set_xticks(x, methods, rotation=45, ha="right")
         ax.set_ylim(0, 1.02)
         ax.set_title({"auc": "test AUC", "f1": "test macro-F1", "acc": "test accuracy"}[m])
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
@@ -177,7 +178,7 @@ def write_report(runs: str | os.PathLike, out: str | os.PathLike | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mgpath report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=PlainHelpFormatter)
     ap.add_argument("runs", help="output folder of `mgpath benchmark`")
     ap.add_argument("--out", default=None, help="where to write report.{md,csv,png} (default RUNS)")
     ap.add_argument("--published", default=None, help="CSV of paper numbers: method, auc, f1, acc, source")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mgpath.data import read_labels, read_split_csv
+from vapt.cli.help_text import PlainHelpFormatter
 from vapt.fileio.atomic import atomic_path
 
 __all__ = ["check_no_leakage", "main", "make_kshot_splits", "write_split_csv"]
@@ -103,12 +104,12 @@ def write_split_csv(split: dict[str, list[str]], path: str | os.PathLike) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mgpath splits", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=PlainHelpFormatter)
     ap.add_argument("--labels", required=True, help="CSV with slide_id, case_id, label")
     ap.add_argument("--k", type=int, default=16, help="training slides per class (default 16)")
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=5, help="number of folds (5)")
     ap.add_argument("--val-frac", type=float, default=0.3, help="fraction of the remaining patients for val")
-    ap.add_argument("--seed", type=int, default=2023)
+    ap.add_argument("--seed", type=int, default=2023, help="random seed of the patient sampling (2023)")
     ap.add_argument("--classes", nargs="*", default=None, help="class names (default: all labels, sorted)")
     ap.add_argument("--out", required=True, help="output folder for splits_{fold}.csv")
     ap.add_argument("--check", default=None, help="only check an existing split CSV for patient leakage")

@@ -21,6 +21,7 @@ from mgpath.model import MGPATH, Bag
 from mgpath.module import MGPATHModule
 from mgpath.ot import OTConfig, ot_similarity
 from mgpath.text import PromptLearner, load_descriptions
+from vapt.cli.help_text import PlainHelpFormatter
 from vapt.fileio.atomic import atomic_path
 
 __all__ = ["ZeroShotMGPATH", "ZeroShotModule", "main"]
@@ -100,10 +101,12 @@ class ZeroShotModule(MGPATHModule):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mgpath zeroshot", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=PlainHelpFormatter)
     ap.add_argument("--config", required=True, help="an MGPATH config (model + data blocks)")
-    ap.add_argument("--part", default="test", choices=["train", "val", "test"])
-    ap.add_argument("--tokens", default="tiles", choices=["tiles", "prompts"])
+    ap.add_argument("--part", default="test", choices=["train", "val", "test"],
+                    help="which part of the split to classify (test)")
+    ap.add_argument("--tokens", default="tiles", choices=["tiles", "prompts"],
+                    help="visual side: the adapted tile features (tiles) or the model's visual prompts (prompts)")
     ap.add_argument("--out", default=None, help="CSV of per-slide probabilities")
     a, overrides = ap.parse_known_args(argv)
     import pandas as pd

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from vapt.cli.help_text import PlainHelpFormatter
+
 _NORMS = {"IMAGENET": "ImageNet", "OPENAI_CLIP": "OpenAI CLIP", "HALF": "0.5/0.5", "HOPTIMUS": "H-optimus",
           "HIBOU": "Hibou", "GENBIO": "GenBio"}
 
@@ -58,7 +60,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath encoders", description=__doc__)
+    ap = argparse.ArgumentParser(prog="mgpath encoders", description=__doc__, formatter_class=PlainHelpFormatter)
     ap.add_argument("--format", choices=("text", "markdown", "json"), default="text",
                     help="text (one line per preset), markdown (the table of docs/encoders.md) or json (every field)")
     a = ap.parse_args(argv)

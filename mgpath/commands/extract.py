@@ -15,12 +15,13 @@ from mgpath.pipelines.jobs import find_jobs
 from mgpath.pipelines.locks import clean_temp
 from mgpath.pipelines.summary import count_statuses, format_rows
 from vapt.cli.errors import report_error
+from vapt.cli.help_text import PlainHelpFormatter
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgpath extract", description=pipeline.__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mgpath extract", description=pipeline.__doc__.split("\n\n")[0], formatter_class=PlainHelpFormatter)
     p.add_argument(
         "--coords",
         required=True,
@@ -39,11 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, nargs=3, default=None, help="override the encoder's normalisation mean")
     p.add_argument("--std", type=float, nargs=3, default=None, help="override the encoder's normalisation std")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass (64)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers reading tiles")
-    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: cpu, gpu, auto (auto)")
     p.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
-    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node extraction (1)")
     p.add_argument(
         "--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32-true on CPU)"
     )
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast: read JPEG-tiled svs/TIFF tiles directly (each decoded once, reduced-scale DCT "
                         "decode; about 3-4x the tiles/s per core); other formats still use OpenSlide")
     p.add_argument("--overwrite", action="store_true", help="redo slides whose features exist or are stale")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     return p
 
 

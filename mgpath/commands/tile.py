@@ -16,6 +16,7 @@ from mgpath.slides.grid import TileParams
 from mgpath.slides.reader import slide_id_from_path
 from mgpath.slides.tissue import TissueParams
 from vapt.cli.errors import report_error
+from vapt.cli.help_text import PlainHelpFormatter
 
 __all__ = ["build_parser", "main"]
 
@@ -41,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mgpath tile",
         description=pipeline.__doc__.split("\n\n")[0],
         epilog="\n\n".join(pipeline.__doc__.split("\n\n")[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=PlainHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files and/or folders of slides")
-    p.add_argument("--out", required=True, help="output folder (see layout in `mgpath tile --help`)")
+    p.add_argument("--out", required=True, help="output folder: <mag>/coords/<slide>.h5, <mag>/masks, previews and summary.csv (layout below)")
     p.add_argument(
         "--magnification",
         type=float,
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seg-mpp", type=float, default=TissueParams.seg_mpp, help="um/px of the segmentation image (4; finer on small slides)"
     )
-    p.add_argument("--threshold", choices=["fixed", "otsu"], default=TissueParams.threshold)
+    p.add_argument("--threshold", choices=["fixed", "otsu"], default=TissueParams.threshold,
+                   help="tissue threshold on saturation: fixed (--min-saturation) or otsu (per slide)")
     p.add_argument(
         "--min-saturation",
         type=int,

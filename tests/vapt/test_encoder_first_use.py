@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
-from vapt.backbones.errors import BackboneError
 from vapt.backbones import build_encoder, get_preset
-from vapt.backbones.timm_vits import create_timm
+from vapt.backbones.errors import BackboneError
 from vapt.backbones.names import similar_names
+from vapt.backbones.timm_vits import create_timm
 
 
 def preset_file(name, path):

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from vapt.cli.errors import report_error
+from vapt.cli.help_text import PlainHelpFormatter
 
 __all__ = ["ResourceError", "config_names", "configs_main", "data_file", "resolve_config", "resolve_config_args",
            "resolve_data_path", "shipped_dir"]
@@ -151,7 +152,7 @@ def configs_main(argv: list[str] | None = None, scope: str = "vapt") -> int:
     prog = f"{scope} configs"
     ap = argparse.ArgumentParser(prog=prog, description="List or print the shipped LightningCLI configs; a "
                                  f"name works in place of a path, e.g. {scope} fit --config "
-                                 f"{'tcga_nsclc_16shot' if scope == 'mgpath' else 'vtab/vapt/cifar100'}.")
+                                 f"{'tcga_nsclc_16shot' if scope == 'mgpath' else 'vtab/vapt/cifar100'}.", formatter_class=PlainHelpFormatter)
     ap.add_argument("name", nargs="?", help="print this shipped config")
     ap.add_argument("--list", action="store_true", help="list the shipped config names (the default)")
     ap.add_argument("--path", action="store_true", help="with NAME: print where the file is instead")

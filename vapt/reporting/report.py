@@ -24,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from vapt.cli.errors import report_error
+from vapt.cli.help_text import PlainHelpFormatter
 from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.vtab import GROUPS, VTAB_TASKS
 from vapt.fileio.atomic import atomic_path
@@ -246,7 +247,7 @@ def report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vapt report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=PlainHelpFormatter)
     ap.add_argument("runs_dir", help="folder written by vapt tune / scripts/reproduce_vtab.py")
     ap.add_argument("--out", default=None, help="where to write report.{md,csv,png} (default: runs_dir)")
     ap.add_argument("--published-vtab", default=None, help="CSV method,task,top1 (default data/vtab/published.csv)")

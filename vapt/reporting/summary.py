@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from vapt.cli.help_text import PlainHelpFormatter
 from vapt.model import PromptedViT, build_model
 from vapt.prompts import METHODS, PromptConfig
 
@@ -50,17 +51,18 @@ def format_table(model: PromptedViT) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vapt summary", description=__doc__)
+    p = argparse.ArgumentParser(prog="vapt summary", description=__doc__, formatter_class=PlainHelpFormatter)
     p.add_argument("model", help="timm ViT name or open_clip:<name>")
-    p.add_argument("--method", choices=METHODS, default="vapt")
-    p.add_argument("--num-tokens", type=int, default=10)
+    p.add_argument("--method", choices=METHODS, default="vapt", help="what is tuned (default vapt)")
+    p.add_argument("--num-tokens", type=int, default=10, help="prompt tokens per layer (10)")
     p.add_argument("--shallow", action="store_true", help="VPT-shallow instead of deep")
-    p.add_argument("--kernel-size", type=int, default=2)
-    p.add_argument("--hidden-dim", type=int, default=8)
-    p.add_argument("--vpt-depth", type=int, default=1)
-    p.add_argument("--no-share-projector", action="store_true")
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--kernel-size", type=int, default=2, help="VAPT token-wise projector kernel (2)")
+    p.add_argument("--hidden-dim", type=int, default=8, help="VAPT channel-wise MLP width (8)")
+    p.add_argument("--vpt-depth", type=int, default=1,
+                   help="VAPT: layers with static prompt sets before the adaptive ones (1)")
+    p.add_argument("--no-share-projector", action="store_true", help="VAPT: one feature projector per layer")
+    p.add_argument("--num-classes", type=int, default=100, help="classes of the linear head (100)")
+    p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
     return p
 
 

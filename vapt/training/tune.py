@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vapt.cli.errors import run_reporting_errors
+from vapt.cli.help_text import PlainHelpFormatter
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 from vapt.fileio.resources import resolve_config_args
 from vapt.quiet import quiet_command
@@ -264,7 +265,7 @@ def _best(scores: dict[tuple[float, float], float], lrs, wds) -> tuple[float, fl
 def main(argv: list[str] | None = None) -> int:
     """Exit 0, or 2 on bad input (one line on stderr; ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback)."""
     ap = argparse.ArgumentParser(
-        prog="vapt tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="vapt tune", description=__doc__, formatter_class=PlainHelpFormatter)
     ap.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable)")
     ap.add_argument("--out", default="runs/tune", help="runs folder (default runs/tune)")
     ap.add_argument("--grid", default=None, help="'official' (default) or 'lr=50,25,...;wd=0.01,0'")
