@@ -31,6 +31,19 @@ class MGPATHCLI(LightningCLI):
         parser.link_arguments("data.classes", "model.init_args.classes")
         parser.link_arguments("data.magnifications", "model.init_args.magnifications")
 
+    def after_fit(self) -> None:
+        """Say where the best checkpoint went (the file ``mgpath test`` / ``predict`` take as ``--ckpt_path``)."""
+        if not self.trainer.is_global_zero:
+            return
+        ckpt = self.trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        if best:
+            score = ckpt.best_model_score
+            what = f"{ckpt.monitor} {float(score):.4f}" if ckpt.monitor and score is not None else "last epoch"
+            print(f"best checkpoint ({what}): {best}")
+        else:
+            print("no checkpoint was written (checkpointing is off, e.g. with trainer.fast_dev_run)")
+
 
     def _parse_ckpt_path(self) -> None:
         """Refuse, in one line naming the file, a ``--ckpt_path`` that is not an mgpath checkpoint (before
