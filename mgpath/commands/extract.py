@@ -13,7 +13,7 @@ from mgpath.pipelines import extract as pipeline
 from mgpath.pipelines.extract import extract_features, weights_description, write_summary
 from mgpath.pipelines.jobs import find_jobs
 from mgpath.pipelines.locks import clean_temp
-from mgpath.pipelines.summary import count_statuses, format_rows
+from mgpath.pipelines.summary import count_line, format_rows
 from vapt.cli.errors import report_error
 from vapt.cli.help_text import PlainHelpFormatter
 
@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             reader=args.reader)
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    n = count_statuses(rows)
-    print(f"{len(rows)} slides: {n['done']} done, {n['cached']} cached, {n['skipped']} skipped")
+    print(count_line(rows, lambda r: Path(r["out"]).parent.name if r.get("out") else None, "feature files"))
 
     def details(r):
         out = r.get("out")

@@ -30,6 +30,7 @@ from mgpath.io import read_features_header, write_features
 from mgpath.pipelines.identity import compare_identity, encoder_identity, file_sha256, tiles_identity
 from mgpath.pipelines.jobs import SlideJob
 from mgpath.pipelines.locks import SlideLock
+from mgpath.pipelines.progress import TileProgress
 from mgpath.pipelines.summary import write_summary_files
 from mgpath.pipelines.tile_dataset import TileDataset
 
@@ -242,8 +243,12 @@ def extract_features(
     weights: str | None = None,
     identity_extra: dict | None = None,
     reader: str = "openslide",
+    progress_interval: float = 30.0,
 ) -> list[dict]:
     """Encode the tiles of ``jobs`` and write one features h5 per job; returns summary rows.
+
+    ``progress``: tiles encoded so far, as a bar on a terminal, else as a line every ``progress_interval``
+    seconds (:class:`~mgpath.pipelines.progress.TileProgress`).
 
     ``encoder`` maps ``(B, 3, H, W)`` normalised images to ``(B, D)``; it must carry ``data_config`` (input
     size, mean, std) as built by ``vapt.backbones.build_backbone``. ``weights`` describes the encoder's
@@ -299,6 +304,7 @@ def extract_features(
     dm = _ShardedData(ok, input_size, cfg["mean"], cfg["std"], batch_size, workers, writer, identity, overwrite,
                       reader)
     dm.data_config = cfg
+    shown = [TileProgress(sum(job.n for job in ok), interval=progress_interval)] if progress else []
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -306,9 +312,9 @@ def extract_features(
         num_nodes=num_nodes,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=False,  # TileProgress counts tiles (a bar, or lines in a log file)
         enable_model_summary=False,
-        callbacks=[writer, *(callbacks or [])],
+        callbacks=[writer, *shown, *(callbacks or [])],
         use_distributed_sampler=False,
         inference_mode=True,
     )
