@@ -15,7 +15,7 @@ def test_summary_counts_slides_and_magnifications_apart():
     rows = [{"slide_id": f"s{i}", "status": "done", "out": f"feats/{m}/s{i}.h5"} for i in range(4)
             for m in ("10x", "5x")]
     rows[-1]["status"] = "skipped"
-    mag = lambda r: r["out"].split("/")[1]  # noqa: E731
+    mag = lambda r: r["out"].split("/")[1]
     assert count_line(rows, mag, "feature files") == ("4 slides x 2 magnifications (10x, 5x) = 8 feature files: "
                                                       "7 done, 0 cached, 1 skipped")
     assert count_line(rows[:2:2] + rows[2:3]) == "2 slides: 2 done, 0 cached, 0 skipped"
