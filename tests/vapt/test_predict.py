@@ -134,7 +134,7 @@ def test_predicting_a_run_leaves_its_logs_and_earlier_predictions_alone(tree, ca
     ckpt = str(next(run.rglob("last.ckpt")))
     own = ["--config", str(run / "config.yaml"), f"--ckpt_path={ckpt}", f"--predict_images={tree / 'unlabelled'}"]
     assert main(["predict", *own]) == 0
-    assert main(["predict", *own]) == 0
+    assert main(["predict", "--config", str(run), *own[2:]]) == 0  # the run folder works as --config too
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before and sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
     first, second = runs / "predictions.csv", runs / "predictions_2.csv"
