@@ -52,8 +52,16 @@ def tile_value_map(
     support = cov > 0
     if smooth > 0 and t * smooth >= 0.5:
         sig = float(t * smooth)
-        acc = cv2.GaussianBlur(acc, (0, 0), sig)
-        cov = cv2.GaussianBlur(cov, (0, 0), sig)
+        k = max(1, int(sig // 4))  # a wide blur is done on a k-times smaller grid (same ratio acc / cov)
+        if k > 1:
+            small = (max(1, w // k), max(1, h // k))
+            acc = cv2.resize(cv2.GaussianBlur(cv2.resize(acc, small, interpolation=cv2.INTER_AREA), (0, 0), sig / k),
+                             (w, h), interpolation=cv2.INTER_LINEAR)
+            cov = cv2.resize(cv2.GaussianBlur(cv2.resize(cov, small, interpolation=cv2.INTER_AREA), (0, 0), sig / k),
+                             (w, h), interpolation=cv2.INTER_LINEAR)
+        else:
+            acc = cv2.GaussianBlur(acc, (0, 0), sig)
+            cov = cv2.GaussianBlur(cov, (0, 0), sig)
     out = np.full((h, w), np.nan, np.float32)
     out[support] = (acc[support] / np.maximum(cov[support], 1e-12)).astype(np.float32)
     return out
