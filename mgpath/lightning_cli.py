@@ -10,6 +10,7 @@ model. After ``fit`` the best checkpoint (best validation macro-F1, ties to the 
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,8 +21,11 @@ from mgpath.lit import SlideClassifier
 from vapt.cli.errors import report_error
 from vapt.fileio.resources import ResourceError, resolve_config_args
 from vapt.training.config_keys import SuggestingArgumentParser
+from vapt.training.run_folders import default_loggers, method_folder
 
 __all__ = ["MGPATHCLI", "main", "make_cli"]
+
+VERSION_ENV = "MGPATH_LOG_VERSION"
 
 
 class MGPATHCLI(LightningCLI):
@@ -43,6 +47,19 @@ class MGPATHCLI(LightningCLI):
             print(f"best checkpoint ({what}): {best}")
         else:
             print("no checkpoint was written (checkpointing is off, e.g. with trainer.fast_dev_run)")
+
+    def before_instantiate_classes(self) -> None:
+        """The run-folder layout and loggers of ``vapt`` (:mod:`vapt.training.run_folders`) unless
+        ``--trainer.logger`` is given: ``<default_root_dir>/<task>/<method>/version_<n>/``, where the task is the
+        folder of ``data.labels_csv`` (``tcga_nsclc``) and the method the model class (``mgpath``, ``abmil``)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if trainer.get("logger") in (None, True):
+            data = (config.get("data") or {}).get("init_args") or config.get("data") or {}
+            labels = data.get("labels_csv") if hasattr(data, "get") else None
+            task = Path(labels).resolve().parent.name if labels else "wsi"
+            name = f"{task}/{method_folder((config.get('model') or {}).get('class_path', DEFAULT_MODEL))}"
+            trainer.logger = default_loggers(str(trainer.get("default_root_dir") or "runs"), name, VERSION_ENV)
 
 
     def _parse_ckpt_path(self) -> None:
@@ -128,7 +145,7 @@ def make_cli(argv: list[str], run: bool = True) -> MGPATHCLI:
     argv = _model_blocks_with_class_path(argv)
     if not any(a.startswith(("--config", "--model")) for a in argv):
         argv = [*argv[:1], "--model", DEFAULT_MODEL, *argv[1:]] if run else ["--model", DEFAULT_MODEL, *argv]
-    saved = sys.argv
+    saved, owns_version = sys.argv, VERSION_ENV not in os.environ
     sys.argv = [saved[0] if saved else "mgpath"]  # LightningCLI warns when both sys.argv and args are given
     try:
         return MGPATHCLI(SlideClassifier, WSIFeatureDataModule, subclass_mode_model=True, args=argv, run=run,
@@ -136,6 +153,8 @@ def make_cli(argv: list[str], run: bool = True) -> MGPATHCLI:
                          parser_class=SuggestingArgumentParser)
     finally:
         sys.argv = saved
+        if owns_version:  # the next run in this process takes the next free version
+            os.environ.pop(VERSION_ENV, None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from vapt.cli.errors import report_error
-from vapt.cli.help_text import PlainHelpFormatter
+from vapt.cli.flags import DialectParser
 
 __all__ = ["ResourceError", "config_names", "configs_main", "data_file", "resolve_config", "resolve_config_args",
            "resolve_data_path", "shipped_dir"]
@@ -150,13 +150,11 @@ _SCOPES = {"vapt": ("",), "mgpath": ("", "wsi/")}  # name prefixes each CLI trie
 def configs_main(argv: list[str] | None = None, scope: str = "vapt") -> int:
     """``vapt configs --list`` (names) and ``vapt configs NAME`` (print the YAML, e.g. to copy and edit);
     ``scope="mgpath"`` lists the ``wsi/`` configs, whose names work without that prefix."""
-    import argparse
 
     prog = f"{scope} configs"
-    ap = argparse.ArgumentParser(prog=prog, description="List or print the shipped LightningCLI configs; a "
-                                 f"name works in place of a path, e.g. {scope} fit --config "
-                                 f"{'tcga_nsclc_16shot' if scope == 'mgpath' else 'vtab/vapt/cifar100'}.",
-                                 formatter_class=PlainHelpFormatter)
+    ap = DialectParser(prog=prog, description="List or print the shipped LightningCLI configs; a "
+                       f"name works in place of a path, e.g. {scope} fit --config "
+                       f"{'tcga_nsclc_16shot' if scope == 'mgpath' else 'vtab/vapt/cifar100'}.")
     ap.add_argument("name", nargs="?", help="print this shipped config")
     ap.add_argument("--list", action="store_true", help="list the shipped config names (the default)")
     ap.add_argument("--path", action="store_true", help="with NAME: print where the file is instead")

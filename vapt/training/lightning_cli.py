@@ -35,8 +35,9 @@ from vapt.training.resume import (
     resume_callbacks,
     use_atomic_checkpoints,
 )
+from vapt.training.run_folders import VERSION_ENV, default_loggers, next_version
 
-_VERSION_ENV = "VAPT_LOG_VERSION"
+_VERSION_ENV = VERSION_ENV  # the name tune.py imports
 
 
 def method_label(model_args: Any) -> str:
@@ -61,11 +62,6 @@ def experiment_name(config: Namespace) -> str:
     return f"{task}/{method_label(model_init)}"
 
 
-def _next_version(folder: Path) -> int:
-    versions = [int(p.name.split("_", 1)[1]) for p in folder.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
-    return max(versions, default=-1) + 1
-
-
 def unpin_used_versions(loggers: Any) -> None:
     """Loggers from a run's saved ``config.yaml`` name that run's ``version``; writing there would replace its
     ``metrics.csv``. Each logger whose version folder already holds files gets the next free version."""
@@ -75,7 +71,7 @@ def unpin_used_versions(loggers: Any) -> None:
             continue
         folder = Path(init.save_dir) / str(init.get("name") or "")
         if any((folder / f"version_{init.version}").glob("*")):
-            init.version = _next_version(folder)
+            init.version = next_version(folder)
 
 
 def fresh_path(path: str | os.PathLike) -> Path:
@@ -85,18 +81,6 @@ def fresh_path(path: str | os.PathLike) -> Path:
     while candidate.exists():
         candidate, n = path.with_name(f"{path.stem}_{n}{path.suffix}"), n + 1
     return candidate
-
-
-def _default_loggers(save_dir: str, name: str) -> list[Namespace]:
-    version = os.environ.get(_VERSION_ENV)
-    if version is None:
-        version = str(_next_version(Path(save_dir) / name))
-        os.environ[_VERSION_ENV] = version  # DDP children re-run this CLI and inherit it
-    kw = Namespace(save_dir=save_dir, name=name, version=int(version))
-    return [
-        Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=kw.clone()),
-        Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=kw.clone()),
-    ]
 
 
 class VaptCLI(LightningCLI):
@@ -135,7 +119,7 @@ class VaptCLI(LightningCLI):
         if trainer.get("logger") in (None, True):
             root = trainer.get("default_root_dir") or "runs"
             name = experiment_name(config) if self.log_name is None else self.log_name
-            trainer.logger = _default_loggers(str(root), name)
+            trainer.logger = default_loggers(str(root), name)
         elif self.subcommand in ("validate", "test"):
             unpin_used_versions(trainer.get("logger"))
 
