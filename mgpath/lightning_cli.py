@@ -21,7 +21,7 @@ from mgpath.lit import SlideClassifier
 from vapt.cli.errors import report_error
 from vapt.fileio.resources import ResourceError, resolve_config_args
 from vapt.training.config_keys import SuggestingArgumentParser
-from vapt.training.run_folders import default_loggers, method_folder
+from vapt.training.run_folders import default_loggers, method_folder, unpin_used_versions
 
 __all__ = ["MGPATHCLI", "main", "make_cli"]
 
@@ -54,7 +54,14 @@ class MGPATHCLI(LightningCLI):
         folder of ``data.labels_csv`` (``tcga_nsclc``) and the method the model class (``mgpath``, ``abmil``)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
-        if trainer.get("logger") in (None, True):
+        if self.subcommand == "predict":
+            trainer.logger = False  # predicting writes predictions only: never a log folder or a run's logs,
+            self.save_config_callback = None  # and no config.yaml over one that is there
+            return
+        if trainer.get("logger") not in (None, True):
+            if self.subcommand in ("validate", "test"):
+                unpin_used_versions(trainer.get("logger"))
+        else:
             data = (config.get("data") or {}).get("init_args") or config.get("data") or {}
             labels = data.get("labels_csv") if hasattr(data, "get") else None
             task = Path(labels).resolve().parent.name if labels else "wsi"

@@ -35,7 +35,7 @@ from vapt.training.resume import (
     resume_callbacks,
     use_atomic_checkpoints,
 )
-from vapt.training.run_folders import VERSION_ENV, default_loggers, next_version
+from vapt.training.run_folders import VERSION_ENV, default_loggers, fresh_path, unpin_used_versions
 
 _VERSION_ENV = VERSION_ENV  # the name tune.py imports
 
@@ -60,27 +60,6 @@ def experiment_name(config: Namespace) -> str:
             or str(data.get("class_path", "data")).rsplit(".", 1)[-1])
     model_init = (config.get("model") or Namespace()).get("init_args") or Namespace()
     return f"{task}/{method_label(model_init)}"
-
-
-def unpin_used_versions(loggers: Any) -> None:
-    """Loggers from a run's saved ``config.yaml`` name that run's ``version``; writing there would replace its
-    ``metrics.csv``. Each logger whose version folder already holds files gets the next free version."""
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        init = logger.get("init_args") if isinstance(logger, Namespace) else None
-        if init is None or not isinstance(init.get("version"), int) or not init.get("save_dir"):
-            continue
-        folder = Path(init.save_dir) / str(init.get("name") or "")
-        if any((folder / f"version_{init.version}").glob("*")):
-            init.version = next_version(folder)
-
-
-def fresh_path(path: str | os.PathLike) -> Path:
-    """``path`` if no file is there, else the first free ``<stem>_<n><suffix>`` (n = 2, 3, ...)."""
-    path, n = Path(path), 2
-    candidate = path
-    while candidate.exists():
-        candidate, n = path.with_name(f"{path.stem}_{n}{path.suffix}"), n + 1
-    return candidate
 
 
 class VaptCLI(LightningCLI):
