@@ -225,8 +225,9 @@ def plot_figure(per_fold: pd.DataFrame, table: pd.DataFrame, classes: int | None
     methods = [m for m in table.index if not table.loc[m, "paper_only"]]
     table = table.loc[methods]
     chance = chance_levels(classes)
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(2.5 + 1.0 * max(len(methods), 2) * len(METRICS), 4.2),
-                             squeeze=False)
+    legend_w = 2.4  # inches kept free on the right for the legend
+    width = 1.0 + 1.0 * max(len(methods), 2) * len(METRICS) + legend_w
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(width, 4.2), squeeze=False)
     x = np.arange(len(methods))
     for ax, m in zip(axes[0], METRICS):
         ax.bar(x, table[f"{m}_mean"].fillna(0.0), yerr=table[f"{m}_std"].fillna(0.0), color="#9ecae1", capsize=3,
@@ -241,8 +242,8 @@ def plot_figure(per_fold: pd.DataFrame, table: pd.DataFrame, classes: int | None
                            label="paper" if not ax.get_legend_handles_labels()[1].count("paper") else None)
         if m in chance:
             ax.axhline(chance[m], color="0.35", linestyle="--", linewidth=1.2, zorder=2,
-                       label=f"chance: AUC 0.5, accuracy and F1 1/{classes} ({classes} classes)" if classes else
-                       "chance: AUC 0.5 (give --classes for accuracy and F1)")
+                       label=f"chance ({classes} classes):\nAUC 0.5, accuracy and F1 1/{classes}" if classes else
+                       "chance: AUC 0.5\n(give --classes for\naccuracy and F1)")
         ax.set_xticks(x, methods, rotation=45, ha="right")
         ax.set_ylim(0, 1.02)
         ax.set_title({"auc": "test AUC", "f1": "test macro-F1", "acc": "test accuracy"}[m])
@@ -250,9 +251,10 @@ def plot_figure(per_fold: pd.DataFrame, table: pd.DataFrame, classes: int | None
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
-    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize=8,
-               frameon=False)
+    right = 1 - legend_w / width
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(right + 0.005, 0.5),
+               fontsize=8, frameon=False)
     return fig
 
 

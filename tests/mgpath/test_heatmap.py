@@ -156,16 +156,25 @@ def test_heatmap_folder_one_png_per_slide_and_index(synthetic, tmp_path):
     assert (out / "index.png").is_file()
 
 
-def test_report_plot_has_a_chance_line_and_the_legend_beside_the_bars():
+def test_report_plot_has_a_chance_line_and_the_legend_beside_the_bars(tmp_path):
+    import json
+
     import matplotlib.pyplot as plt
-    import pandas as pd
+    import yaml
     from matplotlib.patches import Rectangle
 
-    from mgpath.report import plot_figure, summary_table
+    from mgpath.report import collect, n_classes, plot_figure, summary_table
 
-    per_fold = pd.DataFrame([{"method": m, "fold": k, "auc": a + 0.01 * k, "f1": a - 0.1, "acc": a - 0.05}
-                             for m, a in (("mgpath", 0.9), ("abmil", 0.8)) for k in range(3)])
-    fig = plot_figure(per_fold, summary_table(per_fold), classes=3)
+    for method, a in (("mgpath", 0.9), ("abmil", 0.8)):
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "config.yaml").write_text(yaml.safe_dump({"data": {"classes": ["A", "B", "C"]}}))
+        for k in range(3):
+            (tmp_path / method / f"fold_{k}").mkdir()
+            (tmp_path / method / f"fold_{k}" / "result.json").write_text(json.dumps(
+                {"fold": k, "auc": a + 0.01 * k, "f1": a - 0.1, "acc": a - 0.05}))
+    per_fold = collect(tmp_path)
+    assert n_classes(tmp_path) == 3
+    fig = plot_figure(per_fold, summary_table(per_fold), classes=n_classes(tmp_path))
     try:
         fig.canvas.draw()
         axes = [ax for ax in fig.axes if ax.patches]
@@ -177,6 +186,7 @@ def test_report_plot_has_a_chance_line_and_the_legend_beside_the_bars():
         box = legend.get_window_extent()
         bars = [p.get_window_extent() for ax in axes for p in ax.patches if isinstance(p, Rectangle)]
         assert bars and not any(box.overlaps(b) for b in bars)
-        assert any(t.get_text().startswith("chance: AUC 0.5, accuracy and F1 1/3") for t in legend.get_texts())
+        assert box.x1 <= fig.bbox.x1 and box.x0 >= max(b.x1 for b in bars)  # beside the bars, not cut off
+        assert any(t.get_text() == "chance (3 classes):\nAUC 0.5, accuracy and F1 1/3" for t in legend.get_texts())
     finally:
         plt.close(fig)
