@@ -105,3 +105,12 @@ def test_bad_requests_are_refused(setup, tmp_path):
            if not a.startswith("--model.method_kwargs")]
     with pytest.raises(TuneError, match="e2vpt only"):
         tune(vpt, tmp_path, grid="lr=1;wd=0", seeds=[3], log=lambda *a: None, e2vpt_prune="50")
+
+
+def test_rerun_skips_every_finished_unit(setup):
+    args, base, summary = setup
+    stamps = {p: p.stat().st_mtime_ns for p in base.rglob("result.json")}
+    assert len(stamps) == 5  # grid, search, 2 rewind runs, 1 seed
+    again = tune(args, base.parents[1], grid="lr=1;wd=0", seeds=[3], log=lambda *a: None, e2vpt_prune="50,60")
+    assert again == summary
+    assert {p: p.stat().st_mtime_ns for p in base.rglob("result.json")} == stamps

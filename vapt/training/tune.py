@@ -7,6 +7,8 @@
 4. write ``<out>/<task>/<method>/summary.json`` (mean and std over seeds), read by ``vapt report``.
 
 ``--fast`` (VAPT): sweep wd at lr = 5.0 first, then lr at the best wd (13 runs instead of 40).
+``--e2vpt_prune`` (E2VPT): between 2 and 3, the official pruning search, rewind runs and choice on the
+validation split (`vapt.training.e2vpt_prune`); the final runs use the chosen pruning.
 
 Every run writes ``result.json`` atomically when it finishes and is skipped when that file exists; a run
 that was killed resumes from its newest checkpoint that loads, bit for bit as if never stopped (the RNG state
