@@ -48,14 +48,37 @@ def debug_requested(argv: list[str]) -> bool:
     return env or "--debug" in argv
 
 
+#: how jsonargparse begins the message of an error it wraps around one raised while building a class
+_WRAPPER_PHRASES = ("Does not validate against any of the Union subtypes", "Problem with given class_path")
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The error behind jsonargparse's wrappers (a model's own message, not a dump of the parsed values)."""
+    seen = set()
+    while (error.__cause__ is not None and id(error) not in seen
+           and str(error).strip().startswith(_WRAPPER_PHRASES)):
+        seen.add(id(error))
+        error = error.__cause__
+    return error
+
+
 def one_line(error: BaseException) -> str:
-    """``Type: first line of the message`` (KeyError's repr quotes removed)."""
+    """``Type: first line of the message`` (KeyError's repr quotes removed; jsonargparse wrappers unwrapped)."""
+    error = root_cause(error)
     msg = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     first = msg.strip().splitlines()[0] if msg.strip() else ""
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
+def printable_streams() -> None:
+    """Let stdout and stderr show any text, such as file names that are not UTF-8 (as ``\\udcxx``)."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    printable_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]

@@ -95,7 +95,7 @@ def run_fold(config: str, k: int, fold_dir: str | os.PathLike, overrides: list[s
         trainer.fit(model, datamodule=dm)
         ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
         ckpt_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    res = trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False)[0]
+    res = trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=True)[0]
     row = {"fold": k, **{m: float(res[f"test/{m}"]) for m in METRICS}, "checkpoint": ckpt_path or "last"}
     write_text_atomic(fold_dir / "result.json", json.dumps(row, indent=1))
     return row

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.slide).exists():
         ap.error(f"slide {a.slide} does not exist")
     try:
-        module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu")
+        module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu", weights_only=True)
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise ValueError(f"{a.ckpt} is not a readable MGPATH checkpoint ({type(e).__name__}); give a .ckpt "
                          "written by `mgpath fit`") from None

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mgpath.slides.reader import magnification_to_mpp
-from vapt.atomic import atomic_path
+from vapt.atomic import atomic_path, confined
 
 __all__ = [
     "COORDS_FORMAT",
@@ -57,13 +57,18 @@ def _encode_attr(v):
         return "none"
     if isinstance(v, dict):
         return json.dumps(v)
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # a file name that is not UTF-8: its bytes, read back by decode_attr
+            return np.bytes_(v.encode("utf-8", "surrogateescape"))
     return v
 
 
 def decode_attr(v):
     """An h5 attribute as a plain Python value (bytes -> str, 1-element arrays -> scalar, ``"none"`` -> None)."""
     if isinstance(v, bytes):
-        v = v.decode()
+        v = v.decode("utf-8", "surrogateescape")
     if isinstance(v, np.ndarray) and v.size == 1:
         v = v.reshape(-1)[0]
     if isinstance(v, np.generic):
@@ -232,9 +237,11 @@ def read_features(path: str | os.PathLike) -> dict:
     """
     import torch
 
+    from vapt.weights import safe_torch_load  # torch-heavy: imported only when a features file is read
+
     path = Path(path)
     if path.suffix in (".pt", ".pth"):
-        feats = torch.load(path, map_location="cpu", weights_only=True)
+        feats = safe_torch_load(path)
         if isinstance(feats, dict):
             feats = feats.get("features", next(iter(feats.values())))
         feats = np.asarray(torch.as_tensor(feats).float())
@@ -273,6 +280,7 @@ def find_feature_file(directory: str | os.PathLike, slide_id: str) -> Path:
     """The features file of a slide in a folder (``<id>.h5``, ``h5_files/<id>.h5``, ``<id>.pt``,
     ``pt_files/<id>.pt``); raises FileNotFoundError listing what was tried."""
     d = Path(directory)
+    confined(d, f"{slide_id}.h5", what=f"features of slide id {slide_id!r}:")  # a CSV cell never leads out of d
     tried = [d / f"{slide_id}.h5", d / "h5_files" / f"{slide_id}.h5", d / f"{slide_id}.pt",
              d / "pt_files" / f"{slide_id}.pt"]
     for p in tried:

@@ -37,6 +37,9 @@ def dispatch(prog: str, subcommands: dict, argv: list[str] | None, pass_name: se
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as \udcxx, never raise
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     return dispatch("vapt", SUBCOMMANDS, argv, _LIGHTNING)
 
 

@@ -268,5 +268,5 @@ def load_trained_model(path: str, map_location: str | torch.device = "cpu", **ov
     ``overrides`` replace saved hyper-parameters, e.g. ``checkpoint="/new/place/ViT-B_16.npz"`` when the
     backbone weights moved. Returns the model in eval mode.
     """
-    module = PromptTuningModule.load_from_checkpoint(path, map_location=map_location, **overrides)
+    module = PromptTuningModule.load_from_checkpoint(path, map_location=map_location, weights_only=True, **overrides)
     return module.model.eval()

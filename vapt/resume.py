@@ -4,7 +4,7 @@
   and puts it back at the start of the first resumed epoch, so dropout draws continue as in an uninterrupted
   run. The data side needs no state: the training order depends on ``(seed, epoch)`` only and each training
   image's augmentation on ``(seed, epoch, index)`` (see `vapt.data.base`), whatever the number of workers.
-- `AtomicCheckpointIO` writes each checkpoint through a temporary file in the checkpoint's own folder and
+- `AtomicCheckpointIO` loads every checkpoint with ``weights_only=True`` and writes each checkpoint through a temporary file in the checkpoint's own folder and
   renames it into place: a full disk or a kill leaves the previous checkpoint, never a truncated one under
   the final name.
 - `find_resume_checkpoint` picks the newest checkpoint of a run folder that loads, naming those it skipped.
@@ -24,6 +24,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from vapt.atomic import atomic_path
+from vapt.weights import safe_torch_load
 
 
 class CheckpointError(ValueError):
@@ -89,7 +90,15 @@ class RNGStateCallback(Callback):
 
 # ---------------------------------------------------------------------------------------------- atomic files
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """`TorchCheckpointIO` whose files appear complete or not at all (temporary file beside the target)."""
+    """`TorchCheckpointIO` whose files appear complete or not at all (temporary file beside the target), and
+    whose loads never unpickle code (`vapt.weights.safe_torch_load`, whatever ``weights_only`` Lightning asks
+    for and whatever the environment says)."""
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return safe_torch_load(path, map_location=map_location or (lambda storage, loc: storage))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -114,7 +123,7 @@ def check_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist; pass an existing .ckpt file or 'last'.", "missing")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = safe_torch_load(path)
     except Exception as e:  # truncated zip, not a torch file, a pickle that needs code to run
         reason = f"cannot be loaded ({_short(e)})"
         raise CheckpointError(f"{what} {path} {reason}; it is truncated, damaged or not a vapt checkpoint. "

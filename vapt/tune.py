@@ -148,7 +148,8 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     try:
         cli = build_cli(args, run=False, log_name="")
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
+        trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None,
+                    weights_only=True)
         metrics = (trainer.validate if evaluate == "validate" else trainer.test)(
             model, datamodule=data, verbose=False)[0]
     finally:

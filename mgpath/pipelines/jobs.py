@@ -10,6 +10,7 @@ import numpy as np
 
 from mgpath.io import read_coords
 from mgpath.pipelines.discovery import index_slides
+from vapt.atomic import confined
 
 __all__ = ["SlideJob", "find_jobs"]
 
@@ -100,7 +101,11 @@ def find_jobs(
                     }
                 )
                 continue
-            out_path = str(odir / f"{sid}.h5")
+            try:  # the id comes from the file's attributes: never let it lead out of --out
+                out_path = str(confined(odir, f"{sid}.h5", what=f"features file of {f}"))
+            except ValueError as e:
+                problems.append({"slide_id": str(sid), "status": "skipped", "path": str(f), "reason": str(e)})
+                continue
             if out_path in claimed:
                 problems.append({"slide_id": sid, "status": "skipped", "path": str(f), "reason": (
                     f"duplicate slide id {sid!r}: {f} and {claimed[out_path]} would write the same {out_path}; "

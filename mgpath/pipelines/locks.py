@@ -13,7 +13,7 @@ import os
 import socket
 from pathlib import Path
 
-from vapt.atomic import temp_owner_pid
+from vapt.atomic import is_own_temp, temp_owner_pid
 
 __all__ = ["SlideLock", "clean_temp", "pid_alive"]
 
@@ -96,15 +96,19 @@ class SlideLock:
 
 
 def clean_temp(out: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files (``*.tmp``) under ``out`` whose writer process is gone; return them.
+    """Remove the temporary files under ``out`` that this tool wrote and whose writer process is gone; return them.
 
-    Files named by :func:`vapt.atomic.atomic_path` carry their writer's pid and are kept while it runs;
-    ``*.tmp`` files without a pid (older runs, other tools) are removed.
+    Only names of :func:`vapt.atomic.atomic_path`'s pattern for this tool's outputs qualify
+    (:func:`vapt.atomic.is_own_temp`): ``<target>.<pid>.<random>.tmp`` is kept while process ``pid`` runs,
+    ``<target>.<random>.tmp`` (older versions, no pid) is removed. Any other file (a user's ``draft.tmp``)
+    is never touched, nor are links.
     """
     out = Path(out)
     removed = []
     if out.exists():
         for t in out.rglob("*.tmp"):
+            if not is_own_temp(t.name) or t.is_symlink() or not t.is_file():
+                continue
             pid = temp_owner_pid(t.name)
             if pid is not None and pid != os.getpid() and pid_alive(pid):
                 continue
