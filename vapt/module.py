@@ -29,6 +29,30 @@ class ModelConfigError(ValueError):
     """The model / optimisation keywords of a config cannot be used; the message says how to fix it."""
 
 
+class NonFiniteLossError(ModelConfigError):
+    """Training produced a NaN or infinite loss; the message names the epoch and step."""
+
+
+def check_optimisation(prefix: str = "model.init_args.", **values: float) -> None:
+    """`ModelConfigError` naming the key when a learning rate / weight decay / momentum is NaN, infinite or
+    negative (``check_optimisation(lr=0.1, weight_decay=1e-4)``)."""
+    for name, value in values.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ModelConfigError(f"{prefix}{name}={value!r} is not a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise ModelConfigError(f"{prefix}{name}={value!r} is invalid: it must be a finite number >= 0")
+
+
+def check_loss(loss: torch.Tensor, epoch: int, step: int) -> None:
+    """`NonFiniteLossError` when the training ``loss`` is NaN or infinite (training stops before the update)."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteLossError(
+            f"the training loss is {float(loss.detach().float().mean())} at epoch {epoch} (step {step}); training "
+            "stopped before the weights were updated. Lower the learning rate or check the data for NaN/inf")
+
+
 def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
     """LR multiplier of the official ``WarmupCosineSchedule`` (cycles = 0.5).
 
@@ -110,6 +134,7 @@ class PromptTuningModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_optimisation(lr=lr, weight_decay=weight_decay, momentum=momentum, label_smoothing=label_smoothing)
         try:
             self.prompt_config = PromptConfig(
                 method=method, num_tokens=num_tokens, deep=deep, dropout=dropout, project=project,
@@ -153,7 +178,9 @@ class PromptTuningModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train", self.train_acc)
+        loss = self._shared_step(batch, "train", self.train_acc)
+        check_loss(loss, self.current_epoch, self.global_step)
+        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "val", self.val_acc)

@@ -14,6 +14,7 @@ from mgpath.pipelines.extract import extract_features, weights_description, writ
 from mgpath.pipelines.jobs import find_jobs
 from mgpath.pipelines.locks import clean_temp
 from mgpath.pipelines.summary import count_statuses, format_rows
+from mgpath.slides.reader import check_mpp_override
 
 __all__ = ["build_parser", "main"]
 
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     """``mgpath extract``. Exit status 0 when every slide is done or cached, 1 when some were skipped."""
     args = build_parser().parse_args(argv)
     try:
+        if args.mpp is not None:
+            check_mpp_override(args.mpp, "--mpp")
         jobs, problems = find_jobs(args.coords, args.out, args.slides, args.mpp)
         if args.checkpoint and not Path(args.checkpoint).exists():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist; give the encoder's local "

@@ -14,7 +14,7 @@ from pathlib import Path
 from mgpath.pipelines import tile as pipeline
 from mgpath.pipelines.tile import format_summary, tile_slides
 from mgpath.slides.grid import TileParams
-from mgpath.slides.reader import slide_id_from_path
+from mgpath.slides.reader import check_mpp_override, slide_id_from_path
 from mgpath.slides.tissue import TissueParams
 
 __all__ = ["build_parser", "main"]
@@ -24,11 +24,11 @@ def _read_mpp_csv(path: str) -> dict[str, float]:
     """``slide_id,mpp`` (or TRIDENT's ``wsi,mpp``) CSV -> dict."""
     out = {}
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
+        for row, r in enumerate(csv.DictReader(f), start=2):
             key = r.get("slide_id") or r.get("wsi") or r.get("slide")
             if key is None or "mpp" not in r:
                 raise ValueError(f"{path} needs columns slide_id (or wsi) and mpp")
-            out[slide_id_from_path(key)] = float(r["mpp"])
+            out[slide_id_from_path(key)] = check_mpp_override(r["mpp"], f"--mpp-csv {path} row {row} ({key})")
     return out
 
 
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             min_hole_mm2=args.min_hole_area,
         )
         mpp = _read_mpp_csv(args.mpp_csv) if args.mpp_csv else args.mpp
-        if args.mpp is not None and args.mpp <= 0:
-            raise ValueError(f"--mpp must be positive, got {args.mpp}")
+        if args.mpp is not None:
+            check_mpp_override(args.mpp, "--mpp")
     except (ValueError, OSError) as e:
         print(f"mgpath tile: {e}", file=sys.stderr)
         return 2
