@@ -91,11 +91,12 @@ def plain_dataset(f, name: str, path: str | os.PathLike):
     if link is None:
         return None
     if not isinstance(link, h5py.HardLink):
-        raise ValueError(f"{path}: '{name}' is a {type(link).__name__} to another place; the tool reads only "
-                         "data stored in the file itself (re-save it with the data copied in)")
+        raise ValueError(  # noqa: TRY004 (a bad input file, not a programming error)
+            f"{path}: '{name}' is a {type(link).__name__} to another place; the tool reads only data stored in "
+            "the file itself (re-save it with the data copied in)")
     ds = f[name]
     if not isinstance(ds, h5py.Dataset):
-        raise ValueError(f"{path}: '{name}' is a group, not a dataset")
+        raise ValueError(f"{path}: '{name}' is a group, not a dataset")  # noqa: TRY004 (a bad input file)
     if ds.is_virtual or ds.external:
         kind = "a virtual dataset (it maps other files)" if ds.is_virtual else "stored in external files"
         raise ValueError(f"{path}: '{name}' is {kind}; the tool reads only data stored in the file itself "
@@ -116,10 +117,10 @@ def check_coords(coords: np.ndarray, path: str | os.PathLike) -> np.ndarray:
                          "(N, 2) rows of x, y")
     if a.ndim != 2 or a.shape[1] != 2:
         raise ValueError(f"{path}: coords have shape {a.shape}; expected (N, 2) rows of x, y")
-    if a.dtype.kind not in "iu":
-        if a.dtype.kind != "f" or not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
-            raise ValueError(f"{path}: coords are not whole level-0 pixel numbers (dtype {a.dtype}); tile "
-                             "corners must be integers (regenerate them with mgpath tile)")
+    if a.dtype.kind not in "iu" and (a.dtype.kind != "f" or not np.all(np.isfinite(a))
+                                     or not np.all(a == np.round(a))):
+        raise ValueError(f"{path}: coords are not whole level-0 pixel numbers (dtype {a.dtype}); tile "
+                         "corners must be integers (regenerate them with mgpath tile)")
     a = a.astype(np.int64)
     if (a < 0).any():
         i = int(np.flatnonzero((a < 0).any(axis=1))[0])

@@ -10,13 +10,12 @@ the paper columns stay blank and nothing is cited unless you give that file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from vapt.atomic import atomic_path, write_text_atomic
+from vapt.atomic import atomic_path, read_json_file, write_text_atomic
 
 __all__ = ["collect", "main", "summary_table", "write_report"]
 
@@ -27,14 +26,14 @@ def collect(runs: str | os.PathLike) -> pd.DataFrame:
     """Per-fold rows ``method, fold, auc, f1, acc`` of every ``<method>/fold_k/result.json`` under ``runs``."""
     rows = []
     for p in sorted(Path(runs).glob("*/fold_*/result.json")):
-        r = json.loads(p.read_text())
+        r = read_json_file(p, "delete it and rerun `mgpath benchmark` (that fold is redone, the others kept)")
         rows.append({"method": p.parent.parent.name, "fold": int(r["fold"]), **{m: float(r[m]) for m in METRICS}})
     if not rows:
         raise FileNotFoundError(f"mgpath/report.py: no <method>/fold_k/result.json under {runs}; run "
                                 "`mgpath benchmark` (or `mgpath folds --out RUNS/<method>`) first")
     df = pd.DataFrame(rows)
     index = Path(runs) / "benchmark.json"
-    order = json.loads(index.read_text())["methods"] if index.is_file() else []
+    order = read_json_file(index, "delete it (it only orders the methods)")["methods"] if index.is_file() else []
     rank = {m: i for i, m in enumerate([*order, *sorted(set(df["method"]) - set(order))])}
     return df.sort_values(["method", "fold"], key=lambda c: c.map(rank) if c.name == "method" else c,
                           kind="stable").reset_index(drop=True)

@@ -8,6 +8,7 @@ name carries the writer's process id so that a clean-up removes only the files o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -104,6 +105,19 @@ def confined(root: str | os.PathLike, *parts: str, what: str = "output") -> Path
     if resolved != top and top not in resolved.parents:
         raise ValueError(f"{what} {path} resolves to {resolved}, outside {base}; rename the item or remove the link")
     return path
+
+
+class JSONFileError(ValueError):
+    """A JSON file the tool reads back (a run's result or summary) is damaged; the message names it."""
+
+
+def read_json_file(path: str | os.PathLike, fix: str = "delete it and rerun the command that wrote it"):
+    """The JSON document in ``path``, or `JSONFileError` naming the file and ``fix`` (truncated, not JSON)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise JSONFileError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                            f"{fix}") from None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

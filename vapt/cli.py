@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as \udcxx, never raise
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    return dispatch("vapt", SUBCOMMANDS, argv, _LIGHTNING)
+    from vapt.errors import run_reporting_user_errors
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = f"vapt {argv[0]}" if argv and not argv[0].startswith("-") else "vapt"
+    return run_reporting_user_errors(prog, lambda rest: dispatch("vapt", SUBCOMMANDS, rest, _LIGHTNING), argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception classes that mean "bad input" (imported lazily: each module owns its error)."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from vapt.atomic import JSONFileError
     from vapt.backbones import BackboneError
     from vapt.data.base import DataError
     from vapt.module import ModelConfigError
@@ -26,8 +27,10 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from vapt.resume import CheckpointError
     from vapt.tune import TuneError
 
+    # OSError: the file system said no (disk full, read-only folder or HOME cache, permissions); its message
+    # names the file
     return (DataError, ModelConfigError, CheckpointError, BackboneError, TuneError, ResourceError,
-            MisconfigurationException)
+            MisconfigurationException, JSONFileError, OSError)
 
 
 def find_user_error(exc: BaseException | None) -> BaseException | None:

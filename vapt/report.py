@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from vapt.atomic import atomic_path
+from vapt.atomic import atomic_path, read_json_file
 from vapt.atomic import write_text_atomic as atomic_write_text
 from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.vtab import GROUPS, VTAB_TASKS
@@ -38,7 +37,8 @@ def load_summaries(runs_dir: str | os.PathLike) -> list[dict]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"vapt report: {runs_dir} is not a folder; pass the --out folder of vapt tune.")
-    out = [json.loads(p.read_text()) for p in sorted(runs_dir.rglob("summary.json"))]
+    out = [read_json_file(p, "delete it and rerun vapt tune for that run (finished seeds are kept)")
+           for p in sorted(runs_dir.rglob("summary.json"))]
     if not out:
         raise FileNotFoundError(f"vapt report: no summary.json under {runs_dir}; run vapt tune (or "
                                 "scripts/reproduce_vtab.py) first, or wait for the seeds of a run to finish.")

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vapt.atomic import read_json_file
 from vapt.atomic import write_text_atomic as atomic_write_text
 from vapt.quiet import quiet_command
 from vapt.resources import resolve_config_args
@@ -138,7 +139,7 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     result_path = run_dir / "result.json"
     if result_path.is_file():
         log(f"  done already: {run_dir}")
-        return json.loads(result_path.read_text())
+        return read_json_file(result_path, f"delete it (or {run_dir}) to rerun that run")
     run_dir.mkdir(parents=True, exist_ok=True)
     args = list(cli_args) + [f"--trainer.default_root_dir={run_dir}"]
     args += [f"--{k}={_cli_value(v)}" for k, v in overrides.items()]

@@ -27,8 +27,13 @@ import torch
 
 from mgpath.graph import ADJACENCY_ORDER, tile_adjacency
 from mgpath.io import read_features_header, write_features
-from mgpath.pipelines.identity import (compare_identity, encoder_identity, file_sha256, slide_identity,
-                                      tiles_identity)
+from mgpath.pipelines.identity import (
+    compare_identity,
+    encoder_identity,
+    file_sha256,
+    slide_identity,
+    tiles_identity,
+)
 from mgpath.pipelines.jobs import SlideJob
 from mgpath.pipelines.locks import SlideLock
 from mgpath.pipelines.summary import write_summary_files

@@ -16,11 +16,11 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "Slide",
-    "SlideError",
-    "MPPError",
     "MPP_RANGE",
     "OVERRIDE_MPP_RANGE",
+    "MPPError",
+    "Slide",
+    "SlideError",
     "check_mpp_override",
     "magnification_to_mpp",
     "mpp_to_magnification",
