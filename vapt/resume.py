@@ -116,6 +116,61 @@ def use_atomic_checkpoints(trainer) -> None:
         strategy.checkpoint_io = AtomicCheckpointIO()
 
 
+# ---------------------------------------------------------------------------------------------- run identity
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _folder_digest(path: Path) -> str:
+    """Names, sizes and modification times of the files directly in ``path`` (cheap; no content read)."""
+    import hashlib
+
+    entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+    return hashlib.sha256(repr(entries).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def run_identity(args: list[str], extra_paths: list[str] | None = None) -> dict[str, Any]:
+    """What makes a finished run: its arguments and the data they name.
+
+    ``args`` are the command-line arguments of the run (config files, overrides). Every value among them or in
+    ``extra_paths`` that names an existing file is recorded with its SHA-256 (config YAMLs, label and split
+    CSVs, weights); an existing folder with the names, sizes and modification times of its files.
+    """
+    files: dict[str, str] = {}
+    for token in [*args, *(extra_paths or [])]:
+        value = str(token).split("=", 1)[1] if str(token).startswith("--") and "=" in str(token) else str(token)
+        p = Path(value).expanduser()
+        try:
+            if p.is_file():
+                files[value] = "sha256:" + _file_digest(p)
+            elif p.is_dir():
+                files[value] = "listing:" + _folder_digest(p)
+        except OSError:
+            continue
+    return {"args": [str(a) for a in args], "files": files}
+
+
+def compare_run_identity(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> str:
+    """``""`` when ``stored`` equals ``wanted`` (or is absent: a result of an older version), else what differs."""
+    if not stored:
+        return ""
+    diff = []
+    if stored.get("args") != wanted.get("args"):
+        old, new = stored.get("args") or [], wanted.get("args") or []
+        diff.append(f"arguments {sorted(set(old) - set(new))[:4]} -> {sorted(set(new) - set(old))[:4]}")
+    sf, wf = stored.get("files") or {}, wanted.get("files") or {}
+    changed = sorted(k for k in set(sf) | set(wf) if sf.get(k) != wf.get(k))
+    if changed:
+        diff.append(f"changed file(s) {changed[:4]}")
+    return "; ".join(diff)
+
+
 # ---------------------------------------------------------------------------------------------- choosing one
 def check_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
     """Load ``path`` safely (``weights_only=True``, CPU); `CheckpointError` naming it when it cannot be used."""

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -127,22 +128,34 @@ def _cli_value(v: Any) -> str:
 
 
 def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], evaluate: str,
-            log=_log.info) -> dict:
+            log=_log.info, overwrite: bool = False) -> dict:
     """Train one configuration in ``run_dir`` and evaluate it (``validate`` or ``test``).
 
-    Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists;
-    resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
+    Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists and was
+    made with the same arguments and files (:func:`vapt.resume.run_identity`); one made otherwise is a
+    `TuneError` (``stale: ... pass --overwrite``), or with ``overwrite`` is redone in an emptied ``run_dir``.
+    Resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
     """
     from vapt.lightning_cli import _VERSION_ENV, build_cli
-    from vapt.resume import find_resume_checkpoint
+    from vapt.resume import compare_run_identity, find_resume_checkpoint, run_identity
 
     result_path = run_dir / "result.json"
-    if result_path.is_file():
-        log(f"  done already: {run_dir}")
-        return read_json_file(result_path, f"delete it (or {run_dir}) to rerun that run")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = list(cli_args) + [f"--{k}={_cli_value(v)}" for k, v in overrides.items()]
+    identity = run_identity(settings)  # the run folder itself is not part of what made the result
     args = list(cli_args) + [f"--trainer.default_root_dir={run_dir}"]
     args += [f"--{k}={_cli_value(v)}" for k, v in overrides.items()]
+    if result_path.is_file():
+        done = read_json_file(result_path, f"delete it (or {run_dir}) to rerun that run")
+        why = compare_run_identity(done.get("identity"), identity)
+        if not why:
+            log(f"  done already: {run_dir}")
+            return done
+        if not overwrite:
+            raise TuneError(f"stale: {result_path} was made otherwise ({why}); pass --overwrite to redo it, or use "
+                            "another --out")
+        log(f"  stale, redone (--overwrite): {run_dir}")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     resume = find_resume_checkpoint(run_dir, log=lambda m: log(f"  {m}"))
     log(f"  {'resuming' if resume else 'running'}: {run_dir}" + (f" from {resume.name}" if resume else ""))
     t0 = time.time()
@@ -162,6 +175,7 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
         "effective_lr": model.effective_lr,
         "resumed_from": str(resume) if resume else None,
         "seconds": round(time.time() - t0, 2),
+        "identity": identity,
     }
     atomic_write_text(result_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     del cli, trainer, model, data
@@ -177,6 +191,7 @@ def tune(
     fast: bool = False,
     name: str | None = None,
     log=_log.info,
+    overwrite: bool = False,
 ) -> dict:
     """Grid search then seeds for one (task, method) config; returns and writes ``summary.json``.
 
@@ -210,7 +225,8 @@ def tune(
     def grid_run(lr: float, wd: float) -> float:
         overrides = {"model.init_args.lr": lr, "model.init_args.weight_decay": wd,
                      **{f"data.init_args.{k}": v for k, v in protocol["tune"].items()}}
-        res = run_one(cli_args, base / "grid" / f"lr{_fmt(lr)}_wd{_fmt(wd)}", overrides, "validate", log)
+        res = run_one(cli_args, base / "grid" / f"lr{_fmt(lr)}_wd{_fmt(wd)}", overrides, "validate", log,
+                      overwrite)
         acc = res["metrics"].get("val/acc", float("nan"))
         log(f"    lr={_fmt(lr)} wd={_fmt(wd)}: val/acc={acc:.4f}")
         return acc
@@ -236,7 +252,7 @@ def tune(
         overrides = {"model.init_args.lr": best_lr, "model.init_args.weight_decay": best_wd,
                      "seed_everything": seed, "data.init_args.seed": seed,
                      **{f"data.init_args.{k}": v for k, v in protocol["final"].items()}}
-        res = run_one(cli_args, base / "final" / f"seed{seed}", overrides, "test", log)
+        res = run_one(cli_args, base / "final" / f"seed{seed}", overrides, "test", log, overwrite)
         tests.append(res["metrics"]["test/acc"])
         log(f"    seed {seed}: test/acc={tests[-1]:.4f}")
     mean = sum(tests) / len(tests)
@@ -274,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=",".join(map(str, OFFICIAL_SEEDS)), help="comma-separated final seeds")
     ap.add_argument("--fast", action="store_true", help="wd sweep at lr 5, then lr sweep at the best wd")
     ap.add_argument("--name", default=None, help="<task>/<method> folder name (default: from the config)")
+    ap.add_argument("--overwrite", action="store_true", help="redo finished runs made with other settings or data")
     args, passthrough = ap.parse_known_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -284,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     def run(cli: list[str]) -> int:
         with quiet_command():
             tune(resolve_config_args(cli), args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name,
-                 log=print)
+                 log=print, overwrite=args.overwrite)
         return 0
 
     return run_reporting_user_errors("vapt tune", run, cli_args)

@@ -1,8 +1,9 @@
 """Keeping one output folder safe when several runs share it.
 
 - :class:`SlideLock`: a per-output lock file created exclusively (``O_CREAT | O_EXCL``) holding the owner's
-  host and process id. A run that finds a lock of a live process leaves that output to it; a lock whose
-  process is gone (a run killed with ``kill -9``) is taken over, as TRIDENT does.
+  host, process id and process start time. A run that finds a lock of a live process leaves that output to
+  it; a lock whose process is gone (a run killed with ``kill -9``) is taken over, as TRIDENT does - also
+  when its pid now belongs to another process (the start time differs).
 - :func:`clean_temp`: removes temporary files of killed runs, only those whose writer process is gone.
 """
 
@@ -15,7 +16,17 @@ from pathlib import Path
 
 from vapt.atomic import is_own_temp, temp_owner_pid
 
-__all__ = ["SlideLock", "clean_temp", "pid_alive"]
+__all__ = ["SlideLock", "clean_temp", "pid_alive", "process_start"]
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``), or None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()  # field 22 of stat(5), counted after the ")" closing the command name
+    except (OSError, IndexError):
+        return None
 
 
 def pid_alive(pid: int) -> bool:
@@ -52,7 +63,7 @@ class SlideLock:
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid())})
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -64,10 +75,13 @@ class SlideLock:
                 if host == socket.gethostname() and pid == os.getpid():
                     self.held = True
                     return True
-                if host not in (None, socket.gethostname()) or pid_alive(pid):
+                start = holder.get("start")
+                reused = start is not None and pid_alive(pid) and process_start(pid) not in (None, start)
+                if host not in (None, socket.gethostname()) or (pid_alive(pid) and not reused):
                     self.owner = f"pid {pid} on {host}"
                     return False
-                self.took_over = f"stale lock of dead pid {pid} taken over"
+                self.took_over = (f"stale lock of pid {pid} taken over (that pid now belongs to another process)"
+                                  if reused else f"stale lock of dead pid {pid} taken over")
                 try:
                     os.unlink(self.path)
                 except FileNotFoundError:
