@@ -87,6 +87,11 @@ def find_jobs(
                 problems.append({"slide_id": f.stem, "status": "skipped", "reason": str(e), "path": str(f)})
                 continue
             sid = attrs["slide_id"]
+            try:  # the id comes from the file's attributes: never let it lead out of --out
+                out_path = str(confined(odir, f"{sid}.h5", what=f"features file of {f}"))
+            except ValueError as e:
+                problems.append({"slide_id": str(sid), "status": "skipped", "path": str(f), "reason": str(e)})
+                continue
             sp = index.get(sid)
             if sp is None and not slides:
                 sp = attrs["raw"].get("slide_path")
@@ -100,11 +105,6 @@ def find_jobs(
                         "reason": f"slide for {f.name} not found {where}",
                     }
                 )
-                continue
-            try:  # the id comes from the file's attributes: never let it lead out of --out
-                out_path = str(confined(odir, f"{sid}.h5", what=f"features file of {f}"))
-            except ValueError as e:
-                problems.append({"slide_id": str(sid), "status": "skipped", "path": str(f), "reason": str(e)})
                 continue
             if out_path in claimed:
                 problems.append({"slide_id": sid, "status": "skipped", "path": str(f), "reason": (

@@ -82,11 +82,39 @@ def _case(root, name):
         (bad / "model.ckpt").write_bytes(b"garbage")
         return ["heatmap", "--ckpt", str(bad / "model.ckpt"), "--slide", str(root / "slides" / "s0_ihc.tiff"),
                 "--out", str(bad / "h.png")], 2, "model.ckpt"
+    if name in ("coords_escaping_name_and_external_storage", "coords_transposed_and_outside_slide"):
+        cdir = bad / name
+        shutil.copytree(root / "tiles" / "2.5x" / "coords", cdir, dirs_exist_ok=True)
+        first, second = (("name escapes --out", "external storage") if name.startswith("coords_escaping")
+                         else ("transposed", "outside the slide"))
+        for sid, damage in (("s0_ihc", first), ("s1_he", second)):
+            with h5py.File(cdir / f"{sid}.h5", "a") as f:
+                xy = f["coords"][()]
+                if damage == "name escapes --out":  # a slide name that would write outside --out
+                    f.attrs["name"] = f["coords"].attrs["name"] = "../../escaped"
+                    continue
+                del f["coords"]
+                if damage == "external storage":  # the coordinates "live" in another file
+                    (bad / "elsewhere.bin").write_bytes(xy.astype("<i8").tobytes())
+                    f.create_dataset("coords", shape=xy.shape, dtype="<i8",
+                                     external=[(str(bad / "elsewhere.bin"), 0, xy.nbytes)])
+                else:
+                    f["coords"] = xy.T if damage == "transposed" else xy + 10**6
+        return ["extract", *_extract_args(root, coords=cdir), "--checkpoint", str(root / "w.pth")], 1, str(cdir)
+    if name == "mpp_typed_as_magnification":
+        return ["tile", str(root / "slides"), "--out", str(root / "tiles"), "--magnification", "2.5",
+                "--tile-size", "96", "--mpp", "40", "--no-progress"], 2, "--mpp"
+    if name == "mpp_csv_non_numeric_cell":
+        (bad / "mpp_cells.csv").write_text("slide_id,mpp\ns0_ihc,0.5\ns1_he,n/a\n")
+        return ["tile", str(root / "slides"), "--out", str(root / "tiles"), "--magnification", "2.5",
+                "--tile-size", "96", "--mpp-csv", str(bad / "mpp_cells.csv"), "--no-progress"], 2, "mpp_cells.csv row 3"
     raise KeyError(name)
 
 
 CASES = ["garbage_checkpoint", "truncated_checkpoint", "missing_checkpoint", "no_coords_folder",
-         "corrupt_coords_h5", "mpp_csv_without_columns", "not_a_slide", "garbage_mgpath_checkpoint"]
+         "corrupt_coords_h5", "mpp_csv_without_columns", "not_a_slide", "garbage_mgpath_checkpoint",
+         "coords_escaping_name_and_external_storage", "coords_transposed_and_outside_slide",
+         "mpp_typed_as_magnification", "mpp_csv_non_numeric_cell"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -102,7 +130,10 @@ def test_bad_input(name, good_run):
     else:  # some slides skipped: the skipped slide's line names the file
         skipped = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("skipped")]
         assert skipped and all(named in ln for ln in skipped), proc.stdout
+        if name.startswith("coords_"):  # both damaged files of the case are skipped, each with its own line
+            assert len(skipped) == 2 and not (good_run / "features" / "s0_ihc.h5").exists(), proc.stdout
     after = _digest(good_run)
     assert {k: after.get(k) for k in before} == before  # nothing lost: every earlier output is unchanged
+    assert not list(good_run.parent.glob("escaped*")) and not (good_run / "escaped.h5").exists()  # nothing left --out
     with h5py.File(good_run / "features" / "2.5x" / "s0_ihc.h5") as f:
         assert f["features"].shape[0] > 0
