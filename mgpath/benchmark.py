@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from vapt.atomic import write_text_atomic
+from vapt.fileio.atomic import write_text_atomic
 
 __all__ = ["METHODS", "main", "method_config", "parse_folds", "run_benchmark"]
 

@@ -47,8 +47,8 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     from mgpath.slides.grid import TileParams
     from mgpath.slides.synthetic import make_synthetic_slide
     from mgpath.splits import make_kshot_splits, write_split_csv
-    from vapt.backbones import build_encoder
-    from vapt.resources import data_file, resolve_config
+    from vapt.backbones import build_backbone
+    from vapt.fileio.resources import data_file, resolve_config
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
                 workers=1, progress=False)
     log(f"[2/6] tiled at 10x and 5x into {out / 'tiles'} ({time.perf_counter() - t0:.0f}s)")
     torch.manual_seed(seed)
-    enc = build_encoder(encoder, img_size=img_size)
+    enc = build_backbone(encoder, img_size=img_size)
     jobs, problems = find_jobs(out / "tiles", out / "features")
     if problems:
         raise RuntimeError(f"mgpath/demo.py: feature extraction problems: {problems[:3]}")

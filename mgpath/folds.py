@@ -11,7 +11,7 @@ writes with ``np.std``, in a row it labels ``var``).
 Resuming: rerunning the same command skips every fold that has its ``result.json`` and restarts an unfinished
 (killed) fold from scratch in a clean folder, so no stale checkpoint of the killed run is left beside the new
 ones. A finished fold is reused only when it was made with the same arguments and the same files (config,
-labels, splits: see :func:`vapt.resume.run_identity`); otherwise the run stops with ``stale: ... pass
+labels, splits: see :func:`vapt.training.resume.run_identity`); otherwise the run stops with ``stale: ... pass
 --overwrite``. Each fold is locked (``OUT/.locks/fold_k.lock``) while it trains: a second run into the same
 folder leaves it to the first and says so.
 """
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from vapt.fileio.atomic import write_text_atomic
 from mgpath.pipelines.locks import SlideLock
-from vapt.atomic import read_json_file, write_text_atomic
-from vapt.resume import compare_run_identity, run_identity
+from vapt.fileio.atomic import read_json_file, write_text_atomic
+from vapt.training.resume import compare_run_identity, run_identity
 
 __all__ = ["main", "run_fold", "run_folds", "summarise"]
 

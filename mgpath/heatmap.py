@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mgpath.model import MGPATH, Bag
-from vapt.atomic import atomic_path, write_text_atomic
+from vapt.fileio.atomic import atomic_path, write_text_atomic
 
 __all__ = ["draw_heatmaps", "heatmap_figure", "heatmap_folder", "heatmap_scores", "main", "slide_heatmap", "tile_value_map"]
 

@@ -13,7 +13,7 @@ Features h5 (``mgpath extract``; CLAM ``h5_files/``; TRIDENT ``features_<encoder
     attributes encoder, checkpoint, embed_dim, patch_size, patch_size_level0, step_level0, target_mpp, ...
 
 A CLAM ``pt_files/<id>.pt`` is an (N, D) tensor; its coordinates come from the sibling ``h5_files/<id>.h5``.
-Every file is written through :func:`vapt.atomic.atomic_path`: readers never see a half-written file.
+Every file is written through :func:`vapt.fileio.atomic.atomic_path`: readers never see a half-written file.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from mgpath.slides.reader import magnification_to_mpp
-from vapt.atomic import atomic_path, confined
+from vapt.fileio.atomic import atomic_path
+from vapt.fileio.atomic import atomic_path, confined
 
 __all__ = [
     "COORDS_FORMAT",
@@ -294,7 +295,7 @@ def read_features(path: str | os.PathLike) -> dict:
     """
     import torch
 
-    from vapt.weights import load_weights_file  # torch-heavy: imported only when a features file is read
+    from vapt.fileio.weights import load_weights_file  # torch-heavy: imported only when a features file is read
 
     path = Path(path)
     if path.suffix in (".pt", ".pth"):

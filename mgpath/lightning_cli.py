@@ -17,9 +17,10 @@ from lightning.pytorch.cli import LightningCLI
 
 from mgpath.data import WSIFeatureDataModule
 from mgpath.lit import SlideClassifier
-from vapt.resources import ResourceError, resolve_config_args
-from vapt.resume import use_atomic_checkpoints
-from vapt.weights import safe_torch_load
+from vapt.cli.errors import report_error
+from vapt.fileio.resources import ResourceError, resolve_config_args
+from vapt.training.resume import use_atomic_checkpoints
+from vapt.fileio.weights import safe_torch_load
 
 __all__ = ["MGPATHCLI", "main", "make_cli"]
 
@@ -135,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         make_cli(argv)
     except ResourceError as e:  # --config names neither a file nor a shipped config
-        print(f"mgpath {argv[0] if argv else ''}: {e}", file=sys.stderr)
-        return 2
+        return report_error(f"mgpath {argv[0] if argv else ''}".strip(), e)
     return 0
 
 

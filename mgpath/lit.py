@@ -23,7 +23,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
 
-from vapt.module import check_loss, check_optimisation
+from vapt.training.module import check_loss, check_optimisation
 
 __all__ = ["SlideAUROC", "SlideClassifier", "get_rng_state", "set_rng_state"]
 
@@ -172,7 +172,7 @@ class SlideClassifier(pl.LightningModule):
         """Write ``<default_root_dir>/predictions.csv`` (slide_id, label, p_<class>...) atomically."""
         import pandas as pd
 
-        from vapt.atomic import atomic_path
+        from vapt.fileio.atomic import atomic_path
 
         rows = []
         for out in self._predictions:

@@ -21,8 +21,8 @@ import torch
 from mgpath.lit import SlideAUROC, SlideClassifier
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import OTConfig
-from vapt.state_dict import check_state_dict, complete_state_dict
-from vapt.weights import safe_torch_load
+from vapt.fileio.state_dict import check_state_dict, complete_state_dict
+from vapt.fileio.weights import safe_torch_load
 
 __all__ = ["CHECKPOINT_FORMAT", "MGPATHModule", "SlideAUROC", "load_init_checkpoint", "ot_config"]
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -34,15 +33,16 @@ import yaml
 from mgpath.model import MGPATH, build_mgpath
 from mgpath.ot import OTConfig
 from mgpath.text import load_state_dict_file
-from vapt.atomic import atomic_path, write_text_atomic
-from vapt.encoders.hf_clip import hf_layers_to_open_clip
+from vapt.backbones.hf_clip import hf_layers_to_open_clip
+from vapt.cli.errors import report_error
+from vapt.fileio.atomic import atomic_path, write_text_atomic
 
 __all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "main"]
 
 def hf_text_to_open_clip(layers: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """HF CLIP text-encoder layers (``{prefix}layers.i.self_attn.q_proj.weight`` ...) -> open_clip
     ``transformer.resblocks.i.*`` (q/k/v concatenated into ``in_proj``); see
-    :func:`vapt.encoders.hf_clip.hf_layers_to_open_clip`."""
+    :func:`vapt.backbones.hf_clip.hf_layers_to_open_clip`."""
     return hf_layers_to_open_clip(layers, prefix)
 
 
@@ -207,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_state_dict_file(a.checkpoint)
         align = load_state_dict_file(a.alignment) if a.alignment else None
     except (FileNotFoundError, ValueError) as err:
-        print(f"mgpath import-official: {err}", file=sys.stderr)
-        return 2
+        return report_error("mgpath import-official", err)
     sd, settings = convert_official(ckpt, align, a.heads)
     model = load_converted(sd, settings, a.descriptions, a.classes, a.magnifications, compat=not a.no_compat)
     config = {k: v for k, v in settings.items() if k != "rows"}

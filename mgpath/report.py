@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from vapt.atomic import atomic_path, read_json_file, write_text_atomic
+from vapt.fileio.atomic import atomic_path, write_text_atomic
+from vapt.fileio.atomic import atomic_path, read_json_file, write_text_atomic
 
 __all__ = ["collect", "main", "summary_table", "write_report"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vapt.atomic import atomic_path
 from mgpath.data import read_labels, read_split_csv
+from vapt.fileio.atomic import atomic_path
 
 __all__ = ["check_no_leakage", "main", "make_kshot_splits", "write_split_csv"]
 

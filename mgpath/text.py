@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mgpath import towers
+from mgpath.towers import TextTower
+from vapt.fileio.resources import resolve_data_path
 from vapt.quiet import drop_log_records
-from vapt.resources import resolve_data_path
 
 __all__ = [
     "TINY_TEXT_CFG",
@@ -105,9 +107,9 @@ def load_descriptions(path: str | os.PathLike, classes: list[str] | None = None,
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint file into a flat state dict (``state_dict``/``model`` keys and ``module.`` prefixes
-    are unwrapped; ``.safetensors`` supported). Read with :func:`vapt.weights.load_weights_file`: a file that
-    needs full unpickling is refused (see :mod:`vapt.weights`)."""
-    from vapt.weights import load_weights_file
+    are unwrapped; ``.safetensors`` supported). Read with :func:`vapt.fileio.weights.load_weights_file`: a file that
+    needs full unpickling is refused (see :mod:`vapt.fileio.weights`)."""
+    from vapt.fileio.weights import load_weights_file
 
     path = Path(path)
     if not path.is_file():
@@ -119,52 +121,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict):
         raise TypeError(f"mgpath/text.py: {path} does not contain a state dict")
     return OrderedDict((k.removeprefix("module."), v) for k, v in sd.items())
-
-
-class TextTower(nn.Module):
-    """The frozen text side of an open_clip ``CLIP`` model (no projection: the adaptor replaces it).
-
-    Forward: prompt embeddings (P, L, W) with positions already added, end-of-text index (P,) -> (P, W).
-    """
-
-    def __init__(self, clip_model: nn.Module, tokenizer=None):
-        super().__init__()
-        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
-        if not all(hasattr(clip_model, n) for n in needed):
-            raise TypeError("mgpath/text.py: the text tower must be an open_clip CLIP model with token_embedding, "
-                            f"positional_embedding, transformer and ln_final (got {type(clip_model).__name__}; "
-                            "CustomTextCLIP/HF text towers are not supported)")
-        self.token_embedding = clip_model.token_embedding
-        self.positional_embedding = clip_model.positional_embedding
-        self.transformer = clip_model.transformer
-        self.ln_final = clip_model.ln_final
-        self.register_buffer("attn_mask", getattr(clip_model, "attn_mask", None), persistent=False)
-        self.context_length = int(self.positional_embedding.shape[0])
-        self.width = int(self.positional_embedding.shape[1])
-        self.tokenizer = tokenizer
-        for p in self.parameters():
-            p.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        """The tower stays in eval mode (frozen, no dropout)."""
-        super().train(mode)
-        for m in (self.token_embedding, self.transformer, self.ln_final):
-            m.eval()
-        return self
-
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """(P,) strings -> (P, L) token ids, truncated with end-of-text last."""
-        return self.tokenizer(texts, context_length=self.context_length)
-
-    @property
-    def eot_token_id(self) -> int:
-        return int(getattr(self.tokenizer, "eot_token_id", 49407))
-
-    def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-        cast = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else embeddings.dtype
-        x = self.transformer(embeddings.to(cast), attn_mask=self.attn_mask)
-        x = self.ln_final(x)
-        return x[torch.arange(x.shape[0], device=x.device), eot_index]
 
 
 def build_text_tower(model_name: str = "ViT-B-32", checkpoint: str | None = None,
@@ -185,8 +141,6 @@ def build_text_tower(model_name: str = "ViT-B-32", checkpoint: str | None = None
     tokenizer : ``conch_v1`` only: CONCH's tokenizer JSON (default: beside the checkpoint, or the conch package's).
     """
     import open_clip
-
-    from mgpath import towers
 
     if model_name == "plip":
         return towers.plip_tower(checkpoint)

@@ -5,7 +5,7 @@ Each builder returns a frozen tower with the interface :class:`mgpath.text.Promp
 ``eot_token_id``, ``forward(embeddings (P, L, W) with positions, eot_index (P,)) -> (P, W)``):
 
 - ``plip``: an HF ``CLIPModel`` folder (``vinid/plip``), rebuilt as open_clip's CLIP text tower (keys remapped
-  by :func:`vapt.encoders.hf_clip.hf_clip_to_open_clip`); CLIP BPE tokenizer, pooled at end-of-text;
+  by :func:`vapt.backbones.hf_clip.hf_clip_to_open_clip`); CLIP BPE tokenizer, pooled at end-of-text;
 - ``quiltnet``: an open_clip file or folder (``open_clip_config.json`` decides the architecture);
 - ``biomedclip``: BiomedCLIP's HF BERT text tower (the open_clip hub folder: ``open_clip_config.json``,
   ``open_clip_pytorch_model.bin``, ``tokenizer.json``); pooled at ``[CLS]`` (position 0), so the learnable context
@@ -28,9 +28,55 @@ CONCH_TEXT_CFG = {"context_length": 127, "vocab_size": 32007, "width": 768, "hea
 CONCH_TOKENIZER_NAMES = ("conch_byte_level_bpe_uncased.json", "tokenizer.json")
 
 
+class TextTower(nn.Module):
+    """The frozen text side of an open_clip ``CLIP`` model (no projection: the adaptor replaces it).
+
+    Forward: prompt embeddings (P, L, W) with positions already added, end-of-text index (P,) -> (P, W).
+    """
+
+    def __init__(self, clip_model: nn.Module, tokenizer=None):
+        super().__init__()
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+        if not all(hasattr(clip_model, n) for n in needed):
+            raise TypeError("mgpath/towers.py: the text tower must be an open_clip CLIP model with token_embedding, "
+                            f"positional_embedding, transformer and ln_final (got {type(clip_model).__name__}; "
+                            "CustomTextCLIP/HF text towers are not supported)")
+        self.token_embedding = clip_model.token_embedding
+        self.positional_embedding = clip_model.positional_embedding
+        self.transformer = clip_model.transformer
+        self.ln_final = clip_model.ln_final
+        self.register_buffer("attn_mask", getattr(clip_model, "attn_mask", None), persistent=False)
+        self.context_length = int(self.positional_embedding.shape[0])
+        self.width = int(self.positional_embedding.shape[1])
+        self.tokenizer = tokenizer
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        """The tower stays in eval mode (frozen, no dropout)."""
+        super().train(mode)
+        for m in (self.token_embedding, self.transformer, self.ln_final):
+            m.eval()
+        return self
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """(P,) strings -> (P, L) token ids, truncated with end-of-text last."""
+        return self.tokenizer(texts, context_length=self.context_length)
+
+    @property
+    def eot_token_id(self) -> int:
+        return int(getattr(self.tokenizer, "eot_token_id", 49407))
+
+    def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        cast = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else embeddings.dtype
+        x = self.transformer(embeddings.to(cast), attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        return x[torch.arange(x.shape[0], device=x.device), eot_index]
+
+
 def _weights(checkpoint, name: str):
-    from vapt.backbones import BackboneError
-    from vapt.encoders import files
+    from vapt.backbones import files
+    from vapt.backbones.errors import BackboneError
 
     if checkpoint is None:
         raise BackboneError(f"Text tower {name} is built from the publisher's files; pass the checkpoint "
@@ -43,10 +89,9 @@ def plip_tower(checkpoint):
     """PLIP's text side from its HF folder (config.json + pytorch_model.bin)."""
     import open_clip
 
-    from mgpath.text import TextTower
-    from vapt.backbones import BackboneError
-    from vapt.encoders.files import load_checked
-    from vapt.encoders.hf_clip import hf_clip_to_open_clip, open_clip_from_hf_config
+    from vapt.backbones.errors import BackboneError
+    from vapt.backbones.files import load_checked
+    from vapt.backbones.hf_clip import hf_clip_to_open_clip, open_clip_from_hf_config
 
     w, sd = _weights(checkpoint, "plip")
     if w.config() is None:
@@ -130,7 +175,7 @@ class CoCaTextTower(_TokenizersTower):
 
 def conch_tokenizer(path: str | os.PathLike, context_length: int = 127):
     """CONCH's byte-level BPE tokenizer file -> a ``tokenizers.Tokenizer`` truncating / padding to 127 ids."""
-    from vapt.backbones import BackboneError
+    from vapt.backbones.errors import BackboneError
 
     try:
         from tokenizers import Tokenizer
@@ -147,7 +192,7 @@ def conch_tokenizer(path: str | os.PathLike, context_length: int = 127):
 
 
 def _find_conch_tokenizer(tokenizer, folder: Path | None) -> Path:
-    from vapt.backbones import BackboneError
+    from vapt.backbones.errors import BackboneError
 
     if tokenizer is not None:
         return Path(tokenizer)
@@ -169,8 +214,8 @@ def conch_tower(checkpoint, tokenizer=None, model_cfg: dict | None = None) -> Co
     """CONCH v1's text side from ``pytorch_model.bin`` (full CoCa; ``text.*`` keys) and its tokenizer file."""
     from open_clip.transformer import TextTransformer
 
-    from vapt.backbones import BackboneError
-    from vapt.encoders.files import load_checked
+    from vapt.backbones.errors import BackboneError
+    from vapt.backbones.files import load_checked
 
     w, sd = _weights(checkpoint, "conch_v1")
     cfg = {**CONCH_TEXT_CFG, **(model_cfg or {})}
@@ -185,7 +230,7 @@ def conch_tower(checkpoint, tokenizer=None, model_cfg: dict | None = None) -> Co
 
 def quiltnet_tower(checkpoint):
     """QuiltNet (open_clip ViT-B-32 or the folder's ``open_clip_config.json``) -> (model_name, model_cfg, file)."""
-    from vapt.encoders import files
+    from vapt.backbones import files
 
     if checkpoint is None:
         return "ViT-B-32", None, None
@@ -244,8 +289,8 @@ def _bert_config(sd: dict, folder: Path | None):
 
 def biomedclip_tower(checkpoint) -> BertTextTower:
     """BiomedCLIP's text side from its open_clip hub folder (``open_clip_config.json`` + weights + ``tokenizer.json``)."""
-    from vapt.backbones import BackboneError
-    from vapt.encoders.files import load_checked
+    from vapt.backbones.errors import BackboneError
+    from vapt.backbones.files import load_checked
 
     try:
         from tokenizers import Tokenizer

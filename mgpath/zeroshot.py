@@ -21,7 +21,7 @@ from mgpath.model import MGPATH, Bag
 from mgpath.module import MGPATHModule
 from mgpath.ot import OTConfig, ot_similarity
 from mgpath.text import PromptLearner, load_descriptions
-from vapt.atomic import atomic_path
+from vapt.fileio.atomic import atomic_path
 
 __all__ = ["ZeroShotMGPATH", "ZeroShotModule", "main"]
 

@@ -124,8 +124,8 @@ def export_task(name: str, out: Path, data_dir: str | None, download: bool, fmt:
     import tensorflow_datasets as tfds
     from PIL import Image
 
-    from vapt.atomic import write_text_atomic as atomic_write_text
     from vapt.data.vtab import get_task
+    from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 
     task, spec = get_task(name), EXPORTS[name]
     builder = tfds.builder(spec.tfds, data_dir=data_dir)

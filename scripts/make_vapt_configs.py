@@ -1,6 +1,6 @@
 """Write configs/vtab/<method>/<task>.yaml and configs/fgvc/<method>/<dataset>.yaml.
 
-Shared defaults live in the signatures of `vapt.module.PromptTuningModule` (SGD, momentum 0.9, warmup 10 +
+Shared defaults live in the signatures of `vapt.training.module.PromptTuningModule` (SGD, momentum 0.9, warmup 10 +
 cosine per epoch, lr x batch / 256) and the DataModules (official transforms and splits); each file only
 holds what differs per method and task. Edit this script and re-run it rather than editing the files:
 
@@ -85,7 +85,7 @@ def render(family: str, method: str, name: str) -> str:
         "  max_epochs: 100",
         f"  default_root_dir: runs/{family}",
         "model:",
-        "  class_path: vapt.module.PromptTuningModule",
+        "  class_path: vapt.training.module.PromptTuningModule",
         "  init_args:",
         f"    backbone: {BACKBONE}",
         f"    checkpoint: {WEIGHTS}",

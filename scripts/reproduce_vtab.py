@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.vtab import GROUPS, VTAB_TASKS, get_task, tasks_in_group
 from vapt.quiet import quiet_command
-from vapt.report import report
-from vapt.tune import OFFICIAL_SEEDS, tune
+from vapt.reporting.report import report
+from vapt.training.tune import OFFICIAL_SEEDS, tune
 
 METHODS = ("vapt", "vpt_deep", "vpt_shallow", "linear")
 

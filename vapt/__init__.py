@@ -4,7 +4,7 @@ The public names are imported lazily so that `import vapt` stays cheap for comma
 """
 from __future__ import annotations
 
-import importlib
+from vapt.lazy_exports import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -12,16 +12,12 @@ _EXPORTS = {
     "PromptConfig": "vapt.prompts",
     "PromptedViT": "vapt.model",
     "build_model": "vapt.model",
-    "ViTEncoder": "vapt.backbones",
-    "build_encoder": "vapt.backbones",
-    "BackboneError": "vapt.backbones",
+    "ViTEncoder": "vapt.backbones.vit",
+    "build_backbone": "vapt.backbones.factory",  # what prompt tuning accepts: a frozen ViTEncoder
+    "build_encoder": "vapt.backbones.factory",  # any encoder preset, timm model or open_clip tower
+    "BackboneError": "vapt.backbones.errors",
     "load_official_checkpoint": "vapt.checkpoints",
     "export_official_checkpoint": "vapt.checkpoints",
 }
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vapt' has no attribute {name!r}")
+__getattr__ = lazy_getattr("vapt", _EXPORTS)

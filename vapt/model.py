@@ -8,9 +8,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from vapt.backbones import ViTEncoder, build_encoder
+from vapt.backbones import ViTEncoder, build_backbone
+from vapt.fileio.state_dict import check_state_dict
 from vapt.prompts import PromptConfig, PromptGenerator
-from vapt.state_dict import check_state_dict
 
 
 def official_head_bias(prior: float = 0.01) -> float:
@@ -130,7 +130,7 @@ def build_model(
         Local backbone weights.
     img_size : int or (H, W), optional
     """
-    encoder = build_encoder(backbone, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained,
-                            **backbone_kwargs)
+    encoder = build_backbone(backbone, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained,
+                             **backbone_kwargs)
     return PromptedViT(encoder, num_classes=num_classes, prompt=prompt or PromptConfig(),
                        head_bias_prior=head_bias_prior)

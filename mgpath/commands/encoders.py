@@ -10,7 +10,7 @@ _NORMS = {"IMAGENET": "ImageNet", "OPENAI_CLIP": "OpenAI CLIP", "HALF": "0.5/0.5
 
 
 def _norm_name(norm) -> str:
-    from vapt.encoders import preprocess
+    from vapt.backbones import preprocess
 
     for attr, label in _NORMS.items():
         if tuple(norm) == getattr(preprocess, attr):
@@ -20,7 +20,7 @@ def _norm_name(norm) -> str:
 
 def preset_rows() -> list[dict]:
     """One dict per preset: name, dim, input, transform, mean/std, vit, status, weights, licence, magnification."""
-    from vapt.encoders import list_presets
+    from vapt.backbones import list_presets
 
     rows = []
     for p in list_presets():

@@ -14,6 +14,7 @@ from mgpath.pipelines.extract import extract_features, weights_description, writ
 from mgpath.pipelines.jobs import find_jobs
 from mgpath.pipelines.locks import clean_temp
 from mgpath.pipelines.summary import count_statuses, format_rows
+from vapt.cli.errors import report_error
 from mgpath.slides.reader import check_mpp_override
 
 __all__ = ["build_parser", "main"]
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist; give the encoder's local "
                                     "weights file or model folder")
         kwargs = _encoder_kwargs(args.encoder_kwargs)
-        from vapt.encoders import build_encoder
-        from vapt.encoders.files import resolve
+        from vapt.backbones import build_encoder
+        from vapt.backbones.files import resolve
 
         if not args.checkpoint:
             torch.manual_seed(args.random_seed)  # same run -> same random encoder -> same features
@@ -103,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         weights_file = str(resolve(args.checkpoint).file) if args.checkpoint else None  # a folder's weights file
         weights = weights_description(weights_file, args.random_seed)
     except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"mgpath extract: {e}", file=sys.stderr)
-        return 2
+        return report_error("mgpath extract", e)
     if (
         "LOCAL_RANK" not in os.environ and Path(args.out).exists()
     ):  # launcher process, before any DDP rank starts

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import csv
 import signal
-import sys
 from pathlib import Path
 
 from mgpath.pipelines import tile as pipeline
@@ -16,6 +15,7 @@ from mgpath.pipelines.tile import format_summary, tile_slides
 from mgpath.slides.grid import TileParams
 from mgpath.slides.reader import check_mpp_override, slide_id_from_path
 from mgpath.slides.tissue import TissueParams
+from vapt.cli.errors import report_error
 
 __all__ = ["build_parser", "main"]
 
@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mpp is not None:
             check_mpp_override(args.mpp, "--mpp")
     except (ValueError, OSError) as e:
-        print(f"mgpath tile: {e}", file=sys.stderr)
-        return 2
+        return report_error("mgpath tile", e)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that the worker pool is ended with this process
     rows = tile_slides(
         args.inputs,

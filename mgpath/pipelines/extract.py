@@ -3,7 +3,7 @@
 Tiles are read straight from the slide inside DataLoader workers (each worker opens its own OpenSlide
 handle): each tile's level-0 footprint is read from the best pyramid level and resized once, directly to the
 encoder's input size (bilinear, antialiased), then normalised with its mean/std and encoded by any encoder
-``vapt.backbones.build_encoder`` builds. Output per slide (written atomically)::
+``vapt.backbones.build_backbone`` builds. Output per slide (written atomically)::
 
     features   (N, D) float32
     coords     (N, 2) int64, level-0 top-left, same order as the coordinates file
@@ -253,7 +253,7 @@ def extract_features(
     """Encode the tiles of ``jobs`` and write one features h5 per job; returns summary rows.
 
     ``encoder`` maps ``(B, 3, H, W)`` normalised images to ``(B, D)``; it must carry ``data_config`` (input
-    size, mean, std) as built by ``vapt.backbones.build_encoder``. ``weights`` describes the encoder's
+    size, mean, std) as built by ``vapt.backbones.build_backbone``. ``weights`` describes the encoder's
     weights for the cache identity (default: the checkpoint's SHA-256, else random-init); ``identity_extra``
     holds any other setting that changes the features. A job whose output holds features of the same
     identity is ``cached``; one made with anything else is reported stale (``skipped``) unless ``overwrite``.

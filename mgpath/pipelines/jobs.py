@@ -10,7 +10,7 @@ import numpy as np
 
 from mgpath.io import read_coords
 from mgpath.pipelines.discovery import index_slides
-from vapt.atomic import confined
+from vapt.fileio.atomic import confined
 
 __all__ = ["SlideJob", "find_jobs"]
 

@@ -14,7 +14,8 @@ import os
 import socket
 from pathlib import Path
 
-from vapt.atomic import is_own_temp, temp_owner_pid
+from vapt.fileio.atomic import temp_owner_pid
+from vapt.fileio.atomic import is_own_temp, temp_owner_pid
 
 __all__ = ["SlideLock", "clean_temp", "pid_alive", "process_start"]
 
@@ -112,8 +113,8 @@ class SlideLock:
 def clean_temp(out: str | os.PathLike) -> list[Path]:
     """Remove the temporary files under ``out`` that this tool wrote and whose writer process is gone; return them.
 
-    Only names of :func:`vapt.atomic.atomic_path`'s pattern for this tool's outputs qualify
-    (:func:`vapt.atomic.is_own_temp`): ``<target>.<pid>.<random>.tmp`` is kept while process ``pid`` runs,
+    Only names of :func:`vapt.fileio.atomic.atomic_path`'s pattern for this tool's outputs qualify
+    (:func:`vapt.fileio.atomic.is_own_temp`): ``<target>.<pid>.<random>.tmp`` is kept while process ``pid`` runs,
     ``<target>.<random>.tmp`` (older versions, no pid) is removed. Any other file (a user's ``draft.tmp``)
     is never touched, nor are links.
     """

@@ -7,7 +7,8 @@ import io
 import json
 from pathlib import Path
 
-from vapt.atomic import printable, write_bytes_atomic
+from vapt.fileio.atomic import write_bytes_atomic
+from vapt.fileio.atomic import printable, write_bytes_atomic
 
 __all__ = ["STATUSES", "count_statuses", "format_rows", "write_summary_files"]
 
@@ -23,7 +24,7 @@ def write_summary_files(rows: list[dict], out: Path, name: str, fields: list[str
     """Write ``out/<name>.csv`` (``fields`` columns, empty for None) and ``out/<name>.json`` atomically.
 
     ``json_doc`` is what the JSON holds (default: the rows); returns the CSV's path. Text cells go through
-    :func:`vapt.atomic.printable`, so a file name that is not valid UTF-8 never stops the summary.
+    :func:`vapt.fileio.atomic.printable`, so a file name that is not valid UTF-8 never stops the summary.
     """
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")

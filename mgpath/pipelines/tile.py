@@ -32,7 +32,7 @@ from mgpath.slides import preview
 from mgpath.slides.grid import TileParams, tile_grid, tissue_fraction
 from mgpath.slides.reader import Slide, SlideError, slide_id_from_path
 from mgpath.slides.tissue import TissueParams, segment_tissue, write_geojson
-from vapt.atomic import confined
+from vapt.fileio.atomic import confined
 
 __all__ = ["format_summary", "tile_slide", "tile_slides", "write_summary"]
 

@@ -2,7 +2,7 @@
 
 Each tile's level-0 footprint is read from the best pyramid level and resized once, directly to the
 encoder's input size (bilinear, antialiased), then normalised with the encoder's mean/std. Encoders that carry
-their publisher's transform (``vapt.encoders`` presets: ``resize`` / ``crop`` / ``interpolation`` in their
+their publisher's transform (``vapt.backbones`` presets: ``resize`` / ``crop`` / ``interpolation`` in their
 ``data_config``) get the tile as the tiler defined it (``patch_size`` px) and that exact transform.
 """
 
@@ -32,7 +32,7 @@ class TileDataset(torch.utils.data.Dataset):
             raise ValueError(f"reader must be 'openslide' or 'fast', got {reader!r}")
         self.reader = reader  # "fast": JPEG-tiled slides through mgpath.slides.jpeg_tiles (others: OpenSlide)
         self.jobs = jobs
-        # a preset's own transform (vapt.encoders.preprocess_tiles) instead of the single direct resize
+        # a preset's own transform (vapt.backbones.preprocess_tiles) instead of the single direct resize
         self.data_config = data_config if data_config is not None and "resize" in data_config else None
         self.input_size = tuple(int(v) for v in input_size)
         self._mean_np = np.asarray(mean, np.float32).reshape(1, 1, 3)
@@ -100,7 +100,7 @@ class TileDataset(torch.utils.data.Dataset):
             tile, ok = np.full((*self.input_size, 3), 255, np.uint8), False
             self._open.pop(j, None)
         if self.data_config is not None:
-            from vapt.encoders.preprocess import preprocess_tiles
+            from vapt.backbones.preprocess import preprocess_tiles
 
             return preprocess_tiles(torch.from_numpy(np.ascontiguousarray(tile))[None], self.data_config)[0], j, t, ok
         return self.transform(tile), j, t, ok

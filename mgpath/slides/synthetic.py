@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vapt.atomic import atomic_path
+from vapt.fileio.atomic import atomic_path
 
 __all__ = [
     "Ellipse",

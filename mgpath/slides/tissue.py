@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vapt.atomic import write_bytes_atomic
+from vapt.fileio.atomic import write_bytes_atomic
 
 __all__ = [
     "TissueParams",

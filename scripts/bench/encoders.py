@@ -27,7 +27,7 @@ NEEDS_FOLDER = {"h0-mini", "lunit-vits8", "phikon", "phikon_v2", "plip"}
 def run_one(name: str, batch: int, iters: int, device: str, depth: int | None, folder: str | None) -> dict:
     import torch
 
-    from vapt.encoders import build_encoder, get_preset
+    from vapt.backbones import build_encoder, get_preset
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     kw = {}
@@ -74,7 +74,7 @@ def main() -> None:
     if a.one:
         print(json.dumps(run_one(a.one, a.batch, a.iters, a.device, a.depth, folders.get(a.one))))
         return
-    from vapt.encoders import list_presets
+    from vapt.backbones import list_presets
 
     names = a.presets or [p.name for p in list_presets() if not p.unavailable]
     rows = []

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             from mgpath.pipelines.extract import extract_features
             from mgpath.pipelines.jobs import SlideJob
             from mgpath.pipelines.tile_dataset import TileDataset
-            from vapt.backbones import build_encoder
+            from vapt.backbones import build_backbone
 
             if args.extract_magnification and args.extract_magnification != args.magnification:
                 tpe = TileParams(tile_size=args.tile_size, magnification=args.extract_magnification)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
             result["extract_magnification"] = attrs["target_magnification"]
             result["extract_unique_tiles"] = int(min(len(xy), args.max_tiles))
             xy = np.resize(xy, (args.max_tiles, 2)) if args.max_tiles > len(xy) else xy[: args.max_tiles]
-            enc = build_encoder(args.encoder, img_size=224)
+            enc = build_backbone(args.encoder, img_size=224)
             cfg = enc.data_config
             out = Path(tmp) / "feats" / f"{slide_path.stem}.h5"
             job = SlideJob(slide_path.stem, str(slide_path), str(coords_file), str(out), xy, attrs)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from vapt.data import VTABDataModule
 from vapt.data.synthetic import write_vtab_tree
-from vapt.module import PromptTuningModule
+from vapt.training.module import PromptTuningModule
 
 METHODS = {
     "vpt_deep": {"method": "vpt", "deep": True, "num_tokens": 10, "dropout": 0.1},

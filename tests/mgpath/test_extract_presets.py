@@ -105,7 +105,7 @@ def test_extract_resnet50_phikon_conch(one_slide, tmp_path, randomise):
 
     trunk_sd = timm.create_model("vit_base_patch16_224", num_classes=0, img_size=448, depth=1).state_dict()
     sd = {f"visual.trunk.{k}": v for k, v in trunk_sd.items()}
-    from vapt.encoders.timm_vits import ConchPool
+    from vapt.backbones.timm_vits import ConchPool
 
     sd.update({f"visual.{k.replace('attn_pool.', 'attn_pool_contrast.').replace('ln.', 'ln_contrast.')}": v
                for k, v in ConchPool(proj=False).state_dict().items()})

@@ -83,8 +83,8 @@ def tiny_vit(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_enc(tiny_vit):
-    """The checkpoint loaded back through ``vapt.backbones.build_encoder``."""
-    from vapt.backbones import build_encoder
+    """The checkpoint loaded back through ``vapt.backbones.build_backbone``."""
+    from vapt.backbones import build_backbone as build_encoder
 
     return build_encoder("vit_tiny_patch16_224", checkpoint=tiny_vit[0], img_size=64)
 

@@ -5,7 +5,7 @@
 ``.pt`` is run here under that variable with a pickled payload that creates a marker file when unpickled:
 each must refuse the file (exit 2, one line naming it) and the marker must never appear. A control shows that
 the payload is live (a plain ``torch.load`` under the variable runs it). A static check keeps every
-``torch.load`` of the packages inside :func:`vapt.weights.safe_torch_load` and every Lightning load explicit.
+``torch.load`` of the packages inside :func:`vapt.fileio.weights.safe_torch_load` and every Lightning load explicit.
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def test_every_load_in_the_packages_is_explicitly_weights_only():
             where = f"{path.relative_to(ROOT)}:{node.lineno}"
             if attr == "load" and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
                 found.append(where)
-                assert path.name == "weights.py", f"{where}: call vapt.weights.safe_torch_load instead"
+                assert path.name == "weights.py", f"{where}: call vapt.fileio.weights.safe_torch_load instead"
                 assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
             if attr == "load_from_checkpoint" or (attr in ("fit", "validate", "test", "predict")
                                                   and "ckpt_path" in kw):

@@ -26,7 +26,7 @@ from mgpath.io import read_features, write_coords
 from mgpath.pipelines import extract as extract_pipeline
 from mgpath.pipelines.jobs import find_jobs
 from mgpath.pipelines.locks import SlideLock, clean_temp
-from vapt.atomic import atomic_path, temp_owner_pid
+from vapt.fileio.atomic import atomic_path, temp_owner_pid
 
 ENC = "vit_tiny_patch16_224"
 
@@ -242,7 +242,7 @@ def test_interrupted_extraction_resumes_to_the_uninterrupted_result(tiled, slide
             if (tmp_path / "out" / "2.5x" / "s0_ihc.h5").exists():
                 raise KeyboardInterrupt("killed")
 
-    from vapt.backbones import build_encoder
+    from vapt.backbones import build_backbone as build_encoder
 
     jobs, _ = find_jobs(tiled, tmp_path / "out", str(slides))
     enc = build_encoder(ENC, checkpoint=ckpt, img_size=64)

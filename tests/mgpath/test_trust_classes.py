@@ -31,9 +31,9 @@ from mgpath.slides.grid import TileParams
 from mgpath.slides.jpeg_tiles import check_jpeg_stream
 from mgpath.slides.reader import MPPError, check_mpp_override
 from mgpath.slides.synthetic import make_synthetic_slide
-from vapt.atomic import atomic_path, confined, is_own_temp, printable
-from vapt.module import ModelConfigError, NonFiniteLossError, check_loss, check_optimisation
-from vapt.resume import compare_run_identity, run_identity
+from vapt.fileio.atomic import atomic_path, confined, is_own_temp, printable
+from vapt.training.module import ModelConfigError, NonFiniteLossError, check_loss, check_optimisation
+from vapt.training.resume import compare_run_identity, run_identity
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = [b"Gewebe \xe4.tiff", ("x" * 235 + ".tiff").encode(), b"with space.tiff", "组织 ü.tiff".encode()]

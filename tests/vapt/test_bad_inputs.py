@@ -70,7 +70,7 @@ def _forkserver():
     """Children are forked from a server that has only imported vapt: quick to start, and safe (a fork of this
     process, whose torch thread pools have run, can hang)."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["vapt.cli", "vapt.lightning_cli", "vapt.tune"])
+    ctx.set_forkserver_preload(["vapt.cli", "vapt.training.lightning_cli", "vapt.training.tune"])
     return ctx
 
 

@@ -18,7 +18,7 @@ from timm.layers import SwiGLUPacked
 from torch import nn
 from torchvision import transforms as T
 
-from vapt.encoders import build_encoder
+from vapt.backbones import build_encoder
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -36,7 +36,7 @@ def tiles() -> torch.Tensor:
 
 
 def reference_input(tiles, size, norm, interp, crop, resize=None):
-    """The publisher's eval transform with torchvision's transforms API (independent of vapt.encoders)."""
+    """The publisher's eval transform with torchvision's transforms API (independent of vapt.backbones)."""
     steps = [T.Resize(resize or size, interpolation=interp, antialias=True), T.CenterCrop(size)] if crop else \
         [T.Resize((size, size), interpolation=interp, antialias=True)]
     tf = T.Compose([*steps, T.Normalize(*norm)])

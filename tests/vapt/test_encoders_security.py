@@ -13,8 +13,9 @@ import sys
 import pytest
 import torch
 
-from vapt.backbones import BackboneError, build_encoder
-from vapt.weights import WeightsFileError, load_weights_file
+from vapt.backbones import BackboneError
+from vapt.backbones import build_backbone as build_encoder
+from vapt.fileio.weights import WeightsFileError, load_weights_file
 
 
 class _Payload:
@@ -69,7 +70,7 @@ def test_every_encoder_loader_refuses(name, malicious):
     (path.parent / "config.json").write_text('{"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1, '
                                              '"num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, '
                                              '"patch_size": 16}')
-    from vapt.encoders import build_encoder as build_any
+    from vapt.backbones import build_encoder as build_any
 
     with pytest.raises(BackboneError, match="not loaded.*safetensors"):
         build_any(name, checkpoint=path.parent if name == "phikon" else path)

@@ -9,9 +9,9 @@ import timm
 import torch
 
 from vapt import PromptConfig, build_model
-from vapt.backbones import BackboneError
-from vapt.encoders import build_encoder
-from vapt.summary import parameter_table
+from vapt.backbones import build_encoder
+from vapt.backbones.errors import BackboneError
+from vapt.reporting.summary import parameter_table
 
 UNI = {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "dynamic_img_size": True}
 
@@ -68,7 +68,7 @@ def test_vapt_on_uni_forward_counts_and_one_step(uni_file):
 def test_bad_inputs_name_the_fix(uni_file, tmp_path):
     path, src = uni_file
     with pytest.raises(BackboneError, match=r"Unknown encoder preset 'uni_v3'.*Did you mean: uni_v2, uni_v1"):
-        from vapt.encoders import get_preset
+        from vapt.backbones import get_preset
 
         get_preset("uni_v3")
     with pytest.raises(BackboneError, match=r"Unknown encoder 'virchov2'.*Did you mean: virchow2"):
@@ -117,7 +117,7 @@ def test_tile_config_prompt_tunes_uni(uni_file, tmp_path):
 
     from PIL import Image
 
-    from vapt.lightning_cli import build_cli
+    from vapt.training.lightning_cli import build_cli
 
     path, _ = uni_file
     tiles = _tissue(3, 224).numpy()

@@ -14,7 +14,7 @@ from PIL import Image
 from vapt.data import DataError, ImageFolderDataModule
 from vapt.data.images import unlabelled_samples
 from vapt.data.transforms import vtab_transform
-from vapt.lightning_cli import build_cli, main
+from vapt.training.lightning_cli import build_cli, main
 
 CLASSES = ("cat", "dog", "owl")
 TINY = json.dumps({"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 1})
@@ -38,7 +38,7 @@ def tree(tmp_path) -> Path:
 
 
 def _args(tree: Path, out: Path, *extra: str) -> list[str]:
-    return ["--seed_everything=0", "--model=vapt.module.PromptTuningModule", "--model.backbone=vit_tiny_patch16_224",
+    return ["--seed_everything=0", "--model=vapt.training.module.PromptTuningModule", "--model.backbone=vit_tiny_patch16_224",
             f"--model.backbone_kwargs={TINY}", "--model.method=vapt", "--model.num_tokens=2",
             "--model.kernel_size=2", "--model.hidden_dim=4",
             "--data=vapt.data.ImageFolderDataModule", f"--data.root={tree / 'pets'}", "--data.val_split=null",

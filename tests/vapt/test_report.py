@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from vapt import report
+from vapt.reporting import report
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

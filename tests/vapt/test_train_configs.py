@@ -13,7 +13,7 @@ import yaml
 from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.synthetic import PATTERNS, write_fgvc_tree, write_vtab_tree
 from vapt.data.vtab import VTAB_TASKS
-from vapt.lightning_cli import build_cli, main
+from vapt.training.lightning_cli import build_cli, main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "vtab").glob("*/*.yaml")) + sorted((REPO / "configs" / "fgvc").glob("*/*.yaml"))

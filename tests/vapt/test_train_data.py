@@ -34,7 +34,7 @@ from vapt.data.transforms import (
     fgvc_train_transform,
     vtab_transform,
 )
-from vapt.module import PromptTuningModule
+from vapt.training.module import PromptTuningModule
 
 
 @pytest.fixture()

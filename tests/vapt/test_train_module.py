@@ -11,7 +11,7 @@ import timm
 import torch
 
 from vapt.data import DemoShapesDataModule
-from vapt.module import PromptTuningModule, load_trained_model, warmup_cosine_factor
+from vapt.training.module import PromptTuningModule, load_trained_model, warmup_cosine_factor
 
 TINY = {"patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 1}
 

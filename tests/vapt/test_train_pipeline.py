@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from vapt.data.synthetic import write_vtab_tree
-from vapt.lightning_cli import main
-from vapt.module import PromptTuningModule
-from vapt.tune import parse_grid, tune
+from vapt.training.lightning_cli import main
+from vapt.training.module import PromptTuningModule
+from vapt.training.tune import parse_grid, tune
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 1}

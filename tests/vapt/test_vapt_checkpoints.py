@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
 from vapt import PromptConfig, build_model, export_official_checkpoint, load_official_checkpoint
-from vapt.backbones import BackboneError, build_encoder
+from vapt.backbones import BackboneError
+from vapt.backbones import build_backbone as build_encoder
 
 NAME = "vit_tiny_patch16_224"
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 import math
 
 import pytest
+import timm.layers
 import torch
 import torch.nn.functional as F
-import timm.layers
 
 from vapt import PromptConfig, PromptedViT, build_model
-from vapt.backbones import BackboneError
-
+from vapt.backbones.errors import BackboneError
 
 TINY = dict(backbone="vit_tiny_patch16_224", img_size=32)
 

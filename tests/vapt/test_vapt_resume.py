@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vapt.lightning_cli import main
-from vapt.module import PromptTuningModule
-from vapt.resume import AtomicCheckpointIO, CheckpointError, check_checkpoint, find_resume_checkpoint
+from vapt.training.lightning_cli import main
+from vapt.training.module import PromptTuningModule
+from vapt.training.resume import AtomicCheckpointIO, CheckpointError, check_checkpoint, find_resume_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--test_after_fit=false"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from setuptools.config.pyprojecttoml import load_file
 
-from vapt.resources import config_names, shipped_dir
+from vapt.fileio.resources import config_names, shipped_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = "_shipped/"
@@ -80,7 +80,7 @@ def test_wheel_installs_with_its_data_and_runs_outside_the_checkout(tmp_path):
                 "--data.init_args.root", "demo_data", "--data.init_args.train_size", "64",
                 "--data.init_args.val_size", "32", "--data.init_args.test_size", "32")
 
-    site = Path(run(py, "-c", "import vapt.resources as r; print(r.shipped_dir('data'))").strip())
+    site = Path(run(py, "-c", "import vapt.fileio.resources as r; print(r.shipped_dir('data'))").strip())
     assert venv in site.parents  # the installed copy, not the checkout
     # no drift: the installed files are the repository's files, one for one
     installed = {p.relative_to(site.parent).as_posix() for p in site.parent.rglob("*") if p.is_file()}

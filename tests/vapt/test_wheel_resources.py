@@ -1,4 +1,4 @@
-"""Shipped configs and data by name (`vapt.resources`), the `configs` subcommands, did-you-mean for misspelt
+"""Shipped configs and data by name (`vapt.fileio.resources`), the `configs` subcommands, did-you-mean for misspelt
 config keys and the per-command silencing of known noise (`vapt.quiet`), in the checkout."""
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 
 from vapt.cli import main as vapt_main
-from vapt.config_keys import suggestions
-from vapt.lightning_cli import main as fit_main
-from vapt.quiet import drop_log_records, quiet_command
-from vapt.resources import (
+from vapt.fileio.resources import (
     ResourceError,
     config_names,
     data_file,
@@ -20,6 +17,9 @@ from vapt.resources import (
     resolve_config_args,
     resolve_data_path,
 )
+from vapt.quiet import drop_log_records, quiet_command
+from vapt.training.config_keys import suggestions
+from vapt.training.lightning_cli import main as fit_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,7 +117,7 @@ def test_no_random_init_line_when_the_users_open_clip_file_is_loaded(tiny_open_c
     import open_clip
     import torch
 
-    from vapt.backbones import build_encoder
+    from vapt.backbones import build_backbone as build_encoder
 
     clip = open_clip.create_model(tiny_open_clip.split(":", 1)[1])
     torch.save(clip.state_dict(), tmp_path / "clip.pt")

@@ -13,13 +13,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from vapt.data.decode import DECODE_ERRORS, image_problem, load_rgb
+from vapt.data.images import unlabelled_samples
+from vapt.data.samples import DataError, Sample
 
-Sample = tuple[str, int]
 BadImage = Literal["stop", "skip"]
-
-
-class DataError(ValueError):
-    """A dataset on disk does not match what the configuration expects."""
 
 
 class ListDataset(Dataset):
@@ -291,8 +288,6 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _load(self, which: str) -> None:
         if which == "predict" and getattr(self, "predict_source", None) and which not in self.datasets:
-            from vapt.data.images import unlabelled_samples
-
             samples = unlabelled_samples(self.predict_source)
             if self.check_images:
                 samples, bad = check_image_files(samples, f"--predict_images {self.predict_source}", self.on_bad_image)

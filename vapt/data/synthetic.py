@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar")
 SPLIT_SIZES = {"train800": 800, "val200": 200, "test": 400}

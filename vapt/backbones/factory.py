@@ -1,71 +1,37 @@
-"""The preset table: one :class:`Preset` per named encoder, and the factory :func:`build_encoder`.
+"""The two factories of the backbones package: one name plus an optional local file -> a ready frozen encoder.
 
-A preset knows how its publisher builds the model (``build``), how tiles are preprocessed (``preprocess``),
-what the output is (``dim``) and where its weights come from. Presets register themselves from the modules
-beside this one (``timm_vits``, ``hf``, ``cnn``); the table is filled on first use.
+- :func:`build_encoder`: any preset (``uni_v1``, ``conch_v1``, ``resnet50`` ...), any timm model (CNNs give pooled
+  features) or ``open_clip:<model>``; used for tile features (``mgpath extract``).
+- :func:`build_backbone`: what prompt tuning accepts, a :class:`~vapt.backbones.vit.ViTEncoder` (timm ViT names,
+  ``open_clip:<model>`` and the ViT presets); used by :func:`vapt.build_model`.
+
+Importing this module fills the preset table (the preset modules register themselves on import).
 """
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Sequence
 
 from torch import nn
 
-from vapt.backbones import OPEN_CLIP_PREFIX, BackboneError
-from vapt.encoders.preprocess import Preprocess
+from vapt.backbones import cnn, hf, timm_vits  # noqa: F401 - each registers its presets on import
+from vapt.backbones.cnn import build_generic_timm
+from vapt.backbones.errors import BackboneError
+from vapt.backbones.registry import PRESETS, Preset
+from vapt.backbones.vit import IMAGENET_MEAN, IMAGENET_STD, OPEN_CLIP_PREFIX, ViTEncoder, build_vit
 
-__all__ = ["PRESETS", "Preset", "build_encoder", "get_preset", "list_presets", "register"]
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named tile encoder as its publisher builds it.
-
-    ``build(preset, checkpoint, img_size, **overrides) -> encoder`` (a ``ViTEncoder`` or
-    ``TileEncoder``). ``unavailable`` (a one-line reason naming the package or file it needs) marks presets
-    that cannot be rebuilt exactly here; they are listed but refuse to build.
-    """
-
-    name: str
-    dim: int
-    preprocess: Preprocess
-    build: Callable | None
-    arch: str
-    layout: str
-    source: str
-    licence: str = "unverified"
-    magnification: str = "unverified"
-    vit: bool = True
-    extra: str | None = None
-    unavailable: str | None = None
-    notes: str = ""
-    options: dict = field(default_factory=dict)
-
-
-PRESETS: dict[str, Preset] = {}
-
-
-def register(preset: Preset) -> Preset:
-    PRESETS[preset.name] = preset
-    return preset
-
-
-def _load_tables() -> None:
-    if not PRESETS:
-        from vapt.encoders import cnn, hf, timm_vits  # noqa: F401 - registration side effect
+__all__ = ["build_backbone", "build_encoder", "get_preset", "list_presets"]
 
 
 def list_presets() -> list[Preset]:
     """Every preset, in registration order."""
-    _load_tables()
     return list(PRESETS.values())
 
 
 def get_preset(name: str) -> Preset:
     """The preset called ``name``; an unknown name raises with the closest preset names."""
-    _load_tables()
     if name in PRESETS:
         return PRESETS[name]
     close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.5)
@@ -103,7 +69,6 @@ def build_encoder(name: str, checkpoint: str | os.PathLike | None = None, img_si
         Frozen, eval mode; ``encoder(x)`` maps normalised (B, 3, H, W) to (B, feature_dim); carries ``name``,
         ``feature_dim``, ``data_config`` and ``preprocess(tiles_uint8) -> (B, 3, H, W)``.
     """
-    _load_tables()
     if name in PRESETS:
         preset = PRESETS[name]
         if preset.unavailable:
@@ -113,12 +78,8 @@ def build_encoder(name: str, checkpoint: str | os.PathLike | None = None, img_si
                                 f"{preset.source}) and pass checkpoint=PATH (--checkpoint PATH).")
         enc = preset.build(preset, checkpoint, img_size, **overrides)
     elif name.startswith(OPEN_CLIP_PREFIX):
-        from vapt.backbones import build_encoder as build_vit
-
         enc = build_vit(name, checkpoint, img_size, pretrained, **overrides)
     else:
-        from vapt.encoders.cnn import build_generic_timm
-
         enc = build_generic_timm(name, checkpoint, img_size, pretrained, **overrides)
     if mean is not None or std is not None:
         enc.data_config = {**enc.data_config, "mean": tuple(mean or enc.data_config["mean"]),
@@ -128,10 +89,34 @@ def build_encoder(name: str, checkpoint: str | os.PathLike | None = None, img_si
     return enc
 
 
-def unknown_name(name: str, timm_names: list[str]) -> BackboneError:
-    """Error for a name that is neither a preset nor a timm / open_clip model (closest names of both)."""
-    _load_tables()
-    close = difflib.get_close_matches(name, list(PRESETS) + timm_names, n=4, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return BackboneError(f"Unknown encoder {name!r}: not a preset, timm model or open_clip:<name>.{hint} "
-                         "`mgpath encoders` lists the presets.")
+def build_backbone(name: str, checkpoint: str | os.PathLike | None = None,
+                   img_size: int | Sequence[int] | None = None, pretrained: bool = False,
+                   global_pool: str | None = None, **timm_kwargs) -> ViTEncoder:
+    """Build a frozen, prompt-tunable ViT encoder, optionally from a local checkpoint file.
+
+    ``name`` is a timm ViT name, ``open_clip:<model name>``, or a ViT preset (``uni_v1``, ``virchow2``,
+    ``phikon`` ...: the publisher's architecture, preprocessing and output rule); CNN presets are refused.
+    The other arguments are those of :func:`vapt.backbones.vit.build_vit` (checkpoint formats, ``img_size``
+    resampling, ``pretrained`` downloads, ``global_pool``).
+
+    Returns
+    -------
+    ViTEncoder
+        Frozen; ``encoder(x)`` maps (B, 3, H, W) to (B, feature_dim).
+    """
+    if name not in PRESETS:
+        return build_vit(name, checkpoint, img_size, pretrained, global_pool, **timm_kwargs)
+    if not PRESETS[name].vit:
+        raise BackboneError(f"Preset {name!r} is a {PRESETS[name].arch}, not a Vision Transformer; prompt "
+                            "tuning needs a ViT preset (e.g. uni_v1, phikon, virchow2).")
+    if global_pool is not None:
+        timm_kwargs["global_pool"] = global_pool
+    enc = build_encoder(name, checkpoint, img_size, pretrained=pretrained, **timm_kwargs)
+    if not isinstance(enc, ViTEncoder):
+        raise BackboneError(f"Preset {name!r} is not a Vision Transformer; prompt tuning needs a ViT preset.")
+    mean, std = tuple(enc.data_config["mean"]), tuple(enc.data_config["std"])
+    if (mean, std) != (IMAGENET_MEAN, IMAGENET_STD):
+        warnings.warn(f"Preset {name} expects inputs normalised with mean {mean} / std {std}; the vapt data "
+                      "modules normalise with ImageNet statistics, so feed it data normalised with the "
+                      "preset's (model.backbone.data_config).", stacklevel=2)
+    return enc

@@ -2,7 +2,7 @@
 
 :func:`resolve` turns what the user passed (a weights file, a model folder with ``config.json``, or a hub cache
 folder ``models--org--name``) into the weights file plus the folder's configuration; :func:`read_state_dict`
-reads it safely (:mod:`vapt.weights`) and unwraps training checkpoints; :func:`load_checked` loads a state
+reads it safely (:mod:`vapt.fileio.weights`) and unwraps training checkpoints; :func:`load_checked` loads a state
 dict strictly and, when it does not fit, says which other preset it belongs to.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vapt.backbones import BackboneError
-from vapt.state_dict import diff_state_dict
-from vapt.weights import WeightsFileError, load_weights_file
+from vapt.backbones.errors import BackboneError
+from vapt.fileio.state_dict import diff_state_dict
+from vapt.fileio.weights import WeightsFileError, load_weights_file
 
 #: weights file names, in the order a folder is searched
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",

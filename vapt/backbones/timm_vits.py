@@ -12,10 +12,11 @@ import warnings
 import torch
 from torch import nn
 
-from vapt.backbones import BackboneError, ViTEncoder
-from vapt.encoders import files
-from vapt.encoders.preprocess import HALF, HOPTIMUS, IMAGENET, OPENAI_CLIP, Preprocess
-from vapt.encoders.registry import PRESETS, Preset, register
+from vapt.backbones import files
+from vapt.backbones.errors import BackboneError
+from vapt.backbones.preprocess import HALF, HOPTIMUS, IMAGENET, OPENAI_CLIP, Preprocess
+from vapt.backbones.registry import PRESETS, Preset, register
+from vapt.backbones.vit import ViTEncoder
 
 
 def _swiglu() -> dict:

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from vapt.fileio.state_dict import check_state_dict, complete_state_dict
 from vapt.model import PromptedViT, build_model
 from vapt.prompts import PromptConfig
-from vapt.state_dict import check_state_dict, complete_state_dict
 
 CHECKPOINT_FORMAT = "vapt-trainable-v1"
 

@@ -23,8 +23,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from vapt.atomic import atomic_path
-from vapt.weights import safe_torch_load
+from vapt.fileio.atomic import atomic_path
+from vapt.fileio.weights import safe_torch_load
 
 
 class CheckpointError(ValueError):

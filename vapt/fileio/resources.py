@@ -19,6 +19,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from vapt.cli.errors import report_error
+
 __all__ = ["ResourceError", "config_names", "configs_main", "data_file", "resolve_config", "resolve_config_args",
            "resolve_data_path", "shipped_dir"]
 
@@ -39,14 +41,14 @@ def shipped_dir(kind: str) -> Path:
         When the package was installed without its data (for example from a zip), or ``kind`` is unknown.
     """
     if kind not in _KINDS:
-        raise ValueError(f"vapt.resources: kind must be one of {_KINDS}, got {kind!r}")
+        raise ValueError(f"vapt.fileio.resources: kind must be one of {_KINDS}, got {kind!r}")
     root = resources.files("vapt") / "_shipped" / kind
     if isinstance(root, Path) and root.is_dir():
         return root.resolve()  # the repository folder in a checkout, the package copy in a wheel
-    fallback = Path(__file__).resolve().parents[1] / kind  # a checkout whose symlinks were not kept
+    fallback = Path(__file__).resolve().parents[2] / kind  # a checkout whose symlinks were not kept
     if (fallback / _MARKER[kind]).is_file():
         return fallback
-    raise ResourceError(f"vapt.resources: the shipped {kind}/ folder is missing from {root}; reinstall "
+    raise ResourceError(f"vapt.fileio.resources: the shipped {kind}/ folder is missing from {root}; reinstall "
                         "vapt-mgpath from a wheel or a checkout (pip install .).")
 
 
@@ -98,7 +100,7 @@ def data_file(name: str) -> Path:
     """A shipped data file by name, e.g. ``data_file("vtab/published.csv")``."""
     path = shipped_dir("data") / name
     if not path.is_file():
-        raise ResourceError(f"vapt.resources: no shipped data file {name!r} in {shipped_dir('data')}.")
+        raise ResourceError(f"vapt.fileio.resources: no shipped data file {name!r} in {shipped_dir('data')}.")
     return path
 
 
@@ -145,7 +147,6 @@ def configs_main(argv: list[str] | None = None, scope: str = "vapt") -> int:
     """``vapt configs --list`` (names) and ``vapt configs NAME`` (print the YAML, e.g. to copy and edit);
     ``scope="mgpath"`` lists the ``wsi/`` configs, whose names work without that prefix."""
     import argparse
-    import sys
 
     prog = f"{scope} configs"
     ap = argparse.ArgumentParser(prog=prog, description="List or print the shipped LightningCLI configs; a "
@@ -162,8 +163,7 @@ def configs_main(argv: list[str] | None = None, scope: str = "vapt") -> int:
     try:
         path = resolve_config(args.name, _SCOPES[scope], lister=prog)
     except ResourceError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
+        return report_error(prog, e)
     print(path if args.path else path.read_text(), end="\n" if args.path else "")
     return 0
 

@@ -10,11 +10,12 @@ import re
 import torch
 from torch import nn
 
-from vapt.backbones import BackboneError
-from vapt.encoders import files
-from vapt.encoders.preprocess import IMAGENET, Preprocess, preprocess_tiles
-from vapt.encoders.registry import Preset, register, unknown_name
-from vapt.encoders.timm_vits import identify, warn_random
+from vapt.backbones import files
+from vapt.backbones.errors import BackboneError
+from vapt.backbones.preprocess import IMAGENET, Preprocess, preprocess_tiles
+from vapt.backbones.registry import Preset, register, unknown_name
+from vapt.backbones.timm_vits import identify, warn_random
+from vapt.backbones.vit import build_vit
 
 
 class TileEncoder(nn.Module):
@@ -129,8 +130,6 @@ def build_generic_timm(name, checkpoint, img_size, pretrained, **overrides) -> n
     with torch.device("meta"):
         probe = timm.create_model(name, pretrained=False, num_classes=0)
     if isinstance(probe, VisionTransformer):
-        from vapt.backbones import build_encoder as build_vit
-
         return build_vit(name, checkpoint, img_size, pretrained, **overrides)
     kw = dict(overrides)
     model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kw)

@@ -4,16 +4,18 @@ from __future__ import annotations
 import importlib
 import sys
 
+from vapt.cli.errors import run_reporting_errors
+
 #: subcommand -> (module, function taking argv list, one-line help)
 SUBCOMMANDS = {
-    "summary": ("vapt.summary", "main", "tuned / total parameter table of a prompt model"),
-    "fit": ("vapt.lightning_cli", "main", "train (LightningCLI)"),
-    "validate": ("vapt.lightning_cli", "main", "validate (LightningCLI)"),
-    "test": ("vapt.lightning_cli", "main", "test (LightningCLI)"),
-    "predict": ("vapt.lightning_cli", "main", "predict (LightningCLI)"),
-    "tune": ("vapt.tune", "main", "lr x wd grid on train800/val200, then seeds on train800val200 -> test"),
-    "report": ("vapt.report", "main", "results table (markdown + csv) and plot with paper deltas"),
-    "configs": ("vapt.resources", "configs_main", "list (--list) or print the shipped configs"),
+    "summary": ("vapt.reporting.summary", "main", "tuned / total parameter table of a prompt model"),
+    "fit": ("vapt.training.lightning_cli", "main", "train (LightningCLI)"),
+    "validate": ("vapt.training.lightning_cli", "main", "validate (LightningCLI)"),
+    "test": ("vapt.training.lightning_cli", "main", "test (LightningCLI)"),
+    "predict": ("vapt.training.lightning_cli", "main", "predict (LightningCLI)"),
+    "tune": ("vapt.training.tune", "main", "lr x wd grid on train800/val200, then seeds on train800val200 -> test"),
+    "report": ("vapt.reporting.report", "main", "results table (markdown + csv) and plot with paper deltas"),
+    "configs": ("vapt.fileio.resources", "configs_main", "list (--list) or print the shipped configs"),
 }
 _LIGHTNING = {"fit", "validate", "test", "predict"}
 
@@ -36,15 +38,18 @@ def dispatch(prog: str, subcommands: dict, argv: list[str] | None, pass_name: se
     return int(func([name, *rest] if name in pass_name else rest) or 0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as \udcxx, never raise
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
-    from vapt.errors import run_reporting_user_errors
-
+def run_tool(tool: str, subcommands: dict, argv: list[str] | None, pass_name: set[str]) -> int:
+    """``tool SUBCOMMAND ...`` with every failure reported as one line by :mod:`vapt.cli.errors` (exit 1 or 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = f"vapt {argv[0]}" if argv and not argv[0].startswith("-") else "vapt"
-    return run_reporting_user_errors(prog, lambda rest: dispatch("vapt", SUBCOMMANDS, rest, _LIGHTNING), argv)
+
+    def prog(args: list[str]) -> str:
+        return f"{tool} {args[0]}" if args and not args[0].startswith("-") else tool
+
+    return run_reporting_errors(prog, lambda rest: dispatch(tool, subcommands, rest, pass_name), argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool("vapt", SUBCOMMANDS, argv, _LIGHTNING)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,25 @@ from pathlib import Path
 from typing import Any, Optional
 
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
-from vapt.atomic import write_text_atomic as atomic_write_text
-from vapt.config_keys import SuggestingArgumentParser
-from vapt.data.base import ClassificationDataModule
-from vapt.errors import EXIT_SKIPPED, run_reporting_user_errors
-from vapt.module import PromptTuningModule
+from vapt.backbones.errors import BackboneError
+from vapt.cli.errors import EXIT_SKIPPED, run_reporting_errors
+from vapt.data.base import ClassificationDataModule, DataError
+from vapt.fileio.atomic import JSONFileError
+from vapt.fileio.atomic import write_text_atomic as atomic_write_text
+from vapt.fileio.resources import ResourceError, resolve_config_args
 from vapt.quiet import quiet_command
-from vapt.resources import resolve_config_args
-from vapt.resume import check_checkpoint, resolve_ckpt_path, resume_callbacks, use_atomic_checkpoints
+from vapt.training.config_keys import SuggestingArgumentParser
+from vapt.training.module import ModelConfigError, PromptTuningModule
+from vapt.training.resume import (
+    CheckpointError,
+    check_checkpoint,
+    resolve_ckpt_path,
+    resume_callbacks,
+    use_atomic_checkpoints,
+)
 
 _VERSION_ENV = "VAPT_LOG_VERSION"
 
@@ -235,6 +244,13 @@ def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) ->
     )
 
 
+#: the exceptions that mean "this input cannot be used" in a training command (each module owns its error)
+#: bad input of vapt fit|validate|test|predict (OSError: the file system said no - disk full, read-only folder;
+#: JSONFileError: a damaged result or summary file)
+USER_ERRORS = (DataError, ModelConfigError, CheckpointError, BackboneError, ResourceError, MisconfigurationException,
+               JSONFileError, OSError)
+
+
 def _run(argv: list[str]) -> int:
     with quiet_command():
         cli = build_cli(argv, run=True)
@@ -255,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     owns_version = _VERSION_ENV not in os.environ
     try:
-        return run_reporting_user_errors(f"vapt {argv[0] if argv else ''}".strip(), _run, argv)
+        return run_reporting_errors(f"vapt {argv[0] if argv else ''}".strip(), _run, argv, USER_ERRORS)
     finally:
         if owns_version:
             os.environ.pop(_VERSION_ENV, None)

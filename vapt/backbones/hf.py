@@ -12,12 +12,14 @@ from functools import partial
 import torch
 from torch import nn
 
-from vapt.backbones import BackboneError, ViTEncoder
-from vapt.encoders import files
-from vapt.encoders.hf_clip import hf_clip_to_open_clip, open_clip_from_hf_config
-from vapt.encoders.preprocess import IMAGENET, OPENAI_CLIP, Preprocess
-from vapt.encoders.registry import Preset, register
-from vapt.encoders.timm_vits import fit_pos_embed, identify, warn_random
+from vapt.backbones import files
+from vapt.backbones.errors import BackboneError
+from vapt.backbones.hf_clip import hf_clip_to_open_clip, open_clip_from_hf_config
+from vapt.backbones.preprocess import IMAGENET, OPENAI_CLIP, Preprocess
+from vapt.backbones.registry import Preset, register
+from vapt.backbones.timm_vits import fit_pos_embed, identify, warn_random
+from vapt.backbones.vit import ViTEncoder, _load_open_clip_checkpoint
+from vapt.quiet import drop_log_records
 
 _BLOCK = re.compile(r"^encoder\.layers?\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
 #: HF ViT / DINOv2 block modules (files as published, and transformers 5 in-memory names) -> timm
@@ -103,8 +105,6 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViT
     """PLIP (HF CLIPModel folder) or QuiltNet (open_clip file / folder): the CLIP vision tower."""
     import open_clip
 
-    from vapt.backbones import _load_open_clip_checkpoint
-
     if overrides or img_size:
         raise BackboneError(f"Preset {preset.name} is the CLIP tower as published; got overrides "
                             f"{sorted(overrides) + (['img_size'] if img_size else [])}.")
@@ -125,8 +125,6 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViT
     if oc_cfg is not None:
         model = open_clip.CLIP(**oc_cfg["model_cfg"])
     else:
-        from vapt.quiet import drop_log_records
-
         with drop_log_records("No pretrained weights loaded", enabled=weights is not None):  # the file follows
             model = open_clip.create_model(preset.arch, pretrained=None)
     visual = model.visual

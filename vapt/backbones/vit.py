@@ -1,6 +1,6 @@
 """Frozen Vision Transformer encoders from timm or open_clip, with local checkpoint loading.
 
-`build_encoder` turns a name plus an optional local file into a ready, frozen `ViTEncoder`: a uniform view
+`build_vit` turns a timm or open_clip name plus an optional local file into a ready, frozen `ViTEncoder`: a uniform view
 over a timm ``VisionTransformer`` or an open_clip vision tower that exposes the pieces prompt tuning needs
 (token embedding, the block list, the final norm, pooling) without re-implementing any of them.
 
@@ -27,17 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vapt.backbones.errors import BackboneError
+from vapt.backbones.preprocess import preprocess_tiles
+from vapt.fileio.state_dict import check_state_dict
+from vapt.fileio.weights import WeightsFileError, load_weights_file
 from vapt.quiet import drop_log_records
-from vapt.state_dict import check_state_dict
-from vapt.weights import WeightsFileError, load_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPEN_CLIP_PREFIX = "open_clip:"
-
-
-class BackboneError(ValueError):
-    """A backbone name, checkpoint or input size that cannot be used; the message says how to fix it."""
 
 
 class ViTEncoder(nn.Module):
@@ -187,8 +185,6 @@ class ViTEncoder(nn.Module):
 
     def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
         """uint8 tiles (B, H, W, 3) -> the normalised input (B, 3, H', W') of ``data_config``."""
-        from vapt.encoders.preprocess import preprocess_tiles
-
         return preprocess_tiles(tiles, self.data_config)
 
     # ------------------------------------------------------------------ freezing
@@ -205,7 +201,7 @@ class ViTEncoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- build
-def build_encoder(
+def build_vit(
     name: str,
     checkpoint: str | os.PathLike | None = None,
     img_size: int | Sequence[int] | None = None,
@@ -213,13 +209,14 @@ def build_encoder(
     global_pool: str | None = None,
     **timm_kwargs,
 ) -> ViTEncoder:
-    """Build a frozen ViT encoder, optionally from a local checkpoint file.
+    """Build a frozen ViT encoder from a timm or open_clip name, optionally from a local checkpoint file.
+
+    Named presets (``uni_v1`` ...) are built by :func:`vapt.backbones.build_backbone`, which calls this.
 
     Parameters
     ----------
     name : str
-        timm ViT name, ``open_clip:<model name>``, or a ViT preset of :mod:`vapt.encoders` (``uni_v1``,
-        ``virchow2``, ``phikon`` ...: the publisher's architecture, preprocessing and output rule).
+        timm ViT name or ``open_clip:<model name>``.
     checkpoint : path, optional
         Local weights (see module docstring for the formats). Backbone keys that are missing or unexpected
         raise :class:`BackboneError` listing them; classification heads are ignored.
@@ -230,29 +227,6 @@ def build_encoder(
     global_pool : {"token", "avg"}, optional
         Pooling for the timm model (``"avg"`` gives MAE-style mean pooling + fc_norm).
     """
-    from vapt.encoders.registry import PRESETS, _load_tables
-
-    _load_tables()
-    if name in PRESETS:
-        from vapt.encoders.registry import build_encoder as build_preset
-
-        if not PRESETS[name].vit:
-            raise BackboneError(f"Preset {name!r} is a {PRESETS[name].arch}, not a Vision Transformer; prompt "
-                                "tuning needs a ViT preset (e.g. uni_v1, phikon, virchow2).")
-        if global_pool is not None:
-            timm_kwargs["global_pool"] = global_pool
-        enc = build_preset(name, checkpoint, img_size, pretrained=pretrained,
-                           **timm_kwargs)
-        if not isinstance(enc, ViTEncoder):
-            raise BackboneError(f"Preset {name!r} is not a Vision Transformer; prompt tuning needs a ViT preset.")
-        mean, std = tuple(enc.data_config["mean"]), tuple(enc.data_config["std"])
-        if (mean, std) != (IMAGENET_MEAN, IMAGENET_STD):
-            import warnings
-
-            warnings.warn(f"Preset {name} expects inputs normalised with mean {mean} / std {std}; the vapt data "
-                          "modules normalise with ImageNet statistics, so feed it data normalised with the "
-                          "preset's (model.backbone.data_config).", stacklevel=2)
-        return enc
     if name.startswith(OPEN_CLIP_PREFIX):
         if global_pool is not None or timm_kwargs:
             raise BackboneError(f"open_clip towers take no timm keywords; got {sorted(timm_kwargs)} / global_pool.")
@@ -332,7 +306,7 @@ def _build_open_clip(model_name, checkpoint, img_size, pretrained) -> ViTEncoder
 
 # ---------------------------------------------------------------------------------------------------- files
 def read_checkpoint_file(path: str | os.PathLike) -> dict:
-    """Read a checkpoint file safely (:func:`vapt.weights.load_weights_file`); errors as :class:`BackboneError`.
+    """Read a checkpoint file safely (:func:`vapt.fileio.weights.load_weights_file`); errors as :class:`BackboneError`.
 
     ``.safetensors`` through safetensors, ``.npz`` with ``allow_pickle=False``, everything else through
     ``torch.load(weights_only=True)``; a file that needs full unpickling is refused.

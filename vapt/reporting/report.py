@@ -10,7 +10,7 @@ Every method with a published number for the tasks that ran gets a column, also 
 (Full / Linear / VPT-shallow / VPT-deep / VAPT); a number that does not exist stays blank in the tables and
 is an ``x`` on the axis (no bar) in the plot; the seeds' std is drawn as error bars.
 Published numbers: ``data/vtab/published.csv`` and ``data/fgvc/published.csv`` (sources in the files), shipped
-in the package (``vapt.resources``).
+in the package (``vapt.fileio.resources``).
 """
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from vapt.atomic import atomic_path, read_json_file
-from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.cli.errors import report_error
+from vapt.fileio.atomic import atomic_path, read_json_file
+from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.vtab import GROUPS, VTAB_TASKS
-from vapt.resources import data_file
+from vapt.fileio.atomic import atomic_path
+from vapt.fileio.atomic import write_text_atomic as atomic_write_text
+from vapt.fileio.resources import data_file
 
 METHOD_ORDER = ("full", "linear", "vpt_shallow", "vpt_deep", "vapt")
 LABELS = {"full": "Full", "linear": "Linear", "vpt_shallow": "VPT-shallow", "vpt_deep": "VPT-deep", "vapt": "VAPT"}
@@ -255,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = report(args.runs_dir, args.out, published)
     except FileNotFoundError as e:
-        print(str(e), file=sys.stderr)
-        return 2
+        return report_error("vapt report", e)
     print(Path(paths["md"]).read_text())
     print("wrote", *paths.values())
     return 0

@@ -11,7 +11,7 @@ import re
 import torch
 from torch import nn
 
-from vapt.backbones import BackboneError
+from vapt.backbones.errors import BackboneError
 
 _LAYER = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(.+)$")
 _LAYER_MAP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",

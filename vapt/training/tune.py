@@ -31,10 +31,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vapt.atomic import read_json_file
-from vapt.atomic import write_text_atomic as atomic_write_text
+from vapt.cli.errors import run_reporting_errors
+from vapt.fileio.atomic import write_text_atomic as atomic_write_text
+from vapt.fileio.resources import resolve_config_args
+from vapt.fileio.atomic import read_json_file
 from vapt.quiet import quiet_command
-from vapt.resources import resolve_config_args
 
 _log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ class _Parsed(Exception):
 def parse_config(cli_args: Sequence[str]):
     """Parse (without instantiating anything) LightningCLI arguments -> jsonargparse Namespace."""
     from vapt.data.base import ClassificationDataModule
-    from vapt.lightning_cli import VaptCLI
-    from vapt.module import PromptTuningModule
+    from vapt.training.lightning_cli import VaptCLI
+    from vapt.training.module import PromptTuningModule
 
     class _ParseOnly(VaptCLI):
         def before_instantiate_classes(self) -> None:
@@ -136,8 +137,9 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     `TuneError` (``stale: ... pass --overwrite``), or with ``overwrite`` is redone in an emptied ``run_dir``.
     Resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
     """
-    from vapt.lightning_cli import _VERSION_ENV, build_cli
-    from vapt.resume import compare_run_identity, find_resume_checkpoint, run_identity
+    from vapt.training.lightning_cli import _VERSION_ENV, build_cli
+    from vapt.training.resume import find_resume_checkpoint
+    from vapt.training.resume import compare_run_identity, find_resume_checkpoint, run_identity
 
     result_path = run_dir / "result.json"
     settings = list(cli_args) + [f"--{k}={_cli_value(v)}" for k, v in overrides.items()]
@@ -209,8 +211,8 @@ def tune(
     name : str, optional
         ``<task>/<method>`` folder; default from the config.
     """
-    from vapt.lightning_cli import experiment_name
-    from vapt.module import PromptTuningModule  # noqa: F401  (fail early on a broken install)
+    from vapt.training.lightning_cli import experiment_name
+    from vapt.training.module import PromptTuningModule  # noqa: F401  (fail early on a broken install)
 
     config = parse_config(cli_args)
     family = data_family(config)
@@ -280,8 +282,6 @@ def _best(scores: dict[tuple[float, float], float], lrs, wds) -> tuple[float, fl
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0, or 2 on bad input (one line on stderr; ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback)."""
-    from vapt.errors import run_reporting_user_errors
-
     ap = argparse.ArgumentParser(
         prog="vapt tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable)")
@@ -304,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                  log=print, overwrite=args.overwrite)
         return 0
 
-    return run_reporting_user_errors("vapt tune", run, cli_args)
+    from vapt.training.lightning_cli import USER_ERRORS
+
+    return run_reporting_errors("vapt tune", run, cli_args, (*USER_ERRORS, TuneError))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ message ends with the closest accepted names, for both forms jsonargparse report
 - an unknown top-level key or flag (``trainer.max_epoch``, ``--trainr.max_epochs``): compared with every
   option of the parser and of its subcommand parsers;
 - an unknown ``init_args`` key of a class (``Option 'num_tokns' is not accepted`` under
-  ``class_path 'vapt.module.PromptTuningModule'``): compared with that class's constructor parameters.
+  ``class_path 'vapt.training.module.PromptTuningModule'``): compared with that class's constructor parameters.
 """
 from __future__ import annotations
 
