@@ -147,4 +147,4 @@ def test_every_load_in_the_packages_is_explicitly_weights_only():
                                                   and "ckpt_path" in kw):
                 ok = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
                 assert ok, f"{where}: {attr}(...) without weights_only=True"
-    assert found == ["vapt/weights.py:" + found[0].split(":")[1]]  # exactly one torch.load
+    assert found == ["vapt/fileio/weights.py:" + found[0].split(":")[1]]  # exactly one torch.load
