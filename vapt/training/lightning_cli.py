@@ -25,14 +25,19 @@ from vapt.cli.errors import EXIT_SKIPPED, run_reporting_errors
 from vapt.data.base import ClassificationDataModule, DataError
 from vapt.fileio.atomic import JSONFileError
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
-from vapt.fileio.resources import ResourceError, resolve_config_args
+from vapt.fileio.resources import ConfigFileError, ResourceError, resolve_config_args
 from vapt.quiet import quiet_command
 from vapt.training.config_keys import SuggestingArgumentParser
 from vapt.training.module import ModelConfigError, PromptTuningModule
 from vapt.training.resume import (
     CheckpointError,
     check_checkpoint,
+    check_resume_identity,
+    claim_free_name,
+    claim_version,
     resolve_ckpt_path,
+    run_settings_identity,
+    write_resume_identity,
     resume_callbacks,
     use_atomic_checkpoints,
 )
@@ -62,15 +67,10 @@ def experiment_name(config: Namespace) -> str:
     return f"{task}/{method_label(model_init)}"
 
 
-def _next_version(folder: Path) -> int:
-    versions = [int(p.name.split("_", 1)[1]) for p in folder.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
-    return max(versions, default=-1) + 1
-
-
 def _default_loggers(save_dir: str, name: str) -> list[Namespace]:
     version = os.environ.get(_VERSION_ENV)
     if version is None:
-        version = str(_next_version(Path(save_dir) / name))
+        version = str(claim_version(Path(save_dir) / name))  # two runs never share a version folder
         os.environ[_VERSION_ENV] = version  # DDP children re-run this CLI and inherit it
     kw = Namespace(save_dir=save_dir, name=name, version=int(version))
     return [
@@ -103,6 +103,9 @@ class VaptCLI(LightningCLI):
                                  "of the DataModule's test split")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the last-epoch model (the official protocol reports it)")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="predict: replace an existing --predictions_csv; fit --ckpt_path last: resume "
+                                 "even when the settings or data differ from the checkpoint's run")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -130,16 +133,28 @@ class VaptCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def _resolve_ckpt_path(self) -> None:
-        """``--ckpt_path last`` -> newest good checkpoint of this experiment's versions; a file is checked."""
+        """``--ckpt_path last`` -> newest good checkpoint of this experiment's versions, refused as stale when
+        that run was made with other settings or data (unless ``--overwrite``); ``fit`` records its own
+        settings and data in its version folder for the next ``last``."""
         config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") != "last":
-            return
         loggers = self.trainer.loggers
         log_dir = loggers[0].log_dir if loggers else None  # None for fast_dev_run's dummy logger
-        run_folder = Path(log_dir).parent if log_dir else Path(self.trainer.default_root_dir)
-        log = print if self.trainer.is_global_zero else (lambda *a: None)
-        config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), run_folder,
-                                                lambda m: log(f"vapt {self.subcommand}: {m}"))
+        identity = None
+        if self.subcommand == "fit":
+            identity = self._run_identity()
+            if log_dir and self.trainer.is_global_zero:
+                write_resume_identity(log_dir, identity)
+        if config.get("ckpt_path") == "last":
+            run_folder = Path(log_dir).parent if log_dir else Path(self.trainer.default_root_dir)
+            log = print if self.trainer.is_global_zero else (lambda *a: None)
+            config["ckpt_path"] = resolve_ckpt_path("last", run_folder, lambda m: log(f"vapt {self.subcommand}: {m}"))
+            if config["ckpt_path"] and identity is not None and not self._config().get("overwrite"):
+                check_resume_identity(config["ckpt_path"], identity)
+        self.model.checkpoint_source = config.get("ckpt_path")  # named when its shapes do not fit
+
+    def _run_identity(self) -> dict:
+        """The resolved settings of this run (as saved in ``config.yaml``) and the identity of its data."""
+        return run_settings_identity(self._config().clone().as_dict())
 
     before_fit = before_validate = before_test = _resolve_ckpt_path  # before_predict calls it too
 
@@ -162,6 +177,7 @@ class VaptCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._resolve_ckpt_path()
+        self._predictions_path = self._choose_predictions_path()
         source = self._config().get("predict_images")
         if source:
             self.datamodule.use_predict_images(source)
@@ -171,13 +187,27 @@ class VaptCLI(LightningCLI):
     def after_predict(self) -> None:
         if not self.trainer.is_global_zero:
             return
-        config = self._config()
-        path = config.get("predictions_csv") or os.path.join(self.trainer.default_root_dir, "predictions.csv")
+        path = self._predictions_path
         preds = self.trainer.predict_loop.predictions or []
         dataset = getattr(self.datamodule, "datasets", {}).get("predict")
         write_predictions(path, preds, dataset.samples if dataset is not None else None,
                           getattr(self, "_class_names", None))
         print(f"wrote {path}")
+
+    def _choose_predictions_path(self) -> str | None:
+        """Where predict writes, chosen before any work: ``--predictions_csv`` (refused when it exists, unless
+        ``--overwrite``) or the first free ``predictions.csv``, ``predictions_1.csv``, ... of the run folder."""
+        if not self.trainer.is_global_zero:
+            return None
+        config = self._config()
+        given = config.get("predictions_csv")
+        if given:
+            if os.path.exists(given) and not config.get("overwrite"):
+                raise FileExistsError(f"--predictions_csv {given} exists already (an earlier vapt predict?); pass "
+                                      "--overwrite to replace it, or another path")
+            return given
+        default = Path(self.trainer.default_root_dir) / "predictions.csv"
+        return str(default) if config.get("overwrite") else str(claim_free_name(default))
 
 
 def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, extra: dict | None = None) -> dict:
@@ -248,7 +278,7 @@ def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) ->
 #: bad input of vapt fit|validate|test|predict (OSError: the file system said no - disk full, read-only folder;
 #: JSONFileError: a damaged result or summary file)
 USER_ERRORS = (DataError, ModelConfigError, CheckpointError, BackboneError, ResourceError, MisconfigurationException,
-               JSONFileError, OSError)
+               JSONFileError, OSError, ConfigFileError)
 
 
 def _run(argv: list[str]) -> int:

@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vapt.fileio.state_dict import check_state_dict, complete_state_dict
 from vapt.model import PromptedViT, build_model
 from vapt.prompts import PromptConfig
+from vapt.training.resume import CheckpointMismatchError
 
 CHECKPOINT_FORMAT = "vapt-trainable-v1"
 
@@ -281,11 +282,14 @@ class PromptTuningModule(pl.LightningModule):
         if meta.get("format") != CHECKPOINT_FORMAT:
             return
         sd, own = checkpoint["state_dict"], self.state_dict()
+        source = getattr(self, "checkpoint_source", None)  # set by the command line: the file to name
         check_state_dict(
-            own, sd, expected=self.trainable_keys(),
-            what=(f"Checkpoint does not fit this model (method {self.prompt_config.method!r}, backbone "
-                  f"{self.hparams.backbone!r})"),
-            hint="Build the model with the checkpoint's hyper-parameters (PromptTuningModule.load_from_checkpoint does).")
+            own, sd, expected=self.trainable_keys(), error=CheckpointMismatchError,
+            what=(f"Checkpoint {source + ' ' if source else ''}does not fit this model (method "
+                  f"{self.prompt_config.method!r}, backbone {self.hparams.backbone!r}, "
+                  f"{self.hparams.num_classes} classes)"),
+            hint=("Use the settings it was trained with (its task, num_tokens, ...) or another checkpoint; "
+                  "PromptTuningModule.load_from_checkpoint builds the model from the file."))
         checkpoint["state_dict"] = complete_state_dict(own, sd)
 
 

@@ -11,6 +11,9 @@
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import random
 import re
@@ -23,7 +26,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from vapt.fileio.atomic import atomic_path
+from vapt.fileio.atomic import atomic_path, write_text_atomic
 from vapt.fileio.weights import safe_torch_load
 
 
@@ -33,6 +36,13 @@ class CheckpointError(ValueError):
     def __init__(self, message: str, reason: str = ""):
         super().__init__(message)
         self.reason = reason or message
+
+
+class CheckpointMismatchError(CheckpointError, KeyError):
+    """A checkpoint whose tensors do not fit the model (a `KeyError` too, like every state-dict mismatch)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _short(e: BaseException) -> str:
@@ -103,10 +113,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO takes no storage_options; got {storage_options!r}.")
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            torch.save(checkpoint, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:  # disk full, folder made read-only: name the file; the previous checkpoint stays
+            hint = "free space there" if e.errno == errno.ENOSPC else "make that folder writable"
+            raise OSError(e.errno, f"cannot write checkpoint {path} ({e.strerror or e}); the previous checkpoint "
+                                   f"is kept. {hint} or pass another --trainer.default_root_dir, then resume with "
+                                   "--ckpt_path last") from e
 
 
 def use_atomic_checkpoints(trainer) -> None:
@@ -118,8 +134,6 @@ def use_atomic_checkpoints(trainer) -> None:
 
 # ---------------------------------------------------------------------------------------------- run identity
 def _file_digest(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 22):
@@ -129,8 +143,6 @@ def _file_digest(path: Path) -> str:
 
 def _folder_digest(path: Path) -> str:
     """Names, sizes and modification times of the files directly in ``path`` (cheap; no content read)."""
-    import hashlib
-
     entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
     return hashlib.sha256(repr(entries).encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -169,6 +181,118 @@ def compare_run_identity(stored: dict[str, Any] | None, wanted: dict[str, Any]) 
     if changed:
         diff.append(f"changed file(s) {changed[:4]}")
     return "; ".join(diff)
+
+
+# ---------------------------------------------------------------------------------------------- fit identity
+#: settings that do not change what training produces (or that may change on a resume: more epochs)
+_NOT_IDENTITY = ("config", "ckpt_path", "overwrite", "result_json", "predictions_csv", "predict_images",
+                 "test_after_fit", "trainer.logger", "trainer.max_epochs", "trainer.max_steps",
+                 "trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+_IDENTITY_FILE = "resume_identity.json"
+_MAX_LISTED = 200_000
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def path_identity(value: str) -> str | None:
+    """What a path in the settings holds: a file's SHA-256 (size and mtime above 16 MB), a folder's names,
+    sizes and modification times below it (the first 200,000 files); None when it names nothing."""
+    p = Path(value).expanduser()
+    try:
+        if p.is_file():
+            st = p.stat()
+            return f"size:{st.st_size}:mtime:{st.st_mtime_ns}" if st.st_size > 16 << 20 else "sha256:" + _file_digest(p)
+        if p.is_dir():
+            h, n = hashlib.sha256(), 0
+            for dirpath, dirs, files in os.walk(p):
+                dirs.sort()
+                for f in sorted(files)[:max(0, _MAX_LISTED - n)]:
+                    st = os.stat(os.path.join(dirpath, f))
+                    h.update(repr((os.path.relpath(os.path.join(dirpath, f), p), st.st_size, st.st_mtime_ns)).encode(
+                        "utf-8", "surrogateescape"))
+                    n += 1
+            return "listing:" + h.hexdigest()
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def run_settings_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"settings": {dotted key: value}, "data": {path: identity}}`` of a resolved ``vapt fit`` config: what
+    the checkpoints of that run were made with (keys in ``_NOT_IDENTITY`` left out)."""
+    flat = {k: v for k, v in _flat(config).items()
+            if not any(k == n or k.startswith(n + ".") for n in _NOT_IDENTITY)}
+    settings = json.loads(json.dumps(flat, default=str, sort_keys=True))
+    data = {}
+    for k, v in settings.items():
+        if isinstance(v, str) and v and (k.startswith("data.") or k.endswith("checkpoint")):
+            ident = path_identity(v)
+            if ident is not None:
+                data[v] = ident
+    return {"settings": settings, "data": data}
+
+
+def write_resume_identity(log_dir: str | os.PathLike, identity: dict[str, Any]) -> None:
+    """Record ``identity`` in the run's version folder (read back by `check_resume_identity`)."""
+    write_text_atomic(Path(log_dir) / _IDENTITY_FILE, json.dumps(identity, indent=1, sort_keys=True) + "\n")
+
+
+def check_resume_identity(ckpt: str | os.PathLike, identity: dict[str, Any]) -> None:
+    """`CheckpointError` ``stale: ...`` when the run that wrote ``ckpt`` (``version_<n>/checkpoints/x.ckpt``)
+    recorded other settings or data than ``identity``; nothing when it recorded none (an older vapt)."""
+    recorded = Path(ckpt).resolve().parent.parent / _IDENTITY_FILE
+    if not recorded.is_file():
+        return
+    try:
+        old = json.loads(recorded.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{recorded} is damaged ({_short(e)}); delete it to resume from {ckpt} anyway.") from e
+    a, b = old.get("settings") or {}, identity.get("settings") or {}
+    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    da, db = old.get("data") or {}, identity.get("data") or {}
+    diff += [f"{k} changed" for k in sorted(set(da) & set(db)) if da[k] != db[k]]
+    if diff:
+        raise CheckpointError(f"stale: {ckpt} was made with other settings or data ({'; '.join(diff[:4])}); pass "
+                              "--overwrite to resume from it anyway, or leave out --ckpt_path last to start afresh.",
+                              "stale")
+
+
+# ---------------------------------------------------------------------------------------------- output names
+def claim_version(folder: str | os.PathLike) -> int:
+    """The next free ``version_<n>`` under ``folder``, created here (``mkdir`` is atomic: two runs starting at
+    once get different numbers)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        taken = [int(p.name.split("_", 1)[1]) for p in folder.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
+        n = max(taken, default=-1) + 1
+        try:
+            (folder / f"version_{n}").mkdir()
+            return n
+        except FileExistsError:
+            continue
+
+
+def claim_free_name(path: str | os.PathLike) -> Path:
+    """``path``, else ``<stem>_1<suffix>``, ``<stem>_2<suffix>``, ...: the first that does not exist, created
+    empty here (``O_EXCL``) so that a run starting at the same moment takes the next one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while True:
+        candidate = path if n == 0 else path.with_name(f"{path.stem}_{n}{path.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return candidate
+        except FileExistsError:
+            n += 1
 
 
 # ---------------------------------------------------------------------------------------------- choosing one

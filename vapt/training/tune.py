@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from vapt.cli.errors import run_reporting_errors
-from vapt.fileio.atomic import write_text_atomic as atomic_write_text
-from vapt.fileio.resources import resolve_config_args
 from vapt.fileio.atomic import read_json_file
+from vapt.fileio.atomic import write_text_atomic as atomic_write_text
+from vapt.fileio.locks import SlideLock
+from vapt.fileio.resources import resolve_config_args
 from vapt.quiet import quiet_command
 
 _log = logging.getLogger(__name__)
@@ -136,9 +137,21 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     made with the same arguments and files (:func:`vapt.resume.run_identity`); one made otherwise is a
     `TuneError` (``stale: ... pass --overwrite``), or with ``overwrite`` is redone in an emptied ``run_dir``.
     Resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
+    A run folder another live ``vapt tune`` is training (its lock in ``<parent>/.locks/``) is a `TuneError`.
     """
+    lock = SlideLock(run_dir.parent / ".locks" / f"{run_dir.name}.lock")
+    if not lock.acquire():
+        raise TuneError(f"{run_dir} is being trained by another vapt tune ({lock.owner}); wait for it to finish "
+                        "and rerun (its result is then reused), or use another --out")
+    try:
+        return _run_one_locked(cli_args, run_dir, overrides, evaluate, log, overwrite)
+    finally:
+        lock.release()
+
+
+def _run_one_locked(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], evaluate: str,
+                    log, overwrite: bool) -> dict:
     from vapt.training.lightning_cli import _VERSION_ENV, build_cli
-    from vapt.training.resume import find_resume_checkpoint
     from vapt.training.resume import compare_run_identity, find_resume_checkpoint, run_identity
 
     result_path = run_dir / "result.json"
