@@ -4,7 +4,7 @@
 "env", "digest": [folders], "patch": "enospc"|None}`` by calling the tool's ``main(argv)`` as
 ``python -m <prog>.cli`` would, with file descriptors 1 and 2 sent to files (so that anything writing to them
 is caught), and prints one ``RESULT {json}`` line: per case the exit code, stdout, stderr and the SHA-256 of
-every file under the ``digest`` folders afterwards. Starting the interpreter and importing torch, Lightning
+every file under the ``digest`` folders afterwards (and the seconds it took). Starting the interpreter and importing torch, Lightning
 and the tools once instead of once per case is what makes the matrices fast; the cases that need a process
 boundary of their own (``--debug`` tracebacks, environment variables read at import) start their own.
 
@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def _patched(kind: str | None):
 
 def _run_case(case: dict, tmp: Path) -> dict:
     out, err = tmp / "out.txt", tmp / "err.txt"
+    t0 = time.perf_counter()
     saved_fds = os.dup(1), os.dup(2)
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     os.environ.update(case.get("env") or {})
@@ -82,7 +84,7 @@ def _run_case(case: dict, tmp: Path) -> dict:
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
-    return {"code": code, "stdout": out.read_text(errors="replace"), "stderr": err.read_text(errors="replace"),
+    return {"code": code, "seconds": round(time.perf_counter() - t0, 2), "stdout": out.read_text(errors="replace"), "stderr": err.read_text(errors="replace"),
             "digest": {d: digest(d) for d in case.get("digest") or []}}
 
 

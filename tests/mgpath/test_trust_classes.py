@@ -1,8 +1,9 @@
 """Each fault class closed as a class: several members of each, through the functions every runner uses.
 
 Classes: 2 files we did not write / outputs leaving the folder, 3 any file name, 4 reuse only when everything
-matches, 5 two runs into one folder, 6 foreign and malformed data files, 7 invalid set-ups, 8 one-line errors.
-(Class 1, loading never runs code, is in test_loading_never_runs_code.py.)
+matches, 5 two runs into one folder, 6 foreign and malformed data files, 7 invalid set-ups. (Class 1, loading
+never runs code, is in test_loading_never_runs_code.py; class 8, one-line errors, and the vapt members of
+classes 4 and 5 in tests/vapt/test_edge_faults.py.)
 """
 from __future__ import annotations
 
@@ -249,30 +250,4 @@ def test_invalid_optimisation_values_loss_and_mpp_are_refused():
     assert check_mpp_override("0.25") == 0.25
 
 
-# -- class 8 -------------------------------------------------------------------------------------------
-def test_vapt_user_errors_are_one_line(tmp_path):
-    runs = tmp_path / "runs" / "dtd" / "vapt"
-    runs.mkdir(parents=True)
-    (runs / "summary.json").write_text('{"task": "dtd", "meth')
-    ro = tmp_path / "readonly"
-    ro.mkdir()
-    ro.chmod(0o500)
-    script = (
-        "import sys\nfrom vapt.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n")
-    cases = {
-        "truncated summary.json": (["report", str(tmp_path / "runs")], "summary.json"),
-        "unknown backbone": (["summary", "no_such_vit"], "no_such_vit"),
-    }
-    (tmp_path / "runs2" / "a").mkdir(parents=True)
-    (tmp_path / "runs2" / "a" / "summary.json").write_text(json.dumps({
-        "task": "dtd", "method": "vapt", "test_acc_mean": 0.5, "test_acc_std": 0.0, "seeds": [1], "tests": [0.5]}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    for name, (argv, named) in cases.items():
-        proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env,
-                              timeout=300, check=False)
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        if os.geteuid() == 0 and name == "read-only --out":
-            continue  # root writes anywhere
-        assert proc.returncode == 2, (name, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and lines[-1].startswith("vapt ") and named in lines[-1], (name, lines)
+# class 8 (one-line errors of vapt and mgpath) and class 5 for vapt: tests/vapt/test_edge_faults.py

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_driver import digest, run_cases
+from cli_driver import run_cases
 
 from vapt.data.synthetic import write_vtab_tree
 from vapt.fileio.locks import process_start

@@ -36,10 +36,10 @@ from vapt.training.resume import (
     claim_free_name,
     claim_version,
     resolve_ckpt_path,
-    run_settings_identity,
-    write_resume_identity,
     resume_callbacks,
+    run_settings_identity,
     use_atomic_checkpoints,
+    write_resume_identity,
 )
 
 _VERSION_ENV = "VAPT_LOG_VERSION"
