@@ -48,8 +48,10 @@ def ran(tmp_path_factory):
     (base / "vruns" / "dtd" / "vapt" / "summary.json").write_text('{"task": "dtd", "meth')
     (base / "bench" / "mgpath" / "fold_0").mkdir(parents=True)
     (base / "bench" / "mgpath" / "fold_0" / "result.json").write_text('{"fold": 0, "auc": 0.')
-    tune_out = base / "tune"
-    grid_lock = tune_out / "dtd" / "vapt" / "grid" / ".locks" / "lr1_wd0.lock"
+    tune_out, resumed = base / "tune", base / "tune_resumed"
+    (resumed / "dtd" / "vapt" / "grid" / "lr1_wd0").mkdir(parents=True)
+    (resumed / "dtd" / "vapt" / "grid" / "lr1_wd0" / "result.json").write_text('{"metrics": {"val/acc": 0.')
+    grid_lock = tune_out / "dtd" / "vapt" / ".locks" / "grid_lr1_wd0.lock"
     grid_lock.parent.mkdir(parents=True)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a live "other run"
     grid_lock.write_text(json.dumps({"host": os.uname().nodename, "pid": other.pid, "start": process_start(other.pid)}))
@@ -81,6 +83,10 @@ def ran(tmp_path_factory):
             "tune", "--config", str(REPO / "configs/vtab/vapt/dtd.yaml"), f"--data.root={root}",
             "--model.checkpoint=null", f"--model.backbone_kwargs={TINY}", "--data.img_size=16", "--grid",
             "lr=1;wd=0", "--seeds", "1", "--out", str(tune_out), "--trainer.max_epochs=1"]),
+        ("truncated result.json in a vapt tune resume", [
+            "tune", "--config", str(REPO / "configs/vtab/vapt/dtd.yaml"), f"--data.root={root}",
+            "--model.checkpoint=null", f"--model.backbone_kwargs={TINY}", "--data.img_size=16", "--grid",
+            "lr=1;wd=0", "--seeds", "1", "--out", str(resumed), "--trainer.max_epochs=1"]),
     ]
     specs = []
     for name, argv in cases:
@@ -206,4 +212,6 @@ def test_damaged_results_and_unknown_names_are_one_line(ran):
     base, results = ran
     one_line(results["truncated summary.json in vapt report"], "summary.json")
     one_line(results["unknown backbone in vapt summary"], "no_such_vit")
+    one_line(results["truncated result.json in a vapt tune resume"],
+             str(base / "tune_resumed" / "dtd" / "vapt" / "grid" / "lr1_wd0" / "result.json"))
     one_line(results["truncated result.json in mgpath report"], str(base / "bench" / "mgpath" / "fold_0" / "result.json"))

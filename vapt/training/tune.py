@@ -137,9 +137,10 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     made with the same arguments and files (:func:`vapt.resume.run_identity`); one made otherwise is a
     `TuneError` (``stale: ... pass --overwrite``), or with ``overwrite`` is redone in an emptied ``run_dir``.
     Resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
-    A run folder another live ``vapt tune`` is training (its lock in ``<parent>/.locks/``) is a `TuneError`.
+    A run folder another live ``vapt tune`` is training (its lock: ``<task>/<method>/.locks/grid_lr1_wd0.lock``)
+    is a `TuneError`.
     """
-    lock = SlideLock(run_dir.parent / ".locks" / f"{run_dir.name}.lock")
+    lock = SlideLock(run_dir.parent.parent / ".locks" / f"{run_dir.parent.name}_{run_dir.name}.lock")
     if not lock.acquire():
         raise TuneError(f"{run_dir} is being trained by another vapt tune ({lock.owner}); wait for it to finish "
                         "and rerun (its result is then reused), or use another --out")
