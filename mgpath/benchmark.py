@@ -23,7 +23,9 @@ from pathlib import Path
 
 import yaml
 
+from vapt.cli.flags import DialectParser, add_config_options, parse_folds, print_configs
 from vapt.fileio.atomic import write_text_atomic
+from vapt.fileio.resources import resolve_config
 
 __all__ = ["METHODS", "main", "method_config", "parse_folds", "run_benchmark"]
 
@@ -47,21 +49,6 @@ METHODS = {
     "coop": "CoOp: learnable context, mean-pooled slide feature, cosine logits (Zhou et al. 2022)",
     "zeroshot": "zero-shot: text tower + descriptions only, no training",
 }
-
-
-def parse_folds(tokens: list[str]) -> list[int]:
-    """``["0..4"]``, ``["0,2"]`` or ``["0", "1"]`` -> fold list."""
-    out: list[int] = []
-    for tok in tokens:
-        for part in str(tok).split(","):
-            if ".." in part:
-                a, b = part.split("..")
-                out.extend(range(int(a), int(b) + 1))
-            elif part.strip():
-                out.append(int(part))
-    if not out:
-        raise ValueError("mgpath benchmark: --folds is empty; e.g. --folds 0..4")
-    return out
 
 
 def method_config(base: dict, method: str) -> tuple[dict, bool]:
@@ -132,15 +119,17 @@ def run_benchmark(config: str, methods: list[str], folds: list[int], out: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath benchmark", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="an MGPATH config (model + data + trainer blocks)")
+    ap = DialectParser(prog="mgpath benchmark", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_options(ap, help="an MGPATH config (model + data + trainer blocks)")
     ap.add_argument("--methods", default="mgpath,abmil,transmil,coop,zeroshot",
                     help=f"comma-separated, from: {', '.join(METHODS)}")
-    ap.add_argument("--folds", nargs="+", default=["0..4"], help="e.g. 0..4, or 0 1 2")
+    ap.add_argument("--folds", nargs="+", default=["0..4"], help="folds to run: 0..4, or 0 1 2")
     ap.add_argument("--out", required=True)
     ap.add_argument("--overwrite", action="store_true", help="redo finished folds made with other settings or data")
     a, overrides = ap.parse_known_args(argv)
+    if a.print_config:
+        return print_configs(a.config, lambda c: resolve_config(c, ("", "wsi/"), lister="mgpath configs"))
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:

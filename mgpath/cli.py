@@ -15,6 +15,7 @@ from vapt.cli.subcommands import run_tool
 SUBCOMMANDS = {
     "tile": ("mgpath.commands.tile", "main", "segment tissue and tile slides into a coordinates h5 per slide"),
     "extract": ("mgpath.commands.extract", "main", "encode tiles with a frozen encoder into a features h5 per slide"),
+    "prepare": ("mgpath.commands.prepare", "main", "tile then extract in one job folder with one summary (resumable)"),
     "encoders": ("mgpath.commands.encoders", "main", "list the tile-encoder presets (uni_v1, conch_v1, ...)"),
     "splits": ("mgpath.splits", "main", "make K-shot, patient-grouped, stratified folds from a labels CSV"),
     "fit": ("mgpath.lightning_cli", "main", "train MGPATH (LightningCLI)"),

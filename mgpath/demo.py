@@ -25,6 +25,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from vapt.cli.flags import DialectParser
+from vapt.reporting.tables import markdown_table
+
 __all__ = ["main", "run_demo"]
 
 CLASSES = {"class_a": "blue_fine", "class_b": "he_coarse"}
@@ -159,18 +162,18 @@ def _baselines(base: list[str], out: Path, log) -> dict:
 
 def method_table(methods: dict[str, dict]) -> str:
     """Markdown table: one row per method, test AUC / macro-F1 / accuracy."""
-    lines = ["| method | test auc | test f1 | test acc |", "|---|---|---|---|"]
-    lines += [f"| {m} | {r['auc']:.4f} | {r['f1']:.4f} | {r['acc']:.4f} |" for m, r in methods.items()]
+    lines = markdown_table(["method", "test auc", "test f1", "test acc"],
+                           ([m, f"{r['auc']:.4f}", f"{r['f1']:.4f}", f"{r['acc']:.4f}"] for m, r in methods.items()))
     note = ("zero-shot here runs the demo's random tiny text tower and random adaptors, so its numbers say nothing "
             "about zero-shot with an aligned tower (a PLIP-G import), which is the paper's zero-shot baseline")
     return "\n".join(["      methods on the demo split:", *("      " + x for x in lines), "      " + note])
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = DialectParser(prog="mgpath demo", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="mgpath_demo")
-    ap.add_argument("--slides-per-class", type=int, default=10)
+    ap.add_argument("--slides_per_class", type=int, default=10)
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)

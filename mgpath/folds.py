@@ -26,9 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from vapt.fileio.atomic import write_text_atomic
 from mgpath.pipelines.locks import SlideLock
+from vapt.cli.flags import DialectParser, add_config_options, parse_folds, print_configs
 from vapt.fileio.atomic import read_json_file, write_text_atomic
+from vapt.fileio.resources import resolve_config
+from vapt.reporting.tables import markdown_table
 from vapt.training.resume import compare_run_identity, run_identity
 
 __all__ = ["main", "run_fold", "run_folds", "summarise"]
@@ -56,9 +58,8 @@ def summarise(per_fold: list[dict], out_dir: str | os.PathLike) -> pd.DataFrame:
 
 def _markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
-    lines = ["| fold | " + " | ".join(f"test {c}" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for idx, row in table.iterrows():
-        lines.append(f"| {idx} | " + " | ".join(f"{row[c]:.4f}" for c in cols) + " |")
+    lines = markdown_table(["fold", *(f"test {c}" for c in cols)],
+                           ([idx, *(f"{row[c]:.4f}" for c in cols)] for idx, row in table.iterrows()))
     m, s, s0 = table.loc["mean"], table.loc["std"], table.loc["std_ddof0"]
     lines += ["", "mean ± std (sample std, ddof 1): " + ", ".join(f"{c} {m[c]:.4f} ± {s[c]:.4f}" for c in cols),
               "mean ± std_ddof0 (np.std, as the official main.py, which labels it 'var'): "
@@ -165,13 +166,15 @@ def run_folds(config: str, folds: list[int], out_dir: str, overrides: list[str] 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath folds", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap = DialectParser(prog="mgpath folds", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_options(ap, help="an MGPATH config (model + data + trainer blocks)")
+    ap.add_argument("--folds", nargs="+", default=["0..4"], help="folds to run: 0..4, or 0 1 2")
     ap.add_argument("--out", required=True)
     ap.add_argument("--overwrite", action="store_true", help="redo finished folds made with other settings or data")
     a, overrides = ap.parse_known_args(argv)
-    run_folds(a.config, a.folds, a.out, overrides, overwrite=a.overwrite)
+    if a.print_config:
+        return print_configs(a.config, lambda c: resolve_config(c, ("", "wsi/"), lister="mgpath configs"))
+    run_folds(a.config, parse_folds(a.folds), a.out, overrides, overwrite=a.overwrite)
     print((Path(a.out) / "results.md").read_text())
     return 0

@@ -8,8 +8,8 @@ Per magnification and tile:
   the class's OT similarity; with unbalanced OT the mass itself varies too); this is spread back to the tiles
   through the attention weights: ``score_c(n) = sum_m att[m, n] * sum_s T*_c[m, s] cos_c[m, s]``.
 
-``mgpath heatmap --ckpt best.ckpt --slide slides/x.tiff --features-root features --out x.png``
-``mgpath heatmap --ckpt best.ckpt --slides slides/ --features-root features --out heatmaps/`` (one PNG per slide,
+``mgpath heatmap --ckpt_path best.ckpt --slide slides/x.tiff --features_root features --out x.png``
+``mgpath heatmap --ckpt_path best.ckpt --slides slides/ --features_root features --out heatmaps/`` (one PNG per slide,
 plus ``index.html``, ``index.png`` and ``index.csv``)
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mgpath.model import MGPATH, Bag
+from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path, write_text_atomic
 
 __all__ = ["draw_heatmaps", "heatmap_figure", "heatmap_folder", "heatmap_scores", "main", "slide_heatmap", "tile_value_map"]
@@ -250,38 +251,39 @@ def heatmap_folder(model: MGPATH, slides: list[str], features_root: str, out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath heatmap", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", required=True, help="Lightning checkpoint of MGPATHModule (e.g. the best one of fit)")
+    ap = DialectParser(prog="mgpath heatmap", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt_path", required=True, deprecated=("--ckpt",), help="Lightning checkpoint of MGPATHModule (e.g. the best one of fit)")
     ap.add_argument("--slide", "--slides", dest="slide", required=True,
                     help="a slide file, or a folder of slides (then --out is a folder: one PNG per slide + index)")
-    ap.add_argument("--features-root", default=None, help="folder with <mag>/<slide_id>.h5")
+    ap.add_argument("--recursive", action="store_true", help="with a folder of --slides: its subfolders too")
+    ap.add_argument("--features_root", default=None, help="folder with <mag>/<slide_id>.h5")
     ap.add_argument("--features", nargs="*", default=None, help="explicit MAG=FILE pairs, e.g. 5x=a.h5 10x=b.h5")
-    ap.add_argument("--slide-id", default=None, help="default: the slide file name without extension")
+    ap.add_argument("--slide_id", default=None, help="default: the slide file name without extension")
     ap.add_argument("--mpp", type=float, default=None)
-    ap.add_argument("--max-size", type=int, default=1024, help="thumbnail longer side (px)")
+    ap.add_argument("--max_size", type=int, default=1024, help="thumbnail longer side (px)")
     ap.add_argument("--out", required=True, help="output PNG (a folder when --slide is a folder)")
     a = ap.parse_args(argv)
     from mgpath.io import find_feature_file
     from mgpath.module import MGPATHModule
     from mgpath.slides.reader import slide_id_from_path
 
-    if not Path(a.ckpt).is_file():
-        ap.error(f"checkpoint {a.ckpt} does not exist (the best one of `mgpath fit` is under "
+    if not Path(a.ckpt_path).is_file():
+        ap.error(f"checkpoint {a.ckpt_path} does not exist (the best one of `mgpath fit` is under "
                  "<default_root_dir>/checkpoints/)")
     if not Path(a.slide).exists():
         ap.error(f"slide {a.slide} does not exist")
     try:
-        module = MGPATHModule.load_from_checkpoint(a.ckpt, map_location="cpu", weights_only=True)
+        module = MGPATHModule.load_from_checkpoint(a.ckpt_path, map_location="cpu", weights_only=True)
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{a.ckpt} is not a readable MGPATH checkpoint ({type(e).__name__}); give a .ckpt "
+        raise ValueError(f"{a.ckpt_path} is not a readable MGPATH checkpoint ({type(e).__name__}); give a .ckpt "
                          "written by `mgpath fit`") from None
     if Path(a.slide).is_dir():
         from mgpath.pipelines.discovery import find_slides
 
         if not a.features_root:
             ap.error("a folder of slides needs --features-root (the features of each slide are found by its id)")
-        slides, _ = find_slides([a.slide])
+        slides, _ = find_slides([a.slide], a.recursive)
         if not slides:
             ap.error(f"no slide files in {a.slide}")
         rows = heatmap_folder(module.model, slides, a.features_root, a.out, a.mpp, a.max_size)

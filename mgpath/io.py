@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from mgpath.slides.reader import magnification_to_mpp
-from vapt.fileio.atomic import atomic_path
 from vapt.fileio.atomic import atomic_path, confined
 
 __all__ = [
@@ -295,7 +294,9 @@ def read_features(path: str | os.PathLike) -> dict:
     """
     import torch
 
-    from vapt.fileio.weights import load_weights_file  # torch-heavy: imported only when a features file is read
+    from vapt.fileio.weights import (
+        load_weights_file,  # torch-heavy: imported only when a features file is read
+    )
 
     path = Path(path)
     if path.suffix in (".pt", ".pth"):

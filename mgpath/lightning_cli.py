@@ -10,6 +10,7 @@ model. After ``fit`` the best checkpoint (best validation macro-F1, ties to the 
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,10 +20,13 @@ from mgpath.data import WSIFeatureDataModule
 from mgpath.lit import SlideClassifier
 from vapt.cli.errors import report_error
 from vapt.fileio.resources import ResourceError, resolve_config_args
-from vapt.training.resume import use_atomic_checkpoints
 from vapt.fileio.weights import safe_torch_load
+from vapt.training.resume import use_atomic_checkpoints
+from vapt.training.run_folders import default_loggers, method_folder
 
 __all__ = ["MGPATHCLI", "main", "make_cli"]
+
+VERSION_ENV = "MGPATH_LOG_VERSION"
 
 
 class MGPATHCLI(LightningCLI):
@@ -31,6 +35,19 @@ class MGPATHCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.classes", "model.init_args.classes")
         parser.link_arguments("data.magnifications", "model.init_args.magnifications")
+
+    def before_instantiate_classes(self) -> None:
+        """The run-folder layout and loggers of ``vapt`` (:mod:`vapt.training.run_folders`) unless
+        ``--trainer.logger`` is given: ``<default_root_dir>/<task>/<method>/version_<n>/``, where the task is the
+        folder of ``data.labels_csv`` (``tcga_nsclc``) and the method the model class (``mgpath``, ``abmil``)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if trainer.get("logger") in (None, True):
+            data = (config.get("data") or {}).get("init_args") or config.get("data") or {}
+            labels = data.get("labels_csv") if hasattr(data, "get") else None
+            task = Path(labels).resolve().parent.name if labels else "wsi"
+            name = f"{task}/{method_folder((config.get('model') or {}).get('class_path', DEFAULT_MODEL))}"
+            trainer.logger = default_loggers(str(trainer.get("default_root_dir") or "runs"), name, VERSION_ENV)
 
 
     def _instantiate_trainer(self, config, callbacks):
@@ -120,13 +137,15 @@ def make_cli(argv: list[str], run: bool = True) -> MGPATHCLI:
     argv = _model_blocks_with_class_path(argv)
     if not any(a.startswith(("--config", "--model")) for a in argv):
         argv = [*argv[:1], "--model", DEFAULT_MODEL, *argv[1:]] if run else ["--model", DEFAULT_MODEL, *argv]
-    saved = sys.argv
+    saved, owns_version = sys.argv, VERSION_ENV not in os.environ
     sys.argv = [saved[0] if saved else "mgpath"]  # LightningCLI warns when both sys.argv and args are given
     try:
         return MGPATHCLI(SlideClassifier, WSIFeatureDataModule, subclass_mode_model=True, args=argv, run=run,
                          seed_everything_default=2023, save_config_kwargs={"overwrite": True})
     finally:
         sys.argv = saved
+        if owns_version:  # the next run in this process takes the next free version
+            os.environ.pop(VERSION_ENV, None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from mgpath.ot import OTConfig
 from mgpath.text import load_state_dict_file
 from vapt.backbones.hf_clip import hf_layers_to_open_clip
 from vapt.cli.errors import report_error
+from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path, write_text_atomic
 
 __all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "main"]
@@ -192,19 +193,19 @@ def fresh_prefixes(state_dict: dict) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath import-official", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="official fine-tuned (s_k_checkpoint.pt) or alignment file")
+    ap = DialectParser(prog="mgpath import-official", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt_path", required=True, deprecated=("--checkpoint",), help="official fine-tuned (s_k_checkpoint.pt) or alignment file")
     ap.add_argument("--alignment", default=None, help="PLIP-G alignment checkpoint (token/position embeddings)")
     ap.add_argument("--descriptions", required=True, help="prompt file used in training (official CSV or JSON)")
     ap.add_argument("--classes", nargs="+", required=True, help="class names in label order, e.g. LUAD LUSC")
     ap.add_argument("--magnifications", nargs="+", default=["5x", "10x"])
     ap.add_argument("--heads", type=int, default=None, help="text attention heads (default width // 64)")
-    ap.add_argument("--no-compat", action="store_true", help="use the correct context insertion instead")
+    ap.add_argument("--no_compat", action="store_true", help="use the correct context insertion instead")
     ap.add_argument("--out", required=True, help="output .pt with {'state_dict', 'config'}")
     a = ap.parse_args(argv)
     try:
-        ckpt = load_state_dict_file(a.checkpoint)
+        ckpt = load_state_dict_file(a.ckpt_path)
         align = load_state_dict_file(a.alignment) if a.alignment else None
     except (FileNotFoundError, ValueError) as err:
         return report_error("mgpath import-official", err)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from vapt.fileio.atomic import atomic_path, write_text_atomic
+from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path, read_json_file, write_text_atomic
+from vapt.reporting.tables import markdown_table
 
 __all__ = ["collect", "main", "summary_table", "write_report"]
 
@@ -71,12 +72,10 @@ def _cell(mean, std) -> str:
 def _markdown(table: pd.DataFrame) -> str:
     head = ["method", "folds", *[f"test {m} (mean ± std)" for m in METRICS], *[f"paper {m}" for m in METRICS],
             "source"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for meth, r in table.iterrows():
-        paper = ["" if pd.isna(r[f"paper_{m}"]) else f"{r[f'paper_{m}']:.4f}" for m in METRICS]
-        lines.append(f"| {meth} | {int(r['folds'])} | " + " | ".join(_cell(r[f"{m}_mean"], r[f"{m}_std"])
-                                                             for m in METRICS)
-                     + " | " + " | ".join(paper) + f" | {r['paper_source']} |")
+    body = [[meth, int(r["folds"]), *(_cell(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS),
+             *("" if pd.isna(r[f"paper_{m}"]) else f"{r[f'paper_{m}']:.4f}" for m in METRICS), r["paper_source"]]
+            for meth, r in table.iterrows()]
+    lines = markdown_table(head, body)
     lines += ["", ("std: sample std over folds (ddof 1); report.csv also has std_ddof0 (np.std, what the official "
                    "MGPATH main.py writes in a row labelled 'var'). Paper columns are blank where no source was "
                    "given."), ""]
@@ -132,8 +131,8 @@ def write_report(runs: str | os.PathLike, out: str | os.PathLike | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = DialectParser(prog="mgpath report", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", help="output folder of `mgpath benchmark`")
     ap.add_argument("--out", default=None, help="where to write report.{md,csv,png} (default RUNS)")
     ap.add_argument("--published", default=None, help="CSV of paper numbers: method, auc, f1, acc, source")

@@ -1,6 +1,6 @@
 """K-shot few-shot folds: stratified by class, grouped by patient (no patient in two parts).
 
-``mgpath splits --labels labels.csv --k 16 --folds 5 --out splits/mycohort/16shots`` writes
+``mgpath splits --labels labels.csv --shots 16 --num_folds 5 --out splits/mycohort/16shots`` writes
 ``splits_{fold}.csv`` in the official MGPATH/CLAM format (columns ``train, val, test``), readable by
 :func:`mgpath.data.read_split_csv`, plus ``summary.csv`` with the class counts per part.
 """
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mgpath.data import read_labels, read_split_csv
+from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path
 
 __all__ = ["check_no_leakage", "main", "make_kshot_splits", "write_split_csv"]
@@ -102,12 +103,13 @@ def write_split_csv(split: dict[str, list[str]], path: str | os.PathLike) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath splits", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = DialectParser(prog="mgpath splits", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--labels", required=True, help="CSV with slide_id, case_id, label")
-    ap.add_argument("--k", type=int, default=16, help="training slides per class (default 16)")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--val-frac", type=float, default=0.3, help="fraction of the remaining patients for val")
+    ap.add_argument("--shots", type=int, default=16, deprecated=("--k",),
+                    help="training slides per class (default 16)")
+    ap.add_argument("--num_folds", type=int, default=5, deprecated=("--folds",), help="how many folds (default 5)")
+    ap.add_argument("--val_frac", type=float, default=0.3, help="fraction of the remaining patients for val")
     ap.add_argument("--seed", type=int, default=2023)
     ap.add_argument("--classes", nargs="*", default=None, help="class names (default: all labels, sorted)")
     ap.add_argument("--out", required=True, help="output folder for splits_{fold}.csv")
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         check_no_leakage(read_split_csv(a.check), labels)
         print(f"{a.check}: no patient in two parts")
         return 0
-    folds = make_kshot_splits(labels, a.k, a.folds, a.val_frac, a.seed, a.classes)
+    folds = make_kshot_splits(labels, a.shots, a.num_folds, a.val_frac, a.seed, a.classes)
     lab = dict(zip(labels["slide_id"], labels["label"]))
     rows = []
     for f, split in enumerate(folds):

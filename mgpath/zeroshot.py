@@ -21,7 +21,9 @@ from mgpath.model import MGPATH, Bag
 from mgpath.module import MGPATHModule
 from mgpath.ot import OTConfig, ot_similarity
 from mgpath.text import PromptLearner, load_descriptions
+from vapt.cli.flags import DialectParser, add_config_options, print_configs
 from vapt.fileio.atomic import atomic_path
+from vapt.fileio.resources import resolve_config
 
 __all__ = ["ZeroShotMGPATH", "ZeroShotModule", "main"]
 
@@ -99,13 +101,15 @@ class ZeroShotModule(MGPATHModule):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath zeroshot", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="an MGPATH config (model + data blocks)")
+    ap = DialectParser(prog="mgpath zeroshot", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_options(ap, help="an MGPATH config (model + data blocks)")
     ap.add_argument("--part", default="test", choices=["train", "val", "test"])
     ap.add_argument("--tokens", default="tiles", choices=["tiles", "prompts"])
     ap.add_argument("--out", default=None, help="CSV of per-slide probabilities")
     a, overrides = ap.parse_known_args(argv)
+    if a.print_config:
+        return print_configs(a.config, lambda c: resolve_config(c, ("", "wsi/"), lister="mgpath configs"))
     import pandas as pd
     from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 

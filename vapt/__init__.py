@@ -4,6 +4,7 @@ The public names are imported lazily so that `import vapt` stays cheap for comma
 """
 from __future__ import annotations
 
+from vapt import moved_modules
 from vapt.lazy_exports import lazy_getattr
 
 __version__ = "0.1.0"
@@ -21,3 +22,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_getattr("vapt", _EXPORTS)
+moved_modules.install()  # old module paths (vapt.module, vapt.encoders ...) still import, with a notice

@@ -1,9 +1,11 @@
 """``mgpath encoders``: list the tile-encoder presets (dimension, input, preprocessing, weights, status)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from vapt.cli.flags import DialectParser
+from vapt.reporting.tables import markdown_table as _markdown_rows
 
 _NORMS = {"IMAGENET": "ImageNet", "OPENAI_CLIP": "OpenAI CLIP", "HALF": "0.5/0.5", "HOPTIMUS": "H-optimus",
           "HIBOU": "Hibou"}
@@ -38,20 +40,18 @@ def preset_rows() -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| preset | dim | input | transform | mean/std | vapt backbone | weights (layout) | get it | licence | magnification |"
-    lines = [head, "|" + "---|" * 10]
-    for r in rows:
-        if r["status"] != "available":
-            lines.append(f"| `{r['name']}` | {r['dim']} | - | - | - | - | {r['status']} | - | - | - |")
-            continue
-        lines.append(f"| `{r['name']}` | {r['dim']} | {r['input']} | {r['transform']} | {r['mean_std']} | "
-                     f"{'yes' if r['vapt_backbone'] else 'no'} | {r['weights']} | {r['source']} | {r['licence']} | "
-                     f"{r['magnification']} |")
+    head = ["preset", "dim", "input", "transform", "mean/std", "vapt backbone", "weights (layout)", "get it",
+            "licence", "magnification"]
+    body = [[f"`{r['name']}`", r["dim"], "-", "-", "-", "-", r["status"], "-", "-", "-"] if r["status"] != "available"
+            else [f"`{r['name']}`", r["dim"], r["input"], r["transform"], r["mean_std"],
+                  "yes" if r["vapt_backbone"] else "no", r["weights"], r["source"], r["licence"], r["magnification"]]
+            for r in rows]
+    lines = _markdown_rows(head, body)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgpath encoders", description=__doc__)
+    ap = DialectParser(prog="mgpath encoders", description=__doc__)
     ap.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     a = ap.parse_args(argv)
     rows = preset_rows()

@@ -83,11 +83,12 @@ AUGMENT_IDENTITY = "rot90flip-per-tile-v1"
 
 
 def extract_augmented_features(coords: str | os.PathLike, out: str | os.PathLike, encoder: torch.nn.Module,
-                               encoder_name: str, seed: int = 0, **kwargs) -> list[dict]:
+                               encoder_name: str, *, seed: int = 0, **kwargs) -> list[dict]:
     """Features of rotated/flipped tiles with :func:`mgpath.pipelines.extract.extract_features`, one h5 per slide in
     ``out/<mag>/`` (use as ``data.augmented_dirs``). ``coords`` is a ``mgpath tile`` output folder; keyword
     arguments go to ``extract_features``."""
-    jobs, problems = find_jobs(coords, out, kwargs.pop("slides", None), kwargs.pop("mpp", None))
+    jobs, problems = find_jobs(coords, out, kwargs.pop("slides", None), kwargs.pop("mpp", None),
+                                 kwargs.pop("recursive", False))
     extra = {**(kwargs.pop("identity_extra", None) or {}), "augment": AUGMENT_IDENTITY, "augment_seed": seed}
     callbacks = [AugmentKeys(), *(kwargs.pop("callbacks", None) or [])]
     rows = extract_features(jobs, TileAugmentEncoder(encoder, seed), encoder_name + "+rot90flip",

@@ -1,4 +1,7 @@
-"""Finding slide files: from files and folders, and by slide id."""
+"""Finding slide files: from files and folders, and by slide id.
+
+One rule for every command: a folder contributes the slide files directly in it; with ``recursive`` (the
+``--recursive`` flag of ``mgpath tile``, ``extract``, ``prepare`` and ``heatmap``) its subfolders too."""
 
 from __future__ import annotations
 
@@ -47,11 +50,12 @@ def find_slides(inputs: list[str], recursive: bool = False) -> tuple[list[str], 
     return unique, problems
 
 
-def index_slides(slides_dir: str | None) -> dict[str, str]:
-    """``{slide_id: path}`` of every slide file under ``slides_dir`` (recursive; first one wins)."""
+def index_slides(slides_dir: str | None, recursive: bool = False) -> dict[str, str]:
+    """``{slide_id: path}`` of the slide files in ``slides_dir`` (subfolders too with ``recursive``; first wins)."""
     out: dict[str, str] = {}
     if slides_dir:
-        for p in sorted(Path(slides_dir).rglob("*")):
+        root = Path(slides_dir)
+        for p in sorted(root.rglob("*") if recursive else root.iterdir()):
             if p.is_file() and p.name.lower().endswith(SLIDE_EXTENSIONS):
                 out.setdefault(slide_id_from_path(p), str(p))
     return out

@@ -236,6 +236,7 @@ def extract_features(
     jobs: list[SlideJob],
     encoder: torch.nn.Module,
     encoder_name: str,
+    *,
     checkpoint: str | None = None,
     batch_size: int = 64,
     workers: int = 2,

@@ -46,14 +46,15 @@ def _first_duplicate(xy: np.ndarray) -> tuple[int, int] | None:
 
 
 def find_jobs(
-    coords: str | os.PathLike, out: str | os.PathLike, slides: str | None = None, mpp: float | None = None
+    coords: str | os.PathLike, out: str | os.PathLike, slides: str | None = None, mpp: float | None = None,
+    recursive: bool = False,
 ) -> tuple[list[SlideJob], list[dict]]:
     """Jobs from a coordinates folder; returns ``(jobs, problems)`` (problems are summary rows).
 
     ``coords`` is either a ``mgpath tile`` output root (with ``<tag>/coords/*.h5``; features go to
     ``out/<tag>/<slide_id>.h5``) or a folder of coordinate h5 files from mgpath, CLAM or TRIDENT (features go
     to ``out/<slide_id>.h5``). Slides are looked up by id under ``slides``, else through the ``slide_path``
-    attribute mgpath stores.
+    attribute mgpath stores; ``recursive`` searches the subfolders of ``slides`` too.
     """
     root = Path(coords)
     if not root.is_dir():
@@ -66,7 +67,7 @@ def find_jobs(
         groups = [(root / "coords", Path(out))]
     else:
         groups = [(root, Path(out))]
-    index = index_slides(slides)
+    index = index_slides(slides, recursive)
     jobs, problems = [], []
     claimed: dict[str, str] = {}  # features file -> the coordinates file that makes it
     for cdir, odir in groups:
@@ -96,7 +97,8 @@ def find_jobs(
             if sp is None and not slides:
                 sp = attrs["raw"].get("slide_path")
             if sp is None or not Path(sp).exists():
-                where = f"under --slides {slides}" if slides else "(pass --slides DIR)"
+                where = (f"under --slides {slides}{'' if recursive else ' (--recursive searches its subfolders)'}"
+                         if slides else "(pass --slides DIR)")
                 problems.append(
                     {
                         "slide_id": sid,

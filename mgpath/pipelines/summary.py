@@ -7,7 +7,6 @@ import io
 import json
 from pathlib import Path
 
-from vapt.fileio.atomic import write_bytes_atomic
 from vapt.fileio.atomic import printable, write_bytes_atomic
 
 __all__ = ["STATUSES", "count_statuses", "format_rows", "write_summary_files"]

@@ -260,6 +260,7 @@ def tile_slides(
     inputs: list[str],
     out: str | os.PathLike,
     tile_params: list[TileParams] | TileParams,
+    *,
     tissue_params: TissueParams | None = None,
     mpp: float | dict | None = None,
     workers: int = 1,

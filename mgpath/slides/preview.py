@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vapt.fileio.atomic import write_bytes_atomic, write_text_atomic
 from vapt.fileio.atomic import drawable, printable, write_bytes_atomic, write_text_atomic
 
 __all__ = ["encode_png", "render_preview", "write_contact_sheet", "write_preview"]

@@ -93,7 +93,7 @@ def _case(root, name):
                 "--tile-size", "96", "--no-progress"], 1, "notes.svs"
     if name == "garbage_mgpath_checkpoint":
         (bad / "model.ckpt").write_bytes(b"garbage")
-        return ["heatmap", "--ckpt", str(bad / "model.ckpt"), "--slide", str(root / "slides" / "s0_ihc.tiff"),
+        return ["heatmap", "--ckpt_path", str(bad / "model.ckpt"), "--slide", str(root / "slides" / "s0_ihc.tiff"),
                 "--out", str(bad / "h.png")], 2, "model.ckpt"
     if name in ("coords_escaping_name_and_external_storage", "coords_transposed_and_outside_slide"):
         cdir = bad / name

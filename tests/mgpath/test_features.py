@@ -189,7 +189,7 @@ def test_extract_resume_and_bad_slide(tiled, slide_dir, tiny_vit, tiny_enc, tmp_
     jobs, problems = find_jobs(tiled / "2.5x" / "coords", out, str(slides))
     assert not problems and len(jobs) == 2
     def run():
-        return extract_features(jobs, enc, "vit_tiny_patch16_224", str(ckpt), batch_size=32, workers=0,
+        return extract_features(jobs, enc, "vit_tiny_patch16_224", checkpoint=str(ckpt), batch_size=32, workers=0,
                                 accelerator="cpu", progress=False)
 
     rows = run()

@@ -77,7 +77,7 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "heatmaps").is_dir() and res["heatmap"].endswith(".png")
     # the heatmap command on the trained checkpoint
     sid = "class_b_00"
-    rc = heatmap_main(["--ckpt", res["checkpoint"], "--slide", str(tmp_path / "demo" / "slides" / f"{sid}.tiff"),
+    rc = heatmap_main(["--ckpt_path", res["checkpoint"], "--slide", str(tmp_path / "demo" / "slides" / f"{sid}.tiff"),
                        "--features-root", str(tmp_path / "demo" / "features"), "--out", str(tmp_path / "h.png"),
                        "--max-size", "256"])
     assert rc == 0 and (tmp_path / "h.png").stat().st_size > 1000

@@ -191,7 +191,7 @@ def test_start_from_plip_g_alignment_through_the_cli(tmp_path):
     torch.save({"model_state_dict": align}, tmp_path / "clip_mlp_weights_dual_tokenSave_plip_best.pth")
     (tmp_path / "prompts.csv").write_text("\n".join(ROWS) + "\n")
     conv = tmp_path / "plipg.pt"
-    assert mgpath_main(["import-official", "--checkpoint", str(tmp_path / "clip_mlp_weights_dual_tokenSave_plip_best.pth"),
+    assert mgpath_main(["import-official", "--ckpt_path", str(tmp_path / "clip_mlp_weights_dual_tokenSave_plip_best.pth"),
                         "--descriptions", str(tmp_path / "prompts.csv"), "--classes", "LUAD", "LUSC",
                         "--heads", str(HEADS), "--out", str(conv)]) == 0
     saved = torch.load(conv, weights_only=True)

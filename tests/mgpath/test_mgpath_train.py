@@ -128,7 +128,7 @@ def test_kshot_splits_grouped_stratified_and_official_format(tmp_path):
     with pytest.raises(ValueError, match="lower --k"):
         make_kshot_splits(labels, k=12)
     from mgpath.splits import main
-    assert main(["--labels", str(tmp_path / "labels.csv"), "--k", "2", "--folds", "2", "--out",
+    assert main(["--labels", str(tmp_path / "labels.csv"), "--shots", "2", "--num_folds", "2", "--out",
                  str(tmp_path / "sp")]) == 0
     assert (tmp_path / "sp" / "splits_1.csv").is_file() and (tmp_path / "sp" / "summary.csv").is_file()
 

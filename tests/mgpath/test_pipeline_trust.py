@@ -247,7 +247,7 @@ def test_interrupted_extraction_resumes_to_the_uninterrupted_result(tiled, slide
     jobs, _ = find_jobs(tiled, tmp_path / "out", str(slides))
     enc = build_encoder(ENC, checkpoint=ckpt, img_size=64)
     with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into SystemExit(1) after its graceful shutdown
-        extract_pipeline.extract_features(jobs, enc, ENC, ckpt, batch_size=8, workers=0, accelerator="cpu",
+        extract_pipeline.extract_features(jobs, enc, ENC, checkpoint=ckpt, batch_size=8, workers=0, accelerator="cpu",
                                           progress=False, callbacks=[Die()])
     assert not (tmp_path / "out" / "2.5x" / "s1_he.h5").exists()
     assert not list((tmp_path / "out").rglob("*.lock"))  # released on the way out
@@ -315,7 +315,7 @@ def test_killing_the_tile_parent_ends_its_workers(slides, tmp_path):
 def test_any_failure_is_one_line_and_debug_shows_the_traceback(slides, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "x.ckpt"
     bad.write_bytes(b"garbage")
-    argv = ["heatmap", "--ckpt", str(bad), "--slide", str(slides / "s0_ihc.tiff"), "--out", str(tmp_path / "o.png")]
+    argv = ["heatmap", "--ckpt_path", str(bad), "--slide", str(slides / "s0_ihc.tiff"), "--out", str(tmp_path / "o.png")]
     assert mgpath_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mgpath heatmap: ") and "--debug" in err[0]

@@ -21,7 +21,7 @@ from cli_driver import run_cases
 
 from vapt.data.synthetic import write_vtab_tree
 from vapt.fileio.locks import process_start
-from vapt.training.resume import claim_free_name, claim_version
+from vapt.training.run_folders import claim_free_name, claim_version
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = json.dumps({"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 1})

@@ -107,7 +107,7 @@ def test_command_lines_refuse(malicious, tmp_path):
     assert r.returncode == 2 and "safetensors" in r.stderr and str(path) in r.stderr, r.stderr
     prompts = tmp_path / "p.csv"
     prompts.write_text("a\nb\nc\nd\n")
-    r = _cli("import-official", "--checkpoint", str(path), "--descriptions", str(prompts), "--classes", "A", "B",
+    r = _cli("import-official", "--ckpt_path", str(path), "--descriptions", str(prompts), "--classes", "A", "B",
              "--out", str(tmp_path / "o.pt"))
     assert r.returncode == 2 and "safetensors" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "o.pt").exists()

@@ -18,7 +18,8 @@ from vapt.backbones.hf_clip import hf_clip_to_open_clip, open_clip_from_hf_confi
 from vapt.backbones.preprocess import IMAGENET, OPENAI_CLIP, Preprocess
 from vapt.backbones.registry import Preset, register
 from vapt.backbones.timm_vits import fit_pos_embed, identify, warn_random
-from vapt.backbones.vit import ViTEncoder, _load_open_clip_checkpoint
+from vapt.backbones.vit import ViTEncoder
+from vapt.backbones.vit_files import load_open_clip_checkpoint
 from vapt.quiet import drop_log_records
 
 _BLOCK = re.compile(r"^encoder\.layers?\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
@@ -131,7 +132,7 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViT
     if weights is None:
         warn_random(preset.name)
     else:
-        _load_open_clip_checkpoint(visual, weights.file)
+        load_open_clip_checkpoint(visual, weights.file)
     return ViTEncoder(visual, "open_clip", preset.name, data_config=cfg)
 
 

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from vapt.cli.errors import report_error
+from vapt.cli.flags import DialectParser
 
 __all__ = ["ConfigFileError", "ResourceError", "check_yaml_file", "config_names", "configs_main", "data_file", "resolve_config", "resolve_config_args",
            "resolve_data_path", "shipped_dir"]
@@ -173,10 +174,9 @@ _SCOPES = {"vapt": ("",), "mgpath": ("", "wsi/")}  # name prefixes each CLI trie
 def configs_main(argv: list[str] | None = None, scope: str = "vapt") -> int:
     """``vapt configs --list`` (names) and ``vapt configs NAME`` (print the YAML, e.g. to copy and edit);
     ``scope="mgpath"`` lists the ``wsi/`` configs, whose names work without that prefix."""
-    import argparse
 
     prog = f"{scope} configs"
-    ap = argparse.ArgumentParser(prog=prog, description="List or print the shipped LightningCLI configs; a "
+    ap = DialectParser(prog=prog, description="List or print the shipped LightningCLI configs; a "
                                  f"name works in place of a path, e.g. {scope} fit --config "
                                  f"{'tcga_nsclc_16shot' if scope == 'mgpath' else 'vtab/vapt/cifar100'}.")
     ap.add_argument("name", nargs="?", help="print this shipped config")

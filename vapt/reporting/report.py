@@ -23,13 +23,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from vapt.cli.errors import report_error
-from vapt.fileio.atomic import atomic_path, read_json_file
-from vapt.fileio.atomic import write_text_atomic as atomic_write_text
+from vapt.cli.flags import DialectParser
 from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.vtab import GROUPS, VTAB_TASKS
-from vapt.fileio.atomic import atomic_path
+from vapt.fileio.atomic import atomic_path, read_json_file
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 from vapt.fileio.resources import data_file
+from vapt.reporting.tables import markdown_table
 
 METHOD_ORDER = ("full", "linear", "vpt_shallow", "vpt_deep", "vapt")
 LABELS = {"full": "Full", "linear": "Linear", "vpt_shallow": "VPT-shallow", "vpt_deep": "VPT-deep", "vapt": "VAPT"}
@@ -127,7 +127,7 @@ def to_markdown(rows: list[dict], methods: list[str], family: str) -> str:
     title = {"vtab": "VTAB-1k", "fgvc": "FGVC"}[family]
     cols = {m: ("ours", "paper", "Δ") if _ran(rows, m) else ("paper",) for m in methods}
     header = ["task"] + [f"{LABELS.get(m, m)} {c}" for m in methods for c in cols[m]]
-    lines = [f"### {title} top-1 (%)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     by = defaultdict(dict)
     order = []
     for r in rows:
@@ -150,8 +150,8 @@ def to_markdown(rows: list[dict], methods: list[str], family: str) -> str:
                 ours += f" ± {r['std']:.2f}"
             values = {"ours": ours, "paper": _cell(r["published"]), "Δ": _cell(r["delta"], "{:+.2f}")}
             cells += [values[c] for c in cols[m]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return "\n".join([f"### {title} top-1 (%)", "", *markdown_table(header, body)]) + "\n"
 
 
 def draw_panel(ax, rows: list[dict], family: str) -> None:
@@ -247,12 +247,12 @@ def report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vapt report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = DialectParser(prog="vapt report", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs_dir", help="folder written by vapt tune / scripts/reproduce_vtab.py")
     ap.add_argument("--out", default=None, help="where to write report.{md,csv,png} (default: runs_dir)")
-    ap.add_argument("--published-vtab", default=None, help="CSV method,task,top1 (default data/vtab/published.csv)")
-    ap.add_argument("--published-fgvc", default=None, help="CSV method,task,top1 (default data/fgvc/published.csv)")
+    ap.add_argument("--published_vtab", default=None, help="CSV method,task,top1 (default data/vtab/published.csv)")
+    ap.add_argument("--published_fgvc", default=None, help="CSV method,task,top1 (default data/fgvc/published.csv)")
     args = ap.parse_args(argv)
     published = {k: v for k, v in (("vtab", args.published_vtab), ("fgvc", args.published_fgvc)) if v}
     try:

@@ -6,8 +6,10 @@ import sys
 
 import torch
 
+from vapt.cli.flags import DialectParser
 from vapt.model import PromptedViT, build_model
 from vapt.prompts import METHODS, PromptConfig
+from vapt.reporting.tables import markdown_table
 
 
 def parameter_table(model: PromptedViT) -> list[tuple[str, int, int]]:
@@ -38,29 +40,27 @@ def format_table(model: PromptedViT) -> str:
     """Markdown table of tuned and total parameters, with tuned % of the backbone (the papers' convention)."""
     rows = parameter_table(model)
     backbone_total = rows[0][2]
-    lines = ["| module | tuned | total | tuned % of backbone |", "|---|---:|---:|---:|"]
-    for name, tuned, total in rows:
-        lines.append(f"| {name} | {tuned:,} | {total:,} | {100.0 * tuned / backbone_total:.4f} |")
     tuned_all = sum(r[1] for r in rows)
     tuned_no_head = sum(r[1] for r in rows if r[0] != "head")
     total_all = sum(r[2] for r in rows)
-    lines.append(f"| **all** | {tuned_all:,} | {total_all:,} | {100.0 * tuned_all / backbone_total:.4f} |")
-    lines.append(f"| **without head** | {tuned_no_head:,} | | {100.0 * tuned_no_head / backbone_total:.4f} |")
-    return "\n".join(lines)
+    body = [(name, f"{tuned:,}", f"{total:,}", f"{100.0 * tuned / backbone_total:.4f}") for name, tuned, total in rows]
+    body += [("**all**", f"{tuned_all:,}", f"{total_all:,}", f"{100.0 * tuned_all / backbone_total:.4f}"),
+             ("**without head**", f"{tuned_no_head:,}", "", f"{100.0 * tuned_no_head / backbone_total:.4f}")]
+    return "\n".join(markdown_table(["module", "tuned", "total", "tuned % of backbone"], body, "lrrr"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vapt summary", description=__doc__)
+    p = DialectParser(prog="vapt summary", description=__doc__)
     p.add_argument("model", help="timm ViT name or open_clip:<name>")
     p.add_argument("--method", choices=METHODS, default="vapt")
-    p.add_argument("--num-tokens", type=int, default=10)
+    p.add_argument("--num_tokens", type=int, default=10)
     p.add_argument("--shallow", action="store_true", help="VPT-shallow instead of deep")
-    p.add_argument("--kernel-size", type=int, default=2)
-    p.add_argument("--hidden-dim", type=int, default=8)
-    p.add_argument("--vpt-depth", type=int, default=1)
-    p.add_argument("--no-share-projector", action="store_true")
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--kernel_size", type=int, default=2)
+    p.add_argument("--hidden_dim", type=int, default=8)
+    p.add_argument("--vpt_depth", type=int, default=1)
+    p.add_argument("--no_share_projector", action="store_true")
+    p.add_argument("--num_classes", type=int, default=100)
+    p.add_argument("--img_size", type=int, default=None)
     return p
 
 

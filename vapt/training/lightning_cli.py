@@ -33,16 +33,15 @@ from vapt.training.resume import (
     CheckpointError,
     check_checkpoint,
     check_resume_identity,
-    claim_free_name,
-    claim_version,
     resolve_ckpt_path,
     resume_callbacks,
     run_settings_identity,
     use_atomic_checkpoints,
     write_resume_identity,
 )
+from vapt.training.run_folders import VERSION_ENV, claim_free_name, default_loggers
 
-_VERSION_ENV = "VAPT_LOG_VERSION"
+_VERSION_ENV = VERSION_ENV  # the name tune.py imports
 
 
 def method_label(model_args: Any) -> str:
@@ -65,18 +64,6 @@ def experiment_name(config: Namespace) -> str:
             or str(data.get("class_path", "data")).rsplit(".", 1)[-1])
     model_init = (config.get("model") or Namespace()).get("init_args") or Namespace()
     return f"{task}/{method_label(model_init)}"
-
-
-def _default_loggers(save_dir: str, name: str) -> list[Namespace]:
-    version = os.environ.get(_VERSION_ENV)
-    if version is None:
-        version = str(claim_version(Path(save_dir) / name))  # two runs never share a version folder
-        os.environ[_VERSION_ENV] = version  # DDP children re-run this CLI and inherit it
-    kw = Namespace(save_dir=save_dir, name=name, version=int(version))
-    return [
-        Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=kw.clone()),
-        Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=kw.clone()),
-    ]
 
 
 class VaptCLI(LightningCLI):
@@ -113,7 +100,7 @@ class VaptCLI(LightningCLI):
         if trainer.get("logger") in (None, True):
             root = trainer.get("default_root_dir") or "runs"
             name = experiment_name(config) if self.log_name is None else self.log_name
-            trainer.logger = _default_loggers(str(root), name)
+            trainer.logger = default_loggers(str(root), name)
 
     def _config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config

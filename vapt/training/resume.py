@@ -264,37 +264,6 @@ def check_resume_identity(ckpt: str | os.PathLike, identity: dict[str, Any]) -> 
                               "stale")
 
 
-# ---------------------------------------------------------------------------------------------- output names
-def claim_version(folder: str | os.PathLike) -> int:
-    """The next free ``version_<n>`` under ``folder``, created here (``mkdir`` is atomic: two runs starting at
-    once get different numbers)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    while True:
-        taken = [int(p.name.split("_", 1)[1]) for p in folder.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
-        n = max(taken, default=-1) + 1
-        try:
-            (folder / f"version_{n}").mkdir()
-            return n
-        except FileExistsError:
-            continue
-
-
-def claim_free_name(path: str | os.PathLike) -> Path:
-    """``path``, else ``<stem>_1<suffix>``, ``<stem>_2<suffix>``, ...: the first that does not exist, created
-    empty here (``O_EXCL``) so that a run starting at the same moment takes the next one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    while True:
-        candidate = path if n == 0 else path.with_name(f"{path.stem}_{n}{path.suffix}")
-        try:
-            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            return candidate
-        except FileExistsError:
-            n += 1
-
-
 # ---------------------------------------------------------------------------------------------- choosing one
 def check_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
     """Load ``path`` safely (``weights_only=True``, CPU); `CheckpointError` naming it when it cannot be used."""

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from vapt.cli.errors import run_reporting_errors
+from vapt.cli.flags import DialectParser, add_config_options, print_configs
 from vapt.fileio.atomic import read_json_file
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 from vapt.fileio.locks import SlideLock
-from vapt.fileio.resources import resolve_config_args
+from vapt.fileio.resources import resolve_config, resolve_config_args
 from vapt.quiet import quiet_command
 
 _log = logging.getLogger(__name__)
@@ -296,9 +297,9 @@ def _best(scores: dict[tuple[float, float], float], lrs, wds) -> tuple[float, fl
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0, or 2 on bad input (one line on stderr; ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback)."""
-    ap = argparse.ArgumentParser(
+    ap = DialectParser(
         prog="vapt tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable)")
+    add_config_options(ap, repeat=True, help="LightningCLI YAML: a path or a shipped config name (repeatable)")
     ap.add_argument("--out", default="runs/tune", help="runs folder (default runs/tune)")
     ap.add_argument("--grid", default=None, help="'official' (default) or 'lr=50,25,...;wd=0.01,0'")
     ap.add_argument("--seeds", default=",".join(map(str, OFFICIAL_SEEDS)), help="comma-separated final seeds")
@@ -306,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None, help="<task>/<method> folder name (default: from the config)")
     ap.add_argument("--overwrite", action="store_true", help="redo finished runs made with other settings or data")
     args, passthrough = ap.parse_known_args(argv)
+    if args.print_config:
+        return print_configs(args.config, resolve_config)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
