@@ -214,4 +214,34 @@ def test_damaged_results_and_unknown_names_are_one_line(ran):
     one_line(results["unknown backbone in vapt summary"], "no_such_vit")
     one_line(results["truncated result.json in a vapt tune resume"],
              str(base / "tune_resumed" / "dtd" / "vapt" / "grid" / "lr1_wd0" / "result.json"))
-    one_line(results["truncated result.json in mgpath report"], str(base / "bench" / "mgpath" / "fold_0" / "result.json"))
+    one_line(results["truncated result.json in mgpath report"],
+             str(base / "bench" / "mgpath" / "fold_0" / "result.json"))
+
+
+def test_resume_identity_follows_the_data_not_its_path(tmp_path):
+    """A copied data folder is the same data; a changed image or setting is not."""
+    import shutil
+
+    from vapt.training.resume import (
+        CheckpointError,
+        check_resume_identity,
+        run_settings_identity,
+        write_resume_identity,
+    )
+
+    root = write_vtab_tree(tmp_path / "a", ["dtd"], sizes={"train800": 2, "val200": 1, "test": 1}, img_size=8)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    config = {"model": {"init_args": {"lr": 0.1}}, "data": {"init_args": {"root": str(root)}},
+              "trainer": {"max_epochs": 1, "default_root_dir": "x"}}
+    ckpt = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    write_resume_identity(ckpt.parent.parent, run_settings_identity(config))
+    moved = {**config, "data": {"init_args": {"root": str(tmp_path / "b" / root.relative_to(tmp_path / "a"))}},
+             "trainer": {"max_epochs": 5, "default_root_dir": "y"}}
+    check_resume_identity(ckpt, run_settings_identity(moved))  # same files elsewhere, more epochs: not stale
+    image = next((tmp_path / "b").rglob("*.jpg"))
+    image.write_bytes(image.read_bytes() + b"\0")
+    with pytest.raises(CheckpointError, match="stale: .*data.init_args.root: its files changed"):
+        check_resume_identity(ckpt, run_settings_identity(moved))
+    with pytest.raises(CheckpointError, match=r"stale: .*model.init_args.lr: 0.1 -> 0.2"):
+        check_resume_identity(ckpt, run_settings_identity({**config, "model": {"init_args": {"lr": 0.2}}}))

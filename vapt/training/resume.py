@@ -225,8 +225,10 @@ def path_identity(value: str) -> str | None:
 
 
 def run_settings_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """``{"settings": {dotted key: value}, "data": {path: identity}}`` of a resolved ``vapt fit`` config: what
-    the checkpoints of that run were made with (keys in ``_NOT_IDENTITY`` left out)."""
+    """``{"settings": {dotted key: value}, "data": {dotted key: identity}}`` of a resolved ``vapt fit`` config:
+    what the checkpoints of that run were made with (keys in ``_NOT_IDENTITY`` left out). A setting that names
+    a data or weights file or folder is recorded by what it holds (`path_identity`), not by its path, so a
+    data folder copied or moved elsewhere is the same data."""
     flat = {k: v for k, v in _flat(config).items()
             if not any(k == n or k.startswith(n + ".") for n in _NOT_IDENTITY)}
     settings = json.loads(json.dumps(flat, default=str, sort_keys=True))
@@ -235,7 +237,7 @@ def run_settings_identity(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(v, str) and v and (k.startswith("data.") or k.endswith("checkpoint")):
             ident = path_identity(v)
             if ident is not None:
-                data[v] = ident
+                data[k], settings[k] = ident, "<path>"
     return {"settings": settings, "data": data}
 
 
@@ -257,7 +259,7 @@ def check_resume_identity(ckpt: str | os.PathLike, identity: dict[str, Any]) -> 
     a, b = old.get("settings") or {}, identity.get("settings") or {}
     diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     da, db = old.get("data") or {}, identity.get("data") or {}
-    diff += [f"{k} changed" for k in sorted(set(da) & set(db)) if da[k] != db[k]]
+    diff += [f"{k}: its files changed" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
     if diff:
         raise CheckpointError(f"stale: {ckpt} was made with other settings or data ({'; '.join(diff[:4])}); pass "
                               "--overwrite to resume from it anyway, or leave out --ckpt_path last to start afresh.",
