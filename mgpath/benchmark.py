@@ -10,14 +10,27 @@ rerun, a killed one restarts cleanly. ``mgpath report OUT`` then writes the comp
 
 Methods (``--methods``): see :data:`METHODS`. The MIL baselines use their published default
 hyper-parameters (see :mod:`mgpath.baselines.modules`) and the config's ``feature_dim``; CoOp and zero-shot
-take the MGPATH block's text tower, descriptions and ``init_checkpoint``; the MGPATH ablations change one
-setting of the MGPATH block. ``--model.*`` overrides are not accepted (they would not fit every method):
-put method settings in the config.
+take the MGPATH block's text tower, descriptions and ``init_checkpoint``; ViLa-MIL its descriptions and text
+tower, TOP its text tower (their own settings, e.g. ``text_model: RN50`` and TOP's ``prompts`` file, in the
+``methods:`` block); the MGPATH ablations change one setting of the MGPATH block.
+
+Each method's own settings go in a ``methods:`` block of the benchmark config (read only by ``mgpath
+benchmark``; checked against the method's constructor, with did-you-mean), e.g.::
+
+    methods:
+      clam: {k_sample: 4, lr: 0.001, recipe: official}
+      transmil: {recipe: official}
+      mgpath_patch: {lr: 0.0005}
+
+They are written into ``OUT/<method>/config.yaml`` and recorded as ``settings`` (with the model's
+``class_path``) in every ``OUT/<method>/fold_k/result.json``. ``--model.*`` overrides are not accepted (they
+would not fit every method): put method settings in that block.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import json
 from pathlib import Path
 
@@ -26,12 +39,18 @@ import yaml
 from vapt.cli.flags import DialectParser, add_config_options, parse_folds, print_configs
 from vapt.fileio.atomic import write_text_atomic
 from vapt.fileio.resources import resolve_config
+from vapt.training.config_keys import _init_params
 
-__all__ = ["METHODS", "main", "method_config", "parse_folds", "run_benchmark"]
+__all__ = ["METHODS", "SETTINGS_KEY", "main", "method_config", "method_settings", "parse_folds",
+           "run_benchmark"]
+
+#: the benchmark config's block of per-method settings (``methods: {clam: {k_sample: 4}}``)
+SETTINGS_KEY = "methods"
 
 _TEXT_KEYS = ("descriptions", "text_model", "text_checkpoint", "text_model_cfg", "quick_gelu", "embed_dim",
               "init_checkpoint", "image_adaptor_hidden", "text_adaptor_hidden", "placement", "logit_scale",
               "lr", "weight_decay")
+_VILA_KEYS = ("descriptions", "feature_dim", "text_model", "text_checkpoint", "text_model_cfg", "quick_gelu")
 _MIL = {"abmil": "ABMILModule", "clam": "CLAMModule", "transmil": "TransMILModule", "dsmil": "DSMILModule"}
 
 #: method -> one-line description
@@ -47,15 +66,64 @@ METHODS = {
     "meanpool": "mean pooling + linear",
     "maxpool": "max pooling + linear",
     "coop": "CoOp: learnable context, mean-pooled slide feature, cosine logits (Zhou et al. 2022)",
+    "vilamil": "ViLa-MIL: dual-scale prototypes + prompted text, text attends to the image (Shi et al. 2024)",
+    "top": "TOP: two-level prompt learning, prototype pooling by instance prompts (Qu et al. 2023)",
     "zeroshot": "zero-shot: text tower + descriptions only, no training",
 }
 
 
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def method_settings(base: dict, source: str = "the config") -> dict[str, dict]:
+    """The validated ``methods:`` block of a benchmark config: ``{method: {setting: value}}``.
+
+    Unknown methods and settings that the method's model class does not take are refused, naming the
+    closest valid names."""
+    block = base.get(SETTINGS_KEY) or {}
+    if not isinstance(block, dict):
+        raise TypeError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}:' must map method names to settings, e.g. "
+                         f"'{SETTINGS_KEY}: {{clam: {{k_sample: 4}}}}'")
+    out = {}
+    for method, settings in block.items():
+        if method not in METHODS:
+            raise ValueError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}: {method}' is not a method"
+                             f"{_did_you_mean(str(method), METHODS)} (methods: {', '.join(METHODS)})")
+        settings = settings or {}
+        if not isinstance(settings, dict):
+            raise TypeError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}: {method}' must be a mapping of "
+                             f"settings, e.g. {{lr: 0.001}}")
+        class_path = _class_path(method)
+        accepted = set(_init_params(class_path)) - {"classes", "magnifications"}
+        for key in settings:
+            if key not in accepted:
+                raise ValueError(f"mgpath benchmark: {source}: '{key}' is not a setting of {method} "
+                                 f"({class_path.rsplit('.', 1)[-1]}){_did_you_mean(str(key), accepted)}")
+        out[method] = dict(settings)
+    return out
+
+
+def _class_path(method: str) -> str:
+    if method.startswith("mgpath"):
+        return "mgpath.module.MGPATHModule"
+    if method in _MIL:
+        return f"mgpath.baselines.{_MIL[method]}"
+    if method in ("meanpool", "maxpool"):
+        return "mgpath.baselines.PoolingModule"
+    if method in ("vilamil", "top"):
+        return f"mgpath.baselines.{'ViLaMILModule' if method == 'vilamil' else 'TOPModule'}"
+    return "mgpath.baselines.CoOpModule" if method == "coop" else "mgpath.zeroshot.ZeroShotModule"
+
+
 def method_config(base: dict, method: str) -> tuple[dict, bool]:
-    """(full config with the method's model block, whether the method is trained)."""
+    """(full config with the method's model block and its ``methods:`` settings, whether it is trained)."""
     if method not in METHODS:
-        raise ValueError(f"mgpath benchmark: unknown method {method!r}; choose from {', '.join(METHODS)}")
-    cfg = copy.deepcopy(base)
+        raise ValueError(f"mgpath benchmark: unknown method {method!r}{_did_you_mean(method, METHODS)}; choose "
+                         f"from {', '.join(METHODS)}")
+    settings = method_settings(base).get(method, {})
+    cfg = copy.deepcopy({k: v for k, v in base.items() if k != SETTINGS_KEY})
     block = cfg.get("model") or {}
     if "class_path" in block:
         block = dict(block.get("init_args") or {})
@@ -72,10 +140,18 @@ def method_config(base: dict, method: str) -> tuple[dict, bool]:
             args["ot"] = {**(args.get("ot") or {}), "backend": "uniform"}
         model = {"class_path": "mgpath.module.MGPATHModule", "init_args": args}
     elif method in _MIL:
-        model = {"class_path": f"mgpath.baselines.{_MIL[method]}", "init_args": {"feature_dim": block["feature_dim"]}}
+        model = {"class_path": _class_path(method), "init_args": {"feature_dim": block["feature_dim"]}}
     elif method in ("meanpool", "maxpool"):
-        model = {"class_path": "mgpath.baselines.PoolingModule",
+        model = {"class_path": _class_path(method),
                  "init_args": {"feature_dim": block["feature_dim"], "pooling": method[:-4]}}
+    elif method == "vilamil":
+        model = {"class_path": _class_path(method), "init_args": {k: block[k] for k in _VILA_KEYS if k in block}}
+    elif method == "top":
+        if "prompts" not in settings:
+            raise ValueError("mgpath benchmark: TOP needs its prompt file: add 'methods: {top: {prompts: "
+                             "top_prompts.json}}' to the config (see mgpath.baselines.top.read_top_prompts)")
+        keys = [k for k in _VILA_KEYS if k != "descriptions"]
+        model = {"class_path": _class_path(method), "init_args": {k: block[k] for k in keys if k in block}}
     else:
         args = {k: block[k] for k in ("feature_dim", *_TEXT_KEYS) if k in block}
         if method == "coop":
@@ -84,8 +160,20 @@ def method_config(base: dict, method: str) -> tuple[dict, bool]:
             args.pop("lr", None), args.pop("weight_decay", None)
             model = {"class_path": "mgpath.zeroshot.ZeroShotModule", "init_args": args}
             train = False
+    model["init_args"].update(copy.deepcopy(settings))
     cfg["model"] = model
     return cfg, train
+
+
+def _record_settings(mdir: Path, folds: list[int], model: dict, settings: dict) -> None:
+    """Add the method's ``class_path`` and ``settings`` to each finished fold's ``result.json``."""
+    for k in folds:
+        path = mdir / f"fold_{k}" / "result.json"
+        if path.is_file():
+            row = json.loads(path.read_text())
+            if (row.get("class_path"), row.get("settings")) != (model["class_path"], settings):
+                row.update(class_path=model["class_path"], settings=settings)
+                write_text_atomic(path, json.dumps(row, indent=1))
 
 
 def run_benchmark(config: str, methods: list[str], folds: list[int], out: str,
@@ -98,6 +186,7 @@ def run_benchmark(config: str, methods: list[str], folds: list[int], out: str,
         raise ValueError(f"mgpath benchmark: {bad[0]} would not fit every method; put model settings in "
                          f"{config}")
     base = yaml.safe_load(Path(config).read_text())
+    settings = method_settings(base, str(config))
     index = Path(out) / "benchmark.json"  # method order for `mgpath report` (earlier methods kept)
     known = json.loads(index.read_text())["methods"] if index.is_file() else []
     write_text_atomic(index, json.dumps({"config": str(config), "methods": list(dict.fromkeys(
@@ -115,6 +204,7 @@ def run_benchmark(config: str, methods: list[str], folds: list[int], out: str,
         write_text_atomic(path, text)
         print(f"== {method}: {METHODS[method]} ({'fit + test' if train else 'test only'}) ==")
         tables[method] = run_folds(str(path), folds, str(mdir), overrides, train=train, overwrite=overwrite)
+        _record_settings(mdir, folds, cfg["model"], settings.get(method, {}))
     return tables
 
 
@@ -133,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:
-            raise SystemExit(f"mgpath benchmark: unknown method {m!r}; choose from {', '.join(METHODS)}")
+            raise ValueError(f"mgpath benchmark: unknown method {m!r}{_did_you_mean(m, METHODS)}; choose from "
+                             f"{', '.join(METHODS)}")
     run_benchmark(a.config, methods, parse_folds(a.folds), a.out, overrides, overwrite=a.overwrite)
     print(f"done; write the table with: mgpath report {a.out}")
     return 0

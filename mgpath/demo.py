@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mgpath.benchmark import METHODS, method_config
 from vapt.cli.flags import DialectParser
 from vapt.reporting.tables import markdown_table
 
@@ -34,13 +35,19 @@ CLASSES = {"class_a": "blue_fine", "class_b": "he_coarse"}
 _log = logging.getLogger(__name__)
 
 
+#: the demo's comparison: every method of `mgpath benchmark` besides MGPATH itself
+DEMO_BASELINES = tuple(m for m in METHODS if m != "mgpath")
+
+
 def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs: int = 10,
              size: tuple[int, int] = (3072, 2304), tile_size: int = 128, encoder: str = "vit_tiny_patch16_224",
-             img_size: int = 64, seed: int = 0, augment: bool = False, log=_log.info) -> dict:
+             img_size: int = 64, seed: int = 0, augment: bool = False, log=_log.info,
+             baselines: tuple[str, ...] = DEMO_BASELINES) -> dict:
     """Run the whole pipeline in ``out``; returns the test metrics and output paths.
 
     ``augment`` also extracts features of randomly rotated/flipped tiles and adds them as extra training bags
-    (the paper's doubled training set).
+    (the paper's doubled training set). ``baselines``: the other methods compared on the same split (default
+    every method of ``mgpath benchmark``).
     """
     from mgpath.heatmap import slide_heatmap
     from mgpath.lightning_cli import make_cli
@@ -116,7 +123,7 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     png, _ = slide_heatmap(module.model.cpu(), str(out / "slides" / f"{sid}.tiff"), files,
                            str(out / "heatmaps" / f"{sid}.png"), max_size=512)
     log(f"[6/6] heatmap {png} ({time.perf_counter() - t0:.0f}s total)")
-    methods = {"mgpath": metrics, **_baselines(base, out, log)}
+    methods = {"mgpath": metrics, **_baselines(base, out, log, baselines)}
     log(method_table(methods))
     result = {"test": metrics, "methods": methods, "augmented": augment, "n_train_bags": len(dm.datasets["train"]), "checkpoint": best, "heatmap": str(png), "seconds": round(time.perf_counter() - t0, 1),
               "n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"])}
@@ -124,16 +131,11 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     return result
 
 
-#: the demo's comparison: (name, model class_path, trained?)
-DEMO_BASELINES = ("abmil", "zeroshot")
-
-
-def _baselines(base: list[str], out: Path, log) -> dict:
-    """ABMIL (fit + test, its published defaults) and zero-shot (test only) on the demo's split and features,
-    with the model blocks `mgpath benchmark` uses."""
+def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BASELINES) -> dict:
+    """Every other `mgpath benchmark` method (trained ones: fit + test with their default recipe; zero-shot:
+    test only) on the demo's split and features, with the model blocks `mgpath benchmark` uses."""
     import yaml
 
-    from mgpath.benchmark import method_config
     from mgpath.lightning_cli import make_cli
 
     cfg = yaml.safe_load(Path(base[1]).read_text())
@@ -143,8 +145,17 @@ def _baselines(base: list[str], out: Path, log) -> dict:
             cfg["model"][flag.removeprefix("--model.")] = yaml.safe_load(value)
         else:
             rest += [flag, value]
+    # the demo's features are not the tiny text tower's size: ViLa-MIL and TOP learn a linear map to it; TOP
+    # gets prompts written for the demo's two textures
+    top = out / "top_prompts.json"
+    top.write_text(json.dumps({"bag": {c: f"tissue with a {t.replace('_', ' ')} texture. * * * *"
+                                       for c, t in CLASSES.items()},
+                               "instance": ["an image of fine blue texture. * * * *",
+                                            "an image of coarse pink texture. * * * *"]}))
+    cfg["methods"] = {"vilamil": {"feature_adaptor": True, "n_ctx": 4, "n_prototypes": 4, "hidden": 16},
+                      "top": {"prompts": str(top), "feature_adaptor": True}}
     res = {}
-    for name in DEMO_BASELINES:
+    for name in names:
         method, train = method_config(cfg, name)
         path = out / f"run_{name}.yaml"
         path.write_text(yaml.safe_dump(method, sort_keys=False))

@@ -133,11 +133,19 @@ class SlideClassifier(pl.LightningModule):
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def _eval_step(self, batch, stage: str):
+    def eval_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(validation / test loss, logits (B, C)); cross-entropy by default."""
         logits = self(batch["slides"])
+        return F.cross_entropy(logits, batch["labels"]), logits
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, C) of logits (B, C) for the metrics and predictions; softmax by default."""
+        return logits.softmax(-1)
+
+    def _eval_step(self, batch, stage: str):
         y = batch["labels"]
-        loss = F.cross_entropy(logits, y)
-        self.metrics[stage].update(logits.softmax(-1), y)
+        loss, logits = self.eval_loss(batch)
+        self.metrics[stage].update(self.probabilities(logits), y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
@@ -160,7 +168,7 @@ class SlideClassifier(pl.LightningModule):
         self._eval_end("test")
 
     def predict_step(self, batch, batch_idx):
-        probs = self(batch["slides"]).softmax(-1)
+        probs = self.probabilities(self(batch["slides"]))
         out = {"slide_ids": batch["slide_ids"], "probs": probs.cpu(), "labels": batch["labels"].cpu()}
         self._predictions.append(out)
         return out

@@ -17,8 +17,13 @@ they are) and the official OT stopping rule (``ot backend "plot"``), so an offic
 official outputs. ``compat=False`` re-tokenises the descriptions with the correct insertion (needs the token
 embeddings, i.e. the alignment checkpoint or a fine-tuned checkpoint plus ``--alignment``).
 
+Descriptions are preprocessed as the official code does (:func:`official_descriptions`): the prompt CSV is
+read as ``pandas.read_csv(path, header=None)`` (quoted fields, doubled quotes) and every ``_`` becomes a space
+(``PromptLearner``: ``name.replace("_", " ")``) before tokenisation.
+
 ``mgpath import-official --checkpoint s_0_checkpoint.pt --descriptions prompts.csv --classes LUAD LUSC
---out mgpath_fold0.pt`` writes ``{"state_dict", "config"}``: load it with :func:`load_converted`, or use
+--out mgpath_fold0.pt`` writes ``{"state_dict", "config"}`` and the preprocessed descriptions
+(``mgpath_fold0.descriptions.json``, named by ``config``): load it with :func:`load_converted`, or use
 ``config`` as the model block and the file as ``model.init_checkpoint``.
 """
 from __future__ import annotations
@@ -27,18 +32,49 @@ import argparse
 import json
 from pathlib import Path
 
+import pandas as pd
 import torch
 import yaml
 
 from mgpath.model import MGPATH, build_mgpath
 from mgpath.ot import OTConfig
-from mgpath.text import load_state_dict_file
+from mgpath.text import load_descriptions, load_state_dict_file
 from vapt.backbones.hf_clip import hf_layers_to_open_clip
 from vapt.cli.errors import report_error
 from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path, write_text_atomic
 
-__all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "main"]
+__all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "main", "official_descriptions"]
+
+
+def official_descriptions(descriptions, classes: list[str],
+                          magnifications: list[str] = ("5x", "10x")) -> dict[str, dict[str, list[str]]]:
+    """``{mag: {class: [text]}}`` as the official code sees its prompts.
+
+    ``descriptions``: the official prompt CSV (``2*C`` rows, all classes at the low magnification then at the
+    high one), read as ``np.array(pd.read_csv(path, header=None)).squeeze()`` in the official ``main.py``; or
+    a JSON file / table of this project. Every ``_`` becomes a space, as the official ``PromptLearner``.
+    """
+    mags = list(magnifications)
+    if isinstance(descriptions, dict):
+        table = descriptions
+    elif Path(descriptions).suffix == ".json":
+        table = load_descriptions(descriptions, list(classes), mags)
+    else:
+        try:
+            frame = pd.read_csv(descriptions, header=None, dtype=str, keep_default_na=False)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ValueError(f"mgpath/official.py: cannot read the prompt file {descriptions}: {err}") from err
+        if frame.shape[1] != 1:
+            raise ValueError(f"mgpath/official.py: {descriptions} has {frame.shape[1]} columns (an unquoted comma?);"
+                             " the official code needs one prompt per line: quote lines that contain commas")
+        rows = list(frame[0])
+        if len(rows) != len(mags) * len(classes):
+            raise ValueError(f"mgpath/official.py: {descriptions} has {len(rows)} prompts; expected {len(mags)} "
+                             f"magnifications x {len(classes)} classes = {len(mags) * len(classes)}")
+        table = {m: {c: [rows[i * len(classes) + j]] for j, c in enumerate(classes)} for i, m in enumerate(mags)}
+    return {m: {c: [t.replace("_", " ") for t in ([ds] if isinstance(ds, str) else ds)]
+                for c, ds in table[m].items()} for m in mags}
 
 def hf_text_to_open_clip(layers: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """HF CLIP text-encoder layers (``{prefix}layers.i.self_attn.q_proj.weight`` ...) -> open_clip
@@ -152,6 +188,7 @@ def load_converted(state_dict: dict, settings: dict, descriptions, classes: list
         if k in settings:
             kw[k] = settings[k]
     ot = OTConfig(backend="plot") if compat else OTConfig()
+    descriptions = official_descriptions(descriptions, list(classes), list(magnifications))
     model = build_mgpath(descriptions, list(classes), magnifications=list(magnifications), ot=ot,
                          placement="official" if compat else "insert", **kw)
     sd = dict(state_dict)
@@ -212,11 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     sd, settings = convert_official(ckpt, align, a.heads)
     model = load_converted(sd, settings, a.descriptions, a.classes, a.magnifications, compat=not a.no_compat)
     config = {k: v for k, v in settings.items() if k != "rows"}
-    config.update(descriptions=a.descriptions, placement="official" if not a.no_compat else "insert",
+    out = Path(a.out)
+    desc_path = out.with_name(out.stem + ".descriptions.json")
+    table = official_descriptions(a.descriptions, a.classes, a.magnifications)
+    write_text_atomic(desc_path, json.dumps({"classes": list(a.classes), "descriptions": table}, indent=1))
+    config.update(descriptions=str(desc_path.resolve()), placement="official" if not a.no_compat else "insert",
                   ot={"backend": "plot" if not a.no_compat else "torch"}, text_model="custom")
     fresh = list(fresh_prefixes(sd))
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(fresh))}
-    out = Path(a.out)
     with atomic_path(out) as tmp:
         torch.save({"state_dict": state, "config": config, "fresh": fresh}, tmp)
     block = {"model": {**config, "init_checkpoint": str(out.resolve())}}
@@ -227,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out}: {len(state)} tensors, {n} trainable parameters"
           + (f"; kept at their fresh initialisation (not in a PLIP-G alignment file): {', '.join(fresh)}"
              if fresh else ""))
+    print(f"wrote {desc_path}: the descriptions as the official code tokenises them ('_' -> ' ')")
     print(f"wrote {yaml_path}: the model block (mgpath fit --config <task>.yaml --config {yaml_path})")
     print("model settings:", json.dumps(config))
     return 0

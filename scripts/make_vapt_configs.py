@@ -43,6 +43,23 @@ METHODS = {
     "vpt_deep": ({"method": "vpt", "num_tokens": None, "deep": True, "dropout": 0.1}, 128),
     "vpt_shallow": ({"method": "vpt", "num_tokens": None, "deep": False, "dropout": 0.0}, 128),
     "linear": ({"method": "linear"}, 128),
+    # the other rows of the VAPT tables; options in method_kwargs (see docs/methods.md for each source)
+    "adapter": ({"method": "adapter", "method_kwargs": {"reduction_factor": 8}}, 128),
+    "lora": ({"method": "lora", "method_kwargs": {"rank": 8, "targets": "qkv"}}, 64),
+    "vfpt": ({"method": "vfpt", "method_kwargs": {"num_tokens": None, "fourier_fraction": 0.5, "dropout": 0.1}},
+             128),
+    "e2vpt": ({"method": "e2vpt", "method_kwargs": {"num_tokens": 5, "num_kv_tokens": 5}}, 64),
+    "gatevpt": ({"method": "gatevpt", "method_kwargs": {"num_tokens": 100, "gate_init": 5.0, "dropout": 0.1}}, 64),
+    "replora": ({"method": "replora", "method_kwargs": {"rank": 8, "hidden_dim": 64, "targets": "qv"}}, 64),
+    "gated_prompt": ({"method": "gated_prompt", "method_kwargs": {"num_tokens": 10, "prompt_type": "linear"}}, 64),
+}
+# optimisation that differs from the VPT recipe (SGD, lr x batch / 256): NOAH's LoRA script (AdamW, lr 1e-3,
+# wd 1e-4, no scaling), GatedPromptTuning's run.sh (lr 0.1 as given, wd 0); RepLoRA / gated prompts start from LoRA's
+RECIPES = {
+    "lora": {"optimizer": "adamw", "scale_lr": False, "lr": 0.001, "weight_decay": 0.0001},
+    "replora": {"optimizer": "adamw", "scale_lr": False, "lr": 0.001, "weight_decay": 0.0001},
+    "gated_prompt": {"optimizer": "adamw", "scale_lr": False, "lr": 0.001, "weight_decay": 0.0001},
+    "gatevpt": {"scale_lr": False, "lr": 0.1, "weight_decay": 0.0},
 }
 
 
@@ -57,14 +74,26 @@ def _fmt(v) -> str:
     return text
 
 
+def _yaml_item(key: str, value) -> list[str]:
+    """``    key: value`` lines of the model's init_args (a dict becomes an indented block)."""
+    if isinstance(value, dict):
+        return [f"    {key}:", *[f"      {k}: {_fmt(v)}" for k, v in value.items()]]
+    return [f"    {key}: {_fmt(value)}"]
+
+
 def render(family: str, method: str, name: str) -> str:
     margs, batch = METHODS[method]
-    margs = dict(margs)
-    if "num_tokens" in margs and margs["num_tokens"] is None:
-        margs["num_tokens"] = VPT_TOKENS[name]
+    margs = {k: dict(v) if isinstance(v, dict) else v for k, v in margs.items()}
+    for holder in (margs, margs.get("method_kwargs", {})):
+        if "num_tokens" in holder and holder["num_tokens"] is None:
+            holder["num_tokens"] = VPT_TOKENS[name]
     lr, wd = VAPT_LR_WD.get(name, DEFAULT_LR_WD) if method == "vapt" else DEFAULT_LR_WD
     lr_note = ("VAPT's released value" if method == "vapt" and name in VAPT_LR_WD
                else "starting point; the paper's values come from `vapt tune` (lr x wd grid)")
+    recipe = dict(RECIPES.get(method, {}))
+    if method in ("lora", "gatevpt"):
+        lr_note = "the official script's value"
+    lr, wd = recipe.pop("lr", lr), recipe.pop("weight_decay", wd)
     if family == "vtab":
         t = VTAB_TASKS[name]
         title = f"VTAB-1k {name} ({t.group}, {t.num_classes} classes)"
@@ -89,8 +118,9 @@ def render(family: str, method: str, name: str) -> str:
         "  init_args:",
         f"    backbone: {BACKBONE}",
         f"    checkpoint: {WEIGHTS}",
-        *[f"    {k}: {_fmt(v)}" for k, v in margs.items()],
-        f"    lr: {_fmt(lr)}  # base lr, {lr_note}",
+        *[line for k, v in margs.items() for line in _yaml_item(k, v)],
+        *[f"    {k}: {_fmt(v)}" for k, v in recipe.items()],
+        f"    lr: {_fmt(lr)}  # {'base lr' if recipe.get('scale_lr', True) else 'lr'}, {lr_note}",
         f"    weight_decay: {_fmt(wd)}",
         "data:",
         *data,

@@ -24,9 +24,11 @@ from vapt.data.fgvc import FGVC_DATASETS
 from vapt.data.vtab import GROUPS, VTAB_TASKS, get_task, tasks_in_group
 from vapt.quiet import quiet_command
 from vapt.reporting.report import report
+from vapt.training.sweep_engine import parse_cluster_parameters, submitit_runner
 from vapt.training.tune import OFFICIAL_SEEDS, tune
 
-METHODS = ("vapt", "vpt_deep", "vpt_shallow", "linear")
+METHODS = ("vapt", "vpt_deep", "vpt_shallow", "linear", "adapter", "lora", "vfpt", "e2vpt", "gatevpt", "replora",
+           "gated_prompt")  # the config folders written by scripts/make_vapt_configs.py
 
 
 def select_tasks(spec: str, family: str) -> list[str]:
@@ -56,6 +58,12 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", default=None, help="'official' (default) or 'lr=...;wd=...'")
     ap.add_argument("--seeds", default=",".join(map(str, OFFICIAL_SEEDS)))
     ap.add_argument("--configs", default=str(ROOT / "configs"), help="configs folder (default: the repo's)")
+    ap.add_argument("--stack", type=int, default=0, metavar="K",
+                    help="K configurations per pass, same results (see docs/sweep.md); 0: separate runs")
+    ap.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                    help="run each stage's runs as submitit jobs (see docs/sweep.md)")
+    ap.add_argument("--workers", type=int, default=2, help="jobs at once with --cluster")
+    ap.add_argument("--cluster_args", default=None, help="JSON object of submitit parameters")
     args, passthrough = ap.parse_known_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -70,9 +78,15 @@ def main(argv=None) -> int:
                 ap.error(f"missing config {cfg}; regenerate with python scripts/make_vapt_configs.py")
             root = args.root if args.family == "vtab" else str(Path(args.root) / FGVC_DATASETS[task].official)
             print(f"== {task} / {method}", flush=True)
+            cli = ["--config", str(cfg), "--data.root", root, *passthrough]
+            runner = None
+            if args.cluster:
+                cache = Path(args.out) / "trunk_cache" if args.stack else None
+                runner = submitit_runner(cli, args.out, args.cluster, args.workers, args.stack, cache,
+                                         parse_cluster_parameters(args.cluster_args), log=print)
             with quiet_command():
-                tune(["--config", str(cfg), "--data.root", root, *passthrough], args.out, grid=args.grid,
-                     seeds=seeds, fast=args.fast, name=f"{task}/{method}", log=print)
+                tune(cli, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=f"{task}/{method}", log=print,
+                     stack=args.stack, runner=runner)
     paths = report(args.out)
     print(Path(paths["md"]).read_text())
     print("wrote", *paths.values())

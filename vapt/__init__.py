@@ -10,7 +10,7 @@ from vapt.lazy_exports import lazy_getattr
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "PromptConfig": "vapt.prompts",
+    "PromptConfig": "vapt.peft.vpt",
     "PromptedViT": "vapt.model",
     "build_model": "vapt.model",
     "ViTEncoder": "vapt.backbones.vit",

@@ -51,6 +51,9 @@ def _tensor(value) -> torch.Tensor:
 def _key_map(model: PromptedViT) -> list[tuple[str, str, int | None]]:
     """(official key, our key, qkv chunk index or None) for every tensor the official layout holds."""
     enc = model.backbone
+    if model.prompt_config.method not in ("linear", "full", "vpt", "vapt"):
+        raise ValueError(f"The official VPT/VAPT layout holds linear, full, vpt and vapt models only; this model is "
+                         f"{model.prompt_config.method!r} (save it with trainable_state_dict instead).")
     if enc.library != "timm" or enc.num_prefix_tokens != 1 or not hasattr(enc.model.blocks[0].attn, "qkv"):
         raise ValueError("The official VPT/VAPT layout exists only for timm ViTs with a class token, fused qkv "
                          f"and no register tokens; {enc.name} is not one.")

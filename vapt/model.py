@@ -1,4 +1,4 @@
-"""`PromptedViT`: a frozen ViT encoder + prompt modules + a linear head, and `build_model`."""
+"""`PromptedViT`: a frozen ViT encoder + one PEFT method (`vapt.peft`) + a linear head, and `build_model`."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from torch import nn
 
 from vapt.backbones import ViTEncoder, build_backbone
 from vapt.fileio.state_dict import check_state_dict
-from vapt.prompts import PromptConfig, PromptGenerator
+from vapt.peft import MethodConfig, PeftMethod, PromptConfig, build_method
 
 
 def official_head_bias(prior: float = 0.01) -> float:
@@ -19,13 +19,15 @@ def official_head_bias(prior: float = 0.01) -> float:
 
 
 class PromptedViT(nn.Module):
-    """A frozen ViT adapted by prompts (VPT / VAPT), a linear probe or full fine-tuning.
+    """A frozen ViT adapted by one PEFT method (VPT / VAPT / LoRA / Adapter / ...), a linear probe or full
+    fine-tuning.
 
     Parameters
     ----------
     backbone : ViTEncoder
     num_classes : int
-    prompt : PromptConfig
+    prompt : PromptConfig or any `vapt.peft` method config
+        The method, chosen by its ``method`` field; default VAPT with the official settings.
     head_bias_prior : float or None
         Head bias starts at ``-log((1 - prior) / prior)`` and the weight at kaiming-normal (fan_out), as in
         the official code; ``None`` keeps PyTorch's default Linear init.
@@ -38,17 +40,17 @@ class PromptedViT(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1; got {num_classes}.")
-        self.prompt_config = prompt or PromptConfig()
+        self.prompt_config: MethodConfig = prompt or PromptConfig()
         self.backbone = backbone
         self.num_classes = num_classes
-        cfg = self.prompt_config
-        if cfg.method == "full":
+        backbone.freeze()
+        method = build_method(self.prompt_config, backbone)
+        if method.trains_backbone:
             backbone.unfreeze()
-        else:
-            backbone.freeze()
-        self.prompts = (
-            PromptGenerator(cfg, backbone.embed_dim, len(backbone.blocks), backbone.patch_size,
-                            backbone.grid_size()) if cfg.uses_prompts else None)
+        self._method_attribute = method.attribute
+        setattr(self, method.attribute, method)
+        if method.attribute != "prompts":
+            self.prompts = None  # VPT / VAPT prompt generator, None for every other method
         self.head = nn.Linear(backbone.feature_dim, num_classes)
         if head_bias_prior is not None:
             nn.init.kaiming_normal_(self.head.weight, a=0, mode="fan_out")
@@ -62,30 +64,21 @@ class PromptedViT(nn.Module):
         self.training = mode
         for child in self.children():
             child.train(mode)
-        if self.prompt_config.method != "full":
+        if not self.method.trains_backbone:
             self.backbone.eval()
         return self
+
+    @property
+    def method(self) -> PeftMethod:
+        """The PEFT method module (``self.prompts`` for VPT / VAPT, ``self.peft`` otherwise)."""
+        return getattr(self, self._method_attribute)
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features after the final norm. (B, 3, H, W) -> (B, feature_dim)."""
         enc = self.backbone
-        h = enc.embed(images)
-        if self.prompts is None:
-            for block in enc.blocks:
-                h = enc.run_block(block, h)
-            return enc.pool(enc.final_norm(h), num_skip=enc.num_prefix_tokens)
-        n = self.prompts.num_tokens
-        first = 1 + n + enc.num_prefix_tokens - 1  # index of the first patch token after prompt insertion
-        h = torch.cat([h[:, :1], self.prompts.input_prompts(h.shape[0]).to(h.dtype), h[:, 1:]], dim=1)
-        matrices = self.prompts.adaptive_token_matrices()
-        for i, block in enumerate(enc.blocks):
-            if self.prompts.replaces_prompts(i):
-                new = self.prompts.prompts_for_block(i, h[:, first:], matrices).to(h.dtype)
-                h = torch.cat([h[:, :1], new, h[:, 1 + n:]], dim=1)
-            h = enc.run_block(block, h)
-        # official MAE pooling averages everything after CLS, prompts and registers included
-        return enc.pool(enc.final_norm(h), num_skip=1)
+        h, num_skip = self.method.forward_tokens(enc, enc.embed(images))
+        return enc.pool(enc.final_norm(h), num_skip=num_skip)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_classes)."""
@@ -96,8 +89,10 @@ class PromptedViT(nn.Module):
         return {k: p for k, p in self.named_parameters() if p.requires_grad}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only what training changes: prompts + head (everything for ``full``), plus buffers of those modules."""
+        """What training changes: the trainable tensors (prompts / adapters + head; everything for ``full``) and the
+        whole method module, frozen parts included (e.g. E2VPT's pruned masks)."""
         names = set(self.trainable_parameters())
+        names |= {f"{self._method_attribute}.{k}" for k in self.method.state_dict()}
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
@@ -124,7 +119,7 @@ def build_model(
     backbone : str
         timm ViT name or ``open_clip:<name>`` (see :func:`vapt.backbones.build_encoder`).
     num_classes : int
-    prompt : PromptConfig, optional
+    prompt : PromptConfig or any `vapt.peft` method config, optional
         Defaults to VAPT with the official defaults.
     checkpoint : path, optional
         Local backbone weights.

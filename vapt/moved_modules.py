@@ -20,6 +20,7 @@ MOVED = {
     **{f"vapt.{m}": f"vapt.training.{m}" for m in ("config_keys", "lightning_cli", "module", "resume", "tune")},
     **{f"vapt.{m}": f"vapt.reporting.{m}" for m in ("report", "summary")},
     "vapt.errors": "vapt.cli.errors",
+    "vapt.prompts": "vapt.peft.vpt",
 }
 
 

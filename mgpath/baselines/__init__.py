@@ -10,7 +10,26 @@ from mgpath.baselines.modules import (
     TransMILModule,
     count_parameters,
 )
+from mgpath.baselines.prompt_modules import TOPModule, ViLaMILModule
+from mgpath.baselines.top import TOP
 from mgpath.baselines.transmil import TransMIL
+from mgpath.baselines.vila import ViLaMIL
 
-__all__ = ["ABMIL", "CLAMSB", "DSMIL", "ABMILModule", "CLAMModule", "CoOpModule", "DSMILModule", "PoolingLinear",
-           "PoolingModule", "TransMIL", "TransMILModule", "count_parameters"]
+__all__ = [
+    "ABMIL",
+    "CLAMSB",
+    "DSMIL",
+    "TOP",
+    "ABMILModule",
+    "CLAMModule",
+    "CoOpModule",
+    "DSMILModule",
+    "PoolingLinear",
+    "PoolingModule",
+    "TOPModule",
+    "TransMIL",
+    "TransMILModule",
+    "ViLaMIL",
+    "ViLaMILModule",
+    "count_parameters",
+]

@@ -6,17 +6,17 @@ Plain ``nn.Module`` s, standard published architectures with their published def
   instance learning"), sized as CLAM's attention network for pre-extracted features (``fc`` D->512 + ReLU +
   dropout 0.25, gated attention 512->256, linear classifier); CLAM's defaults: Adam lr 2e-4, wd 1e-5.
 - :class:`CLAMSB`: CLAM single branch (Lu et al., Nature Biomedical Engineering 2021, "Data-efficient and
-  weakly supervised computational pathology on whole-slide images"): the same gated attention plus one binary
-  instance classifier per class trained on the ``k_sample=8`` highest- and lowest-attention tiles (cross-
-  entropy, CLAM's default ``inst_loss``; with ``subtyping`` the other classes' top tiles are negatives),
-  ``bag_weight=0.7``.
-- :class:`DSMIL`: dual-stream MIL (Li, Li & Eliceiri, CVPR 2021): instance classifier (linear), critical
-  instance per class, attention by query similarity to it (``q``: 128-d, nonlinear), ``Conv1d`` bag
-  classifier; loss 0.5 bag CE + 0.5 max-instance CE; Adam lr 2e-4, betas (0.5, 0.9), wd 5e-3 as its TCGA
-  script.
+  weakly supervised computational pathology on whole-slide images"; mahmoodlab/CLAM ``models/model_clam.py``,
+  53e2409): the same gated attention plus one binary instance classifier per class trained, in the same
+  forward pass, on the ``k_sample=8`` highest- and lowest-attention tiles (``inst_loss``: ``"ce"``, CLAM's
+  default, or ``"svm"``, the smooth top-1 SVM of CLAM's README commands; with ``subtyping`` the other
+  classes' top tiles are negatives).
+- :class:`DSMIL`: dual-stream MIL (Li, Li & Eliceiri, CVPR 2021; binli123/dsmil-wsi ``dsmil.py``, 80465ed):
+  instance classifier (linear), critical instance per class, attention by query similarity to it (``q``:
+  128-d, nonlinear), ``Conv1d`` bag classifier; :meth:`DSMIL.streams` gives both streams of one pass.
 - :class:`PoolingLinear`: mean or max pooling of the tile features and one linear layer.
 
-Each forward returns the logits (C,); :meth:`aux_loss` (CLAM, DSMIL) gives the extra training term.
+Each forward returns the logits (C,); the training objectives live in :mod:`mgpath.baselines.modules`.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mgpath.baselines.recipes import smooth_top1_svm
 
 __all__ = ["ABMIL", "CLAMSB", "DSMIL", "GatedAttention", "PoolingLinear"]
 
@@ -74,25 +76,36 @@ class ABMIL(nn.Module):
 
 
 class CLAMSB(ABMIL):
-    """CLAM single branch: :class:`ABMIL` plus instance-level clustering (``aux_loss``).
+    """CLAM single branch: :class:`ABMIL` plus instance-level clustering.
 
-    ``aux_loss(x, label)``: cross-entropy of the per-class instance classifiers on the ``k_sample`` tiles of
+    :meth:`forward_train` ``(x, label) -> (logits (C,), instance loss)`` in one pass, as CLAM's
+    ``forward(h, label, instance_eval=True)``: the per-class instance classifiers see the ``k`` tiles of
     highest attention (positive for the slide's class; with ``subtyping`` negative for the other classes)
-    and of lowest attention (negative for the slide's class). ``k`` is reduced to ``N // 2`` on small bags.
+    and the ``k`` of lowest attention (negative for the slide's class); the loss is the mean over the
+    classifiers used. ``k = k_sample`` (CLAM's rule, top and bottom may overlap); a bag with fewer tiles than
+    ``k_sample``, on which CLAM's ``topk`` raises, uses all its tiles.
     """
 
     def __init__(self, feature_dim: int, num_classes: int, hidden: int = 512, attention_dim: int = 256,
-                 dropout: float = 0.25, k_sample: int = 8, subtyping: bool = True):
+                 dropout: float = 0.25, k_sample: int = 8, subtyping: bool = True, inst_loss: str = "ce"):
         super().__init__(feature_dim, num_classes, hidden, attention_dim, dropout)
+        if inst_loss not in ("ce", "svm"):
+            raise ValueError(f"mgpath/baselines: inst_loss must be 'ce' or 'svm', got {inst_loss!r}")
+        if k_sample < 1:
+            raise ValueError(f"mgpath/baselines: k_sample must be >= 1, got {k_sample}")
         self.instance_classifiers = nn.ModuleList(nn.Linear(hidden, 2) for _ in range(num_classes))
-        self.k_sample, self.subtyping = k_sample, subtyping
+        self.k_sample, self.subtyping, self.inst_loss = k_sample, subtyping, inst_loss
 
-    def aux_loss(self, x: torch.Tensor, label: int) -> torch.Tensor:
+    def _instance_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target) if self.inst_loss == "ce" else smooth_top1_svm(logits, target)
+
+    def forward_train(self, x: torch.Tensor, label: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slide logits (C,), instance loss ()) of one forward pass."""
         h, a = self.embed(x)
-        k = min(self.k_sample, h.shape[0] // 2)
-        if k < 1:
-            return h.sum() * 0.0
-        top, bottom = torch.topk(a, k).indices, torch.topk(-a, k).indices
+        attn = a.softmax(0)
+        self.last_attention = attn.detach()
+        k = min(self.k_sample, h.shape[0])
+        top, bottom = torch.topk(attn, k).indices, torch.topk(-attn, k).indices
         losses = []
         for c, clf in enumerate(self.instance_classifiers):
             if c == label:
@@ -102,13 +115,13 @@ class CLAMSB(ABMIL):
                 inst, target = h[top], torch.zeros(k, dtype=torch.long, device=x.device)
             else:
                 continue
-            losses.append(F.cross_entropy(clf(inst), target))
-        return torch.stack(losses).mean()
+            losses.append(self._instance_loss(clf(inst), target))
+        return self.classifier(attn @ h), torch.stack(losses).mean()
 
 
 class DSMIL(nn.Module):
-    """Dual-stream MIL. Forward: (N, feature_dim) -> bag logits (C,); ``aux_loss`` = CE of the max instance
-    score."""
+    """Dual-stream MIL. Forward: (N, feature_dim) -> bag logits (C,); :meth:`streams` -> (instance scores
+    (N, C), bag logits (C,))."""
 
     def __init__(self, feature_dim: int, num_classes: int, q_dim: int = 128, dropout_v: float = 0.0,
                  passing_v: bool = False):
@@ -132,10 +145,6 @@ class DSMIL(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.streams(x)[1]
-
-    def aux_loss(self, x: torch.Tensor, label: int) -> torch.Tensor:
-        scores, _ = self.streams(x)
-        return F.cross_entropy(scores.max(0).values[None], torch.tensor([label], device=x.device))
 
 
 class PoolingLinear(nn.Module):

@@ -4,43 +4,78 @@ They share :class:`mgpath.lit.SlideClassifier` (loss, metrics, checkpoint select
 MGPATH, so every method runs under the same splits, features, seeds and fold runner. The MIL baselines read
 one magnification (``magnification``, default the last of ``data.magnifications``, i.e. the highest).
 
-=====================  =========================================  ==========================================
-class_path             model                                      optimiser (published defaults)
-=====================  =========================================  ==========================================
-``ABMILModule``        gated-attention MIL (Ilse et al. 2018)     Adam lr 2e-4, wd 1e-5 (CLAM's defaults)
-``CLAMModule``         CLAM-SB + instance clustering loss         Adam lr 2e-4, wd 1e-5, bag_weight 0.7
-``TransMILModule``     TransMIL (Shao et al. 2021)                RAdam lr 2e-4, wd 1e-5 (paper: +Lookahead)
-``DSMILModule``        DSMIL (Li et al. 2021)                     Adam lr 2e-4, betas (0.5, 0.9), wd 5e-3
-``PoolingModule``      mean / max pooling + linear                Adam lr 1e-3, wd 1e-5
-``CoOpModule``         CoOp: learnable context, mean-pooled       Adam (MGPATH's lr / wd)
-                       slide feature, cosine logits
-=====================  =========================================  ==========================================
+Each MIL module trains by one of two recipes (``recipe``):
 
-Zero-shot: :class:`mgpath.zeroshot.ZeroShotModule`. MGPATH ablations are MGPATHModule settings:
-patch level only ``use_graph: false``; region level only ``ratio_graph: 1.0``; no OT (mean cosine)
-``ot: {backend: uniform}``.
+- ``fewshot`` (default): the shared recipe: cross-entropy on the slide logits (+ the method's auxiliary
+  term), Adam / RAdam with the lr and weight decay below, checkpoint selection by the config's callback.
+- ``official``: the authors' training code, re-stated (sources and commits in ``docs/baselines.md``).
+
+=====================  ============================================  =============================================
+class_path             ``recipe: fewshot``                           ``recipe: official``
+=====================  ============================================  =============================================
+``ABMILModule``        CE; Adam lr 2e-4, wd 1e-5 (CLAM's defaults)   CLAM ``main.py --no_inst_cluster``: the same,
+                                                                      early stopping on val loss (20 / from 50)
+``CLAMModule``         0.7 CE + 0.3 instance CE; Adam 2e-4, 1e-5      CLAM README: instance loss smooth top-1 SVM,
+                                                                      early stopping on val loss (20 / from 50)
+``TransMILModule``     CE; RAdam lr 2e-4, wd 1e-5 (L2)                Lookahead(RAdam) lr 2e-4, wd 1e-5 decoupled,
+                                                                      none on biases / norms; grad accumulation 2;
+                                                                      early stopping on val loss (patience 10)
+``DSMILModule``        0.5 CE + 0.5 max-instance CE; Adam 2e-4,       0.5 BCE + 0.5 max-instance BCE on one-hot
+                       betas (0.5, 0.9), wd 5e-3 (train_tcga.py       labels, orthogonal init, Adam 1e-4, betas
+                       before 2024-03)                                (0.5, 0.9), wd 1e-3, cosine to 5e-6; sigmoid
+``PoolingModule``      CE; Adam lr 1e-3, wd 1e-5                     (no official code: same as fewshot)
+``CoOpModule``         CoOp: learnable context, mean-pooled slide feature, cosine logits; Adam (MGPATH's lr / wd)
+``ViLaMILModule``,     the vision-language few-shot MIL methods: :mod:`mgpath.baselines.prompt_modules`
+``TOPModule``
+=====================  ============================================  =============================================
+
+``lr`` / ``weight_decay`` left unset take the recipe's value. Zero-shot: :class:`mgpath.zeroshot.ZeroShotModule`.
+MGPATH ablations are MGPATHModule settings: patch level only ``use_graph: false``; region level only
+``ratio_graph: 1.0``; no OT (mean cosine) ``ot: {backend: uniform}``.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import GradientAccumulationScheduler
 
 from mgpath.baselines.mil import ABMIL, CLAMSB, DSMIL, PoolingLinear
+from mgpath.baselines.recipes import EarlyStoppingAfter, Lookahead, no_decay_groups, orthogonal_init_
 from mgpath.baselines.transmil import TransMIL
 from mgpath.lit import SlideClassifier
 from mgpath.module import MGPATHModule
+from mgpath.selection import BestCheckpoint
 
-__all__ = ["ABMILModule", "CLAMModule", "CoOpModule", "DSMILModule", "PoolingModule", "TransMILModule"]
+__all__ = [
+    "RECIPES",
+    "ABMILModule",
+    "CLAMModule",
+    "CoOpModule",
+    "DSMILModule",
+    "PoolingModule",
+    "TransMILModule",
+]
+
+RECIPES = ("fewshot", "official")
 
 
 class _BagModule(SlideClassifier):
-    """One bag per slide at ``magnification`` through ``self.model`` (N, D) -> (C,); optional auxiliary loss
-    ``(1 - bag_weight) * model.aux_loss``."""
+    """One bag per slide at ``magnification`` through ``self.model`` (N, D) -> (C,).
 
-    bag_weight = 1.0
+    Subclasses set ``LR`` / ``WD`` (recipe -> default) and may override :meth:`slide_loss`."""
 
-    def __init__(self, feature_dim: int, classes, magnifications, magnification, lr, weight_decay):
-        super().__init__(classes, lr, weight_decay)
+    LR: ClassVar[dict[str, float]] = {"fewshot": 2e-4, "official": 2e-4}
+    WD: ClassVar[dict[str, float]] = {"fewshot": 1e-5, "official": 1e-5}
+
+    def __init__(self, feature_dim: int, classes, magnifications, magnification, lr, weight_decay, recipe):
+        if recipe not in RECIPES:
+            raise ValueError(f"mgpath/baselines: {type(self).__name__}: recipe must be one of {RECIPES}, got "
+                             f"{recipe!r}")
+        self.recipe = recipe
+        super().__init__(classes, self.LR[recipe] if lr is None else lr,
+                         self.WD[recipe] if weight_decay is None else weight_decay)
         mags = list(magnifications or ["5x", "10x"])
         self.magnification = magnification or mags[-1]
         if self.magnification not in mags:
@@ -59,79 +94,161 @@ class _BagModule(SlideClassifier):
     def forward(self, slides: list[dict]) -> torch.Tensor:
         return torch.stack([self.model(self._bag(s, i)) for i, s in enumerate(slides)])
 
+    def slide_loss(self, x: torch.Tensor, label: int, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss (), logits (C,)) of one bag (N, D); cross-entropy."""
+        logits = self.model(x)
+        return F.cross_entropy(logits[None], torch.tensor([label], device=x.device)), logits
+
+    def _objective(self, batch, train: bool):
+        out = [self.slide_loss(self._bag(s, i), int(y), train)
+               for i, (s, y) in enumerate(zip(batch["slides"], batch["labels"]))]
+        return torch.stack([o[0] for o in out]).mean(), torch.stack([o[1] for o in out])
+
     def loss(self, batch):
-        logits = self(batch["slides"])
-        loss = F.cross_entropy(logits, batch["labels"])
-        if self.bag_weight < 1:
-            aux = torch.stack([self.model.aux_loss(self._bag(s, i), int(y)) for i, (s, y) in
-                               enumerate(zip(batch["slides"], batch["labels"]))]).mean()
-            loss = self.bag_weight * loss + (1 - self.bag_weight) * aux
-        return loss, logits
+        return self._objective(batch, train=True)
+
+    def eval_loss(self, batch):
+        return self._objective(batch, train=False)
+
+    def _official_stopping(self, patience: int, start_epoch: int = 0, ties: str = "latest") -> list:
+        """Early stopping on ``val/loss`` and checkpoint selection on its minimum (they replace the config's)."""
+        return [EarlyStoppingAfter(monitor="val/loss", mode="min", patience=patience, start_epoch=start_epoch),
+                BestCheckpoint(monitor="val/loss", mode="min", ties=ties, save_last=True, save_top_k=1,
+                               filename="best-{epoch}-{val/loss:.4f}", auto_insert_metric_name=False)]
 
 
 class ABMILModule(_BagModule):
-    """Gated-attention MIL (:class:`mgpath.baselines.mil.ABMIL`)."""
+    """Gated-attention MIL (:class:`mgpath.baselines.mil.ABMIL`). Official recipe: CLAM's ``main.py`` for its
+    attention MIL without instance clustering (``--no_inst_cluster``): CE, Adam lr 2e-4 (README commands),
+    wd 1e-5 (``--reg``), early stopping on the validation loss (patience 20, not before epoch 50)."""
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None, hidden: int = 512,
-                 attention_dim: int = 256, dropout: float = 0.25, lr: float = 2e-4, weight_decay: float = 1e-5):
-        super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay)
+                 attention_dim: int = 256, dropout: float = 0.25, lr: float | None = None,
+                 weight_decay: float | None = None, recipe: str = "fewshot"):
+        super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay, recipe)
         self.save_hyperparameters()
         self.model = ABMIL(feature_dim, len(self.classes), hidden, attention_dim, dropout)
 
+    def configure_callbacks(self):
+        return self._official_stopping(20, 50) if self.recipe == "official" else []
+
 
 class CLAMModule(_BagModule):
-    """CLAM-SB with the instance clustering loss (:class:`mgpath.baselines.mil.CLAMSB`)."""
+    """CLAM-SB (:class:`mgpath.baselines.mil.CLAMSB`): ``bag_weight * CE + (1 - bag_weight) * instance loss``
+    of one forward pass (CLAM ``utils/core_utils.py`` ``train_loop_clam``); the validation loss is the bag CE
+    (``validate_clam``). ``inst_loss`` unset: ``"ce"`` (fewshot) or ``"svm"`` (official, CLAM's README
+    commands). ``subtyping`` True as CLAM's README command for subtyping tasks (``CLAM_SB``'s own default is
+    False). Official recipe: lr 2e-4, wd 1e-5, early stopping on the validation loss (patience 20, not before
+    epoch 50; the checkpoint is the lowest validation loss, ties to the later epoch)."""
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None, hidden: int = 512,
                  attention_dim: int = 256, dropout: float = 0.25, k_sample: int = 8, subtyping: bool = True,
-                 bag_weight: float = 0.7, lr: float = 2e-4, weight_decay: float = 1e-5):
-        super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay)
+                 inst_loss: str | None = None, bag_weight: float = 0.7, lr: float | None = None,
+                 weight_decay: float | None = None, recipe: str = "fewshot"):
+        super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay, recipe)
         self.save_hyperparameters()
+        if not 0.0 <= bag_weight <= 1.0:
+            raise ValueError(f"mgpath/baselines: bag_weight must be in [0, 1], got {bag_weight}")
         self.bag_weight = float(bag_weight)
-        self.model = CLAMSB(feature_dim, len(self.classes), hidden, attention_dim, dropout, k_sample, subtyping)
+        inst_loss = inst_loss or ("svm" if recipe == "official" else "ce")
+        self.model = CLAMSB(feature_dim, len(self.classes), hidden, attention_dim, dropout, k_sample, subtyping,
+                            inst_loss)
+
+    def slide_loss(self, x, label, train):
+        if not train:
+            return super().slide_loss(x, label, train)
+        logits, inst = self.model.forward_train(x, label)
+        bag = F.cross_entropy(logits[None], torch.tensor([label], device=x.device))
+        return self.bag_weight * bag + (1 - self.bag_weight) * inst, logits
+
+    def configure_callbacks(self):
+        return self._official_stopping(20, 50) if self.recipe == "official" else []
 
 
 class TransMILModule(_BagModule):
-    """TransMIL (:class:`mgpath.baselines.transmil.TransMIL`), RAdam."""
+    """TransMIL (:class:`mgpath.baselines.transmil.TransMIL`). Fewshot: RAdam (L2 weight decay). Official
+    (TransMIL ``Camelyon/TransMIL.yaml`` + ``MyOptimizer``): Lookahead(RAdam, alpha 0.5, k 6), lr 2e-4, wd 1e-5
+    applied to the weights (decoupled, as its RAdam) and not to biases / 1-D parameters, gradient accumulation
+    2, early stopping on the validation loss (patience 10; checkpoint: lowest validation loss, ties to the
+    first epoch as Lightning's ``ModelCheckpoint``)."""
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None, dim: int = 512,
-                 dropout: float = 0.1, lr: float = 2e-4, weight_decay: float = 1e-5):
-        super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay)
+                 dropout: float = 0.1, pinned_nystrom: bool = False, lr: float | None = None,
+                 weight_decay: float | None = None, recipe: str = "fewshot"):
+        super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay, recipe)
         self.save_hyperparameters()
-        self.model = TransMIL(feature_dim, len(self.classes), dim, dropout)
+        self.model = TransMIL(feature_dim, len(self.classes), dim, dropout, pinned_nystrom=pinned_nystrom)
 
     def configure_optimizers(self):
+        if self.recipe == "official":
+            radam = torch.optim.RAdam(no_decay_groups(self.model, self.weight_decay), lr=self.lr,
+                                      decoupled_weight_decay=True)
+            return Lookahead(radam, alpha=0.5, k=6)
         return torch.optim.RAdam([p for p in self.parameters() if p.requires_grad], lr=self.lr,
                                  weight_decay=self.weight_decay)
 
+    def configure_callbacks(self):
+        if self.recipe != "official":
+            return []
+        return [GradientAccumulationScheduler({0: 2}), *self._official_stopping(10, ties="first")]
+
 
 class DSMILModule(_BagModule):
-    """DSMIL (:class:`mgpath.baselines.mil.DSMIL`): 0.5 bag CE + 0.5 max-instance CE."""
+    """DSMIL (:class:`mgpath.baselines.mil.DSMIL`): ``0.5 * bag loss + 0.5 * max-instance loss`` of one pass.
+    Fewshot: cross-entropy, softmax probabilities. Official (binli123/dsmil-wsi ``train_tcga.py``, 80465ed):
+    ``BCEWithLogitsLoss`` on one-hot labels for both terms (train and validation), orthogonal weights and
+    zero biases, Adam lr 1e-4, betas (0.5, 0.9), wd 1e-3, ``CosineAnnealingLR(T_max=max_epochs,
+    eta_min=5e-6)`` stepped per epoch, probabilities ``sigmoid(bag logits)``."""
 
-    bag_weight = 0.5
+    LR: ClassVar[dict[str, float]] = {"fewshot": 2e-4, "official": 1e-4}
+    WD: ClassVar[dict[str, float]] = {"fewshot": 5e-3, "official": 1e-3}
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None, q_dim: int = 128,
-                 dropout_v: float = 0.0, passing_v: bool = False, lr: float = 2e-4, weight_decay: float = 5e-3):
-        super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay)
+                 dropout_v: float = 0.0, passing_v: bool = False, lr: float | None = None,
+                 weight_decay: float | None = None, recipe: str = "fewshot"):
+        super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay, recipe)
         self.save_hyperparameters()
         self.model = DSMIL(feature_dim, len(self.classes), q_dim, dropout_v, passing_v)
+        if recipe == "official":
+            orthogonal_init_(self.model)
+
+    def slide_loss(self, x, label, train):
+        scores, logits = self.model.streams(x)
+        top = scores.max(0).values
+        if self.recipe == "official":
+            target = F.one_hot(torch.tensor(label, device=x.device), len(self.classes)).to(logits)
+            crit = F.binary_cross_entropy_with_logits
+            return 0.5 * crit(logits, target) + 0.5 * crit(top, target), logits
+        y = torch.tensor([label], device=x.device)
+        return 0.5 * F.cross_entropy(logits[None], y) + 0.5 * F.cross_entropy(top[None], y), logits
+
+    def probabilities(self, logits):
+        return torch.sigmoid(logits) if self.recipe == "official" else logits.softmax(-1)
 
     def configure_optimizers(self):
-        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr, betas=(0.5, 0.9),
-                                weight_decay=self.weight_decay)
+        opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr, betas=(0.5, 0.9),
+                               weight_decay=self.weight_decay)
+        if self.recipe != "official":
+            return opt
+        epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 50
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, 5e-6)}
 
 
 class PoolingModule(_BagModule):
-    """Mean or max pooling + linear (:class:`mgpath.baselines.mil.PoolingLinear`)."""
+    """Mean or max pooling + linear (:class:`mgpath.baselines.mil.PoolingLinear`); one recipe (no official
+    code): CE, Adam lr 1e-3, wd 1e-5."""
+
+    LR: ClassVar[dict[str, float]] = {"fewshot": 1e-3, "official": 1e-3}
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None,
-                 pooling: str = "mean", lr: float = 1e-3, weight_decay: float = 1e-5):
-        super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay)
+                 pooling: str = "mean", lr: float | None = None, weight_decay: float | None = None,
+                 recipe: str = "fewshot"):
+        super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay, recipe)
         self.save_hyperparameters()
         self.model = PoolingLinear(feature_dim, len(self.classes), pooling)
 

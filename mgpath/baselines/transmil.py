@@ -3,8 +3,12 @@ for whole slide image classification"), with the official sizes: ``fc1`` D->512 
 Nyström-attention layers (8 heads x 64, 256 landmarks, 6 pseudo-inverse iterations, residual depth-wise
 conv of kernel 33 on the values, dropout 0.1) with the PPEG position encoder (depth-wise convs 7, 5, 3 over
 the tokens laid on a square) between them, LayerNorm, linear classifier. The tokens are padded to a square
-by repeating the first ones, as the official code. Optimiser in the paper: Lookahead(RAdam), lr 2e-4, wd 1e-5;
-here RAdam with the same lr / wd (Lookahead is not in torch).
+by repeating the first ones, as the official code (szc19990412/TransMIL ``models/TransMIL.py``, 9d6aee5).
+
+The Nyström attention equals lucidrains' ``nystrom-attention`` 0.0.10 and later (0.0.11 checked): the
+sequence is padded at the front and the last ``n`` rows are kept. TransMIL's ``requirements.txt`` pins 0.0.9,
+which keeps the first ``n`` rows (padding rows and all but the last real tokens; logits differ by ~0.1);
+``pinned_nystrom=True`` reproduces 0.0.9. Training recipes: :class:`mgpath.baselines.TransMILModule`.
 """
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ class NystromAttention(nn.Module):
     """Nyström self-attention (Xiong et al., AAAI 2021). Forward: (B, N, dim) -> (B, N, dim)."""
 
     def __init__(self, dim: int = 512, heads: int = 8, dim_head: int = 64, landmarks: int = 256,
-                 pinv_iterations: int = 6, residual_kernel: int = 33, dropout: float = 0.1):
+                 pinv_iterations: int = 6, residual_kernel: int = 33, dropout: float = 0.1,
+                 pinned_nystrom: bool = False):
         super().__init__()
+        self.pinned_nystrom = pinned_nystrom
         self.heads, self.dim_head, self.landmarks, self.iters = heads, dim_head, landmarks, pinv_iterations
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(dropout))
@@ -55,11 +61,13 @@ class NystromAttention(nn.Module):
         a3 = torch.softmax(ql @ k.transpose(-1, -2), -1)
         out = (a1 @ _pinv(a2, self.iters)) @ (a3 @ v) + self.res_conv(v)
         out = out.transpose(1, 2).reshape(B, n + pad, -1)
-        return self.to_out(out)[:, -n:]
+        out = self.to_out(out)
+        return out[:, :n] if self.pinned_nystrom else out[:, -n:]
 
 
 class _TransLayer(nn.Module):
     def __init__(self, dim: int, **kw):
+        """Pre-norm residual Nyström attention with TransMIL's sizes (dim / 8 per head, dim / 2 landmarks)."""
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attn = NystromAttention(dim, dim_head=dim // 8, landmarks=dim // 2, **kw)
@@ -83,16 +91,17 @@ class _PPEG(nn.Module):
 
 
 class TransMIL(nn.Module):
-    """TransMIL. Forward: (N, feature_dim) -> logits (C,)."""
+    """TransMIL. Forward: (N, feature_dim) -> logits (C,). ``pinned_nystrom``: nystrom-attention 0.0.9's slice."""
 
-    def __init__(self, feature_dim: int, num_classes: int, dim: int = 512, dropout: float = 0.1):
+    def __init__(self, feature_dim: int, num_classes: int, dim: int = 512, dropout: float = 0.1,
+                 pinned_nystrom: bool = False):
         super().__init__()
         self.feature_dim = feature_dim
         self.fc1 = nn.Sequential(nn.Linear(feature_dim, dim), nn.ReLU())
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.layer1 = _TransLayer(dim, dropout=dropout)
+        self.layer1 = _TransLayer(dim, dropout=dropout, pinned_nystrom=pinned_nystrom)
         self.pos_layer = _PPEG(dim)
-        self.layer2 = _TransLayer(dim, dropout=dropout)
+        self.layer2 = _TransLayer(dim, dropout=dropout, pinned_nystrom=pinned_nystrom)
         self.norm = nn.LayerNorm(dim)
         self.fc2 = nn.Linear(dim, num_classes)
 

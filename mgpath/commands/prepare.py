@@ -7,7 +7,7 @@ single-step commands stay. Job folder layout::
     OUT/tiles/summary.csv|json                the tiling step's summary
     OUT/features/<tag>/<slide_id>.h5          features per slide and resolution (mgpath extract)
     OUT/features/augmented/<tag>/...          augmented bags (--augment)
-    OUT/summary.csv|json                      one summary: one row per slide and step (tile, features)
+    OUT/summary.csv|json                      one summary: one row per slide and step (tile, features, augmented)
 
 Resumable: rerunning the same command keeps every finished output (``cached``) and redoes only what is
 missing or stale; the features equal byte for byte those of ``mgpath tile`` then ``mgpath extract``.
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mgpath.commands.extract import add_encoder_options, load_encoder, run_extraction
 from mgpath.commands.tile import add_run_options, add_tile_options, exit_on_sigterm, tile_settings
+from mgpath.pipelines.augment import AUGMENTED_DIR
 from mgpath.pipelines.jobs import find_jobs
 from mgpath.pipelines.summary import count_statuses, format_rows, write_summary_files
 from mgpath.pipelines.tile import tile_slides
@@ -63,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs, problems = find_jobs(tiles_dir, features_dir, None, args.mpp)
     args.slides = None  # the slides are found through the path each coordinates file records
     featured = run_extraction(args, jobs, tiles_dir, features_dir, encoder, weights)
-    rows = [_tile_row(r) for r in tiled] + [{**r, "step": "features"} for r in problems + featured]
+    augmented = str(features_dir / AUGMENTED_DIR)
+    rows = [_tile_row(r) for r in tiled] + [
+        {**r, "step": "augmented" if str(r.get("out") or "").startswith(augmented) else "features"}
+        for r in problems + featured]
     n = count_statuses(rows)
     print(f"{len(tiled)} slides, {len(rows)} steps: {n['done']} done, {n['cached']} cached, {n['skipped']} skipped")
     print("\n".join(format_rows(rows, lambda r: f"{r['step']:<8} {r['slide_id']} ({r.get('tiles', '?')} tiles)")))

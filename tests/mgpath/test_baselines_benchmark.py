@@ -91,3 +91,59 @@ def test_a_baseline_config_gets_its_own_defaults_not_mgpaths(tmp_path):
                       "--data.features_root", str(tmp_path / "features"), "--model.feature_dim", str(D)],
                      run=False).model
     assert type(plain).__name__ == "MGPATHModule" and plain.lr == 5e-3
+
+
+def _bench_config(tmp_path, methods_block):
+    import yaml
+    _datamodule(tmp_path, n_per_class=8)
+    base = yaml.safe_load((ROOT / "configs/wsi/demo_tiny.yaml").read_text())
+    base["model"].update(feature_dim=D, descriptions=str(ROOT / "data/prompts/demo.json"))
+    base["data"].update(labels_csv=str(tmp_path / "labels.csv"), split_csv=str(tmp_path / "splits/splits_{fold}.csv"),
+                        features_root=str(tmp_path / "features"))
+    base["trainer"]["max_epochs"] = 1
+    base["methods"] = methods_block
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    return cfg
+
+
+def test_per_method_settings_reach_the_model_and_the_results(tmp_path):
+    """A `methods:` block setting k_sample and lr per method: in each method's config, module and result.json."""
+    import torch
+    import yaml
+    cfg = _bench_config(tmp_path, {"clam": {"k_sample": 3, "lr": 0.003, "recipe": "official"},
+                                   "dsmil": {"lr": 0.0007, "recipe": "official"}, "transmil": {"recipe": "official", "dim": 32}})
+    out = tmp_path / "runs"
+    assert main(["benchmark", "--config", str(cfg), "--methods", "clam,dsmil,transmil", "--folds", "0",
+                 "--out", str(out)]) == 0
+    # the official TransMIL recipe ran under Lightning: Lookahead(RAdam), checkpoint on the validation loss
+    tm = json.loads((out / "transmil" / "fold_0" / "result.json").read_text())
+    ck = torch.load(tm["checkpoint"], weights_only=False)
+    assert "slow_state" in ck["optimizer_states"][0] and ck["hyper_parameters"]["recipe"] == "official"
+    assert any("val/loss" in k for k in ck["callbacks"])
+    clam = json.loads((out / "clam" / "fold_0" / "result.json").read_text())
+    assert clam["settings"] == {"k_sample": 3, "lr": 0.003, "recipe": "official"}
+    assert clam["class_path"] == "mgpath.baselines.CLAMModule"
+    assert json.loads((out / "dsmil" / "fold_0" / "result.json").read_text())["settings"] == {"lr": 0.0007, "recipe": "official"}
+    written = yaml.safe_load((out / "clam" / "config.yaml").read_text())
+    assert "methods" not in written and written["model"]["init_args"]["k_sample"] == 3
+    hp = torch.load(clam["checkpoint"], weights_only=False)["hyper_parameters"]
+    assert (hp["k_sample"], hp["lr"], hp["recipe"]) == (3, 0.003, "official")
+    assert main(["report", str(out)]) == 0
+    table = pd.read_csv(out / "report.csv", index_col=0)
+    assert json.loads(table.loc["clam", "settings"]) == {"k_sample": 3, "lr": 0.003, "recipe": "official"}
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"clam": {"k_samples": 4}}, "'k_samples' is not a setting of clam (CLAMModule); did you mean 'k_sample'?"),
+    ({"clamm": {"lr": 0.1}}, "'methods: clamm' is not a method; did you mean 'clam'"),
+    ({"transmil": {"recipe": "official", "lrr": 1}}, "did you mean 'lr'?"),
+    ({"abmil": 3}, "must be a mapping of settings"),
+])
+def test_bad_method_settings_are_refused_with_did_you_mean(tmp_path, capsys, block, message):
+    cfg = _bench_config(tmp_path, block)
+    assert main(["benchmark", "--config", str(cfg), "--methods", "abmil", "--folds", "0",
+                 "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "runs" / "abmil").exists()

@@ -4,6 +4,8 @@ import json
 import numpy as np
 import torch
 
+from mgpath.benchmark import METHODS
+from mgpath.demo import DEMO_BASELINES
 from mgpath.graph import tile_adjacency
 from mgpath.heatmap import draw_heatmaps, heatmap_scores
 from mgpath.model import Bag, build_mgpath
@@ -57,6 +59,7 @@ def test_demo_end_to_end(tmp_path):
     from mgpath.demo import run_demo
     from mgpath.heatmap import main as heatmap_main
     res = run_demo(tmp_path / "demo", slides_per_class=5, shots=2, epochs=3, size=(2048, 1536), augment=True,
+                   baselines=("abmil", "zeroshot"),
                    log=lambda *a: None)
     t = res["test"]
     assert set(t) >= {"auc", "f1", "acc"} and all(0 <= t[k] <= 1 for k in ("auc", "f1", "acc"))
@@ -69,6 +72,7 @@ def test_demo_end_to_end(tmp_path):
         np.testing.assert_array_equal(f0["coords"][()], f1["coords"][()])
         assert not np.allclose(f0["features"][()], f1["features"][()])
     assert list(res["methods"]) == ["mgpath", "abmil", "zeroshot"] and res["methods"]["mgpath"] == t
+    assert ("mgpath", *DEMO_BASELINES) == tuple(METHODS)  # `mgpath demo` itself compares every method
     assert all(0 <= r[k] <= 1 for r in res["methods"].values() for k in ("auc", "f1", "acc"))
     from mgpath.demo import method_table
     assert "| abmil |" in method_table(res["methods"]) and "| zeroshot |" in method_table(res["methods"])

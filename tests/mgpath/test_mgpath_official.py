@@ -201,6 +201,7 @@ def test_import_official_command(tmp_path):
     assert rc == 0
     saved = torch.load(tmp_path / "conv.pt", weights_only=False)
     assert saved["config"]["placement"] == "official"
+    assert saved["config"]["descriptions"] == str((tmp_path / "conv.descriptions.json").resolve())
     torch.testing.assert_close(saved["state_dict"]["text.prompts.ctx"], ft["prompt_learner.ctx"])
     # the written config + file build the Lightning module that gives the official outputs
     from mgpath.module import MGPATHModule
@@ -212,3 +213,25 @@ def test_import_official_command(tmp_path):
     with pytest.raises(ValueError, match="prompt rows"):  # 3 magnifications x 2 classes != 4 checkpoint rows
         three = {m: {"LUAD": "a", "LUSC": "b"} for m in ("5x", "10x", "20x")}
         load_converted(*convert_official(ft, heads=HEADS), three, ["LUAD", "LUSC"], ["5x", "10x", "20x"])
+
+
+def test_descriptions_are_preprocessed_as_the_official_code(tmp_path):
+    """Official main.py reads the prompt CSV with pandas and PromptLearner replaces '_' by ' ' before tokenising."""
+    from mgpath.official import official_descriptions
+    ft, align, _tokens = official_checkpoints()
+    sd, settings = convert_official(ft, align, heads=HEADS)
+    under = {m: {c: t.replace(" ", "_") for c, t in per.items()} for m, per in DESC.items()}
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    assert not torch.equal(tok([under["5x"]["LUAD"]]), tok([DESC["5x"]["LUAD"]]))  # '_' changes the tokens
+    plain = load_converted(sd, settings, DESC, ["LUAD", "LUSC"], compat=False)
+    with_ = load_converted(sd, settings, under, ["LUAD", "LUSC"], compat=False)
+    torch.testing.assert_close(with_.text.prompts()[0], plain.text.prompts()[0], rtol=0, atol=0)
+    # the CSV as pandas.read_csv(header=None) reads it: quoted commas and doubled quotes
+    rows = ['"glandular, lepidic_growth"', 'squamous "nests"', '"columnar ""tall"" cells"', "polygonal cells"]
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    table = official_descriptions(str(tmp_path / "p.csv"), ["LUAD", "LUSC"])
+    assert table["5x"]["LUAD"] == ["glandular, lepidic growth"] and table["10x"]["LUAD"] == ['columnar "tall" cells']
+    assert table["5x"]["LUSC"] == ['squamous "nests"']
+    (tmp_path / "bad.csv").write_text("a, b\nc\nd\ne\n")
+    with pytest.raises(ValueError, match="unquoted comma"):
+        official_descriptions(str(tmp_path / "bad.csv"), ["LUAD", "LUSC"])

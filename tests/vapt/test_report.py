@@ -42,7 +42,7 @@ def test_vapt_only_run_shows_every_published_column(runs):
     with open(paths["csv"]) as fh:
         rows = {(r["method"], r["name"]): r for r in csv.DictReader(fh)}
     # published-only methods are present for the tasks that ran, with no ours / delta
-    for method in ("full", "linear", "vpt_shallow", "vpt_deep"):
+    for method in ("full", "linear", "bitfit", "lora", "vpt_shallow", "vpt_deep"):
         for task in ACCS:
             r = rows[(method, task)]
             assert float(r["published"]) == pub[(method, task)] and r["ours"] == "" and r["delta"] == ""
@@ -56,12 +56,13 @@ def test_vapt_only_run_shows_every_published_column(runs):
     assert cam["published"] == "" and cam["delta"] == ""
     md = Path(paths["md"]).read_text()
     header = next(line for line in md.splitlines() if line.startswith("| task"))
-    assert header == ("| task | Full paper | Linear paper | VPT-shallow paper | VPT-deep paper | VAPT ours | VAPT paper "
-                      "| VAPT Δ |")
+    assert header == ("| task | Full paper | Linear paper | BitFit paper | LoRA paper | VPT-shallow paper | VPT-deep paper "
+                      "| VAPT ours | VAPT paper | VAPT Δ |")
     cam_line = next(line for line in md.splitlines() if line.startswith("| patch_camelyon"))
     a = ACCS["patch_camelyon"]
     assert [c.strip() for c in cam_line.strip("|").split("|")] == [
-        "patch_camelyon", *(f"{pub[(m, 'patch_camelyon')]:.2f}" for m in ("full", "linear", "vpt_shallow", "vpt_deep")),
+        "patch_camelyon", *(f"{pub[(m, 'patch_camelyon')]:.2f}" for m in ("full", "linear", "bitfit", "lora", "vpt_shallow",
+                                                                         "vpt_deep")),
         f"{100 * statistics.fmean(a):.2f} ± {100 * statistics.pstdev(a):.2f}", "", ""]
 
 
@@ -86,3 +87,32 @@ def test_plot_draws_error_bars_and_markers_not_zero_bars(runs):
     n_missing = sum(r["published"] is None for r in values if r["method"] == "vapt")
     assert len(markers) == n_missing > 0  # VAPT has no per-task published numbers
     plt.close(fig)
+
+
+def test_two_methods_show_every_published_row_with_sources(tmp_path):
+    """VAPT and LoRA on all 19 tasks: every method with published numbers gets its rows, deltas for the two
+    we ran, LoRA's per-task numbers (NOAH) give its group means, and the sources are listed."""
+    from vapt.data.vtab import VTAB_TASKS
+
+    for method, acc in (("vapt", 0.7), ("lora", 0.6)):
+        for task in VTAB_TASKS:
+            d = tmp_path / "runs" / task / method
+            d.mkdir(parents=True)
+            d.joinpath("summary.json").write_text(json.dumps({
+                "task": task, "method": method, "family": "vtab", "best_lr": 1.0, "best_wd": 0.0, "seeds": [42],
+                "test_acc": [acc], "test_acc_mean": acc, "test_acc_std": 0.0}))
+    paths = report.report(tmp_path / "runs")
+    with open(paths["csv"]) as fh:
+        rows = {(r["method"], r["name"]): r for r in csv.DictReader(fh)}
+    pub = _published()
+    shown = {m for m, _ in rows}
+    assert {"full", "linear", "bitfit", "adapter", "lora", "vpt_shallow", "vpt_deep", "e2vpt", "vfpt",
+            "vapt"} <= shown
+    assert float(rows[("lora", "cifar100")]["delta"]) == pytest.approx(60.0 - 67.1)
+    assert float(rows[("lora", "mean")]["published"]) == pytest.approx(72.25, abs=0.01)
+    assert float(rows[("vapt", "mean")]["delta"]) == pytest.approx(70.0 - 72.91)
+    assert float(rows[("vfpt", "structured")]["published"]) == pub[("vfpt", "group:structured")] == 60.19
+    assert float(rows[("adapter", "mean")]["published"]) == 62.41 and rows[("adapter", "mean")]["ours"] == ""
+    md = paths["md"].read_text()
+    assert "| task | Full paper | Linear paper | BitFit paper | Adapter paper | LoRA ours | LoRA paper | LoRA Δ |" in md
+    assert "- VFPT: VFPT paper via the VAPT poster" in md and "- LoRA: NOAH (Zhang et al. 2022)" in md

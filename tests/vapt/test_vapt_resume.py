@@ -71,7 +71,7 @@ def kill_at(monkeypatch, epoch: int, batch: int | None) -> None:
 def kill_and_resume(monkeypatch, args: list[str], epoch: int, batch: int | None) -> None:
     with monkeypatch.context() as m:
         kill_at(m, epoch, batch)
-        m.setenv("VAPT_DEBUG", "1")  # the simulated kill propagates instead of ending in one line (exit 1)
+        m.setenv("VAPT_DEBUG", "1")  # the crash itself, not the one-line report of it
         with pytest.raises(RuntimeError, match="simulated kill"):
             main(args)
     assert main([*args, "--ckpt_path=last"]) == 0

@@ -88,12 +88,15 @@ def report_error(prog: str, exc: BaseException, bug: bool = False) -> int:
 
 
 def run_reporting_errors(prog: str | Callable[[list[str]], str], fn: Callable[[list[str]], int | None],
-                         argv: Sequence[str], user_errors: tuple[type[BaseException], ...] = INPUT_ERRORS) -> int:
+                         argv: Sequence[str], user_errors: tuple[type[BaseException], ...] = INPUT_ERRORS,
+                         report_bugs: bool = True) -> int:
     """``fn(argv)`` (``--debug`` removed) with every failure reported as one line, unless debugging.
 
     ``prog`` is the name printed in front (or a function of the arguments giving it). Under ``--debug`` the
     debug variables are set while ``fn`` runs, so that nested commands keep the traceback too. Exit status:
-    ``fn``'s, 2 for a ``user_errors`` exception, 1 for anything else, 130 on Ctrl-C.
+    ``fn``'s, 2 for a ``user_errors`` exception, 1 for anything else, 130 on Ctrl-C. With ``report_bugs``
+    False, an exception that is not a user error propagates (to the dispatcher, which reports it the same way;
+    callers from Python see the exception itself).
     """
     argv, debug = debug_requested(argv)
     name = prog(argv) if callable(prog) else prog
@@ -106,12 +109,14 @@ def run_reporting_errors(prog: str | Callable[[list[str]], str], fn: Callable[[l
     try:
         return int(fn(argv) or 0)
     except KeyboardInterrupt:
+        if not report_bugs:
+            raise
         print(f"{name}: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # the one place that turns a failure into one readable line
-        if debug:
-            raise
         user = find_user_error(e, user_errors)
+        if debug or (user is None and not report_bugs):
+            raise
         return report_error(name, user if user is not None else e, bug=user is None)
     finally:
         for k, v in saved.items():

@@ -31,8 +31,11 @@ from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 from vapt.fileio.resources import data_file
 from vapt.reporting.tables import markdown_table
 
-METHOD_ORDER = ("full", "linear", "vpt_shallow", "vpt_deep", "vapt")
-LABELS = {"full": "Full", "linear": "Linear", "vpt_shallow": "VPT-shallow", "vpt_deep": "VPT-deep", "vapt": "VAPT"}
+METHOD_ORDER = ("full", "linear", "bitfit", "partial", "adapter", "lora", "replora", "vpt_shallow", "vpt_deep",
+                "e2vpt", "vfpt", "gatevpt", "gated_prompt", "vapt")
+LABELS = {"full": "Full", "linear": "Linear", "bitfit": "BitFit", "partial": "Partial-1", "adapter": "Adapter",
+          "lora": "LoRA", "replora": "RepLoRA", "vpt_shallow": "VPT-shallow", "vpt_deep": "VPT-deep",
+          "e2vpt": "E2VPT", "vfpt": "VFPT", "gatevpt": "GateVPT", "gated_prompt": "Gated prompts", "vapt": "VAPT"}
 
 
 def load_summaries(runs_dir: str | os.PathLike) -> list[dict]:
@@ -54,6 +57,25 @@ def load_published(path: str | os.PathLike | None) -> dict[tuple[str, str], floa
         return {}
     with open(path) as fh:
         return {(r["method"], r["task"]): float(r["top1"]) for r in csv.DictReader(fh)}
+
+
+def load_sources(path: str | os.PathLike | None) -> dict[str, list[str]]:
+    """``{method: [source, ...]}`` (distinct, in file order) from a published-numbers CSV; {} if absent."""
+    if path is None or not Path(path).is_file():
+        return {}
+    out: dict[str, list[str]] = {}
+    with open(path) as fh:
+        for r in csv.DictReader(fh):
+            sources = out.setdefault(r["method"], [])
+            if r.get("source") and r["source"] not in sources:
+                sources.append(r["source"])
+    return out
+
+
+def sources_markdown(methods: list[str], sources: dict[str, list[str]]) -> str:
+    """One line per shown method with published numbers: ``- Label: source; source``."""
+    lines = [f"- {LABELS.get(m, m)}: {'; '.join(sources[m])}" for m in methods if sources.get(m)]
+    return "Published numbers from:\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def _mean(xs):
@@ -231,6 +253,7 @@ def report(runs_dir: str | os.PathLike, out: str | os.PathLike | None = None,
         rows, methods = build_rows(summaries, family, pub)
         rows_by_family[family] = rows
         md.append(to_markdown(rows, methods, family))
+        md.append(sources_markdown(methods, load_sources(pub_paths[family])))
         csv_rows += [{"family": family, **r} for r in rows]
     buf = io.StringIO()
     fields = ["family", "level", "name", "method", "ours", "std", "n_seeds", "published", "delta", "note",

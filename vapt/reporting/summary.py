@@ -1,34 +1,33 @@
-"""`vapt summary MODEL --method ...`: the tuned / total parameter table the VPT and VAPT papers report."""
+"""`vapt summary MODEL --method ...`: the tuned / total parameter table the PEFT papers report.
+
+Any registered method (``--method``, see `vapt.peft`); the VPT / VAPT flags keep their names and any other
+method option is given as ``--set KEY=VALUE`` (values read as YAML: ``--set rank=4 --set targets=qv``).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
 import torch
+import yaml
 
 from vapt.cli.flags import DialectParser
 from vapt.model import PromptedViT, build_model
-from vapt.prompts import METHODS, PromptConfig
+from vapt.peft import make_config, method_names
 from vapt.reporting.tables import markdown_table
+
+#: VPT / VAPT flags -> config field (given only when set on the command line)
+_FLAG_FIELDS = {"num_tokens": "num_tokens", "kernel_size": "kernel_size", "hidden_dim": "hidden_dim",
+                "vpt_depth": "vpt_depth"}
 
 
 def parameter_table(model: PromptedViT) -> list[tuple[str, int, int]]:
-    """Rows ``(module, trainable, total)`` per top-level part, with the prompt generator split by role."""
+    """Rows ``(module, trainable, total)``: the backbone, the method's parameters by role, the head."""
     rows = [("backbone", *_count(model.backbone.parameters()))]
-    if model.prompts is not None:
-        groups: dict[str, list] = {}
-        for name, p in model.prompts.named_parameters():
-            groups.setdefault(_prompt_role(name), []).append(p)
-        rows += [(f"prompts.{role}", *_count(ps)) for role, ps in groups.items()]
+    prefix = model.method.attribute
+    rows += [(f"{prefix}.{role}", *_count(ps)) for role, ps in model.method.parameter_groups().items()]
     rows.append(("head", *_count(model.head.parameters())))
     return rows
-
-
-def _prompt_role(name: str) -> str:
-    for prefix in ("prompt_embeddings", "deep_prompt_embeddings", "prompt_proj", "norms", "downsamples", "projectors"):
-        if name.startswith(prefix):
-            return prefix
-    return name
 
 
 def _count(params) -> tuple[int, int]:
@@ -50,29 +49,49 @@ def format_table(model: PromptedViT) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = DialectParser(prog="vapt summary", description=__doc__)
+    p = DialectParser(prog="vapt summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="timm ViT name or open_clip:<name>")
-    p.add_argument("--method", choices=METHODS, default="vapt")
-    p.add_argument("--num_tokens", type=int, default=10)
+    p.add_argument("--method", choices=method_names(), default="vapt")
+    p.add_argument("--num_tokens", type=int, default=None, help="prompt tokens N (default: the method's)")
     p.add_argument("--shallow", action="store_true", help="VPT-shallow instead of deep")
-    p.add_argument("--kernel_size", type=int, default=2)
-    p.add_argument("--hidden_dim", type=int, default=8)
-    p.add_argument("--vpt_depth", type=int, default=1)
+    p.add_argument("--kernel_size", type=int, default=None)
+    p.add_argument("--hidden_dim", type=int, default=None)
+    p.add_argument("--vpt_depth", type=int, default=None)
     p.add_argument("--no_share_projector", action="store_true")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option of the method's config (repeatable)")
     p.add_argument("--num_classes", type=int, default=100)
     p.add_argument("--img_size", type=int, default=None)
     return p
 
 
+def method_options(args: argparse.Namespace) -> dict:
+    """The config keywords the command line sets (flags given + ``--set`` pairs)."""
+    opts = {field: getattr(args, flag) for flag, field in _FLAG_FIELDS.items() if getattr(args, flag) is not None}
+    if args.shallow:
+        opts["deep"] = False
+    if args.no_share_projector:
+        opts["share_projector"] = False
+    for pair in args.options:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE; got {pair!r}.")
+        opts[key.strip()] = yaml.safe_load(value)
+    return opts
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = PromptConfig(method=args.method, num_tokens=args.num_tokens, deep=not args.shallow,
-                       kernel_size=args.kernel_size, hidden_dim=args.hidden_dim, vpt_depth=args.vpt_depth,
-                       share_projector=not args.no_share_projector)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = make_config(args.method, **method_options(args))
+    except (TypeError, ValueError) as e:
+        parser.error(str(e))
     with torch.device("meta"):  # shapes only: no memory, no init time
         model = build_model(args.model, num_classes=args.num_classes, prompt=cfg, img_size=args.img_size)
     grid = model.backbone.grid_size()
-    print(f"{args.model}  method={args.method}{'' if args.method not in ('vpt', 'vapt') else f'  N={args.num_tokens}'}"
+    n = getattr(cfg, "num_tokens", None)
+    print(f"{args.model}  method={args.method}{'' if n is None or args.method in ('linear', 'full') else f'  N={n}'}"
           f"  grid={grid[0]}x{grid[1]}  classes={args.num_classes}")
     print(format_table(model))
     return 0

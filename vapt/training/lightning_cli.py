@@ -41,7 +41,7 @@ from vapt.training.resume import (
 )
 from vapt.training.run_folders import VERSION_ENV, claim_free_name, default_loggers
 
-_VERSION_ENV = VERSION_ENV  # the name tune.py imports
+_VERSION_ENV = VERSION_ENV  # the old name, still importable
 
 
 def method_label(model_args: Any) -> str:
@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     owns_version = _VERSION_ENV not in os.environ
     try:
-        return run_reporting_errors(f"vapt {argv[0] if argv else ''}".strip(), _run, argv, USER_ERRORS)
+        return run_reporting_errors(f"vapt {argv[0] if argv else ''}".strip(), _run, argv, USER_ERRORS,
+                                    report_bugs=False)
     finally:
         if owns_version:
             os.environ.pop(_VERSION_ENV, None)

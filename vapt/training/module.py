@@ -1,6 +1,7 @@
-"""`PromptTuningModule`: the LightningModule that trains a `PromptedViT` with the official recipe.
+"""`PromptTuningModule`: the LightningModule that trains a `PromptedViT` (any `vapt.peft` method) with the
+official recipe.
 
-Optimisation (official VPT / VAPT defaults): SGD with momentum 0.9, weight decay on prompts and the head
+Optimisation (official VPT / VAPT defaults; other methods' configs set their own, e.g. AdamW for LoRA): SGD with momentum 0.9, weight decay on prompts and the head
 weight but not the head bias, linear warmup + cosine decay stepped once per epoch (so epoch 0 runs at
 lr = 0), learning rate given as a *base* rate scaled by ``global_batch / 256``, cross-entropy loss, top-1
 accuracy. When the backbone comes from a weights file, checkpoints hold only the trainable tensors (prompts +
@@ -20,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vapt.fileio.state_dict import check_state_dict, complete_state_dict
 from vapt.model import PromptedViT, build_model
-from vapt.prompts import PromptConfig
+from vapt.peft import PromptConfig, make_config, method_names
 from vapt.training.resume import CheckpointMismatchError
 
 CHECKPOINT_FORMAT = "vapt-trainable-v1"
@@ -65,6 +66,24 @@ def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+_PROMPT_DEFAULTS = PromptConfig(method="vapt")
+
+
+def method_config(method: str, named: dict[str, Any], extra: dict[str, Any]):
+    """The method config of a `PromptTuningModule`: the VPT-style ``named`` keywords (PromptConfig methods only;
+    another method refuses one that differs from its default, naming ``method_kwargs``) plus ``extra``."""
+    if method not in method_names():
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(method_names())}.")
+    cfg = make_config(method)
+    if isinstance(cfg, PromptConfig):
+        return make_config(method, **{**named, **extra})
+    changed = sorted(k for k, v in named.items() if v != getattr(_PROMPT_DEFAULTS, k))
+    if changed:
+        raise ValueError(f"{', '.join(changed)} belong(s) to vpt / vapt; give {method}'s options in "
+                         f"method_kwargs (its options: {', '.join(sorted(cfg.field_names() - {'method'}))}).")
+    return make_config(method, **extra)
+
+
 class PromptTuningModule(pl.LightningModule):
     """Train a `PromptedViT` (linear probe, full fine-tuning, VPT shallow/deep, VAPT).
 
@@ -75,9 +94,16 @@ class PromptTuningModule(pl.LightningModule):
     backbone, checkpoint, img_size, backbone_kwargs
         Passed to :func:`vapt.build_model`: timm / open_clip name, local weights file (must exist), input size
         (linked from the DataModule), extra timm keywords (e.g. a tiny ``depth`` for tests).
-    method, num_tokens, deep, dropout, project, kernel_size, hidden_dim, mlp_dropout, conv_dropout,
-    share_projector, vpt_depth
-        Fields of :class:`vapt.PromptConfig`; ``prompt_kwargs`` sets any other field.
+    method : str
+        A registered `vapt.peft` method: linear, full, vpt, vapt, lora, adapter, ... (``vapt summary --help``).
+    num_tokens, deep, dropout, project, kernel_size, hidden_dim, mlp_dropout, conv_dropout, share_projector,
+    vpt_depth
+        Fields of :class:`vapt.PromptConfig` (linear / full / vpt / vapt); ``prompt_kwargs`` sets any other
+        field. Other methods take all their options from ``method_kwargs`` (for them, these keywords must keep
+        their defaults).
+    method_kwargs : dict, optional
+        Options of the method's config class (e.g. ``{rank: 8}`` for lora); for linear / full / vpt / vapt the
+        same as ``prompt_kwargs``.
     optimizer : {"sgd", "adamw"}
     lr : float
         Base learning rate; the optimiser uses ``lr * global_batch / 256`` when ``scale_lr`` (VAPT
@@ -106,7 +132,7 @@ class PromptTuningModule(pl.LightningModule):
         checkpoint: str | None = None,
         img_size: int = 224,
         backbone_kwargs: dict[str, Any] | None = None,
-        method: Literal["linear", "full", "vpt", "vapt"] = "vapt",
+        method: str = "vapt",
         num_tokens: int = 10,
         deep: bool = True,
         dropout: float = 0.0,
@@ -118,6 +144,7 @@ class PromptTuningModule(pl.LightningModule):
         share_projector: bool = True,
         vpt_depth: int = 1,
         prompt_kwargs: dict[str, Any] | None = None,
+        method_kwargs: dict[str, Any] | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.01,
         scale_lr: bool = True,
@@ -136,13 +163,11 @@ class PromptTuningModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         check_optimisation(lr=lr, weight_decay=weight_decay, momentum=momentum, label_smoothing=label_smoothing)
+        named = dict(num_tokens=num_tokens, deep=deep, dropout=dropout, project=project, kernel_size=kernel_size,
+                     hidden_dim=hidden_dim, mlp_dropout=mlp_dropout, conv_dropout=conv_dropout,
+                     share_projector=share_projector, vpt_depth=vpt_depth)
         try:
-            self.prompt_config = PromptConfig(
-                method=method, num_tokens=num_tokens, deep=deep, dropout=dropout, project=project,
-                kernel_size=kernel_size, hidden_dim=hidden_dim, mlp_dropout=mlp_dropout,
-                conv_dropout=conv_dropout, share_projector=share_projector, vpt_depth=vpt_depth,
-                **(prompt_kwargs or {}),
-            )
+            self.prompt_config = method_config(method, named, {**(prompt_kwargs or {}), **(method_kwargs or {})})
         except (TypeError, ValueError) as e:
             raise ModelConfigError(f"model.init_args: {e}") from e
         if checkpoint is not None and not os.path.exists(os.path.expanduser(checkpoint)):  # files or HF folders

@@ -18,26 +18,23 @@ the LightningCLI of every run, e.g. ``--data.root DIR --trainer.max_epochs 100``
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import json
 import logging
 import math
 import os
-import shutil
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from vapt.cli.errors import run_reporting_errors
 from vapt.cli.flags import DialectParser, add_config_options, print_configs
-from vapt.fileio.atomic import read_json_file
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
-from vapt.fileio.locks import SlideLock
 from vapt.fileio.resources import resolve_config, resolve_config_args
 from vapt.quiet import quiet_command
+from vapt.training.decoded import forget_decoded
+from vapt.training.runs import RunSpec, run_one, run_specs  # noqa: F401  (run_one: public here too)
+from vapt.training.sweep_errors import SweepError
 
 _log = logging.getLogger(__name__)
 
@@ -126,78 +123,27 @@ def parse_grid(spec: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return lrs, wds
 
 
-def _cli_value(v: Any) -> str:
-    return "null" if v is None else str(v)
+def grid_spec(base: Path, protocol: dict, lr: float, wd: float) -> RunSpec:
+    """The grid run of ``(lr, wd)``: tuning split, scored on the validation split."""
+    overrides = {"model.init_args.lr": lr, "model.init_args.weight_decay": wd,
+                 **{f"data.init_args.{k}": v for k, v in protocol["tune"].items()}}
+    return RunSpec(base / "grid" / f"lr{_fmt(lr)}_wd{_fmt(wd)}", overrides, "validate")
 
 
-def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], evaluate: str,
-            log=_log.info, overwrite: bool = False) -> dict:
-    """Train one configuration in ``run_dir`` and evaluate it (``validate`` or ``test``).
-
-    Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists and was
-    made with the same arguments and files (:func:`vapt.resume.run_identity`); one made otherwise is a
-    `TuneError` (``stale: ... pass --overwrite``), or with ``overwrite`` is redone in an emptied ``run_dir``.
-    Resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
-    A run folder another live ``vapt tune`` is training (its lock: ``<task>/<method>/.locks/grid_lr1_wd0.lock``)
-    is a `TuneError`.
-    """
-    lock = SlideLock(run_dir.parent.parent / ".locks" / f"{run_dir.parent.name}_{run_dir.name}.lock")
-    if not lock.acquire():
-        raise TuneError(f"{run_dir} is being trained by another vapt tune ({lock.owner}); wait for it to finish "
-                        "and rerun (its result is then reused), or use another --out")
-    try:
-        return _run_one_locked(cli_args, run_dir, overrides, evaluate, log, overwrite)
-    finally:
-        lock.release()
+def final_spec(base: Path, protocol: dict, lr: float, wd: float, seed: int) -> RunSpec:
+    """The final run of one seed: final split, scored on the test split."""
+    overrides = {"model.init_args.lr": lr, "model.init_args.weight_decay": wd,
+                 "seed_everything": seed, "data.init_args.seed": seed,
+                 **{f"data.init_args.{k}": v for k, v in protocol["final"].items()}}
+    return RunSpec(base / "final" / f"seed{seed}", overrides, "test")
 
 
-def _run_one_locked(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], evaluate: str,
-                    log, overwrite: bool) -> dict:
-    from vapt.training.lightning_cli import _VERSION_ENV, build_cli
-    from vapt.training.resume import compare_run_identity, find_resume_checkpoint, run_identity
+def fast_anchor(lrs: Sequence[float]) -> float:
+    """The grid lr closest (in log) to the VAPT ``--fast`` anchor 5.0."""
+    return min(lrs, key=lambda v: abs(math.log(v / FAST_ANCHOR_LR)) if v > 0 else math.inf)
 
-    result_path = run_dir / "result.json"
-    settings = list(cli_args) + [f"--{k}={_cli_value(v)}" for k, v in overrides.items()]
-    identity = run_identity(settings)  # the run folder itself is not part of what made the result
-    args = list(cli_args) + [f"--trainer.default_root_dir={run_dir}"]
-    args += [f"--{k}={_cli_value(v)}" for k, v in overrides.items()]
-    if result_path.is_file():
-        done = read_json_file(result_path, f"delete it (or {run_dir}) to rerun that run")
-        why = compare_run_identity(done.get("identity"), identity)
-        if not why:
-            log(f"  done already: {run_dir}")
-            return done
-        if not overwrite:
-            raise TuneError(f"stale: {result_path} was made otherwise ({why}); pass --overwrite to redo it, or use "
-                            "another --out")
-        log(f"  stale, redone (--overwrite): {run_dir}")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume = find_resume_checkpoint(run_dir, log=lambda m: log(f"  {m}"))
-    log(f"  {'resuming' if resume else 'running'}: {run_dir}" + (f" from {resume.name}" if resume else ""))
-    t0 = time.time()
-    try:
-        cli = build_cli(args, run=False, log_name="")
-        trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None,
-                    weights_only=True)
-        metrics = (trainer.validate if evaluate == "validate" else trainer.test)(
-            model, datamodule=data, verbose=False)[0]
-    finally:
-        os.environ.pop(_VERSION_ENV, None)
-    result = {
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "overrides": overrides,
-        "epochs": trainer.current_epoch,
-        "effective_lr": model.effective_lr,
-        "resumed_from": str(resume) if resume else None,
-        "seconds": round(time.time() - t0, 2),
-        "identity": identity,
-    }
-    atomic_write_text(result_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
-    del cli, trainer, model, data
-    gc.collect()
-    return result
+
+Runner = Callable[[list[RunSpec]], list[dict]]
 
 
 def tune(
@@ -208,6 +154,9 @@ def tune(
     fast: bool = False,
     name: str | None = None,
     log=_log.info,
+    stack: int = 0,
+    trunk_cache: bool = True,
+    runner: Runner | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Grid search then seeds for one (task, method) config; returns and writes ``summary.json``.
@@ -225,9 +174,18 @@ def tune(
         wd sweep at lr 5.0 (or the grid lr closest to it), then lr sweep at the best wd.
     name : str, optional
         ``<task>/<method>`` folder; default from the config.
+    stack : int
+        0: every run is its own Lightning run. K >= 1: up to K configurations per pass
+        (`vapt.training.stacked`), same results.
+    trunk_cache : bool
+        With ``stack``, read the frozen trunk of head-only methods from ``<out>/trunk_cache``.
+    runner : callable, optional
+        ``runner(specs) -> results`` that executes a stage's runs elsewhere (`vapt.training.sweep_engine`);
+        by default they run here.
+    overwrite : bool
+        Redo finished separate runs made with other arguments or files (otherwise ``stale: ...``).
     """
     from vapt.training.lightning_cli import experiment_name
-    from vapt.training.module import PromptTuningModule  # noqa: F401  (fail early on a broken install)
 
     config = parse_config(cli_args)
     family = data_family(config)
@@ -237,41 +195,35 @@ def tune(
     lrs, wds = parse_grid(grid)
     if not seeds:
         raise TuneError("vapt tune: --seeds is empty; give at least one seed, e.g. --seeds 42.")
+    if stack < 0:
+        raise TuneError(f"vapt tune: --stack {stack}: give 0 (separate runs) or K >= 1 configurations per pass.")
     protocol = PROTOCOLS[family]
-
-    def grid_run(lr: float, wd: float) -> float:
-        overrides = {"model.init_args.lr": lr, "model.init_args.weight_decay": wd,
-                     **{f"data.init_args.{k}": v for k, v in protocol["tune"].items()}}
-        res = run_one(cli_args, base / "grid" / f"lr{_fmt(lr)}_wd{_fmt(wd)}", overrides, "validate", log,
-                      overwrite)
-        acc = res["metrics"].get("val/acc", float("nan"))
-        log(f"    lr={_fmt(lr)} wd={_fmt(wd)}: val/acc={acc:.4f}")
-        return acc
+    cache_dir = Path(out) / "trunk_cache" if stack and trunk_cache else None
+    run = runner or (lambda specs: run_specs(cli_args, specs, stack, cache_dir, log, overwrite))
 
     scores: dict[tuple[float, float], float] = {}
+
+    def grid_stage(pairs: list[tuple[float, float]]) -> None:
+        results = run([grid_spec(base, protocol, lr, wd) for lr, wd in pairs])
+        for (lr, wd), res in zip(pairs, results):
+            scores[(lr, wd)] = res["metrics"].get("val/acc", float("nan"))
+            log(f"    lr={_fmt(lr)} wd={_fmt(wd)}: val/acc={scores[(lr, wd)]:.4f}")
+
     if fast:
-        anchor = min(lrs, key=lambda v: abs(math.log(v / FAST_ANCHOR_LR)) if v > 0 else math.inf)
-        for wd in wds:
-            scores[(anchor, wd)] = grid_run(anchor, wd)
+        anchor = fast_anchor(lrs)
+        grid_stage([(anchor, wd) for wd in wds])
         best_wd = _best(scores, lrs, wds)[1]
-        for lr in lrs:
-            if (lr, best_wd) not in scores:
-                scores[(lr, best_wd)] = grid_run(lr, best_wd)
+        grid_stage([(lr, best_wd) for lr in lrs if (lr, best_wd) not in scores])
     else:
-        for lr in lrs:
-            for wd in wds:
-                scores[(lr, wd)] = grid_run(lr, wd)
+        grid_stage([(lr, wd) for lr in lrs for wd in wds])
     best_lr, best_wd = _best(scores, lrs, wds)
     log(f"  best: lr={_fmt(best_lr)} wd={_fmt(best_wd)} (val/acc {scores[(best_lr, best_wd)]:.4f})")
 
-    tests = []
-    for seed in seeds:
-        overrides = {"model.init_args.lr": best_lr, "model.init_args.weight_decay": best_wd,
-                     "seed_everything": seed, "data.init_args.seed": seed,
-                     **{f"data.init_args.{k}": v for k, v in protocol["final"].items()}}
-        res = run_one(cli_args, base / "final" / f"seed{seed}", overrides, "test", log, overwrite)
-        tests.append(res["metrics"]["test/acc"])
-        log(f"    seed {seed}: test/acc={tests[-1]:.4f}")
+    results = run([final_spec(base, protocol, best_lr, best_wd, seed) for seed in seeds])
+    forget_decoded()  # kept for this task's sweep only
+    tests = [res["metrics"]["test/acc"] for res in results]
+    for seed, acc in zip(seeds, tests):
+        log(f"    seed {seed}: test/acc={acc:.4f}")
     mean = sum(tests) / len(tests)
     std = (sum((t - mean) ** 2 for t in tests) / len(tests)) ** 0.5
     summary = {
@@ -295,6 +247,26 @@ def _best(scores: dict[tuple[float, float], float], lrs, wds) -> tuple[float, fl
     return max(finite, key=lambda k: (finite[k], -order.get(k, len(order))))
 
 
+def grid_size(lrs: Sequence[float], wds: Sequence[float], fast: bool) -> int:
+    """Runs of the grid stage: all pairs, or with ``--fast`` the wd sweep plus the other lrs at the best wd."""
+    return len(wds) + len(lrs) - 1 if fast else len(lrs) * len(wds)
+
+
+def estimate(cli_args: Sequence[str], out: str | os.PathLike, grid: str | None = None,
+             seeds: Sequence[int] = OFFICIAL_SEEDS, fast: bool = False, stack: int = 0, trunk_cache: bool = True,
+             steps: int = 3) -> dict:
+    """Predicted device-hours of the sweep `tune` would run, from ``steps`` measured steps on the configured
+    device (see `vapt.training.estimate`)."""
+    from vapt.training.estimate import estimate_sweep
+
+    config = parse_config(cli_args)
+    protocol = PROTOCOLS[data_family(config)]
+    lrs, wds = parse_grid(grid)
+    first = grid_spec(Path(out), protocol, lrs[0], wds[0])
+    return estimate_sweep(cli_args, out, grid_size(lrs, wds, fast), len(seeds), stack, trunk_cache, protocol,
+                          first.overrides, steps=steps)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0, or 2 on bad input (one line on stderr; ``--debug`` or ``VAPT_DEBUG=1`` shows the traceback)."""
     ap = DialectParser(
@@ -305,6 +277,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=",".join(map(str, OFFICIAL_SEEDS)), help="comma-separated final seeds")
     ap.add_argument("--fast", action="store_true", help="wd sweep at lr 5, then lr sweep at the best wd")
     ap.add_argument("--name", default=None, help="<task>/<method> folder name (default: from the config)")
+    ap.add_argument("--stack", type=int, default=0, metavar="K",
+                    help="train up to K configurations of a stage in one pass (same results as separate runs; "
+                         "VTAB-style deterministic transforms only); 0 (default): one Lightning run each")
+    ap.add_argument("--no_trunk_cache", action="store_true",
+                    help="with --stack: recompute the frozen trunk of head-only methods instead of caching it "
+                         "under <out>/trunk_cache")
+    ap.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                    help="run each stage's runs as submitit jobs: Slurm job arrays, local worker processes, or "
+                         "in-process with pdb on a failure (debug); needs the [sweep] extra; default: here, one "
+                         "after another")
+    ap.add_argument("--workers", type=int, default=2, help="jobs running at once with --cluster (default 2)")
+    ap.add_argument("--cluster_args", default=None,
+                    help="JSON object of submitit parameters, e.g. '{\"slurm_partition\": \"gpu\", "
+                         "\"gpus_per_node\": 1, \"timeout_min\": 240}'")
+    ap.add_argument("--estimate", action="store_true",
+                    help="measure a few steps on the configured device, print the predicted device-hours of the "
+                         "whole sweep (grid, seeds, test evaluation) and exit")
+    ap.add_argument("--estimate_steps", type=int, default=3, help="timed steps of --estimate (default 3)")
     ap.add_argument("--overwrite", action="store_true", help="redo finished runs made with other settings or data")
     args, passthrough = ap.parse_known_args(argv)
     if args.print_config:
@@ -313,17 +303,48 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 42,44,82,100,800")
+    if args.stack < 0:
+        ap.error(f"--stack {args.stack}: give 0 (separate runs) or K >= 1")
     cli_args = [a for c in args.config for a in ("--config", c)] + passthrough
 
     def run(cli: list[str]) -> int:
+        cli = resolve_config_args(cli)
+        trunk = not args.no_trunk_cache
         with quiet_command():
-            tune(resolve_config_args(cli), args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name,
-                 log=print, overwrite=args.overwrite)
+            if args.estimate:
+                report = estimate(cli, args.out, grid=args.grid, seeds=seeds, fast=args.fast, stack=args.stack,
+                                  trunk_cache=trunk, steps=args.estimate_steps)
+            else:
+                runner = None
+                if args.cluster:
+                    from vapt.training.sweep_engine import parse_cluster_parameters, submitit_runner
+
+                    cache = Path(args.out) / "trunk_cache" if args.stack and trunk else None
+                    runner = submitit_runner(cli, args.out, args.cluster, args.workers, args.stack, cache,
+                                             parse_cluster_parameters(args.cluster_args), log=print)
+                tune(cli, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name, log=print,
+                     stack=args.stack, trunk_cache=trunk, runner=runner, overwrite=args.overwrite)
+        if args.estimate:
+            print_estimate(report)
         return 0
 
     from vapt.training.lightning_cli import USER_ERRORS
 
-    return run_reporting_errors("vapt tune", run, cli_args, (*USER_ERRORS, TuneError))
+    return run_reporting_errors("vapt tune", run, cli_args, (*USER_ERRORS, TuneError, SweepError),
+                                report_bugs=False)
+
+
+def print_estimate(report: dict) -> None:
+    """Human-readable lines, then the whole report as one JSON line."""
+    how = f"{report['stack']} configurations per pass" if report["stack"] else "separate runs"
+    print(f"device: {report['device']}; {how}{' + cached trunk' if report['cached_trunk'] else ''}")
+    print(f"measured: train step {report['train_step_s'] * 1e3:.1f} ms, eval step {report['eval_step_s'] * 1e3:.1f} ms "
+          f"(batch {report['batch_size']} x {report['configurations']} configuration(s))")
+    print(f"sweep: {report['grid_runs']} grid runs + {report['seeds']} seeds x {report['epochs']} epochs; "
+          f"splits {report['sizes']}")
+    print(f"predicted device-hours: grid {report['grid_h']:.4g}, final {report['final_h']:.4g}, "
+          f"test {report['test_h']:.4g}, trunk {report['trunk_h']:.4g}; total {report['total_h']:.4g}")
+    print(json.dumps(report, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,14 @@
-"""Prompt modules: VPT (shallow and deep) and VAPT (adaptive prompts), one module configured by `PromptConfig`.
+"""VPT (shallow and deep) and VAPT: one prompt module configured by `PromptConfig` (registered as ``vpt``
+and ``vapt``; ``linear`` and ``full`` share the config and live in `vapt.peft.baselines`).
 
 Token order inside a prompted ViT is ``[CLS, prompts, (register tokens,) patches]``; prompts carry no position
 embedding. Block 0 always receives the static input prompt ``P_0``. Before every later block the previous
 block's outputs at the prompt slots are discarded and replaced by ``prompts_for_block(i, ...)``:
 
 * VPT-shallow: nothing is replaced (the prompt outputs flow on).
-* VPT-deep: the static prompt set ``D[i - 1]``.
+* VPT-deep: the static prompt set ``D[i - 1]`` (KMnP/vpt @ 4410440).
 * VAPT: static sets for ``i < vpt_depth``, then adaptive prompts computed from the patch tokens that left
-  block ``i - 1``::
-
-      Z  = LN_i(patches)                                   (B, G, D), G = gh * gw
-      Xc = Dropout2d(conv_KxK(Z as (B, D, gh, gw)))        one K x K kernel shared by all D channels
-      G_ = Xc.flatten(2) @ A_i^T + b_i                     (B, D, N), A_i: (N, G'), zero-initialised
-      P  = G_ + W2 Dropout(ReLU(W1 G_))                    shared bias-free residual projector (D -> r -> D)
+  block ``i - 1`` (equations in `vapt.peft.vapt`).
 
 This matches the official VAPT code (Minhchuyentoancbn/Visual-Adaptive-Prompt-Tuning) including its static
 layer-0 prompt, per-layer LayerNorm (eps 1e-5), Dropout2d(0.1) after the conv, token-projector bias and the
@@ -22,17 +18,21 @@ residual in the feature projector. Unlike the official code, the patch grid come
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vapt.peft.base import MethodConfig, PeftMethod, register
+from vapt.peft.vapt import FeatureProjector, TokenMapDownsample
+
 METHODS = ("linear", "full", "vpt", "vapt")
 
 
 @dataclass
-class PromptConfig:
+class PromptConfig(MethodConfig):
     """How a frozen ViT is adapted.
 
     Parameters
@@ -93,91 +93,31 @@ class PromptConfig:
     def uses_prompts(self) -> bool:
         return self.method in ("vpt", "vapt")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def xavier_prompt_bound(patch_size: tuple[int, int], prompt_dim: int, in_chans: int = 3) -> float:
     """Official VPT init bound ``sqrt(6 / (3 * p_h * p_w + prompt_dim))`` (0.0625 for ViT-B/16)."""
     return math.sqrt(6.0 / float(in_chans * patch_size[0] * patch_size[1] + prompt_dim))
 
 
-class TokenMapDownsample(nn.Module):
-    """VAPT channel-wise conv + Dropout2d + token-wise projector of one layer.
-
-    Parameters keep the official meaning: ``kernel`` (1, 1, K, K) (or (D, 1, K, K) when not channel-wise) and
-    ``linear`` (N, G') with G' the number of conv outputs. The output is exactly zero at initialisation.
-
-    The conv and the projector are both linear in the token map, so they are applied as one (N, G) matrix
-    ``M = A * conv^T`` (built for all layers at once by `PromptGenerator.adaptive_token_matrices`) times the
-    patch tokens:
-    ``prompts[b, n, c] = mask[b, c] * sum_p M[n, p] x[b, p, c] + bias[n]``. This equals conv -> Dropout2d ->
-    linear exactly (Dropout2d's per-(sample, channel) mask commutes with a map over spatial positions), needs
-    no transpose of the token map, and is several times cheaper than a depthwise convolution on a GPU.
-    """
-
-    def __init__(self, embed_dim: int, grid: tuple[int, int], num_tokens: int, kernel_size: int,
-                 padding: int = 0, channelwise: bool = True, conv_dropout: float = 0.1):
-        super().__init__()
-        out_h = grid[0] + 2 * padding - kernel_size + 1
-        out_w = grid[1] + 2 * padding - kernel_size + 1
-        if out_h < 1 or out_w < 1:
-            raise ValueError(f"VAPT kernel {kernel_size} is larger than the {grid[0]}x{grid[1]} patch grid.")
-        self.padding, self.out_grid, self.conv_dropout = padding, (out_h, out_w), conv_dropout
-        shape = (1, 1, kernel_size, kernel_size) if channelwise else (embed_dim, 1, kernel_size, kernel_size)
-        self.kernel = nn.Parameter(torch.randn(shape))  # official: torch.randn, unscaled
-        self.linear = nn.Linear(out_h * out_w, num_tokens)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, tokens: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-        """Normalised patch tokens (B, G, D) in raster order and this layer's matrix (N, G) or (N, D, G)
-        -> prompts (B, N, D)."""
-        bias = self.linear.bias[:, None]
-        b = tokens.shape[0]
-        drop = self.training and self.conv_dropout > 0
-        keep = F.dropout(tokens.new_ones(b, 1, tokens.shape[2]), self.conv_dropout, True) if drop else None
-        if matrix.ndim == 3:
-            out = torch.einsum("ncp,bpc->bnc", matrix, tokens)
-            return out * keep + bias if drop else out + bias
-        # a stride-0 batch of M: one strided-batched GEMM, no copy of the tokens
-        if drop:
-            return torch.addcmul(bias, torch.bmm(matrix.expand(b, -1, -1), tokens), keep)
-        return torch.baddbmm(bias, matrix.expand(b, -1, -1), tokens)
-
-
-class FeatureProjector(nn.Module):
-    """Bias-free residual MLP ``x + W2 Dropout(ReLU(W1 x))``, (B, N, D) -> (B, N, D)."""
-
-    def __init__(self, embed_dim: int, hidden_dim: int, dropout: float):
-        super().__init__()
-        self.fc1 = nn.Linear(embed_dim, hidden_dim, bias=False)
-        self.act = nn.ReLU()
-        self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden_dim, embed_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(self.dropout(self.act(self.fc1(x))))
-
-
-class PromptGenerator(nn.Module):
+@register
+class PromptGenerator(PeftMethod):
     """All prompt parameters of a prompted ViT (VPT-shallow, VPT-deep or VAPT).
 
     Parameters
     ----------
     cfg : PromptConfig
-    embed_dim : int
-        D of the backbone.
-    depth : int
-        Number of transformer blocks L.
-    patch_size, grid : tuple[int, int]
-        Patch size (for the init bound) and patch grid (gh, gw) of the backbone.
+    encoder : ViTEncoder
+        Gives D, the depth L, the patch size (for the init bound) and the patch grid (gh, gw).
     """
 
-    def __init__(self, cfg: PromptConfig, embed_dim: int, depth: int, patch_size: tuple[int, int],
-                 grid: tuple[int, int]):
-        super().__init__()
-        self.cfg, self.embed_dim, self.depth, self.grid = cfg, embed_dim, depth, tuple(grid)
+    names: ClassVar[tuple[str, ...]] = ("vpt", "vapt")
+    config_class: ClassVar[type] = PromptConfig
+    attribute: ClassVar[str] = "prompts"
+
+    def __init__(self, cfg: PromptConfig, encoder):
+        super().__init__(cfg, encoder)
+        embed_dim, depth, patch_size = encoder.embed_dim, len(encoder.blocks), encoder.patch_size
+        self.embed_dim, self.depth, self.grid = embed_dim, depth, tuple(encoder.grid_size())
         n = cfg.num_tokens
         prompt_dim = cfg.project if cfg.project > 0 else embed_dim
         bound = xavier_prompt_bound(patch_size, prompt_dim)
@@ -219,6 +159,25 @@ class PromptGenerator(nn.Module):
     def num_tokens(self) -> int:
         return self.cfg.num_tokens
 
+    def forward_tokens(self, encoder, h: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Insert ``P_0`` after CLS, refresh the prompt slots before every later block (deep / VAPT).
+
+        (B, P + G, D) -> (B, 1 + N + P - 1 + G, D); pooling skips only CLS (the official MAE pooling averages
+        prompts and registers too)."""
+        n = self.num_tokens
+        first = n + encoder.num_prefix_tokens  # index of the first patch token after prompt insertion
+        h = torch.cat([h[:, :1], self.input_prompts(h.shape[0]).to(h.dtype), h[:, 1:]], dim=1)
+        matrices = self.adaptive_token_matrices()
+        for i, block in enumerate(encoder.blocks):
+            if self.replaces_prompts(i):
+                new = self.prompts_for_block(i, h[:, first:], matrices).to(h.dtype)
+                h = torch.cat([h[:, :1], new, h[:, 1 + n:]], dim=1)
+            h = encoder.run_block(block, h)
+        return h, 1
+
+    @property
+    def frozen_prefix_blocks(self) -> int:
+        return 0
     def input_prompts(self, batch_size: int) -> torch.Tensor:
         """Static prompts for block 0, dropout per sample. -> (B, N, D)."""
         return self._static(self.prompt_embeddings[0], batch_size)
