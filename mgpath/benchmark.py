@@ -12,7 +12,9 @@ Methods (``--methods``): see :data:`METHODS`. The MIL baselines use their publis
 hyper-parameters (see :mod:`mgpath.baselines.modules`) and the config's ``feature_dim``; CoOp and zero-shot
 take the MGPATH block's text tower, descriptions and ``init_checkpoint``; ViLa-MIL its descriptions and text
 tower, TOP its text tower (their own settings, e.g. ``text_model: RN50`` and TOP's ``prompts`` file, in the
-``methods:`` block); the MGPATH ablations change one setting of the MGPATH block.
+``methods:`` block); the MGPATH ablations change one setting of the MGPATH block. The publishers' zero-shot
+rows (``zeroshot_conch``, ``zeroshot_quiltnet``, ``zeroshot_plip``) need ``prompts`` and ``text_checkpoint``
+in the ``methods:`` block and tiles extracted with the same model's image tower.
 
 Each method's own settings go in a ``methods:`` block of the benchmark config (read only by ``mgpath
 benchmark``; checked against the method's constructor, with did-you-mean), e.g.::
@@ -69,7 +71,26 @@ METHODS = {
     "vilamil": "ViLa-MIL: dual-scale prototypes + prompted text, text attends to the image (Shi et al. 2024)",
     "top": "TOP: two-level prompt learning, prototype pooling by instance prompts (Qu et al. 2023)",
     "zeroshot": "zero-shot: text tower + descriptions only, no training",
+    "zeroshot_conch": "CONCH zero-shot: its towers, prompt ensemble, top-j tile pooling (Lu et al. 2024)",
+    "zeroshot_quiltnet": "QuiltNet zero-shot: its towers, prompt ensemble, top-j tile pooling (Ikezogwo et al. 2023)",
+    "zeroshot_plip": "PLIP zero-shot: its towers, its prompt, top-j tile pooling (Huang et al. 2023)",
 }
+
+#: zero-shot method -> the vision-language model whose text tower it runs
+TOWER_ZEROSHOT = {"zeroshot_conch": "conch_v1", "zeroshot_quiltnet": "quiltnet", "zeroshot_plip": "plip"}
+
+#: methods of the paper's table that the features-only benchmark cannot run, and why
+NOT_OFFERED = {
+    "mscpt": "MSCPT tunes visual prompts inside the image tower on raw 5x tile images (and projects 20x "
+             "pre-projection CLIP features); the benchmark reads pre-extracted features only (docs/baselines.md)",
+}
+
+
+def _unknown_method(name: str, source: str = "") -> ValueError:
+    if name in NOT_OFFERED:
+        return ValueError(f"mgpath benchmark: {source}method {name!r} is not offered: {NOT_OFFERED[name]}")
+    return ValueError(f"mgpath benchmark: {source}unknown method {name!r}{_did_you_mean(name, METHODS)}; choose "
+                      f"from {', '.join(METHODS)}")
 
 
 def _did_you_mean(name: str, choices) -> str:
@@ -88,6 +109,8 @@ def method_settings(base: dict, source: str = "the config") -> dict[str, dict]:
                          f"'{SETTINGS_KEY}: {{clam: {{k_sample: 4}}}}'")
     out = {}
     for method, settings in block.items():
+        if method in NOT_OFFERED:
+            raise _unknown_method(str(method), f"{source}: '{SETTINGS_KEY}:' ")
         if method not in METHODS:
             raise ValueError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}: {method}' is not a method"
                              f"{_did_you_mean(str(method), METHODS)} (methods: {', '.join(METHODS)})")
@@ -114,14 +137,15 @@ def _class_path(method: str) -> str:
         return "mgpath.baselines.PoolingModule"
     if method in ("vilamil", "top"):
         return f"mgpath.baselines.{'ViLaMILModule' if method == 'vilamil' else 'TOPModule'}"
+    if method in TOWER_ZEROSHOT:
+        return "mgpath.baselines.TowerZeroShotModule"
     return "mgpath.baselines.CoOpModule" if method == "coop" else "mgpath.zeroshot.ZeroShotModule"
 
 
 def method_config(base: dict, method: str) -> tuple[dict, bool]:
     """(full config with the method's model block and its ``methods:`` settings, whether it is trained)."""
     if method not in METHODS:
-        raise ValueError(f"mgpath benchmark: unknown method {method!r}{_did_you_mean(method, METHODS)}; choose "
-                         f"from {', '.join(METHODS)}")
+        raise _unknown_method(method)
     settings = method_settings(base).get(method, {})
     cfg = copy.deepcopy({k: v for k, v in base.items() if k != SETTINGS_KEY})
     block = cfg.get("model") or {}
@@ -152,6 +176,16 @@ def method_config(base: dict, method: str) -> tuple[dict, bool]:
                              "top_prompts.json}}' to the config (see mgpath.baselines.top.read_top_prompts)")
         keys = [k for k in _VILA_KEYS if k != "descriptions"]
         model = {"class_path": _class_path(method), "init_args": {k: block[k] for k in keys if k in block}}
+    elif method in TOWER_ZEROSHOT:
+        need = [k for k in ("prompts", "text_checkpoint") if k not in settings]
+        if need:
+            raise ValueError(f"mgpath benchmark: {method} needs {' and '.join(need)} in the config: 'methods: "
+                             f"{{{method}: {{prompts: PROMPTS.json, text_checkpoint: "
+                             f"PATH}}}}' (the publisher's weights; the tiles extracted with --encoder "
+                             f"{TOWER_ZEROSHOT[method]})")
+        model = {"class_path": _class_path(method),
+                 "init_args": {"feature_dim": block["feature_dim"], "text_model": TOWER_ZEROSHOT[method]}}
+        train = False
     else:
         args = {k: block[k] for k in ("feature_dim", *_TEXT_KEYS) if k in block}
         if method == "coop":
@@ -223,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:
-            raise ValueError(f"mgpath benchmark: unknown method {m!r}{_did_you_mean(m, METHODS)}; choose from "
-                             f"{', '.join(METHODS)}")
+            raise _unknown_method(m)
     run_benchmark(a.config, methods, parse_folds(a.folds), a.out, overrides, overwrite=a.overwrite)
     print(f"done; write the table with: mgpath report {a.out}")
     return 0

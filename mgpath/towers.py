@@ -46,6 +46,10 @@ class TextTower(nn.Module):
         self.transformer = clip_model.transformer
         self.ln_final = clip_model.ln_final
         self.register_buffer("attn_mask", getattr(clip_model, "attn_mask", None), persistent=False)
+        # the projection (W, D), for the publisher's zero-shot protocol (prompt learning replaces it by the adaptor)
+        proj = getattr(clip_model, "text_projection", None)
+        proj = proj.weight.T if isinstance(proj, nn.Linear) else proj
+        self.register_buffer("text_projection", None if proj is None else proj.detach().clone(), persistent=False)
         self.context_length = int(self.positional_embedding.shape[0])
         self.width = int(self.positional_embedding.shape[1])
         self.tokenizer = tokenizer

@@ -10,7 +10,7 @@ from mgpath.baselines.modules import (
     TransMILModule,
     count_parameters,
 )
-from mgpath.baselines.prompt_modules import TOPModule, ViLaMILModule
+from mgpath.baselines.prompt_modules import TOPModule, TowerZeroShotModule, ViLaMILModule
 from mgpath.baselines.top import TOP
 from mgpath.baselines.transmil import TransMIL
 from mgpath.baselines.vila import ViLaMIL
@@ -27,6 +27,7 @@ __all__ = [
     "PoolingLinear",
     "PoolingModule",
     "TOPModule",
+    "TowerZeroShotModule",
     "TransMIL",
     "TransMILModule",
     "ViLaMIL",

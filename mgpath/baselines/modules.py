@@ -29,7 +29,8 @@ class_path             ``recipe: fewshot``                           ``recipe: o
 ``TOPModule``
 =====================  ============================================  =============================================
 
-``lr`` / ``weight_decay`` left unset take the recipe's value. Zero-shot: :class:`mgpath.zeroshot.ZeroShotModule`.
+``lr`` / ``weight_decay`` left unset take the recipe's value. Zero-shot: :class:`mgpath.zeroshot.ZeroShotModule`
+(MGPATH's towers and adaptors); with a publisher's towers: :class:`mgpath.baselines.TowerZeroShotModule`.
 MGPATH ablations are MGPATHModule settings: patch level only ``use_graph: false``; region level only
 ``ratio_graph: 1.0``; no OT (mean cosine) ``ot: {backend: uniform}``.
 """

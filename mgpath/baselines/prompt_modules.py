@@ -1,4 +1,5 @@
-"""LightningModules of the vision-language few-shot MIL baselines MGPATH is compared with: ViLa-MIL and TOP.
+"""LightningModules of the vision-language baselines MGPATH is compared with: ViLa-MIL, TOP (few-shot MIL) and
+the zero-shot classifiers of CONCH / QuiltNet / PLIP (:class:`TowerZeroShotModule`).
 
 Both read class prompts through a text tower of :func:`mgpath.text.build_text_tower` (the papers': CLIP RN50)
 and compare tile features with text features directly, so ``feature_dim`` is the text embedding size (RN50:
@@ -11,12 +12,13 @@ import torch
 from mgpath.baselines.modules import RECIPES
 from mgpath.baselines.recipes import EarlyStoppingAfter
 from mgpath.baselines.top import TOP, clip_logit_scale, read_top_prompts
+from mgpath.baselines.tower_zeroshot import TowerZeroShot, read_zeroshot_prompts, tower_logit_scale
 from mgpath.baselines.vila import ViLaMIL, text_projection
 from mgpath.lit import SlideClassifier
 from mgpath.selection import BestCheckpoint
 from mgpath.text import build_text_tower, load_descriptions
 
-__all__ = ["TOPModule", "ViLaMILModule"]
+__all__ = ["TOPModule", "TowerZeroShotModule", "ViLaMILModule"]
 
 
 class ViLaMILModule(SlideClassifier):
@@ -129,3 +131,40 @@ class TOPModule(SlideClassifier):
         return torch.optim.SGD([{"params": list(self.model.bag.parameters())},
                                 {"params": [*self.model.instance.parameters(), *self.model.adaptor.parameters()]}],
                                lr=self.lr, weight_decay=self.weight_decay)
+
+
+class TowerZeroShotModule(SlideClassifier):
+    """Zero-shot slide classification with a vision-language model's own towers
+    (:class:`mgpath.baselines.tower_zeroshot.TowerZeroShot`): nothing is trained (``mgpath benchmark`` tests it).
+
+    ``text_model``: ``conch_v1``, ``quiltnet`` or ``plip`` (any tower of :func:`mgpath.text.build_text_tower`
+    with a text projection), ``text_checkpoint``: the publisher's file / folder (also gives ``logit_scale``),
+    ``text_tokenizer``: CONCH's tokenizer file when it is not beside the checkpoint. ``prompts``: a zero-shot
+    prompt file (``data/prompts/zeroshot_*.json``). The tiles at ``magnification`` (default the highest) must be
+    the same model's projected image features (``mgpath extract --encoder conch_v1 | quiltnet | plip``: 512-d).
+    ``topj``: tiles pooled per class (CONCH's ``run_mizero`` reports j in 1, 5, 10, 50, 100 and picks the best
+    on the evaluated slides; here j is fixed beforehand).
+    """
+
+    def __init__(self, prompts: str, feature_dim: int, classes: list[str] | None = None, *,
+                 text_model: str = "conch_v1", text_checkpoint: str | None = None,
+                 text_model_cfg: dict | None = None, text_tokenizer: str | None = None, quick_gelu: bool = False,
+                 magnifications: list[str] | None = None, magnification: str | None = None, topj: int = 50,
+                 lr: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(classes, lr, weight_decay)
+        self.save_hyperparameters()
+        mags = list(magnifications or ["5x", "10x"])
+        self.magnification = magnification or mags[-1]
+        if self.magnification not in mags:
+            raise ValueError(f"mgpath/baselines: magnification {self.magnification!r} is not among the data's {mags}")
+        classnames, templates = read_zeroshot_prompts(prompts, self.classes)
+        tower = build_text_tower(text_model, text_checkpoint, text_model_cfg, quick_gelu, tokenizer=text_tokenizer)
+        self.model = TowerZeroShot(tower, classnames, templates, tower_logit_scale(text_checkpoint), topj)
+        if self.model.embed_dim != feature_dim:
+            raise ValueError(f"mgpath/baselines: zero-shot {text_model} compares tiles with its {self.model.embed_dim}"
+                             f"-d text embeddings but feature_dim is {feature_dim}; extract the tiles with the same "
+                             f"model's image tower (mgpath extract --encoder {text_model})")
+        self.requires_grad_(False)
+
+    def forward(self, slides: list[dict]) -> torch.Tensor:
+        return torch.stack([self.model(s[self.magnification].features) for s in slides])

@@ -67,9 +67,10 @@ def add_encoder_options(p: DialectParser) -> None:
                    "as the paper's training copy) into OUT/augmented/<mag>/ (read with data.augmented: true); "
                    "done once, resumable like the plain features")
     p.add_argument("--augment_seed", type=int, default=0, help="seed of the per-tile augmentation (0)")
-    p.add_argument("--reader", choices=["openslide", "fast"], default="openslide",
-                   help="fast: read JPEG-tiled svs/TIFF tiles directly (each decoded once, reduced-scale DCT "
-                        "decode; about 3-4x the tiles/s per core); other formats still use OpenSlide")
+    p.add_argument("--reader", choices=["openslide", "fast"], default="fast",
+                   help="fast (default): read JPEG-tiled svs/TIFF tiles directly (each decoded once, reduced-scale "
+                        "DCT decode; about 4x the tiles/s per core), other formats with OpenSlide; openslide: "
+                        "every slide with OpenSlide")
 
 
 def _encoder_kwargs(text: str | None) -> dict:

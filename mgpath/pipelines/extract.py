@@ -1,8 +1,10 @@
 """Tile features from a frozen encoder, one h5 per slide (and per magnification), via Lightning ``predict``.
 
-Tiles are read straight from the slide inside DataLoader workers (each worker opens its own OpenSlide
-handle): each tile's level-0 footprint is read from the best pyramid level and resized once, directly to the
-encoder's input size (bilinear, antialiased), then normalised with its mean/std and encoded by any encoder
+Tiles are read straight from the slide inside DataLoader workers (each worker opens its own handle): each
+tile's level-0 footprint is read from the best pyramid level and resized once, directly to the encoder's input
+size (JPEG-tiled svs/TIFF through :mod:`mgpath.slides.jpeg_tiles` by default, other files and
+``reader="openslide"`` through OpenSlide + an antialiased bilinear resize), then normalised with its mean/std
+and encoded by any encoder
 ``vapt.backbones.build_backbone`` builds. Output per slide (written atomically)::
 
     features   (N, D) float32
@@ -173,7 +175,7 @@ class _ShardedData(pl.LightningDataModule):
     """
 
     def __init__(self, jobs, input_size, mean, std, batch_size, workers, writer, identity, overwrite,
-                 reader="openslide"):
+                 reader="fast"):
         super().__init__()
         self.reader = reader
         self.jobs, self.input_size, self.mean, self.std = jobs, input_size, mean, std
@@ -249,7 +251,7 @@ def extract_features(
     callbacks: list | None = None,
     weights: str | None = None,
     identity_extra: dict | None = None,
-    reader: str = "openslide",
+    reader: str = "fast",
 ) -> list[dict]:
     """Encode the tiles of ``jobs`` and write one features h5 per job; returns summary rows.
 
@@ -258,8 +260,8 @@ def extract_features(
     weights for the cache identity (default: the checkpoint's SHA-256, else random-init); ``identity_extra``
     holds any other setting that changes the features. A job whose output holds features of the same
     identity is ``cached``; one made with anything else is reported stale (``skipped``) unless ``overwrite``.
-    ``reader="fast"`` reads JPEG-tiled slides through :mod:`mgpath.slides.jpeg_tiles` (others through
-    OpenSlide); it is part of the identity.
+    ``reader="fast"`` (the default) reads JPEG-tiled slides through :mod:`mgpath.slides.jpeg_tiles` (others
+    through OpenSlide), ``"openslide"`` reads every slide with OpenSlide; it is part of the identity.
     """
     precision = precision or default_precision(accelerator)
     cfg = encoder.data_config

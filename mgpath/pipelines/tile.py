@@ -147,7 +147,7 @@ def _tile_locked(path, out, tps, tissue_params, mpp, overwrite, row, source, t0)
             row["seconds"] = round(time.perf_counter() - t0, 3)
             return row
     try:
-        with Slide(path, mpp=mpp) as slide:
+        with Slide(path, mpp=mpp) as slide, slide.sharing_levels():  # segmentation and preview share a read
             row.update(mpp=round(slide.mpp, 6), mpp_source=slide.mpp_source)
             results = _tile_open_slide(slide, out, tps, tissue_params, source)
         row.update(results)
@@ -231,7 +231,7 @@ def _tile_open_slide(slide: Slide, out: Path, tps: list[TileParams], tp_tissue: 
             "slide_mtime": source["slide_mtime"],
         }
         if thumb is None:
-            thumb = slide.thumbnail(PREVIEW_SIDE)
+            thumb = slide.thumbnail(PREVIEW_SIDE, resample="area")
         preview.write_preview(slide, p["preview"], tissue, coords, size0, tag=tp.tag, thumbnail=thumb)
         write_coords(p["coords"], coords, attrs, frac)  # last: its presence marks the slide done
         res[f"tiles_{tp.tag}"] = len(coords)

@@ -27,7 +27,7 @@ class TileDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, jobs: list[SlideJob], input_size: tuple[int, int], mean, std, max_open: int = 4,
-                 reader: str = "openslide", data_config: dict | None = None):
+                 reader: str = "fast", data_config: dict | None = None):
         if reader not in ("openslide", "fast"):
             raise ValueError(f"reader must be 'openslide' or 'fast', got {reader!r}")
         self.reader = reader  # "fast": JPEG-tiled slides through mgpath.slides.jpeg_tiles (others: OpenSlide)

@@ -114,10 +114,12 @@ def tissue_fraction(
     """
     if len(coords) == 0:
         return np.zeros(0)
+    import cv2
+
     sx, sy = downsample
     h, w = mask.shape
-    S = np.zeros((h + 1, w + 1), np.float64)
-    S[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1)
+    depth = cv2.CV_32S if mask.size < 2**31 else cv2.CV_64F
+    S = cv2.integral(np.ascontiguousarray(mask, np.uint8), sdepth=depth)  # (h + 1, w + 1) pixel counts
 
     def integral(x, y):  # bilinear interpolation of the integral image is exact for piecewise-constant pixels
         x = np.clip(x, 0, w)

@@ -272,6 +272,20 @@ class JpegTiles:
         tys = range(max(0, math.floor(y0 / th)), min(ny, math.ceil(y1 / th)))
         return [(level, k, tx, ty) for ty in tys for tx in txs]
 
+    def read_level(self, level: int) -> np.ndarray:
+        """The whole of pyramid ``level`` at full scale, RGB uint8 ``(H_l, W_l, 3)``: every stored tile decoded
+        once (not cached) and the tile padding past the level's edge cropped; a missing tile is white."""
+        lv = self.levels[level]
+        out = np.empty((lv.height, lv.width, 3), np.uint8)
+        nx, ny = lv.grid
+        for ty in range(ny):
+            for tx in range(nx):
+                t = self.decode(self.tile_bytes(level, tx, ty), level, 1)
+                y0, x0 = ty * lv.tile_h, tx * lv.tile_w
+                h, w = min(lv.tile_h, lv.height - y0), min(lv.tile_w, lv.width - x0)
+                out[y0 : y0 + h, x0 : x0 + w] = t[:h, :w]
+        return out
+
     def read_footprint(
         self,
         xy_level0: tuple[float, float],

@@ -1,19 +1,26 @@
 """Whole-slide reading over OpenSlide: MPP from every place it is stored, reads at a target MPP, on white.
 
 Coordinates are always level-0 pixels ``(x, y)`` of the top-left corner; sizes are ``(width, height)``.
-Magnification and MPP are tied by the usual convention ``mpp = 10 / magnification`` (10x = 1.0 um/px,
-20x = 0.5, 40x = 0.25).
+MPP parsing and the magnification convention live in :mod:`mgpath.slides.mpp`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from mgpath.slides.mpp import (
+    MPP_RANGE,
+    _float,
+    magnification_to_mpp,
+    mpp_from_properties,
+    mpp_to_magnification,
+)
 
 __all__ = [
     "MPP_RANGE",
@@ -25,12 +32,8 @@ __all__ = [
     "magnification_to_mpp",
     "mpp_to_magnification",
     "slide_id_from_path",
+    "mpp_from_properties",
 ]
-
-#: plausible level-0 MPP window (um/px); values outside are treated as wrong metadata (e.g. 72 dpi = 352.8)
-MPP_RANGE = (0.05, 4.0)
-
-_UNIT_TO_UM = {"centimeter": 1e4, "cm": 1e4, "inch": 25400.0, "millimeter": 1e3, "mm": 1e3, "micrometer": 1.0}
 
 
 class SlideError(RuntimeError):
@@ -60,85 +63,10 @@ def check_mpp_override(value, what: str = "--mpp") -> float:
     return v
 
 
-def magnification_to_mpp(magnification: float) -> float:
-    """Objective magnification -> um/px by the convention 10x = 1.0 um/px."""
-    if magnification <= 0:
-        raise ValueError(f"magnification must be > 0, got {magnification}")
-    return 10.0 / float(magnification)
-
-
-def mpp_to_magnification(mpp: float) -> float:
-    """um/px -> objective magnification by the convention 10x = 1.0 um/px (not rounded)."""
-    if mpp <= 0:
-        raise ValueError(f"mpp must be > 0, got {mpp}")
-    return 10.0 / float(mpp)
-
-
 def slide_id_from_path(path: str | os.PathLike) -> str:
     """Slide id: the file name without its last extension (``TCGA-xx.svs`` -> ``TCGA-xx``)."""
     name = Path(path).name
     return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def _float(v) -> float | None:
-    try:
-        f = float(str(v).strip())
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) and f > 0 else None
-
-
-def mpp_from_properties(props: dict) -> tuple[float | None, str, list[str]]:
-    """Level-0 MPP from OpenSlide properties.
-
-    Looks, in order, at ``openslide.mpp-x`` (and ``-y``), ``aperio.MPP``, ``openslide.mirax.MPP``,
-    ``hamamatsu.XResolution``-style vendor keys, an ``MPP = x`` in ``openslide.comment``, and finally
-    ``tiff.XResolution`` with ``tiff.ResolutionUnit`` (centimetre, inch or millimetre).
-
-    Returns
-    -------
-    (mpp or None, source key, list of what was looked at and found implausible or missing)
-    """
-    notes: list[str] = []
-    candidates: list[tuple[str, float | None]] = []
-    mx, my = _float(props.get("openslide.mpp-x")), _float(props.get("openslide.mpp-y"))
-    if mx and my:
-        candidates.append(("openslide.mpp-x/y", (mx + my) / 2))
-    else:
-        candidates.append(("openslide.mpp-x", mx or my))
-    for key in (
-        "aperio.MPP",
-        "openslide.mirax.MPP",
-        "mirax.GENERAL.SLIDE_RESOLUTION",
-        "philips.DICOM_PIXEL_SPACING",
-    ):
-        if key in props:
-            v = props[key]
-            if key == "philips.DICOM_PIXEL_SPACING":  # '"0.000227" "0.000227"' in mm
-                nums = re.findall(r"[0-9.eE+-]+", str(v))
-                f = _float(nums[0]) if nums else None
-                candidates.append((key, f * 1e3 if f else None))
-            else:
-                candidates.append((key, _float(v)))
-    comment = str(props.get("openslide.comment", ""))
-    m = re.search(r"MPP\s*=\s*([0-9.]+)", comment)
-    if m:
-        candidates.append(("openslide.comment MPP", _float(m.group(1))))
-    xres, unit = _float(props.get("tiff.XResolution")), str(props.get("tiff.ResolutionUnit", "")).lower()
-    if xres and unit in _UNIT_TO_UM:
-        candidates.append((f"tiff.XResolution ({unit})", _UNIT_TO_UM[unit] / xres))
-    elif "tiff.XResolution" in props:
-        notes.append(
-            f"tiff.XResolution={props.get('tiff.XResolution')} with ResolutionUnit={unit or 'missing'}"
-        )
-    for key, val in candidates:
-        if val is None:
-            notes.append(f"{key} missing")
-            continue
-        if MPP_RANGE[0] <= val <= MPP_RANGE[1]:
-            return val, key, notes
-        notes.append(f"{key}={val:g} outside {MPP_RANGE[0]}-{MPP_RANGE[1]}")
-    return None, "", notes
 
 
 def _open_osr(path: str):
@@ -169,8 +97,11 @@ class Slide:
         or wrong).
 
     fast : read footprints (:meth:`read_footprint`, :meth:`read`) of JPEG-tiled TIFF/svs files through
-        :class:`mgpath.slides.jpeg_tiles.JpegTiles` (tiles decoded once, reduced-scale DCT decode) instead of
-        OpenSlide. Files that do not qualify are read with OpenSlide; ``fast_reason`` says why.
+        :class:`mgpath.slides.jpeg_tiles.JpegTiles` (tiles decoded once, reduced-scale DCT decode; the
+        default, about 4x the tiles/s of OpenSlide on one core) instead of OpenSlide. Files that do not
+        qualify are read with OpenSlide; ``fast_reason`` says why. ``False`` reads everything with OpenSlide
+        (the reference: full-scale reads are the same pixels either way; reduced-scale reads differ by a mean
+        absolute 3 or less per channel, see ``docs/benchmarks-slides.md``).
     dct_margin : with ``fast``, how much resolution a reduced-scale JPEG decode keeps above the target
         (see :func:`mgpath.slides.jpeg_tiles.plan_read`; None: straight at 1/2, one octave kept below;
         0 fastest; 1 closest to OpenSlide).
@@ -181,7 +112,7 @@ class Slide:
     """
 
     def __init__(
-        self, path: str | os.PathLike, mpp: float | None = None, fast: bool = False, dct_margin: int | None = None
+        self, path: str | os.PathLike, mpp: float | None = None, fast: bool = True, dct_margin: int | None = None
     ):
         self.path = str(path)
         self.slide_id = slide_id_from_path(self.path)
@@ -203,6 +134,8 @@ class Slide:
         self.fast_reason = "not asked for"
         if fast:
             self._jpeg, self.fast_reason = _fast_reader(self, dct_margin)
+        self._level_tiles = self._jpeg if fast else False  # False: not looked at yet (see _whole_level_reader)
+        self._kept_levels: dict | None = None
 
     @property
     def fast(self) -> bool:
@@ -222,6 +155,8 @@ class Slide:
             self._osr = None
         if self._jpeg is not None:
             self._jpeg.close()
+        if self._level_tiles and self._level_tiles is not self._jpeg:
+            self._level_tiles.close()
 
     def __enter__(self) -> "Slide":
         return self
@@ -232,7 +167,20 @@ class Slide:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_osr"] = None
+        state["_kept_levels"] = None
         return state
+
+    @contextlib.contextmanager
+    def sharing_levels(self):
+        """Inside this block every whole pyramid level read (:meth:`read_level`, and so :meth:`thumbnail` and
+        :meth:`read_at_downsample`) is read once and kept (read-only), so a segmentation image and a preview
+        of the same level share one read; the levels are dropped on leaving the block."""
+        outer = self._kept_levels
+        self._kept_levels = {} if outer is None else outer
+        try:
+            yield self
+        finally:
+            self._kept_levels = outer
 
     def __repr__(self) -> str:
         mpp = f"{self._mpp:.4g}" if self._mpp else "unknown"
@@ -313,8 +261,9 @@ class Slide:
     ) -> np.ndarray:
         """Read the level-0 box ``xy + size_level0`` resized to ``out_size`` px: RGB uint8 ``(h, w, 3)``.
 
-        The deepest level not coarser than needed is read, then resized (bilinear, antialiased) only when
-        the residual factor differs from 1. Works without MPP.
+        With OpenSlide (``fast=False``, or a file the fast path does not take) the deepest level not coarser
+        than needed is read, then resized (bilinear, antialiased) only when the residual factor differs from 1;
+        the fast path is described in :mod:`mgpath.slides.jpeg_tiles`. Works without MPP.
         """
         if self._jpeg is not None:
             try:
@@ -339,21 +288,55 @@ class Slide:
         return self.read_footprint(xy_level0, size_px * scale, size_px)
 
     def read_level(self, level: int, max_pixels: int = 2**28) -> np.ndarray:
-        """A whole pyramid level as RGB uint8 ``(H_l, W_l, 3)`` on white (refuses levels over ``max_pixels``)."""
+        """A whole pyramid level as RGB uint8 ``(H_l, W_l, 3)`` on white (refuses levels over ``max_pixels``).
+
+        A JPEG-tiled TIFF/svs level is assembled from its tiles decoded at full scale (the same pixels as
+        OpenSlide's, several times faster: no RGBA round trip); other files are read with OpenSlide.
+        """
         w, h = self.level_dimensions[level]
         if w * h > max_pixels:
             raise SlideError(
                 f"level {level} of {self.path} is {w}x{h} px, too large to read whole; use a coarser "
                 f"level or thumbnail()"
             )
-        return self.read_region((0, 0), level, (w, h))
+        kept = self._kept_levels
+        if kept is not None and level in kept:
+            return kept[level]
+        tiles = self._whole_level_reader()
+        if tiles is not None:
+            try:
+                img = tiles.read_level(level)
+            except OSError as e:
+                raise SlideError(f"reading level {level} of {self.path} failed ({e}); the file may be corrupt") from None
+        else:
+            img = self.read_region((0, 0), level, (w, h))
+        if kept is not None:
+            img.flags.writeable = False
+            kept[level] = img
+        return img
 
-    def read_at_downsample(self, downsample: float, max_side: int = 16384, block: int = 8192) -> np.ndarray:
+    def _whole_level_reader(self):
+        """The JPEG tile reader for whole levels (looked for once), or None when the file does not qualify."""
+        if self._level_tiles is False:
+            from mgpath.slides.jpeg_tiles import JpegTiles, jpeg_levels
+
+            levels, _ = jpeg_levels(self.path)
+            ok = levels and [(lv.width, lv.height) for lv in levels] == self.level_dimensions
+            self._level_tiles = JpegTiles(self.path, levels, self.level_downsamples, cache_mb=0) if ok else None
+        return self._level_tiles
+
+    def read_at_downsample(
+        self, downsample: float, max_side: int = 16384, block: int = 8192, resample: str = "bilinear"
+    ) -> np.ndarray:
         """The whole slide resized to ``dimensions / downsample``: RGB uint8 ``(h, w, 3)`` on white.
 
         Reads the best level whole when it is small enough, otherwise in ``block x block`` pieces that are
-        shrunk one by one (slides without a pyramid still work, in bounded memory).
+        shrunk one by one (slides without a pyramid still work, in bounded memory). ``resample``:
+        ``"bilinear"`` (PIL, antialiased) or ``"area"`` (OpenCV area averaging, several times faster; for
+        pictures such as previews).
         """
+        if resample not in ("bilinear", "area"):
+            raise ValueError(f"resample must be 'bilinear' or 'area', got {resample!r}")
         w0, h0 = self.dimensions
         downsample = max(downsample, w0 / max_side, h0 / max_side, 1e-9)
         ow, oh = max(1, int(round(w0 / downsample))), max(1, int(round(h0 / downsample)))
@@ -362,7 +345,7 @@ class Slide:
         if lw * lh <= block * block:
             img = self.read_level(level)
             if img.shape[1] != ow or img.shape[0] != oh:
-                img = np.array(Image.fromarray(img).resize((ow, oh), Image.Resampling.BILINEAR))
+                img = _shrink(img, (ow, oh), resample)
             return img
         fx, fy = ow / lw, oh / lh
         ds = self.level_downsamples[level]
@@ -378,10 +361,11 @@ class Slide:
                 out.paste(piece.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR), (x0, y0))
         return np.array(out)
 
-    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
-        """Whole-slide RGB uint8 ``(h, w, 3)`` on white whose longer side is ``max_size`` px."""
+    def thumbnail(self, max_size: int = 1024, resample: str = "bilinear") -> np.ndarray:
+        """Whole-slide RGB uint8 ``(h, w, 3)`` on white whose longer side is ``max_size`` px (``resample``: see
+        :meth:`read_at_downsample`)."""
         w0, h0 = self.dimensions
-        return self.read_at_downsample(max(w0, h0) / float(max_size))
+        return self.read_at_downsample(max(w0, h0) / float(max_size), resample=resample)
 
 
 def _fast_reader(slide: Slide, dct_margin: int | None):
@@ -395,6 +379,17 @@ def _fast_reader(slide: Slide, dct_margin: int | None):
     if dims != slide.level_dimensions:
         return None, f"tiled pages {dims} differ from OpenSlide's levels {slide.level_dimensions}"
     return JpegTiles(slide.path, levels, slide.level_downsamples, dct_margin=dct_margin), ""
+
+
+def _shrink(img: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarray:
+    """Resize RGB uint8 ``(h, w, 3)`` to ``size=(w, h)``: PIL antialiased bilinear or OpenCV area averaging."""
+    if resample == "area":
+        import cv2
+
+        shrink = min(img.shape[1] / size[0], img.shape[0] / size[1])
+        how = cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR  # below 2x, 2 x 2 bilinear taps cover each footprint
+        return cv2.resize(np.ascontiguousarray(img), size, interpolation=how)
+    return np.array(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
 
 
 def _on_white(rgba: Image.Image) -> Image.Image:

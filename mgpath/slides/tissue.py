@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mgpath.slides.masks import final_mask, mask_polygons, median_vote, rasterize, work_box
 from vapt.fileio.atomic import write_bytes_atomic
 
 __all__ = [
@@ -109,67 +110,6 @@ def _odd(n: float) -> int:
     return k if k % 2 else k + 1
 
 
-def _final_mask(mask: np.ndarray, min_piece_px: float, min_hole_px: float) -> np.ndarray:
-    """Fill holes under ``min_hole_px`` pixels, then drop pieces under ``min_piece_px`` pixels.
-
-    Tissue is 8-connected and background 4-connected (the pair OpenCV's contours follow), so every kept
-    pixel set has a valid pixel-edge outline. Areas are pixel counts (a piece's area excludes its holes).
-    """
-    import cv2
-
-    m = mask.astype(np.uint8)
-    if min_hole_px > 0:
-        _, lab, stats, _ = cv2.connectedComponentsWithStats(1 - m, connectivity=4)
-        h, w = m.shape
-        x, y, bw, bh, area = stats.T
-        small = (area < min_hole_px) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
-        m[small[lab] & (m == 0)] = 1  # label 0 is the tissue (background of the inverted mask)
-    _, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_piece_px
-    keep[0] = False
-    return keep[lab]
-
-
-def mask_polygons(mask: np.ndarray) -> list:
-    """Pixel-edge outlines of a bool mask ``(h, w)``: valid shapely Polygons in pixel units, pixel ``(i, j)``
-    being the square ``[j, j + 1) x [i, i + 1)``.
-
-    OpenCV's contours run through the centres of the boundary pixels; each piece (with its holes) is grown by
-    half a pixel (mitred corners, a hair more so that pieces touching at a corner merge rather than make a
-    self-touching ring) and clipped to the image, so the outline encloses exactly the mask's pixels.
-    """
-    import cv2
-    import shapely
-    from shapely.geometry import LineString, Point, Polygon, box
-
-    h, w = mask.shape
-    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is None:
-        return []
-    hier = hierarchy[0]
-    frame = box(0, 0, w, h)
-
-    def geom(c):
-        pts = c[:, 0, :].astype(np.float64) + 0.5
-        if len(pts) >= 3:
-            return shapely.make_valid(Polygon(pts))
-        return LineString(pts) if len(pts) == 2 else Point(pts[0])
-
-    out = []
-    for i, cnt in enumerate(contours):
-        if hier[i][3] != -1:
-            continue
-        g = geom(cnt)
-        j = hier[i][2]
-        while j != -1:
-            if len(contours[j]) >= 3:
-                g = g.difference(geom(contours[j]))
-            j = hier[j][0]
-        g = g.buffer(0.5 + 1e-3, join_style="mitre", mitre_limit=2.0).intersection(frame)
-        out += [q for q in getattr(g, "geoms", [g]) if isinstance(q, Polygon) and not q.is_empty]
-    return out
-
-
 def segment_image(rgb: np.ndarray, mpp: float, params: TissueParams | None = None):
     """Segment an RGB image ``(h, w, 3)`` uint8 at ``mpp`` um/px.
 
@@ -185,70 +125,43 @@ def segment_image(rgb: np.ndarray, mpp: float, params: TissueParams | None = Non
     sat = hsv[..., 1]
     if p.black_value > 0:
         sat = np.where(hsv[..., 2] < p.black_value, 0, sat).astype(np.uint8)
-    k = _odd(p.median_um / mpp)
-    if k > 1:
-        sat = cv2.medianBlur(np.ascontiguousarray(sat), min(k, 255))
-    if p.threshold == "otsu":
+    k = min(_odd(p.median_um / mpp), 255)
+    c = _odd(p.close_um / mpp) if p.close_um > 0 else 0  # odd: an even kernel's closing shifts the mask
+    full_shape = sat.shape
+    y0 = x0 = 0
+    if p.threshold == "fixed":  # work on the box around the saturated pixels only: the same result, less work
+        thr = float(p.min_saturation)
+        over = sat > thr
+        box = work_box(over, k // 2 if k > 1 else 0, c // 2 if c > 1 else 0)
+        if box is None:
+            return [], np.zeros(full_shape, bool), thr
+        y0, y1, x0, x1 = box
+        mask = median_vote(over[y0:y1, x0:x1], k)
+    else:
+        if k > 1:
+            sat = cv2.medianBlur(np.ascontiguousarray(sat), k)
         otsu, _ = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         thr = max(float(otsu), float(p.min_saturation))
-    else:
-        thr = float(p.min_saturation)
-    mask = (sat > thr).astype(np.uint8)
-    c = _odd(p.close_um / mpp) if p.close_um > 0 else 0  # odd: an even kernel's closing shifts the mask
+        mask = (sat > thr).astype(np.uint8)
     if c > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (c, c))
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
     px_mm2 = (mpp / 1000.0) ** 2
-    mask = _final_mask(mask, p.min_tissue_mm2 / px_mm2, p.min_hole_mm2 / px_mm2)
+    mask = final_mask(mask, p.min_tissue_mm2 / px_mm2, p.min_hole_mm2 / px_mm2)
     polys = [
         TissuePolygon(
             np.asarray(g.exterior.coords, np.float64)[:-1],
             [np.asarray(r.coords, np.float64)[:-1] for r in g.interiors],
             g.area * px_mm2,
         )
-        for g in mask_polygons(mask)
+        for g in mask_polygons(mask, (x0, y0), full_shape)
     ]
     polys.sort(key=lambda q: -q.area_mm2)
+    if mask.shape != full_shape:
+        full = np.zeros(full_shape, bool)
+        full[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask
+        mask = full
     return polys, mask, thr
-
-
-def rasterize(
-    polygons: list[TissuePolygon],
-    shape: tuple[int, int],
-    downsample: float | tuple[float, float],
-    pixel_centres: bool = True,
-) -> np.ndarray:
-    """Fill polygons (holes left empty) into a ``shape=(h, w)`` bool mask of ``downsample`` level-0 px per pixel.
-
-    A pixel is set when its centre lies inside (even-odd rule over each polygon's rings, union over
-    polygons). With ``pixel_centres`` the vertices are level-0 coordinates (pixel ``j`` spans
-    ``[j * s, (j + 1) * s)``); otherwise they are mask pixel units already.
-    """
-    sx, sy = (downsample, downsample) if np.isscalar(downsample) else downsample
-    if not pixel_centres:
-        sx = sy = 1.0
-    h, w = shape
-    out = np.zeros((h, w), bool)
-    yc = (np.arange(h) + 0.5) * sy
-    for poly in polygons:
-        rings = [np.asarray(poly.exterior, np.float64)] + [np.asarray(r, np.float64) for r in poly.holes]
-        a = np.concatenate([r for r in rings if len(r) >= 3]) if rings else np.zeros((0, 2))
-        b = np.concatenate([np.roll(r, -1, axis=0) for r in rings if len(r) >= 3]) if rings else a
-        if len(a) == 0:
-            continue
-        lo, hi = max(0, int((a[:, 1].min() / sy) - 1)), min(h, int(a[:, 1].max() / sy) + 2)
-        for i in range(lo, hi):
-            y = yc[i]
-            cross = (a[:, 1] <= y) != (b[:, 1] <= y)
-            if not cross.any():
-                continue
-            t = (y - a[cross, 1]) / (b[cross, 1] - a[cross, 1])
-            xs = np.sort(a[cross, 0] + t * (b[cross, 0] - a[cross, 0])) / sx - 0.5  # pixel index units
-            for x0, x1 in zip(xs[0::2], xs[1::2]):
-                j0, j1 = max(0, int(np.ceil(x0))), min(w, int(np.floor(x1)) + 1)
-                if j1 > j0:
-                    out[i, j0:j1] = True
-    return out
 
 
 def segment_tissue(slide, params: TissueParams | None = None) -> Tissue:

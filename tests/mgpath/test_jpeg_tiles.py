@@ -51,7 +51,7 @@ def test_real_aperio_full_scale_is_exact_and_reduced_scale_is_bounded(aperio_svs
     the default) <= 3.0; a 1/4 read (decoded at 1/2, then halved, the default) <= 1.5; decoded straight at
     1/4 (``dct_margin=0``) <= 4.5, about what PIL's box filter differs from its bilinear one; with
     ``dct_margin=1`` a 1/2 read is identical."""
-    ref, fast = Slide(aperio_svs), Slide(aperio_svs, fast=True)
+    ref, fast = Slide(aperio_svs, fast=False), Slide(aperio_svs)
     assert fast.fast and fast.fast_reason == ""
     lv = fast._jpeg.levels[0]
     assert lv.rgb and len(lv.tables) > 4  # Aperio: RGB components, shared JPEG tables
@@ -88,7 +88,7 @@ def test_real_aperio_features_agree(aperio_svs):
 
     torch.manual_seed(0)
     enc = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=112).eval()
-    ref, fast = Slide(aperio_svs), Slide(aperio_svs, fast=True)
+    ref, fast = Slide(aperio_svs, fast=False), Slide(aperio_svs)
     boxes = _tissue_boxes(ref.dimensions, 224, 8, seed=3, slide=ref)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -108,7 +108,7 @@ def test_generated_ycbcr_pyramid_exact_and_each_tile_decoded_once(synthetic):
     levels, why = jpeg_levels(syn.path)
     assert why == "" and [(lv.width, lv.height) for lv in levels] == syn.level_dimensions
     assert not levels[0].rgb and levels[0].tables == b""  # tifffile writes YCbCr tiles with their own tables
-    ref, fast = Slide(syn.path), Slide(syn.path, fast=True)
+    ref, fast = Slide(syn.path, fast=False), Slide(syn.path)
     assert fast.fast
     for xy in [(0, 0), (700, 900), (2900, 2100)]:
         assert np.array_equal(ref.read_footprint(xy, 256, 256), fast.read_footprint(xy, 256, 256))  # level 0
@@ -138,7 +138,7 @@ def test_fast_slide_pickles_and_reads_in_a_copy(synthetic):
 
 def test_non_jpeg_slide_falls_back_to_openslide(synthetic):
     syn = synthetic("zl.tiff", size=(1024, 1024), mpp=0.5, levels=2, compression="zlib")
-    with Slide(syn.path, fast=True) as s, Slide(syn.path) as r:
+    with Slide(syn.path) as s, Slide(syn.path, fast=False) as r:
         assert not s.fast and "not JPEG" in s.fast_reason
         assert np.array_equal(s.read_footprint((10, 20), 300, 128), r.read_footprint((10, 20), 300, 128))
     levels, why = jpeg_levels(syn.path.parent / "missing.tiff")
@@ -163,8 +163,9 @@ def test_corrupt_tile_is_a_slide_error_naming_the_file(synthetic, tmp_path):
 
 
 def test_extraction_with_the_fast_reader(aperio_svs, tmp_path):
-    """`mgpath extract --reader fast` on the real svs: features within cosine 0.999 of the OpenSlide reader's,
-    and the reader is part of the cache identity (the OpenSlide run's files are stale for it)."""
+    """`mgpath extract` (the fast reader by default) on the real svs: features within cosine 0.999 of
+    ``--reader openslide``'s, and the reader is part of the cache identity (the OpenSlide run's files are stale
+    for it)."""
     import timm
 
     from mgpath.commands.extract import main as extract_main
@@ -180,8 +181,8 @@ def test_extraction_with_the_fast_reader(aperio_svs, tmp_path):
     common = ["--coords", str(tiles), "--slides", str(aperio_svs.parent), "--encoder", "vit_tiny_patch16_224",
               "--checkpoint", str(ckpt), "--img-size", "64", "--workers", "0", "--accelerator", "cpu",
               "--no-progress"]
-    assert extract_main([*common, "--out", str(tmp_path / "os")]) == 0
-    assert extract_main([*common, "--out", str(tmp_path / "fast"), "--reader", "fast"]) == 0
+    assert extract_main([*common, "--out", str(tmp_path / "os"), "--reader", "openslide"]) == 0
+    assert extract_main([*common, "--out", str(tmp_path / "fast")]) == 0
     a = torch.from_numpy(read_features(tmp_path / "os" / "10x" / "cmu_small_region.h5")["features"])
     b = torch.from_numpy(read_features(tmp_path / "fast" / "10x" / "cmu_small_region.h5")["features"])
     assert a.shape == b.shape and not torch.equal(a, b)

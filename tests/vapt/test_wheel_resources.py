@@ -55,7 +55,15 @@ def test_configs_subcommands_list_and_print(capsys):
     assert vapt_main(["configs", "--list"]) == 0
     listed = capsys.readouterr().out.split()
     assert listed == [n for n in config_names() if not n.startswith("wsi/")] and "demo" in listed
-    assert len(listed) == 98 and "tiles/uni_v1_vapt_nct_crc" in listed  # 96 VTAB/FGVC + the demo + the tile config
+    from vapt.data.fgvc import FGVC_DATASETS
+    from vapt.data.vtab import VTAB_TASKS
+    vtab_methods = sorted(p.name for p in (REPO / "configs" / "vtab").iterdir() if p.is_dir())
+    fgvc_methods = sorted(p.name for p in (REPO / "configs" / "fgvc").iterdir() if p.is_dir())
+    assert {"vpt_shallow", "vpt_deep", "vapt", "linear"} <= set(vtab_methods)
+    expected = ({f"vtab/{m}/{t}" for m in vtab_methods for t in VTAB_TASKS}
+                | {f"fgvc/{m}/{d}" for m in fgvc_methods for d in FGVC_DATASETS})
+    assert expected <= set(listed)  # every method has all 19 VTAB-1k tasks and all 5 FGVC sets
+    assert len(listed) == len(expected) + 2 and "tiles/uni_v1_vapt_nct_crc" in listed  # + the demo + the tile config
     assert vapt_main(["configs", "demo"]) == 0
     assert capsys.readouterr().out == (REPO / "configs" / "demo.yaml").read_text()
     from mgpath.cli import main as mgpath_main
