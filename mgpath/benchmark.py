@@ -41,7 +41,6 @@ import yaml
 from vapt.cli.flags import DialectParser, add_config_options, parse_folds, print_configs
 from vapt.fileio.atomic import write_text_atomic
 from vapt.fileio.resources import resolve_config
-from vapt.training.config_keys import _init_params
 
 __all__ = ["METHODS", "SETTINGS_KEY", "main", "method_config", "method_settings", "parse_folds",
            "run_benchmark"]
@@ -119,6 +118,9 @@ def method_settings(base: dict, source: str = "the config") -> dict[str, dict]:
             raise TypeError(f"mgpath benchmark: {source}: '{SETTINGS_KEY}: {method}' must be a mapping of "
                              f"settings, e.g. {{lr: 0.001}}")
         class_path = _class_path(method)
+        # jsonargparse: imported when a benchmark runs, not for --help
+        from vapt.training.config_keys import _init_params
+
         accepted = set(_init_params(class_path)) - {"classes", "magnifications"}
         for key in settings:
             if key not in accepted:

@@ -25,10 +25,10 @@ SUBCOMMANDS = {
     "folds": ("mgpath.folds", "main", "train and test over all folds; mean and std per metric"),
     "benchmark": ("mgpath.benchmark", "main", "MGPATH and the baselines over the same folds (resumable)"),
     "report": ("mgpath.report", "main", "table and plot of a benchmark folder (mean ± std per method)"),
-    "zeroshot": ("mgpath.zeroshot", "main", "classify slides from the class descriptions alone"),
-    "import-official": ("mgpath.official", "main", "convert an official MGPATH checkpoint into this model"),
-    "heatmap": ("mgpath.heatmap", "main", "draw prompt attention and transport mass over a slide"),
-    "demo": ("mgpath.demo", "main", "end-to-end demo on generated slides (CPU, a few minutes)"),
+    "zeroshot": ("mgpath.commands.zeroshot", "main", "classify slides from the class descriptions alone"),
+    "import-official": ("mgpath.commands.import_official", "main", "convert an official MGPATH checkpoint into this model"),
+    "heatmap": ("mgpath.commands.heatmap", "main", "draw prompt attention and transport mass over a slide"),
+    "demo": ("mgpath.commands.demo", "main", "end-to-end demo on generated slides (CPU, a few minutes)"),
     "configs": ("vapt.fileio.resources", "mgpath_configs_main", "list (--list) or print the shipped WSI configs"),
 }
 
@@ -37,7 +37,8 @@ _LIGHTNING = {"fit", "validate", "test", "predict"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_tool("mgpath", SUBCOMMANDS, argv, _LIGHTNING)
+    return run_tool("mgpath", SUBCOMMANDS, argv, _LIGHTNING, lister="mgpath configs --list",
+                    examples="--trainer.max_epochs 20  --model.init_args.lr 0.0005  --data.fold 1")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from mgpath.graph import bag_neighbours
 from mgpath.io import find_feature_file, read_features
 from mgpath.model import Bag
+from mgpath.splits import read_labels, read_split_csv
 
 __all__ = [
     "SlideBagDataset",
@@ -54,42 +55,6 @@ def load_bag(path: str | os.PathLike, slide_id: str = "", magnification: str = "
         bad = int((~np.isfinite(rec["features"])).any(1).sum())
         raise ValueError(f"mgpath/data.py: {where} has NaN/inf features in {bad} tiles; re-extract the features")
     return Bag(torch.from_numpy(rec["features"]), bag_neighbours(rec, path)), rec["coords"]
-
-
-def read_labels(path: str | os.PathLike) -> pd.DataFrame:
-    """Labels CSV with columns ``slide_id, case_id, label`` (extra columns kept; ids as strings)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"mgpath/data.py: labels CSV {path} does not exist; set data.labels_csv (columns "
-                                "slide_id, case_id, label)")
-    df = pd.read_csv(path, dtype=str)
-    missing = {"slide_id", "label"} - set(df.columns)
-    if missing:
-        raise ValueError(f"mgpath/data.py: labels CSV {path} lacks column(s) {sorted(missing)}; expected "
-                         "slide_id, case_id, label")
-    if "case_id" not in df.columns:
-        warnings.warn(f"{path} has no case_id column; each slide is treated as its own patient")
-        df["case_id"] = df["slide_id"]
-    df["slide_id"] = df["slide_id"].str.strip()
-    df["slide_id"] = df["slide_id"].str.replace(r"\.(svs|tif|tiff|ndpi|mrxs|h5|pt)$", "", regex=True)
-    if df["slide_id"].duplicated().any():
-        raise ValueError(f"mgpath/data.py: duplicate slide ids in {path}: "
-                         f"{df['slide_id'][df['slide_id'].duplicated()].tolist()[:5]}")
-    return df.reset_index(drop=True)
-
-
-def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
-    """Official/CLAM split CSV -> ``{"train": [...], "val": [...], "test": [...]}`` (any column order)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"mgpath/data.py: split CSV {path} does not exist; make one with `mgpath splits` "
-                                "or set data.split_csv / data.fold")
-    df = pd.read_csv(path, dtype=str)
-    df = df.drop(columns=[c for c in df.columns if c.startswith("Unnamed")])
-    out = {}
-    for part in ("train", "val", "test"):
-        if part not in df.columns:
-            raise ValueError(f"mgpath/data.py: split CSV {path} lacks a {part!r} column (has {list(df.columns)})")
-        out[part] = [s.strip() for s in df[part].dropna().tolist() if s.strip()]
-    return out
 
 
 class SlideBagDataset(Dataset):

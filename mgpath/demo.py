@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -26,10 +25,9 @@ import pandas as pd
 import torch
 
 from mgpath.benchmark import METHODS, TOWER_ZEROSHOT, method_config
-from vapt.cli.flags import DialectParser
 from vapt.reporting.tables import markdown_table
 
-__all__ = ["main", "run_demo"]
+__all__ = ["run_demo"]
 
 CLASSES = {"class_a": "blue_fine", "class_b": "he_coarse"}
 _log = logging.getLogger(__name__)
@@ -180,18 +178,3 @@ def method_table(methods: dict[str, dict]) -> str:
             "about zero-shot with an aligned tower (a PLIP-G import), which is the paper's zero-shot baseline; "
             f"{', '.join(TOWER_ZEROSHOT)} need the publishers' weights and are not run here")
     return "\n".join(["      methods on the demo split:", *("      " + x for x in lines), "      " + note])
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = DialectParser(prog="mgpath demo", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="mgpath_demo")
-    ap.add_argument("--slides_per_class", type=int, default=10)
-    ap.add_argument("--shots", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--augment", action="store_true", help="add bags of rotated/flipped tiles to training")
-    a = ap.parse_args(argv)
-    res = run_demo(a.out, a.slides_per_class, a.shots, a.epochs, seed=a.seed, augment=a.augment, log=print)
-    print(json.dumps(res))
-    return 0

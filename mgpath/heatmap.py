@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from mgpath.model import MGPATH, Bag
-from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path, write_text_atomic
 
-__all__ = ["draw_heatmaps", "heatmap_figure", "heatmap_folder", "heatmap_scores", "main", "slide_heatmap", "tile_value_map"]
+__all__ = ["draw_heatmaps", "heatmap_figure", "heatmap_folder", "heatmap_scores", "run", "slide_heatmap", "tile_value_map"]
 
 
 @torch.no_grad()
@@ -250,20 +249,8 @@ def heatmap_folder(model: MGPATH, slides: list[str], features_root: str, out_dir
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = DialectParser(prog="mgpath heatmap", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt_path", required=True, deprecated=("--ckpt",), help="Lightning checkpoint of MGPATHModule (e.g. the best one of fit)")
-    ap.add_argument("--slide", "--slides", dest="slide", required=True,
-                    help="a slide file, or a folder of slides (then --out is a folder: one PNG per slide + index)")
-    ap.add_argument("--recursive", action="store_true", help="with a folder of --slides: its subfolders too")
-    ap.add_argument("--features_root", default=None, help="folder with <mag>/<slide_id>.h5")
-    ap.add_argument("--features", nargs="*", default=None, help="explicit MAG=FILE pairs, e.g. 5x=a.h5 10x=b.h5")
-    ap.add_argument("--slide_id", default=None, help="default: the slide file name without extension")
-    ap.add_argument("--mpp", type=float, default=None)
-    ap.add_argument("--max_size", type=int, default=1024, help="thumbnail longer side (px)")
-    ap.add_argument("--out", required=True, help="output PNG (a folder when --slide is a folder)")
-    a = ap.parse_args(argv)
+def run(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    """``mgpath heatmap`` after parsing (`mgpath.commands.heatmap`); ``ap.error`` reports usage errors."""
     from mgpath.io import find_feature_file
     from mgpath.module import MGPATHModule
     from mgpath.slides.reader import slide_id_from_path

@@ -1,6 +1,6 @@
 """Import checkpoints of the official MGPATH code (HauschildLab/MGPATH) into :class:`mgpath.model.MGPATH`.
 
-Two official layouts are understood (reference: shared/reference/mgpath.md section 6):
+Two official layouts are understood:
 
 - a fine-tuned MGPATH ``state_dict`` (``s_{fold}_checkpoint.pt``): ``prompt_learner.{ctx,token_prefix,
   token_suffix}``, ``text_encoder.transformer.layers.*`` (HF CLIP text encoder naming),
@@ -41,10 +41,9 @@ from mgpath.ot import OTConfig
 from mgpath.text import load_descriptions, load_state_dict_file
 from vapt.backbones.hf_clip import hf_layers_to_open_clip
 from vapt.cli.errors import report_error
-from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path, write_text_atomic
 
-__all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "main", "official_descriptions"]
+__all__ = ["convert_official", "hf_text_to_open_clip", "load_converted", "official_descriptions", "run"]
 
 
 def official_descriptions(descriptions, classes: list[str],
@@ -229,18 +228,8 @@ def fresh_prefixes(state_dict: dict) -> tuple[str, ...]:
     return () if "text.prompts.ctx" in state_dict else ALIGNMENT_FRESH
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = DialectParser(prog="mgpath import-official", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt_path", required=True, deprecated=("--checkpoint",), help="official fine-tuned (s_k_checkpoint.pt) or alignment file")
-    ap.add_argument("--alignment", default=None, help="PLIP-G alignment checkpoint (token/position embeddings)")
-    ap.add_argument("--descriptions", required=True, help="prompt file used in training (official CSV or JSON)")
-    ap.add_argument("--classes", nargs="+", required=True, help="class names in label order, e.g. LUAD LUSC")
-    ap.add_argument("--magnifications", nargs="+", default=["5x", "10x"])
-    ap.add_argument("--heads", type=int, default=None, help="text attention heads (default width // 64)")
-    ap.add_argument("--no_compat", action="store_true", help="use the correct context insertion instead")
-    ap.add_argument("--out", required=True, help="output .pt with {'state_dict', 'config'}")
-    a = ap.parse_args(argv)
+def run(a: argparse.Namespace) -> int:
+    """``mgpath import-official`` after parsing (`mgpath.commands.import_official`)."""
     try:
         ckpt = load_state_dict_file(a.ckpt_path)
         align = load_state_dict_file(a.alignment) if a.alignment else None

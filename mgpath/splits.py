@@ -2,23 +2,58 @@
 
 ``mgpath splits --labels labels.csv --shots 16 --num_folds 5 --out splits/mycohort/16shots`` writes
 ``splits_{fold}.csv`` in the official MGPATH/CLAM format (columns ``train, val, test``), readable by
-:func:`mgpath.data.read_split_csv`, plus ``summary.csv`` with the class counts per part.
+`read_split_csv`, plus ``summary.csv`` with the class counts per part.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mgpath.data import read_labels, read_split_csv
 from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path
 
-__all__ = ["check_no_leakage", "main", "make_kshot_splits", "write_split_csv"]
+__all__ = ["check_no_leakage", "main", "make_kshot_splits", "read_labels", "read_split_csv", "write_split_csv"]
 
+
+def read_labels(path: str | os.PathLike) -> pd.DataFrame:
+    """Labels CSV with columns ``slide_id, case_id, label`` (extra columns kept; ids as strings)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"labels CSV {path} does not exist; set data.labels_csv (columns "
+                                "slide_id, case_id, label)")
+    df = pd.read_csv(path, dtype=str)
+    missing = {"slide_id", "label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"labels CSV {path} lacks column(s) {sorted(missing)}; expected "
+                         "slide_id, case_id, label")
+    if "case_id" not in df.columns:
+        warnings.warn(f"{path} has no case_id column; each slide is treated as its own patient")
+        df["case_id"] = df["slide_id"]
+    df["slide_id"] = df["slide_id"].str.strip()
+    df["slide_id"] = df["slide_id"].str.replace(r"\.(svs|tif|tiff|ndpi|mrxs|h5|pt)$", "", regex=True)
+    if df["slide_id"].duplicated().any():
+        raise ValueError(f"duplicate slide ids in {path}: "
+                         f"{df['slide_id'][df['slide_id'].duplicated()].tolist()[:5]}")
+    return df.reset_index(drop=True)
+
+
+def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Official/CLAM split CSV -> ``{"train": [...], "val": [...], "test": [...]}`` (any column order)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"split CSV {path} does not exist; make one with `mgpath splits` "
+                                "or set data.split_csv / data.fold")
+    df = pd.read_csv(path, dtype=str)
+    df = df.drop(columns=[c for c in df.columns if c.startswith("Unnamed")])
+    out = {}
+    for part in ("train", "val", "test"):
+        if part not in df.columns:
+            raise ValueError(f"split CSV {path} lacks a {part!r} column (has {list(df.columns)})")
+        out[part] = [s.strip() for s in df[part].dropna().tolist() if s.strip()]
+    return out
 
 def _patient_labels(df: pd.DataFrame) -> dict[str, str]:
     per = df.groupby("case_id")["label"].agg(lambda s: sorted(set(s)))

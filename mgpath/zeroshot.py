@@ -21,11 +21,9 @@ from mgpath.model import MGPATH, Bag
 from mgpath.module import MGPATHModule
 from mgpath.ot import OTConfig, ot_similarity
 from mgpath.text import PromptLearner, load_descriptions
-from vapt.cli.flags import DialectParser, add_config_options, print_configs
 from vapt.fileio.atomic import atomic_path
-from vapt.fileio.resources import resolve_config
 
-__all__ = ["ZeroShotMGPATH", "ZeroShotModule", "main"]
+__all__ = ["ZeroShotMGPATH", "ZeroShotModule", "run"]
 
 
 class ZeroShotMGPATH(nn.Module):
@@ -100,16 +98,8 @@ class ZeroShotModule(MGPATHModule):
         return self.zeroshot(slides)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = DialectParser(prog="mgpath zeroshot", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_options(ap, help="an MGPATH config (model + data blocks)")
-    ap.add_argument("--part", default="test", choices=["train", "val", "test"])
-    ap.add_argument("--tokens", default="tiles", choices=["tiles", "prompts"])
-    ap.add_argument("--out", default=None, help="CSV of per-slide probabilities")
-    a, overrides = ap.parse_known_args(argv)
-    if a.print_config:
-        return print_configs(a.config, lambda c: resolve_config(c, ("", "wsi/"), lister="mgpath configs"))
+def run(a: argparse.Namespace, overrides: list[str]) -> int:
+    """``mgpath zeroshot`` after parsing (`mgpath.commands.zeroshot`); ``overrides`` go to the config."""
     import pandas as pd
     from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 

@@ -94,9 +94,9 @@ def test_config_driven_commands_take_c_and_print_config(parsers, capsys):
         if "--config" in options:
             assert options.get("-c") is options["--config"], name
             assert "--print_config" in options and "--print-config" in options, name
-    for main, tool in ((vapt_main, "vapt"), (mgpath_main, "mgpath")):  # LightningCLI's own
+    for main, tool in ((vapt_main, "vapt"), (mgpath_main, "mgpath")):  # LightningCLI's own (--help is the quick one)
         with pytest.raises(SystemExit):
-            main(["fit", "--help"])
+            main(["fit", "--help-all"])
         out = capsys.readouterr().out
         assert "-c CONFIG, --config CONFIG" in out and "--print_config" in out, tool
 

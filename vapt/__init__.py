@@ -4,8 +4,18 @@ The public names are imported lazily so that `import vapt` stays cheap for comma
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vapt import moved_modules
 from vapt.lazy_exports import lazy_getattr
+
+if TYPE_CHECKING:  # the same names, visible to type checkers and to the API docs (griffe)
+    from vapt.backbones.errors import BackboneError  # noqa: F401
+    from vapt.backbones.factory import build_backbone, build_encoder  # noqa: F401
+    from vapt.backbones.vit import ViTEncoder  # noqa: F401
+    from vapt.checkpoints import export_official_checkpoint, load_official_checkpoint  # noqa: F401
+    from vapt.model import PromptedViT, build_model  # noqa: F401
+    from vapt.peft.vpt import PromptConfig  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,8 @@
-"""``mgpath extract``: encode the tiles of every slide with a frozen encoder into one features h5 per slide."""
+"""``mgpath extract``: encode the tiles of every slide with a frozen encoder into one features h5 per slide.
+
+The pipeline (Lightning, torch) is imported when it runs, after the arguments are parsed, so ``--help`` answers
+at once.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,22 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from mgpath.pipelines import extract as pipeline
-from mgpath.pipelines.extract import extract_features, weights_description, write_summary
-from mgpath.pipelines.jobs import find_jobs
-from mgpath.pipelines.locks import clean_temp
-from mgpath.pipelines.summary import count_statuses, format_rows
-from mgpath.slides.reader import check_mpp_override
 from vapt.cli.errors import report_error
 from vapt.cli.flags import DialectParser
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["add_encoder_options", "build_parser", "load_encoder", "main", "run_extraction"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = DialectParser(prog="mgpath extract", description=pipeline.__doc__.split("\n\n")[0])
+    p = DialectParser(prog="mgpath extract", description=(
+        "Tile features from a frozen encoder, one h5 per slide and magnification (features, coords, adjacency). "
+        "Tiles are read inside DataLoader workers, resized once to the encoder's input and normalised with its "
+        "mean/std; finished slides are kept on a rerun, stale ones reported."))
     p.add_argument(
         "--coords",
         required=True,
@@ -93,6 +96,9 @@ def load_encoder(args: argparse.Namespace, prog: str) -> tuple[torch.nn.Module, 
         raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist; give the encoder's local "
                                 "weights file or model folder")
     kwargs = _encoder_kwargs(args.encoder_kwargs)
+    import torch
+
+    from mgpath.pipelines.extract import weights_description
     from vapt.backbones import build_encoder
     from vapt.backbones.files import resolve
 
@@ -112,6 +118,9 @@ def load_encoder(args: argparse.Namespace, prog: str) -> tuple[torch.nn.Module, 
 def run_extraction(args: argparse.Namespace, jobs: list, coords, out, encoder: torch.nn.Module,
                    weights: str) -> list[dict]:
     """Features of ``jobs`` into ``out`` (and augmented bags from ``coords`` with ``--augment``); summary rows."""
+    from mgpath.pipelines.extract import extract_features
+    from mgpath.pipelines.locks import clean_temp
+
     if (
         "LOCAL_RANK" not in os.environ and Path(out).exists()
     ):  # launcher process, before any DDP rank starts
@@ -152,6 +161,11 @@ def run_extraction(args: argparse.Namespace, jobs: list, coords, out, encoder: t
 def main(argv: list[str] | None = None) -> int:
     """``mgpath extract``. Exit status 0 when every slide is done or cached, 1 when some were skipped."""
     args = build_parser().parse_args(argv)
+    from mgpath.pipelines.extract import write_summary
+    from mgpath.pipelines.jobs import find_jobs
+    from mgpath.pipelines.summary import count_statuses, format_rows
+    from mgpath.slides.reader import check_mpp_override
+
     try:
         if args.mpp is not None:
             check_mpp_override(args.mpp, "--mpp")

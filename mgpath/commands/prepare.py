@@ -20,7 +20,6 @@ from pathlib import Path
 
 from mgpath.commands.extract import add_encoder_options, load_encoder, run_extraction
 from mgpath.commands.tile import add_run_options, add_tile_options, exit_on_sigterm, tile_settings
-from mgpath.pipelines.augment import AUGMENTED_DIR
 from mgpath.pipelines.jobs import find_jobs
 from mgpath.pipelines.summary import count_statuses, format_rows, write_summary_files
 from mgpath.pipelines.tile import tile_slides
@@ -64,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs, problems = find_jobs(tiles_dir, features_dir, None, args.mpp)
     args.slides = None  # the slides are found through the path each coordinates file records
     featured = run_extraction(args, jobs, tiles_dir, features_dir, encoder, weights)
+    # Lightning: imported when the job runs, not for --help
+    from mgpath.pipelines.augment import AUGMENTED_DIR
+
     augmented = str(features_dir / AUGMENTED_DIR)
     rows = [_tile_row(r) for r in tiled] + [
         {**r, "step": "augmented" if str(r.get("out") or "").startswith(augmented) else "features"}

@@ -57,7 +57,7 @@ def test_tile_augment_encoder_rotates_and_flips():
 
 def test_demo_end_to_end(tmp_path):
     from mgpath.demo import run_demo
-    from mgpath.heatmap import main as heatmap_main
+    from mgpath.commands.heatmap import main as heatmap_main
     res = run_demo(tmp_path / "demo", slides_per_class=5, shots=2, epochs=3, size=(2048, 1536), augment=True,
                    baselines=("abmil", "zeroshot"),
                    log=lambda *a: None)

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mgpath.commands.import_official import main
 from mgpath.granular import neighbours_from_edges
 from mgpath.graph import tile_adjacency
 from mgpath.model import Bag
-from mgpath.official import convert_official, load_converted, main
+from mgpath.official import convert_official, load_converted
 
 W, LAYERS, HEADS, L, NCTX, NSETS, C, DIN, D, M = 32, 2, 2, 77, 4, 3, 2, 12, 16, 8
 DESC = {"5x": {"LUAD": "glandular tumour with lepidic growth", "LUSC": "squamous nests with keratin pearls"},

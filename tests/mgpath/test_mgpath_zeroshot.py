@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mgpath.commands.zeroshot import main
 from mgpath.graph import tile_adjacency
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import ot_similarity
-from mgpath.zeroshot import ZeroShotMGPATH, main
+from mgpath.zeroshot import ZeroShotMGPATH
 
 DESC = {"5x": {"A": ["small dark round nuclei", "dense purple cells"], "B": "large pale glands"},
         "10x": {"A": "dark cells in sheets", "B": "pale cells in glands"}}

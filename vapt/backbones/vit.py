@@ -135,11 +135,19 @@ class ViTEncoder(nn.Module):
             return m.norm_pre(x)
         return m._embeds(x)
 
-    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """One transformer block, (B, L, D) -> (B, L, D)."""
+    def run_block(self, block: nn.Module, x: torch.Tensor, tensors: dict[str, torch.Tensor] | None = None
+                  ) -> torch.Tensor:
+        """One transformer block, (B, L, D) -> (B, L, D).
+
+        ``tensors`` ({name inside the block: tensor}) stand in for the block's own parameters of those names for
+        this call only (`torch.func.functional_call`), e.g. a LoRA-merged projection weight.
+        """
+        def call(t: torch.Tensor) -> torch.Tensor:
+            return block(t) if tensors is None else torch.func.functional_call(block, tensors, (t,))
+
         if self.library == "open_clip" and not self.model.transformer.batch_first:
-            return block(x.transpose(0, 1)).transpose(0, 1)
-        return block(x)
+            return call(x.transpose(0, 1)).transpose(0, 1)
+        return call(x)
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm over all tokens (identity where the model normalises after pooling). (B, L, D)."""
@@ -291,7 +299,8 @@ def _build_open_clip(model_name, checkpoint, img_size, pretrained) -> ViTEncoder
     tag = pretrained if isinstance(pretrained, str) else None
     # open_clip logs "No pretrained weights loaded ... initialized randomly"; untrue when the user's file follows
     with drop_log_records("No pretrained weights loaded", enabled=checkpoint is not None):
-        model = open_clip.create_model(model_name, pretrained=tag, **kwargs)
+        # the current default device (cpu, or meta under ``with torch.device("meta")`` for shape-only counts)
+        model = open_clip.create_model(model_name, pretrained=tag, device=torch.get_default_device(), **kwargs)
     visual = model.visual
     if not isinstance(visual, OpenClipViT):
         raise BackboneError(f"open_clip model {model_name!r} has a {type(visual).__name__} vision tower; "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,39 +26,8 @@ from vapt.data.base import (
     resolve_entry,
 )
 from vapt.data.images import read_class_names
+from vapt.data.registry import FGVC_DATASETS, FGVCDataset, get_fgvc  # noqa: F401 - re-exported
 from vapt.data.transforms import fgvc_eval_transform, fgvc_train_transform
-
-
-@dataclass(frozen=True)
-class FGVCDataset:
-    """One FGVC dataset: config name, official ``DATA.NAME``, classes, image folder inside the root."""
-
-    name: str
-    official: str
-    num_classes: int
-    image_dir: str
-    short: str
-
-
-_DATASETS = [
-    FGVCDataset("cub", "CUB", 200, "images", "CUB"),
-    FGVCDataset("nabirds", "nabirds", 555, "images", "NABirds"),
-    FGVCDataset("flowers", "OxfordFlowers", 102, "", "Flowers"),
-    FGVCDataset("dogs", "StanfordDogs", 120, "Images", "Dogs"),
-    FGVCDataset("cars", "StanfordCars", 196, "", "Cars"),
-]
-#: config name -> dataset, in the paper's column order
-FGVC_DATASETS: dict[str, FGVCDataset] = {d.name: d for d in _DATASETS}
-_ALIASES = {d.official.lower(): d.name for d in _DATASETS} | {"cub_200_2011": "cub", "cub200": "cub"}
-
-
-def get_fgvc(name: str) -> FGVCDataset:
-    """Look a dataset up by config name or official name (case-insensitive)."""
-    key = name.lower()
-    key = key if key in FGVC_DATASETS else _ALIASES.get(key)
-    if key is None:
-        raise DataError(f"Unknown FGVC dataset {name!r}; choose one of: {', '.join(FGVC_DATASETS)}.")
-    return FGVC_DATASETS[key]
 
 
 def read_json_split(path: Path) -> dict[str, int]:

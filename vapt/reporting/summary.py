@@ -2,19 +2,22 @@
 
 Any registered method (``--method``, see `vapt.peft`); the VPT / VAPT flags keep their names and any other
 method option is given as ``--set KEY=VALUE`` (values read as YAML: ``--set rank=4 --set targets=qv``).
+The model code (torch, timm, the methods) is imported after the arguments are parsed, so ``--help`` answers at
+once.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
 from vapt.cli.flags import DialectParser
-from vapt.model import PromptedViT, build_model
-from vapt.peft import make_config, method_names
 from vapt.reporting.tables import markdown_table
+
+if TYPE_CHECKING:
+    from vapt.model import PromptedViT
 
 #: VPT / VAPT flags -> config field (given only when set on the command line)
 _FLAG_FIELDS = {"num_tokens": "num_tokens", "kernel_size": "kernel_size", "hidden_dim": "hidden_dim",
@@ -49,9 +52,14 @@ def format_table(model: PromptedViT) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = DialectParser(prog="vapt summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = DialectParser(prog="vapt summary", description=(
+        "Tuned and total parameters per module of a model, as the PEFT papers report them. Any registered "
+        "method; the VPT / VAPT options keep their names and any other option of the method is given as "
+        "--set KEY=VALUE (values read as YAML: --set rank=4 --set targets=qv). Only shapes are built: no "
+        "weights are loaded."))
     p.add_argument("model", help="timm ViT name or open_clip:<name>")
-    p.add_argument("--method", choices=method_names(), default="vapt")
+    p.add_argument("--method", default="vapt", help="a registered method: linear, full, bitfit, partial, vpt, "
+                   "vapt (default), lora, adapter, ... (an unknown name lists them)")
     p.add_argument("--num_tokens", type=int, default=None, help="prompt tokens N (default: the method's)")
     p.add_argument("--shallow", action="store_true", help="VPT-shallow instead of deep")
     p.add_argument("--kernel_size", type=int, default=None)
@@ -83,6 +91,11 @@ def method_options(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
+    from vapt.model import build_model
+    from vapt.peft import make_config
+
     try:
         cfg = make_config(args.method, **method_options(args))
     except (TypeError, ValueError) as e:

@@ -22,6 +22,12 @@ from lightning.pytorch.cli import LightningCLI
 
 from vapt.backbones.errors import BackboneError
 from vapt.cli.errors import EXIT_SKIPPED, run_reporting_errors
+from vapt.data import (  # noqa: F401 - imported so that --data takes their short names (--data VTABDataModule)
+    DemoShapesDataModule,
+    FGVCDataModule,
+    ImageFolderDataModule,
+    VTABDataModule,
+)
 from vapt.data.base import ClassificationDataModule, DataError
 from vapt.fileio.atomic import JSONFileError
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text

@@ -26,15 +26,17 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vapt.cli.errors import run_reporting_errors
 from vapt.cli.flags import DialectParser, add_config_options, print_configs
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 from vapt.fileio.resources import resolve_config, resolve_config_args
 from vapt.quiet import quiet_command
-from vapt.training.decoded import forget_decoded
-from vapt.training.runs import RunSpec, run_one, run_specs  # noqa: F401  (run_one: public here too)
 from vapt.training.sweep_errors import SweepError
+
+if TYPE_CHECKING:  # the runners import Lightning: loaded when a sweep runs, so that --help answers at once
+    from vapt.training.runs import RunSpec
 
 _log = logging.getLogger(__name__)
 
@@ -125,6 +127,8 @@ def parse_grid(spec: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def grid_spec(base: Path, protocol: dict, lr: float, wd: float) -> RunSpec:
     """The grid run of ``(lr, wd)``: tuning split, scored on the validation split."""
+    from vapt.training.runs import RunSpec
+
     overrides = {"model.init_args.lr": lr, "model.init_args.weight_decay": wd,
                  **{f"data.init_args.{k}": v for k, v in protocol["tune"].items()}}
     return RunSpec(base / "grid" / f"lr{_fmt(lr)}_wd{_fmt(wd)}", overrides, "validate")
@@ -132,6 +136,8 @@ def grid_spec(base: Path, protocol: dict, lr: float, wd: float) -> RunSpec:
 
 def final_spec(base: Path, protocol: dict, lr: float, wd: float, seed: int) -> RunSpec:
     """The final run of one seed: final split, scored on the test split."""
+    from vapt.training.runs import RunSpec
+
     overrides = {"model.init_args.lr": lr, "model.init_args.weight_decay": wd,
                  "seed_everything": seed, "data.init_args.seed": seed,
                  **{f"data.init_args.{k}": v for k, v in protocol["final"].items()}}
@@ -143,7 +149,7 @@ def fast_anchor(lrs: Sequence[float]) -> float:
     return min(lrs, key=lambda v: abs(math.log(v / FAST_ANCHOR_LR)) if v > 0 else math.inf)
 
 
-Runner = Callable[[list[RunSpec]], list[dict]]
+Runner = Callable[[list["RunSpec"]], list[dict]]
 
 
 def tune(
@@ -185,7 +191,9 @@ def tune(
     overwrite : bool
         Redo finished separate runs made with other arguments or files (otherwise ``stale: ...``).
     """
+    from vapt.training.decoded import forget_decoded
     from vapt.training.lightning_cli import experiment_name
+    from vapt.training.runs import run_specs
 
     config = parse_config(cli_args)
     family = data_family(config)
