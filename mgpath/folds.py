@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_options(ap, help="an MGPATH config (model + data + trainer blocks)")
     ap.add_argument("--folds", nargs="+", default=["0..4"], help="folds to run: 0..4, or 0 1 2")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="output folder: fold_k/ per fold, results.md and results.csv")
     ap.add_argument("--overwrite", action="store_true", help="redo finished folds made with other settings or data")
     a, overrides = ap.parse_known_args(argv)
     if a.print_config:

@@ -21,7 +21,7 @@ from cli_driver import run_cases
 
 from vapt.data.synthetic import write_vtab_tree
 from vapt.fileio.locks import process_start
-from vapt.training.run_folders import claim_free_name, claim_version
+from vapt.training.run_folders import claim_version
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = json.dumps({"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 1})
@@ -151,7 +151,6 @@ def test_version_folders_are_claimed_atomically(tmp_path):
     for p in procs:
         p.join()
     assert got == list(range(6)) and sorted(p.name for p in tmp_path.iterdir()) == [f"version_{i}" for i in range(6)]
-    assert claim_free_name(tmp_path / "p.csv").name == "p.csv" and claim_free_name(tmp_path / "p.csv").name == "p_1.csv"
 
 
 def test_predict_never_replaces_earlier_predictions(ran):
@@ -159,10 +158,10 @@ def test_predict_never_replaces_earlier_predictions(ran):
     assert results["predict"]["code"] == 0 and results["predict again"]["code"] == 0, results["predict again"]["stderr"]
     first = results["predict"]["digest"][str(base / "runs")]["predictions.csv"]
     again = results["predict again"]["digest"][str(base / "runs")]
-    assert again["predictions.csv"] == first and "predictions_1.csv" in again  # the second went beside it
-    assert (base / "runs" / "predictions_1.csv").read_text().startswith("path,label,label_name,pred,pred_name,prob")
+    assert again["predictions.csv"] == first and "predictions_2.csv" in again  # the second went beside it
+    assert (base / "runs" / "predictions_2.csv").read_text().startswith("path,label,label_name,pred,pred_name,prob")
     one_line(results["predict to an existing --predictions_csv"], str(base / "runs" / "predictions.csv"),
-             "--overwrite")
+             "exists")
     unchanged(results, "predict again", "predict to an existing --predictions_csv")
 
 

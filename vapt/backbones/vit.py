@@ -18,7 +18,6 @@ Nothing is downloaded unless ``pretrained=True`` or an ``hf-hub:`` name is given
 """
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable, Sequence
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from vapt.backbones.errors import BackboneError
+from vapt.backbones.names import similar_names
 from vapt.backbones.preprocess import preprocess_tiles
 from vapt.backbones.vit_files import load_open_clip_checkpoint, load_timm_checkpoint
 from vapt.quiet import drop_log_records
@@ -248,7 +248,7 @@ def _as_hw(img_size) -> tuple[int, int] | None:
 
 
 def _unknown_name_error(name: str, candidates: Iterable[str], library: str) -> BackboneError:
-    close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.5)
+    close = similar_names(name, candidates, n=5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return BackboneError(f"Unknown {library} backbone {name!r}.{hint}")
 

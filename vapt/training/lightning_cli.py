@@ -45,7 +45,7 @@ from vapt.training.resume import (
     use_atomic_checkpoints,
     write_resume_identity,
 )
-from vapt.training.run_folders import VERSION_ENV, claim_free_name, default_loggers
+from vapt.training.run_folders import VERSION_ENV, default_loggers, fresh_path, unpin_used_versions
 
 _VERSION_ENV = VERSION_ENV  # the old name, still importable
 
@@ -90,23 +90,30 @@ class VaptCLI(LightningCLI):
                             help="write the subcommand's final metrics to this JSON file")
         parser.add_argument("--predictions_csv", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
                             help="predict: write path,label,label_name,pred,pred_name,prob rows here "
-                                 "(default <default_root_dir>/predictions.csv)")
+                                 "(default <default_root_dir>/predictions.csv, or predictions_2.csv ... when taken; "
+                                 "an existing file is never replaced)")
         parser.add_argument("--predict_images", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
                             help="predict: a folder (recursive) or list file of images, labelled or not, instead "
                                  "of the DataModule's test split")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the last-epoch model (the official protocol reports it)")
         parser.add_argument("--overwrite", type=bool, default=False,
-                            help="predict: replace an existing --predictions_csv; fit --ckpt_path last: resume "
-                                 "even when the settings or data differ from the checkpoint's run")
+                            help="fit --ckpt_path last: resume even when the settings or data differ from the "
+                                 "checkpoint's run")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        if self.subcommand == "predict":
+            trainer.logger = False  # predicting writes its CSV only: never a log folder, never a run's logs,
+            self.save_config_callback = None  # and no config.yaml over one that is there
+            return
         if trainer.get("logger") in (None, True):
             root = trainer.get("default_root_dir") or "runs"
             name = experiment_name(config) if self.log_name is None else self.log_name
             trainer.logger = default_loggers(str(root), name)
+        elif self.subcommand in ("validate", "test"):
+            unpin_used_versions(trainer.get("logger"))
 
     def _config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -170,12 +177,17 @@ class VaptCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._resolve_ckpt_path()
-        self._predictions_path = self._choose_predictions_path()
         source = self._config().get("predict_images")
         if source:
             self.datamodule.use_predict_images(source)
         # read before the loop, so a bad classes.txt stops the run before any work
         self._class_names = self.datamodule.class_names() if hasattr(self.datamodule, "class_names") else None
+        given = self._config().get("predictions_csv")
+        if given and Path(given).exists():
+            raise FileExistsError(f"--predictions_csv {given} exists; predictions never replace an earlier file: "
+                                  "give another path or move that one away")
+        self._predictions_path = Path(given) if given else fresh_path(
+            os.path.join(self.trainer.default_root_dir, "predictions.csv"))
 
     def after_predict(self) -> None:
         if not self.trainer.is_global_zero:
@@ -186,21 +198,6 @@ class VaptCLI(LightningCLI):
         write_predictions(path, preds, dataset.samples if dataset is not None else None,
                           getattr(self, "_class_names", None))
         print(f"wrote {path}")
-
-    def _choose_predictions_path(self) -> str | None:
-        """Where predict writes, chosen before any work: ``--predictions_csv`` (refused when it exists, unless
-        ``--overwrite``) or the first free ``predictions.csv``, ``predictions_1.csv``, ... of the run folder."""
-        if not self.trainer.is_global_zero:
-            return None
-        config = self._config()
-        given = config.get("predictions_csv")
-        if given:
-            if os.path.exists(given) and not config.get("overwrite"):
-                raise FileExistsError(f"--predictions_csv {given} exists already (an earlier vapt predict?); pass "
-                                      "--overwrite to replace it, or another path")
-            return given
-        default = Path(self.trainer.default_root_dir) / "predictions.csv"
-        return str(default) if config.get("overwrite") else str(claim_free_name(default))
 
 
 def write_result(path: str | os.PathLike, trainer, model: PromptTuningModule, extra: dict | None = None) -> dict:
