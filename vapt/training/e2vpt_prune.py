@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,7 @@ from safetensors.torch import save_file
 
 from vapt.fileio.atomic import atomic_path
 from vapt.peft.e2vpt_pruning import OFFICIAL_PERCENTS, candidate_prunings, mask_importance
-from vapt.training.lightning_cli import build_cli
-from vapt.training.resume import find_resume_checkpoint
-from vapt.training.run_folders import VERSION_ENV
-from vapt.training.runs import RunSpec, write_result
+from vapt.training.runs import RunSpec, run_one
 from vapt.training.sweep_errors import SweepError
 
 INITIAL_FILE = "initial.safetensors"
@@ -62,38 +58,27 @@ def with_method_kwargs(base_kwargs: dict | None, **extra: Any) -> dict[str, str]
     return {"model.init_args.method_kwargs": json.dumps({**(base_kwargs or {}), **extra})}
 
 
-def search_run(cli_args: Sequence[str], spec: RunSpec, log: Callable[[str], Any]) -> dict:
-    """Train ``spec`` saving the initial method tensors, then score the masks over the training loader."""
-    done = spec.finished()
-    if done is not None:
-        log(f"  done already: {spec.run_dir}")
-        return done
-    run_dir = Path(spec.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    args = list(cli_args) + [f"--trainer.default_root_dir={run_dir}"]
-    args += [f"--{k}={'null' if v is None else v}" for k, v in spec.overrides.items()]
-    resume = find_resume_checkpoint(run_dir, log=lambda m: log(f"  {m}"))
-    log(f"  {'resuming' if resume else 'running'} the pruning search: {run_dir}")
-    try:
-        cli = build_cli(args, run=False, log_name="")
-        trainer, module, data = cli.trainer, cli.model, cli.datamodule
+def search_run(cli_args: Sequence[str], spec: RunSpec, log: Callable[[str], Any], overwrite: bool = False) -> dict:
+    """Train ``spec`` (a separate `run_one`, resumable) saving the initial method tensors first, then score the
+    masks over the training loader; the result holds ``initial`` (the file) and the scores."""
+    initial = Path(spec.run_dir) / INITIAL_FILE
+
+    def save_initial(module, run_dir: Path) -> None:
         method = module.model.method
         if method.cfg.method != "e2vpt" or method.token_mask is None or method.piece_mask is None:
             raise PruneError("--e2vpt_prune needs method e2vpt with token_mask and piece_mask on.")
-        initial = run_dir / INITIAL_FILE
         if not initial.is_file():  # a resumed run keeps the file of its first start
             with atomic_path(initial) as tmp:
                 save_file({k: p.detach().cpu().contiguous() for k, p in method.named_parameters()}, tmp)
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
-        metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+
+    def scores(trainer, module, data) -> dict:
         module.to(trainer.strategy.root_device)  # where the optimiser's state lives
-        token_scores, piece_scores = score_masks(module, data, trainer.optimizers[0])
-    finally:
-        os.environ.pop(VERSION_ENV, None)
-    result = {"metrics": {k: float(v) for k, v in metrics.items()}, "overrides": spec.overrides,
-              "epochs": trainer.current_epoch, "initial": str(initial),
-              "token_scores": token_scores.tolist(), "piece_scores": piece_scores.tolist()}
-    return write_result(spec, result)
+        tok, pie = score_masks(module, data, trainer.optimizers[0])
+        return {"initial": str(initial), "token_scores": tok.tolist(), "piece_scores": pie.tolist()}
+
+    log("  the E2VPT pruning search:")
+    return run_one(cli_args, spec.run_dir, spec.overrides, spec.evaluate, log, overwrite,
+                   before_fit=save_initial, after_fit=scores)
 
 
 def score_masks(module, data, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,11 +97,11 @@ def score_masks(module, data, optimizer: torch.optim.Optimizer) -> tuple[torch.T
 
 def prune_stage(cli_args: Sequence[str], base: Path, grid_overrides: dict[str, Any], method_kwargs: dict | None,
                 percents: Sequence[float], run: Callable[[list[RunSpec]], list[dict]],
-                log: Callable[[str], Any]) -> dict:
+                log: Callable[[str], Any], overwrite: bool = False) -> dict:
     """Search, rewind runs and choice; returns ``{"method_kwargs": override of the final runs, "candidates":
     [{"tokens", "pieces", "val_acc"}...], "best": index}``."""
     root = base / "prune"
-    search = search_run(cli_args, RunSpec(root / "search", dict(grid_overrides), "validate"), log)
+    search = search_run(cli_args, RunSpec(root / "search", dict(grid_overrides), "validate"), log, overwrite)
     tok = torch.tensor(search["token_scores"])
     pie = torch.tensor(search["piece_scores"])
     candidates = candidate_prunings(tok, pie, percents)

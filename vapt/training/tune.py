@@ -166,6 +166,7 @@ def tune(
     trunk_cache: bool = True,
     runner: Runner | None = None,
     e2vpt_prune: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Grid search then seeds for one (task, method) config; returns and writes ``summary.json``.
 
@@ -194,6 +195,8 @@ def tune(
         E2VPT only: between grid and seeds, the official pruning search and rewind runs
         (`vapt.training.e2vpt_prune`) with these percentages (``official``: 10, 20, ..., 90); the final seeds
         run with the best pruning. None: no pruning.
+    overwrite : bool
+        Redo finished separate runs made with other arguments or files (otherwise ``stale: ...``).
     """
     from vapt.training.decoded import forget_decoded
     from vapt.training.lightning_cli import experiment_name
@@ -218,7 +221,7 @@ def tune(
 
         percents = parse_percents(e2vpt_prune)
     cache_dir = Path(out) / "trunk_cache" if stack and trunk_cache else None
-    run = runner or (lambda specs: run_specs(cli_args, specs, stack, cache_dir, log))
+    run = runner or (lambda specs: run_specs(cli_args, specs, stack, cache_dir, log, overwrite))
 
     scores: dict[tuple[float, float], float] = {}
 
@@ -241,7 +244,7 @@ def tune(
     pruning, extra = None, None
     if e2vpt_prune is not None:
         pruning = prune_stage(cli_args, base, grid_spec(base, protocol, best_lr, best_wd).overrides,
-                              config.model.init_args.method_kwargs, percents, run, log)
+                              config.model.init_args.method_kwargs, percents, run, log, overwrite)
         extra = pruning["method_kwargs"]
     results = run([final_spec(base, protocol, best_lr, best_wd, seed, extra) for seed in seeds])
     forget_decoded()  # kept for this task's sweep only
@@ -325,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure a few steps on the configured device, print the predicted device-hours of the "
                          "whole sweep (grid, seeds, test evaluation) and exit")
     ap.add_argument("--estimate_steps", type=int, default=3, help="timed steps of --estimate (default 3)")
+    ap.add_argument("--overwrite", action="store_true", help="redo finished runs made with other settings or data")
     args, passthrough = ap.parse_known_args(argv)
     if args.print_config:
         return print_configs(args.config, resolve_config)
@@ -352,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                     runner = submitit_runner(cli, args.out, args.cluster, args.workers, args.stack, cache,
                                              parse_cluster_parameters(args.cluster_args), log=print)
                 tune(cli, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name, log=print,
-                     stack=args.stack, trunk_cache=trunk, runner=runner, e2vpt_prune=args.e2vpt_prune)
+                     stack=args.stack, trunk_cache=trunk, runner=runner, overwrite=args.overwrite,
+                     e2vpt_prune=args.e2vpt_prune)
         if args.estimate:
             print_estimate(report)
         return 0
