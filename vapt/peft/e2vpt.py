@@ -19,8 +19,9 @@ the official ``mask_soft_tokens`` / ``mask_soft_tokens_pieces``).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Sequence
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file

@@ -107,8 +107,8 @@ def prune_stage(cli_args: Sequence[str], base: Path, grid_overrides: dict[str, A
     candidates = candidate_prunings(tok, pie, percents)
     if not candidates:
         raise PruneError("--e2vpt_prune: no candidate pruning; give larger percentages.")
-    kwargs = [dict(rewind_from=search["initial"], prune_tokens=t,
-                   prune_pieces=[p[i] for i in range(len(p))]) for t, p in candidates]
+    kwargs = [{"rewind_from": search["initial"], "prune_tokens": t, "prune_pieces": [p[i] for i in range(len(p))]}
+              for t, p in candidates]
     specs = [RunSpec(root / f"t{len(t)}_p{len(p[0]) if p else 0}", {**grid_overrides,
                      **with_method_kwargs(method_kwargs, **kw)}, "validate") for (t, p), kw in zip(candidates, kwargs)]
     results = run(specs)
