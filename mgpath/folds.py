@@ -20,13 +20,15 @@ import logging
 import os
 import shutil
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from vapt.cli.flags import DialectParser, add_config_options, parse_folds, print_configs
 from vapt.fileio.atomic import write_text_atomic
 from vapt.fileio.resources import resolve_config
 from vapt.reporting.tables import markdown_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["main", "run_fold", "run_folds", "summarise"]
 
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 def summarise(per_fold: list[dict], out_dir: str | os.PathLike) -> pd.DataFrame:
     """Write ``results.csv`` and ``results.md`` with the per-fold rows plus mean, std (ddof 1) and std_ddof0;
     returns the table."""
+    import pandas as pd
     df = pd.DataFrame(per_fold).set_index("fold")
     cols = [c for c in METRICS if c in df.columns]
     table = pd.concat([df[cols], df[cols].mean().to_frame("mean").T,

@@ -23,13 +23,14 @@ import difflib
 import json
 import os
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path, write_text_atomic
 from vapt.reporting.tables import markdown_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["collect", "main", "read_published", "summary_table", "write_report"]
 
@@ -42,6 +43,8 @@ def collect(runs: str | os.PathLike) -> pd.DataFrame:
 
     ``status`` is ``"ok"``, ``"nan"`` (a metric is NaN) or ``"unfinished"`` (a ``fold_k`` folder without
     ``result.json``; metrics NaN); ``settings`` is the method's recorded settings as JSON text."""
+    import numpy as np
+    import pandas as pd
     rows = []
     for d in sorted(p for p in Path(runs).glob("*/fold_*") if p.is_dir()):
         method, fold = d.parent.name, d.name.removeprefix("fold_")
@@ -70,6 +73,8 @@ def collect(runs: str | os.PathLike) -> pd.DataFrame:
 
 def read_published(path: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
     """Validated paper numbers: (table ``method, auc, f1, acc, source`` on a 0–1 scale, notes to print)."""
+    import numpy as np
+    import pandas as pd
     try:
         pub = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -119,6 +124,7 @@ def summary_table(per_fold: pd.DataFrame, published: pd.DataFrame | None = None)
     """One row per method: finished / unfinished folds, per metric the folds with a finite value (``_n``),
     mean, std (ddof 1; NaN for one fold), std_ddof0, the recorded settings, and paper values if given
     (matched case-insensitively; methods only in ``published`` become ``paper only`` rows)."""
+    import pandas as pd
     order = list(dict.fromkeys(per_fold["method"]))
     done = per_fold[per_fold["status"] != "unfinished"]
     out = pd.DataFrame(index=order)
@@ -152,6 +158,7 @@ def summary_table(per_fold: pd.DataFrame, published: pd.DataFrame | None = None)
 
 
 def _cell(r, m: str) -> str:
+    import pandas as pd
     n, folds = int(r[f"{m}_n"]), int(r["folds"])
     if n == 0:
         return "–"
@@ -160,6 +167,7 @@ def _cell(r, m: str) -> str:
 
 
 def _notes(per_fold: pd.DataFrame) -> list[str]:
+    import numpy as np
     lines = []
     for _, r in per_fold[per_fold["status"] == "nan"].iterrows():
         bad = [m for m in METRICS if np.isnan(r[m])]
@@ -172,6 +180,7 @@ def _notes(per_fold: pd.DataFrame) -> list[str]:
 
 
 def _markdown(table: pd.DataFrame, per_fold: pd.DataFrame) -> str:
+    import pandas as pd
     head = ["method", "folds", *[f"test {m} (mean ± std)" for m in METRICS], *[f"paper {m}" for m in METRICS],
             "source"]
     body = []
@@ -192,6 +201,8 @@ def _markdown(table: pd.DataFrame, per_fold: pd.DataFrame) -> str:
 
 def _plot(per_fold: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
     import matplotlib
+    import numpy as np
+    import pandas as pd
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

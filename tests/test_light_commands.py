@@ -179,3 +179,15 @@ def test_quick_help_names_only_options_lightningcli_accepts(prog, config, capsys
         for part in parts:
             assert part in node, (key, part)
             node = node[part]
+
+
+@pytest.mark.parametrize("command", ["folds", "report", "splits"])
+def test_table_command_help_imports_no_pandas(command):
+    """``mgpath folds/report/splits --help`` load neither pandas nor matplotlib (pandas is imported by the work)."""
+    code = (f"import sys\nfrom mgpath.cli import main\ntry:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint([m for m in ('pandas', 'matplotlib', 'torch') if m in sys.modules])")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                       check=True)
+    assert "usage: mgpath " + command in p.stdout
+    assert p.stdout.strip().splitlines()[-1] == "[]"
