@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="mgpath,abmil,transmil,coop,zeroshot",
                     help=f"comma-separated, from: {', '.join(METHODS)}")
     ap.add_argument("--folds", nargs="+", default=["0..4"], help="folds to run: 0..4, or 0 1 2")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="output folder: <method>/fold_k/ per method and fold")
     a, overrides = ap.parse_known_args(argv)
     if a.print_config:
         return print_configs(a.config, lambda c: resolve_config(c, ("", "wsi/"), lister="mgpath configs"))

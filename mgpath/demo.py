@@ -3,8 +3,9 @@
 ``mgpath demo --out demo_run`` does, all from Python:
 
 1. writes ``--slides-per-class`` pyramidal TIFF slides of two visibly different tissue classes
-   (``mgpath.slides.synthetic``: class_a = fine blue texture, class_b = coarse pink-purple texture);
-2. tiles them at 10x and 5x (``mgpath.pipelines.tile``);
+   (``mgpath.slides.synthetic``: class_a = fine blue texture, class_b = coarse pink-purple texture), scanned
+   at 10x (1 um/px), so that 256 px tiles at 10x and 5x (the README's tiling settings) find tissue on them;
+2. tiles them at 10x and 5x, 256 px (``mgpath.pipelines.tile``);
 3. extracts tile features with a small randomly initialised ViT (``vapt.backbones.build_encoder``);
 4. writes ``labels.csv`` and K-shot patient-grouped splits (``mgpath.splits``);
 5. fits MGPATH (tiny random text tower, ``configs/wsi/demo_tiny.yaml``), keeps the best validation macro-F1
@@ -27,7 +28,7 @@ import torch
 from mgpath.benchmark import METHODS, TOWER_ZEROSHOT, method_config
 from vapt.reporting.tables import markdown_table
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "write_demo_slides"]
 
 CLASSES = {"class_a": "blue_fine", "class_b": "he_coarse"}
 _log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ DEMO_BASELINES = tuple(m for m in METHODS if m != "mgpath" and m not in TOWER_ZE
 
 
 def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs: int = 10,
-             size: tuple[int, int] = (3072, 2304), tile_size: int = 128, encoder: str = "vit_tiny_patch16_224",
-             img_size: int = 64, seed: int = 0, augment: bool = False, log=_log.info,
+             size: tuple[int, int] = (3072, 2304), tile_size: int = 256, encoder: str = "vit_tiny_patch16_224",
+             img_size: int = 64, seed: int = 0, augment: bool = False, mpp: float = 1.0, log=_log.info,
              baselines: tuple[str, ...] = DEMO_BASELINES) -> dict:
     """Run the whole pipeline in ``out``; returns the test metrics and output paths.
 
@@ -54,24 +55,13 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     from mgpath.pipelines.jobs import find_jobs
     from mgpath.pipelines.tile import tile_slides
     from mgpath.slides.grid import TileParams
-    from mgpath.slides.synthetic import make_synthetic_slide
     from mgpath.splits import make_kshot_splits, write_split_csv
     from vapt.backbones import build_backbone
     from vapt.fileio.resources import data_file, resolve_config
 
     out = Path(out)
     t0 = time.perf_counter()
-    slides, rows = [], []
-    (out / "slides").mkdir(parents=True, exist_ok=True)
-    for c, (name, texture) in enumerate(CLASSES.items()):
-        for i in range(slides_per_class):
-            sid = f"{name}_{i:02d}"
-            path = out / "slides" / f"{sid}.tiff"
-            if not path.is_file():
-                make_synthetic_slide(path, size=size, mpp=0.5, levels=3, tissue_class=texture,
-                                     seed=seed * 1000 + c * 100 + i)
-            slides.append(str(path))
-            rows.append({"slide_id": sid, "case_id": f"patient_{name}_{i // 2}", "label": name})
+    slides, rows = write_demo_slides(out / "slides", slides_per_class, size, mpp, seed)
     log(f"[1/6] {len(slides)} slides in {out / 'slides'} ({time.perf_counter() - t0:.0f}s)")
     tile_slides(slides, out / "tiles", [TileParams(tile_size, magnification=10.0), TileParams(tile_size, 5.0)],
                 workers=1, progress=False)
@@ -120,7 +110,7 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     sid = split["test"][0]
     files = {m: str(out / "features" / m / f"{sid}.h5") for m in module.model.magnifications}
     png, _ = slide_heatmap(module.model.cpu(), str(out / "slides" / f"{sid}.tiff"), files,
-                           str(out / "heatmaps" / f"{sid}.png"), max_size=512)
+                           str(out / "heatmaps" / f"{sid}.png"))
     log(f"[6/6] heatmap {png} ({time.perf_counter() - t0:.0f}s total)")
     methods = {"mgpath": metrics, **_baselines(base, out, log, baselines)}
     log(method_table(methods))
@@ -128,6 +118,26 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
               "n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"])}
     (out / "demo_result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def write_demo_slides(folder: str | Path, slides_per_class: int = 10, size: tuple[int, int] = (3072, 2304),
+                      mpp: float = 1.0, seed: int = 0) -> tuple[list[str], list[dict]]:
+    """The demo's slides (kept when already there): paths, and label rows ``slide_id, case_id, label``."""
+    from mgpath.slides.synthetic import make_synthetic_slide
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    slides, rows = [], []
+    for c, (name, texture) in enumerate(CLASSES.items()):
+        for i in range(slides_per_class):
+            sid = f"{name}_{i:02d}"
+            path = folder / f"{sid}.tiff"
+            if not path.is_file():
+                make_synthetic_slide(path, size=size, mpp=mpp, levels=3, tissue_class=texture,
+                                     seed=seed * 1000 + c * 100 + i)
+            slides.append(str(path))
+            rows.append({"slide_id": sid, "case_id": f"patient_{name}_{i // 2}", "label": name})
+    return slides, rows
 
 
 def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BASELINES) -> dict:

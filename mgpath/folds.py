@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_options(ap, help="an MGPATH config (model + data + trainer blocks)")
     ap.add_argument("--folds", nargs="+", default=["0..4"], help="folds to run: 0..4, or 0 1 2")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="output folder: fold_k/ per fold, results.md and results.csv")
     a, overrides = ap.parse_known_args(argv)
     if a.print_config:
         return print_configs(a.config, lambda c: resolve_config(c, ("", "wsi/"), lister="mgpath configs"))

@@ -3,14 +3,14 @@
 Per magnification and tile:
 
 - **attention**: the patch-level attention of the M visual prompts on the tile, averaged over prompts
-  (``mean_m softmax_n(P_m . H_n / sqrt(D))``), scaled to [0, 1] for drawing;
+  (``mean_m softmax_n(P_m . H_n / sqrt(D))``; it sums to 1 over the slide's tiles);
 - **transport mass of class c**: each visual token ``m`` carries ``sum_s T*_c[m, s] cos_c[m, s]`` (its share of
   the class's OT similarity; with unbalanced OT the mass itself varies too); this is spread back to the tiles
   through the attention weights: ``score_c(n) = sum_m att[m, n] * sum_s T*_c[m, s] cos_c[m, s]``.
 
 ``mgpath heatmap --ckpt_path best.ckpt --slide slides/x.tiff --features_root features --out x.png``
-``mgpath heatmap --ckpt_path best.ckpt --slides slides/ --features_root features --out heatmaps/`` (one PNG per slide,
-plus ``index.html``, ``index.png`` and ``index.csv``)
+``mgpath heatmap --ckpt_path best.ckpt --slides slides/ --features_root features --out heatmaps/`` (one page
+(PNG) per slide, plus ``index.html``, ``index.png`` and ``index.csv``). Drawing: :mod:`mgpath.heatmap_draw`.
 """
 from __future__ import annotations
 
@@ -23,10 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mgpath.heatmap_draw import (
+    DPI,
+    colour_key,
+    heatmap_figure,
+    overview_image,
+    panel_values,
+    tile_value_map,
+)
 from mgpath.model import MGPATH, Bag
 from vapt.fileio.atomic import atomic_path, write_text_atomic
 
-__all__ = ["draw_heatmaps", "heatmap_figure", "heatmap_folder", "heatmap_scores", "run", "slide_heatmap", "tile_value_map"]
+__all__ = ["draw_heatmaps", "heatmap_figure", "heatmap_folder", "heatmap_scores", "run", "slide_heatmap",
+           "tile_value_map"]
 
 
 @torch.no_grad()
@@ -50,42 +59,6 @@ def heatmap_scores(model: MGPATH, bags: dict[str, Bag]) -> dict[str, dict[str, n
     return out
 
 
-def tile_value_map(
-    shape: tuple[int, int],
-    coords: np.ndarray,
-    tile_level0: float,
-    scale: float,
-    values: np.ndarray,
-    smooth: float = 0.5,
-) -> np.ndarray:
-    """Per-tile values painted on a thumbnail grid: ``(h, w)`` float32, NaN where no tile reaches.
-
-    Each tile covers at least one pixel (so every tile with a value is drawn, however small); overlapping
-    tiles average. With ``smooth > 0`` value and coverage are both blurred with a Gaussian of ``smooth`` tile
-    widths and divided, so the map is continuous across tile borders while a region of equal values keeps
-    its value exactly.
-    """
-    import cv2
-
-    h, w = shape[:2]
-    acc = np.zeros((h, w), np.float64)
-    cov = np.zeros((h, w), np.float64)
-    t = tile_level0 * scale
-    for (x, y), v in zip(np.asarray(coords, np.float64), np.asarray(values, np.float64)):
-        x0, y0 = min(max(int(np.floor(x * scale)), 0), w - 1), min(max(int(np.floor(y * scale)), 0), h - 1)
-        x1, y1 = max(x0 + 1, min(w, int(np.ceil(x * scale + t)))), max(y0 + 1, min(h, int(np.ceil(y * scale + t))))
-        acc[y0:y1, x0:x1] += v
-        cov[y0:y1, x0:x1] += 1
-    support = cov > 0
-    if smooth > 0 and t * smooth >= 0.5:
-        sig = float(t * smooth)
-        acc = cv2.GaussianBlur(acc, (0, 0), sig)
-        cov = cv2.GaussianBlur(cov, (0, 0), sig)
-    out = np.full((h, w), np.nan, np.float32)
-    out[support] = (acc[support] / np.maximum(cov[support], 1e-12)).astype(np.float32)
-    return out
-
-
 def tissue_on_thumbnail(slide, shape: tuple[int, int]) -> np.ndarray:
     """The slide's tissue mask ``(h, w)`` bool on a thumbnail grid (segmentation of :mod:`mgpath.slides.tissue`)."""
     from mgpath.slides.tissue import rasterize, segment_tissue
@@ -95,75 +68,24 @@ def tissue_on_thumbnail(slide, shape: tuple[int, int]) -> np.ndarray:
     return rasterize(t.polygons, shape[:2], (w0 / shape[1], h0 / shape[0]))
 
 
-def _panel(ax, fig, thumbnail, vmap, tissue, name, label, cmap, diverging):
-    import matplotlib as mpl
-
-    v = vmap[np.isfinite(vmap)]
-    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
-    if diverging:
-        m = max(abs(lo), abs(hi), 1e-12)
-        lo, hi = -m, m
-    if hi <= lo:
-        hi = lo + 1e-12
-    norm = mpl.colors.Normalize(lo, hi)
-    rgba = mpl.colormaps[cmap](norm(np.nan_to_num(vmap, nan=lo)))
-    alpha = np.isfinite(vmap) & (tissue if tissue is not None else True)
-    rgba[..., 3] = np.where(alpha, 0.6, 0.0)
-    ax.imshow(thumbnail)
-    ax.imshow(rgba, interpolation="bilinear")
-    ax.set_title(name, fontsize=8)
-    ax.axis("off")
-    cb = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.02)
-    cb.set_label(label, fontsize=7)
-    cb.ax.tick_params(labelsize=6)
-    cb.formatter.set_powerlimits((-2, 3))
-    cb.update_ticks()
-
-
-def heatmap_figure(thumbnail: np.ndarray, slide_dims: tuple[int, int], scores: dict, coords: dict[str, np.ndarray],
-                   tile_level0: dict[str, float], classes: list[str], title: str = "",
-                   tissue_mask: np.ndarray | None = None, smooth: float = 0.5):
-    """The matplotlib figure of :func:`draw_heatmaps` (close it with ``plt.close(fig)``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scale = thumbnail.shape[1] / float(slide_dims[0])
-    mags = list(scores)
-    ncol = 1 + len(classes)
-    fig, axes = plt.subplots(len(mags), ncol, figsize=(3.6 * ncol, 3.2 * len(mags)), squeeze=False)
-    for r, m in enumerate(mags):
-        s = scores[m]
-        maps = [(f"{m} attention", s["attention"], "attention weight", "viridis", False)]
-        contrast = s["transport"] - s["transport"].mean(0, keepdims=True)  # class c vs the class average
-        maps += [(f"{m} {c} (p={s['probs'][i]:.2f})", contrast[i], f"transport to {c} - class mean", "coolwarm",
-                  True) for i, c in enumerate(classes)]
-        for col, (name, vals, label, cmap, div) in enumerate(maps):
-            vmap = tile_value_map(thumbnail.shape, coords[m], tile_level0[m], scale, vals, smooth)
-            _panel(axes[r, col], fig, thumbnail, vmap, tissue_mask, name, label, cmap, div)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def draw_heatmaps(thumbnail: np.ndarray, slide_dims: tuple[int, int], scores: dict, coords: dict[str, np.ndarray],
                   tile_level0: dict[str, float], classes: list[str], out: str | os.PathLike, title: str = "",
-                  tissue_mask: np.ndarray | None = None, smooth: float = 0.5) -> Path:
-    """Draw attention and per-class transport maps over the thumbnail into one PNG (written atomically).
+                  tissue_mask: np.ndarray | None = None, smooth: float = 0.5, colouring: str = "value") -> Path:
+    """Draw the page of one slide (:func:`mgpath.heatmap_draw.heatmap_figure`) into one PNG, written atomically.
 
     Rows: magnifications; columns: attention (mean over the visual prompts, per tile), then per class the
-    tile's transport score for the class minus its mean over classes (positive: the tile pulls towards the
-    class; a diverging scale centred on 0). Each panel blends the map over the slide, only on tissue when
-    ``tissue_mask`` (thumbnail-sized bool) is given, with a colour bar in the quantity's own units.
+    tile's transport score for the class minus its mean over classes (positive: the tile supports the class;
+    diverging colours with 0 in the middle). Each panel blends the map over the slide, only on tissue when
+    ``tissue_mask`` (thumbnail-sized bool) is given, with a colour bar spanning the real range of the values
+    (``colouring="rank"``: percentile ranks, said on the bar).
     """
     import matplotlib.pyplot as plt
 
-    fig = heatmap_figure(thumbnail, slide_dims, scores, coords, tile_level0, classes, title, tissue_mask, smooth)
+    fig = heatmap_figure(thumbnail, slide_dims, scores, coords, tile_level0, classes, title, tissue_mask, smooth,
+                         colouring)
     out = Path(out)
     with atomic_path(out, suffix=".png") as tmp:  # savefig infers the format from the extension
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=DPI)
     plt.close(fig)
     return out
 
@@ -180,15 +102,23 @@ def _tile_size_level0(path) -> float:
         return float(infer_step(np.asarray(f["coords"][()])))
 
 
+def _finest(mags) -> str:
+    return max(mags, key=lambda m: float(str(m).rstrip("x") or 0))
+
+
 def slide_heatmap(model: MGPATH, slide_path: str, feature_files: dict[str, str], out: str, mpp: float | None = None,
-                  max_size: int = 1024, clip_to_tissue: bool = True) -> tuple[Path, dict]:
+                  max_size: int = 1024, clip_to_tissue: bool = True, colouring: str = "value",
+                  overview: str | os.PathLike | None = None) -> tuple[Path, dict]:
     """Heatmap PNG of one slide from its feature files ``{mag: path}``; returns (png path, scores).
 
     With ``clip_to_tissue`` the maps are drawn only on the slide's tissue (segmented again at the default
-    settings), so large low-magnification tiles do not colour the glass around the tissue.
+    settings), so large low-magnification tiles do not colour the glass around the tissue. ``overview``: also
+    write a small PNG there (the finest magnification's attention as percentile ranks) for an index.
     """
     from mgpath.data import load_bag
+    from mgpath.slides.preview import encode_png
     from mgpath.slides.reader import Slide
+    from vapt.fileio.atomic import write_bytes_atomic
 
     bags, coords, tiles = {}, {}, {}
     for m in model.magnifications:
@@ -202,15 +132,24 @@ def slide_heatmap(model: MGPATH, slide_path: str, feature_files: dict[str, str],
     with Slide(slide_path, mpp=mpp) as s:
         thumb, dims = s.thumbnail(max_size), s.dimensions
         tissue = tissue_on_thumbnail(s, thumb.shape) if clip_to_tissue and s.has_mpp else None
-    title = f"{Path(slide_path).name}: " + ", ".join(
-        f"{c} {p:.2f}" for c, p in zip(model.classes, scores[model.magnifications[0]]["probs"]))
-    return draw_heatmaps(thumb, dims, scores, coords, tiles, model.classes, out, title, tissue), scores
+    probs = scores[model.magnifications[0]]["probs"]
+    title = f"{Path(slide_path).name}: predicted " + ", ".join(
+        f"{c} {p:.2f}" for c, p in sorted(zip(model.classes, probs), key=lambda t: -t[1]))
+    png = draw_heatmaps(thumb, dims, scores, coords, tiles, model.classes, out, title, tissue, colouring=colouring)
+    if overview is not None:
+        m = _finest(model.magnifications)
+        ranks = panel_values(scores[m]["attention"], "rank")[0] / 100
+        vmap = tile_value_map(thumb.shape, coords[m], tiles[m], thumb.shape[1] / float(dims[0]), ranks)
+        Path(overview).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(overview, encode_png(overview_image(thumb, vmap, tissue)))
+    return png, scores
 
 
 def heatmap_folder(model: MGPATH, slides: list[str], features_root: str, out_dir: str | os.PathLike,
-                   mpp: float | None = None, max_size: int = 1024, log=print) -> list[dict]:
-    """One heatmap PNG per slide in ``out_dir`` plus ``index.html`` (all of them on one page, each linking to
-    its PNG), ``index.png`` (a grid) and ``index.csv`` (slide, status, reason, class probabilities).
+                   mpp: float | None = None, max_size: int = 1024, log=print, colouring: str = "value") -> list[dict]:
+    """One heatmap page (PNG) per slide in ``out_dir`` plus an index: ``index.html`` (each slide's overview,
+    linking to its page), ``index.png`` (the overviews in a grid, with the index's own title and legend) and
+    ``index.csv`` (slide, status, reason, class probabilities). Overviews go to ``out_dir/overview/``.
 
     A slide without feature files, or one that cannot be read, is listed with its reason and the others go on.
     """
@@ -229,17 +168,23 @@ def heatmap_folder(model: MGPATH, slides: list[str], features_root: str, out_dir
         row = {"slide_id": sid, "slide": path, "png": "", "status": "done", "reason": ""}
         try:
             files = {m: str(find_feature_file(Path(features_root) / m, sid)) for m in model.magnifications}
-            png, scores = slide_heatmap(model, path, files, str(out_dir / f"{sid}.png"), mpp, max_size)
+            png, scores = slide_heatmap(model, path, files, str(out_dir / f"{sid}.png"), mpp, max_size,
+                                        colouring=colouring, overview=out_dir / "overview" / f"{sid}.png")
             probs = scores[model.magnifications[0]]["probs"]
-            row.update(png=str(png), **{f"p_{c}": round(float(p), 4) for c, p in zip(model.classes, probs)})
+            row.update(png=str(png), thumb=str(out_dir / "overview" / f"{sid}.png"),
+                       **{f"p_{c}": round(float(p), 4) for c, p in zip(model.classes, probs)})
         except (FileNotFoundError, KeyError, ValueError, SlideError, OSError) as e:
             row.update(status="skipped", reason=str(e).splitlines()[0][:300])
         log(f"{sid}: {row['status']}{' (' + row['reason'] + ')' if row['reason'] else ''}")
         rows.append(row)
-    items = [{"slide_id": r["slide_id"], "png": r["png"] or None,
-              "caption": r["reason"] or ", ".join(f"{k[2:]} {v:.2f}" for k, v in r.items() if k.startswith("p_"))}
-             for r in rows]
-    write_contact_sheet(items, out_dir, name="index", cell=640, columns=2)
+    items = [{"slide_id": r["slide_id"], "png": r["png"] or None, "thumb": r.get("thumb"),
+              "caption": r["reason"] or _prediction(r)} for r in rows]
+    finest = _finest(model.magnifications)
+    write_contact_sheet(items, out_dir, name="index", cell=480, columns=4, title="MGPATH heatmaps",
+                        legend=f"Each slide with its attention at {finest} (yellow: the slide's most attended "
+                               "tiles, as percentile ranks; dark: least) and the predicted class. Each slide's "
+                               "page (its PNG) shows every magnification and class with real value ranges.",
+                        key=colour_key("least attended tiles of the slide", "most attended"))
     fields = ["slide_id", "status", "reason", "png", "slide"] + [f"p_{c}" for c in model.classes]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
@@ -247,6 +192,12 @@ def heatmap_folder(model: MGPATH, slides: list[str], features_root: str, out_dir
     w.writerows(rows)
     write_text_atomic(out_dir / "index.csv", buf.getvalue())
     return rows
+
+
+def _prediction(row: dict) -> str:
+    probs = {k[2:]: v for k, v in row.items() if k.startswith("p_")}
+    best = max(probs, key=probs.get) if probs else ""
+    return f"predicted {best} {probs[best]:.2f}" if probs else ""
 
 
 def run(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
@@ -273,7 +224,7 @@ def run(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         slides, _ = find_slides([a.slide], a.recursive)
         if not slides:
             ap.error(f"no slide files in {a.slide}")
-        rows = heatmap_folder(module.model, slides, a.features_root, a.out, a.mpp, a.max_size)
+        rows = heatmap_folder(module.model, slides, a.features_root, a.out, a.mpp, a.max_size, colouring=a.colouring)
         done = sum(r["status"] == "done" for r in rows)
         print(f"wrote {done} heatmaps of {len(rows)} slides and {Path(a.out) / 'index.html'}")
         return 0 if done else 1
@@ -284,7 +235,7 @@ def run(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         files = {m: str(find_feature_file(Path(a.features_root) / m, sid)) for m in module.model.magnifications}
     else:
         ap.error("give --features-root or --features")
-    png, scores = slide_heatmap(module.model, a.slide, files, a.out, a.mpp, a.max_size)
+    png, scores = slide_heatmap(module.model, a.slide, files, a.out, a.mpp, a.max_size, colouring=a.colouring)
     probs = scores[module.model.magnifications[0]]["probs"]
     print(f"wrote {png}; " + ", ".join(f"p({c})={p:.3f}" for c, p in zip(module.model.classes, probs)))
     return 0

@@ -20,7 +20,8 @@ from mgpath.data import WSIFeatureDataModule
 from mgpath.lit import SlideClassifier
 from vapt.cli.errors import report_error
 from vapt.fileio.resources import ResourceError, resolve_config_args
-from vapt.training.run_folders import default_loggers, method_folder
+from vapt.training.config_keys import SuggestingArgumentParser
+from vapt.training.run_folders import default_loggers, method_folder, unpin_used_versions
 
 __all__ = ["MGPATHCLI", "main", "make_cli"]
 
@@ -34,13 +35,33 @@ class MGPATHCLI(LightningCLI):
         parser.link_arguments("data.classes", "model.init_args.classes")
         parser.link_arguments("data.magnifications", "model.init_args.magnifications")
 
+    def after_fit(self) -> None:
+        """Say where the best checkpoint went (the file ``mgpath test`` / ``predict`` take as ``--ckpt_path``)."""
+        if not self.trainer.is_global_zero:
+            return
+        ckpt = self.trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        if best:
+            score = ckpt.best_model_score
+            what = f"{ckpt.monitor} {float(score):.4f}" if ckpt.monitor and score is not None else "last epoch"
+            print(f"best checkpoint ({what}): {best}")
+        else:
+            print("no checkpoint was written (checkpointing is off, e.g. with trainer.fast_dev_run)")
+
     def before_instantiate_classes(self) -> None:
         """The run-folder layout and loggers of ``vapt`` (:mod:`vapt.training.run_folders`) unless
         ``--trainer.logger`` is given: ``<default_root_dir>/<task>/<method>/version_<n>/``, where the task is the
         folder of ``data.labels_csv`` (``tcga_nsclc``) and the method the model class (``mgpath``, ``abmil``)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
-        if trainer.get("logger") in (None, True):
+        if self.subcommand == "predict":
+            trainer.logger = False  # predicting writes predictions only: never a log folder or a run's logs,
+            self.save_config_callback = None  # and no config.yaml over one that is there
+            return
+        if trainer.get("logger") not in (None, True):
+            if self.subcommand in ("validate", "test"):
+                unpin_used_versions(trainer.get("logger"))
+        else:
             data = (config.get("data") or {}).get("init_args") or config.get("data") or {}
             labels = data.get("labels_csv") if hasattr(data, "get") else None
             task = Path(labels).resolve().parent.name if labels else "wsi"
@@ -135,7 +156,8 @@ def make_cli(argv: list[str], run: bool = True) -> MGPATHCLI:
     sys.argv = [saved[0] if saved else "mgpath"]  # LightningCLI warns when both sys.argv and args are given
     try:
         return MGPATHCLI(SlideClassifier, WSIFeatureDataModule, subclass_mode_model=True, args=argv, run=run,
-                         seed_everything_default=2023, save_config_kwargs={"overwrite": True})
+                         seed_everything_default=2023, save_config_kwargs={"overwrite": True},
+                         parser_class=SuggestingArgumentParser)
     finally:
         sys.argv = saved
         if owns_version:  # the next run in this process takes the next free version

@@ -173,18 +173,24 @@ class SlideClassifier(pl.LightningModule):
         self._predictions = []
 
     def on_predict_epoch_end(self):
-        """Write ``<default_root_dir>/predictions.csv`` (slide_id, label, p_<class>...) atomically."""
+        """Write ``<default_root_dir>/predictions.csv`` (slide_id, label, p_<class>...) atomically; when that
+        file exists, ``predictions_2.csv``, ``predictions_3.csv`` ... (an earlier file is never replaced)."""
         import pandas as pd
 
         from vapt.fileio.atomic import atomic_path
+        from vapt.training.run_folders import fresh_path
 
         rows = []
         for out in self._predictions:
             for sid, y, p in zip(out["slide_ids"], out["labels"].tolist(), out["probs"].tolist()):
                 rows.append({"slide_id": sid, "label": self.classes[y],
                              **{f"p_{c}": v for c, v in zip(self.classes, p)}})
-        with atomic_path(os.path.join(self.trainer.default_root_dir, "predictions.csv")) as tmp:
+        if not self.trainer.is_global_zero:
+            return
+        path = fresh_path(os.path.join(self.trainer.default_root_dir, "predictions.csv"))
+        with atomic_path(path) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
+        print(f"wrote {path}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = get_rng_state()

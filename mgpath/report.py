@@ -3,7 +3,7 @@
 ``mgpath report RUNS [--published paper.csv] [--out DIR]`` reads ``RUNS/<method>/fold_k/result.json`` and
 writes ``report.md``, ``report.csv`` (per method: folds, mean ± std of test AUC, macro-F1 and accuracy, std =
 sample std, ddof 1; ``std_ddof0`` as the official code's 'var' row) and ``report.png`` (per-fold points over
-mean bars).
+mean bars, a dashed chance line, the legend beside the panels).
 
 Honest counts: a fold whose metric is NaN (e.g. AUC on a test set with one class) is left out of that
 metric's mean and std, and the cell says over how many folds it was taken (``n=4 of 5``); a fold folder
@@ -32,7 +32,8 @@ from vapt.reporting.tables import markdown_table
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["collect", "main", "read_published", "summary_table", "write_report"]
+__all__ = ["chance_levels", "collect", "main", "n_classes", "plot_figure", "read_published", "summary_table",
+           "write_report"]
 
 METRICS = ("auc", "f1", "acc")
 PUBLISHED_COLUMNS = ("method", *METRICS, "source")
@@ -199,7 +200,32 @@ def _markdown(table: pd.DataFrame, per_fold: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _plot(per_fold: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
+def n_classes(runs: str | os.PathLike) -> int | None:
+    """The class count of a benchmark folder: ``data.classes`` of its ``<method>/config.yaml`` (None if unknown)."""
+    import yaml
+
+    for path in sorted(Path(runs).glob("*/config.yaml")):
+        try:
+            classes = (yaml.safe_load(path.read_text()) or {}).get("data", {}).get("classes")
+        except yaml.YAMLError:
+            continue
+        if classes:
+            return len(classes)
+    return None
+
+
+def chance_levels(classes: int | None) -> dict[str, float]:
+    """What guessing scores: AUC 0.5; accuracy and macro-F1 1/C for uniform random guesses over C classes
+    (macro-F1 exactly so when the classes are balanced). Without a class count only AUC is known."""
+    out = {"auc": 0.5}
+    if classes:
+        out.update(acc=1 / classes, f1=1 / classes)
+    return out
+
+
+def plot_figure(per_fold: pd.DataFrame, table: pd.DataFrame, classes: int | None = None):
+    """The report figure: per metric, mean bars with std error bars, the folds as points, a dashed chance line,
+    paper stars when given; the legend sits to the right of the panels, clear of the bars."""
     import matplotlib
     import numpy as np
     import pandas as pd
@@ -209,11 +235,14 @@ def _plot(per_fold: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
 
     methods = [m for m in table.index if not table.loc[m, "paper_only"]]
     table = table.loc[methods]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 + 1.2 * len(methods) * len(METRICS) / 2, 3.6),
-                             squeeze=False)
+    chance = chance_levels(classes)
+    legend_w = 2.4  # inches kept free on the right for the legend
+    width = 1.0 + 1.0 * max(len(methods), 2) * len(METRICS) + legend_w
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(width, 4.2), squeeze=False)
     x = np.arange(len(methods))
     for ax, m in zip(axes[0], METRICS):
-        ax.bar(x, table[f"{m}_mean"].fillna(0.0), yerr=table[f"{m}_std"].fillna(0.0), color="#9ecae1", capsize=3, label="mean ± std")
+        ax.bar(x, table[f"{m}_mean"].fillna(0.0), yerr=table[f"{m}_std"].fillna(0.0), color="#9ecae1", capsize=3,
+               label="mean ± std")
         for i, meth in enumerate(methods):
             vals = per_fold.loc[per_fold["method"] == meth, m].to_numpy()
             ax.scatter(np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), vals, s=14, color="#08519c",
@@ -222,19 +251,39 @@ def _plot(per_fold: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
             if pd.notna(paper):
                 ax.scatter([i], [paper], marker="*", s=80, color="#e6550d", zorder=4,
                            label="paper" if not ax.get_legend_handles_labels()[1].count("paper") else None)
+        if m in chance:
+            ax.axhline(chance[m], color="0.35", linestyle="--", linewidth=1.2, zorder=2,
+                       label=f"chance ({classes} classes):\nAUC 0.5, accuracy and F1 1/{classes}" if classes else
+                       "chance: AUC 0.5\n(give --classes for\naccuracy and F1)")
         ax.set_xticks(x, methods, rotation=45, ha="right")
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"test {m}")
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+        ax.set_title({"auc": "test AUC", "f1": "test macro-F1", "acc": "test accuracy"}[m])
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    right = 1 - legend_w / width
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(right + 0.005, 0.5),
+               fontsize=8, frameon=False)
+    return fig
+
+
+def _plot(per_fold: pd.DataFrame, table: pd.DataFrame, path: Path, classes: int | None = None) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(per_fold, table, classes)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
 def write_report(runs: str | os.PathLike, out: str | os.PathLike | None = None,
-                 published: str | os.PathLike | None = None, log=print) -> pd.DataFrame:
-    """Write ``report.md``, ``report.csv`` and ``report.png`` into ``out`` (default ``runs``); returns the table."""
+                 published: str | os.PathLike | None = None, classes: int | None = None,
+                 log=print) -> pd.DataFrame:
+    """Write ``report.md``, ``report.csv`` and ``report.png`` into ``out`` (default ``runs``); returns the table.
+
+    ``classes``: the class count for the plot's chance line (default: from the runs' ``config.yaml``)."""
     per_fold = collect(runs)
     pub = None
     if published:
@@ -245,7 +294,7 @@ def write_report(runs: str | os.PathLike, out: str | os.PathLike | None = None,
     out = Path(out or runs)
     write_text_atomic(out / "report.csv", table.to_csv(float_format="%.4f"))
     write_text_atomic(out / "report.md", _markdown(table, per_fold))
-    _plot(per_fold, table, out / "report.png")
+    _plot(per_fold, table, out / "report.png", classes or n_classes(runs))
     return table
 
 
@@ -255,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", help="output folder of `mgpath benchmark`")
     ap.add_argument("--out", default=None, help="where to write report.{md,csv,png} (default RUNS)")
     ap.add_argument("--published", default=None, help="CSV of paper numbers: method, auc, f1, acc, source")
+    ap.add_argument("--classes", type=int, default=None,
+                    help="number of classes, for the plot's chance line (default: data.classes of the runs' "
+                         "config.yaml; without it only the AUC chance line 0.5 is drawn)")
     a = ap.parse_args(argv)
-    write_report(a.runs, a.out, a.published)
+    if a.classes is not None and a.classes < 2:
+        ap.error(f"--classes must be at least 2; got {a.classes}")
+    write_report(a.runs, a.out, a.published, a.classes)
     print((Path(a.out or a.runs) / "report.md").read_text())
     return 0

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="training slides per class (default 16)")
     ap.add_argument("--num_folds", type=int, default=5, deprecated=("--folds",), help="how many folds (default 5)")
     ap.add_argument("--val_frac", type=float, default=0.3, help="fraction of the remaining patients for val")
-    ap.add_argument("--seed", type=int, default=2023)
+    ap.add_argument("--seed", type=int, default=2023, help="random seed of the patient sampling (2023)")
     ap.add_argument("--classes", nargs="*", default=None, help="class names (default: all labels, sorted)")
     ap.add_argument("--out", required=True, help="output folder for splits_{fold}.csv")
     ap.add_argument("--check", default=None, help="only check an existing split CSV for patient leakage")

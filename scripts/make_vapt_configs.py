@@ -52,6 +52,11 @@ METHODS = {
     "gatevpt": ({"method": "gatevpt", "method_kwargs": {"num_tokens": 100, "gate_init": 5.0, "dropout": 0.1}}, 64),
     "replora": ({"method": "replora", "method_kwargs": {"rank": 8, "hidden_dim": 64, "targets": "qv"}}, 64),
     "gated_prompt": ({"method": "gated_prompt", "method_kwargs": {"num_tokens": 10, "prompt_type": "linear"}}, 64),
+    # the VPT paper's MLP-3 row: KMnP/vpt MODEL.MLP_NUM = 2, trained with the linear probe's recipe
+    "mlp": ({"method": "mlp", "method_kwargs": {"num_layers": 3, "dropout": 0.1}}, 128),
+    # the VPT paper's Sidetune row: torchvision's ImageNet AlexNet beside the frozen ViT (download it yourself)
+    "sidetune": ({"method": "sidetune", "method_kwargs": {"side_checkpoint": "weights/alexnet-owt-7be5be79.pth"}},
+                 128),
 }
 # optimisation that differs from the VPT recipe (SGD, lr x batch / 256): NOAH's LoRA script (AdamW, lr 1e-3,
 # wd 1e-4, no scaling), GatedPromptTuning's run.sh (lr 0.1 as given, wd 0); RepLoRA / gated prompts start from LoRA's

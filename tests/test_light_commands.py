@@ -145,7 +145,7 @@ def test_encoder_listing_reads_the_builders_table():
     for r, p in zip(rows, presets, strict=True):
         assert (r["dim"], r["architecture"], r["weights"], r["source"], r["licence"], r["magnification"],
                 r["notes"], r["vapt_backbone"]) == (p.dim, p.arch, p.layout, p.source, p.licence, p.magnification,
-                                                    p.notes, p.vit)
+                                                    p.notes, p.vit and not p.unavailable)
         assert r["status"] == ("available" if p.unavailable is None else f"unavailable: {p.unavailable}")
         hub = p.options.get("hub_config", False)
         assert r["input"] == ("config.json" if hub else p.preprocess.size)

@@ -75,10 +75,10 @@ class PromptedViT(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled features after the final norm. (B, 3, H, W) -> (B, feature_dim)."""
+        """Pooled features after the final norm, as the head sees them. (B, 3, H, W) -> (B, feature_dim)."""
         enc = self.backbone
         h, num_skip = self.method.forward_tokens(enc, enc.embed(images))
-        return enc.pool(enc.final_norm(h), num_skip=num_skip)
+        return self.method.head_input(enc.pool(enc.final_norm(h), num_skip=num_skip), images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_classes)."""

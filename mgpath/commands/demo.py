@@ -22,11 +22,11 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> DialectParser:
     ap = DialectParser(prog="mgpath demo", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="mgpath_demo")
-    ap.add_argument("--slides_per_class", type=int, default=10)
-    ap.add_argument("--shots", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="mgpath_demo", help="output folder (mgpath_demo)")
+    ap.add_argument("--slides_per_class", type=int, default=10, help="generated slides per class (10)")
+    ap.add_argument("--shots", type=int, default=4, help="training slides per class (4)")
+    ap.add_argument("--epochs", type=int, default=10, help="training epochs (10)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of slides, split and training (0)")
     ap.add_argument("--augment", action="store_true", help="add bags of rotated/flipped tiles to training")
     return ap
 

@@ -9,7 +9,7 @@ from vapt.cli.flags import DialectParser
 from vapt.reporting.tables import markdown_table as _markdown_rows
 
 _NORMS = {"IMAGENET": "ImageNet", "OPENAI_CLIP": "OpenAI CLIP", "HALF": "0.5/0.5", "HOPTIMUS": "H-optimus",
-          "HIBOU": "Hibou"}
+          "HIBOU": "Hibou", "GENBIO": "GenBio"}
 
 
 def _norm_name(norm) -> str:
@@ -30,10 +30,15 @@ def preset_rows() -> list[dict]:
         hub = name in preset_table.HUB_CONFIG
         resize = f"{pre.resize or pre.size} " if pre.crop and (pre.resize or pre.size) != pre.size else ""
         transform = (f"resize {resize}{pre.interpolation}" + (f" + crop {pre.size}" if pre.crop else f" {pre.size}"))
+        cfg = None if hub else pre.data_config()  # hub-config presets: known only from the publisher's folder
         rows.append({"name": name, "dim": info["dim"], "input": "config.json" if hub else pre.size,
                      "transform": "from config.json" if hub else transform,
                      "mean_std": "from config.json" if hub else _norm_name(pre.norm),
-                     "vapt_backbone": info.get("vit", True),
+                     "input_size": None if hub else cfg["input_size"][-1],
+                     "resize": None if hub else cfg["resize"], "crop": None if hub else cfg["crop"],
+                     "interpolation": None if hub else cfg["interpolation"],
+                     "mean": None if hub else list(cfg["mean"]), "std": None if hub else list(cfg["std"]),
+                     "vapt_backbone": info.get("vit", True) and not unavailable,
                      "status": "available" if not unavailable else f"unavailable: {unavailable}",
                      "architecture": info["arch"], "weights": info["layout"], "source": info["source"],
                      "licence": info.get("licence", "unverified"),
@@ -44,7 +49,8 @@ def preset_rows() -> list[dict]:
 def markdown_table(rows: list[dict]) -> str:
     head = ["preset", "dim", "input", "transform", "mean/std", "vapt backbone", "weights (layout)", "get it",
             "licence", "magnification"]
-    body = [[f"`{r['name']}`", r["dim"], "-", "-", "-", "-", r["status"], "-", "-", "-"] if r["status"] != "available"
+    body = [[f"`{r['name']}`", r["dim"], r["input"], r["transform"], r["mean_std"], "-", r["status"], "-", "-", "-"]
+            if r["status"] != "available"
             else [f"`{r['name']}`", r["dim"], r["input"], r["transform"], r["mean_std"],
                   "yes" if r["vapt_backbone"] else "no", r["weights"], r["source"], r["licence"], r["magnification"]]
             for r in rows]
@@ -54,7 +60,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = DialectParser(prog="mgpath encoders", description=__doc__)
-    ap.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    ap.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                    help="text (one line per preset), markdown (the table of docs/encoders.md) or json (every field)")
     a = ap.parse_args(argv)
     rows = preset_rows()
     if a.format == "json":
@@ -64,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in rows:
             if r["status"] != "available":
-                print(f"{r['name']:<14} {r['dim']:>5}  {r['status']}")
+                print(f"{r['name']:<14} {r['dim']:>5}  {r['input']!s:>11}  {r['transform']:<30} {r['mean_std']:<16}"
+                      f"  {r['status']}")
                 continue
             print(f"{r['name']:<14} {r['dim']:>5}  {r['input']!s:>11}  {r['transform']:<30} {r['mean_std']:<16}"
                   f"{'  vapt backbone' if r['vapt_backbone'] else ''}")

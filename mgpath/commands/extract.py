@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, default=None, help="level-0 um/px override for the slides")
     p.add_argument("--overwrite", action="store_true", help="redo slides whose features exist or are stale")
     p.add_argument("--recursive", action="store_true", help="search the subfolders of --slides too")
-    p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar or progress lines")
     return p
 
 
@@ -55,10 +55,10 @@ def add_encoder_options(p: DialectParser) -> None:
                    help='preset options / timm keywords, e.g. \'{"output": "trident"}\' for conch_v1')
     p.add_argument("--mean", type=float, nargs=3, default=None, help="override the encoder's normalisation mean")
     p.add_argument("--std", type=float, nargs=3, default=None, help="override the encoder's normalisation std")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--batch_size", type=int, default=64, help="tiles per forward pass (64)")
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: cpu, gpu, auto (auto)")
     p.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
-    p.add_argument("--num_nodes", type=int, default=1)
+    p.add_argument("--num_nodes", type=int, default=1, help="machines for multi-node extraction (1)")
     p.add_argument(
         "--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32-true on CPU)"
     )
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mgpath.pipelines.extract import write_summary
     from mgpath.pipelines.jobs import find_jobs
-    from mgpath.pipelines.summary import count_statuses, format_rows
+    from mgpath.pipelines.summary import count_line, format_rows
 
     try:
         jobs, problems = find_jobs(args.coords, args.out, args.slides, args.mpp, args.recursive)
@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = problems + run_extraction(args, jobs, args.coords, args.out, encoder, weights)
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    n = count_statuses(rows)
-    print(f"{len(rows)} slides: {n['done']} done, {n['cached']} cached, {n['skipped']} skipped")
+    print(count_line(rows, lambda r: Path(r["out"]).parent.name if r.get("out") else None, "feature files"))
 
     def details(r):
         out = r.get("out")

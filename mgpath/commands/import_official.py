@@ -27,7 +27,7 @@ def build_parser() -> DialectParser:
     ap.add_argument("--alignment", default=None, help="PLIP-G alignment checkpoint (token/position embeddings)")
     ap.add_argument("--descriptions", required=True, help="prompt file used in training (official CSV or JSON)")
     ap.add_argument("--classes", nargs="+", required=True, help="class names in label order, e.g. LUAD LUSC")
-    ap.add_argument("--magnifications", nargs="+", default=["5x", "10x"])
+    ap.add_argument("--magnifications", nargs="+", default=["5x", "10x"], help="magnifications, low to high (5x 10x)")
     ap.add_argument("--heads", type=int, default=None, help="text attention heads (default width // 64)")
     ap.add_argument("--no_compat", action="store_true", help="use the correct context insertion instead")
     ap.add_argument("--out", required=True, help="output .pt with {'state_dict', 'config'}")

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files and/or folders of slides")
-    p.add_argument("--out", required=True, help="output folder (see layout in `mgpath tile --help`)")
+    p.add_argument("--out", required=True, help="output folder: <mag>/coords/<slide>.h5, masks, previews and summary.csv (layout below)")
     add_tile_options(p)
     add_run_options(p)
     return p
@@ -83,7 +83,8 @@ def add_tile_options(p: DialectParser) -> None:
     p.add_argument(
         "--seg_mpp", type=float, default=TissueParams.seg_mpp, help="um/px of the segmentation image (4; finer on small slides)"
     )
-    p.add_argument("--threshold", choices=["fixed", "otsu"], default=TissueParams.threshold)
+    p.add_argument("--threshold", choices=["fixed", "otsu"], default=TissueParams.threshold,
+                   help="tissue threshold on saturation: fixed (--min-saturation) or otsu (per slide)")
     p.add_argument(
         "--min_saturation",
         type=int,

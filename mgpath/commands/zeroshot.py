@@ -23,8 +23,10 @@ def build_parser() -> DialectParser:
     ap = DialectParser(prog="mgpath zeroshot", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_options(ap, help="an MGPATH config (model + data blocks)")
-    ap.add_argument("--part", default="test", choices=["train", "val", "test"])
-    ap.add_argument("--tokens", default="tiles", choices=["tiles", "prompts"])
+    ap.add_argument("--part", default="test", choices=["train", "val", "test"],
+                    help="which part of the split to classify (test)")
+    ap.add_argument("--tokens", default="tiles", choices=["tiles", "prompts"],
+                    help="visual side: the adapted tile features (tiles) or the model's visual prompts (prompts)")
     ap.add_argument("--out", default=None, help="CSV of per-slide probabilities")
     return ap
 

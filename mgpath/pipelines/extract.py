@@ -32,6 +32,7 @@ from mgpath.io import read_features_header, write_features
 from mgpath.pipelines.identity import compare_identity, encoder_identity, file_sha256, tiles_identity
 from mgpath.pipelines.jobs import SlideJob
 from mgpath.pipelines.locks import SlideLock
+from mgpath.pipelines.progress import TileProgress
 from mgpath.pipelines.summary import write_summary_files
 from mgpath.pipelines.tile_dataset import TileDataset
 
@@ -245,8 +246,12 @@ def extract_features(
     weights: str | None = None,
     identity_extra: dict | None = None,
     reader: str = "fast",
+    progress_interval: float = 30.0,
 ) -> list[dict]:
     """Encode the tiles of ``jobs`` and write one features h5 per job; returns summary rows.
+
+    ``progress``: tiles encoded so far, as a bar on a terminal, else as a line every ``progress_interval``
+    seconds (:class:`~mgpath.pipelines.progress.TileProgress`).
 
     ``encoder`` maps ``(B, 3, H, W)`` normalised images to ``(B, D)``; it must carry ``data_config`` (input
     size, mean, std) as built by ``vapt.backbones.build_backbone``. ``weights`` describes the encoder's
@@ -260,7 +265,7 @@ def extract_features(
     cfg = encoder.data_config
     if "resize" in cfg or getattr(encoder, "overrides", None):  # a preset: its transform and options count too
         identity_extra = {**(identity_extra or {}), "overrides": dict(getattr(encoder, "overrides", {}) or {}),
-                          "transform": {k: cfg.get(k) for k in ("resize", "crop", "interpolation")}}
+                          "transform": {k: cfg.get(k) for k in ("resize", "crop", "interpolation", "pixels")}}
     if reader != "openslide":
         identity_extra = {**(identity_extra or {}), "reader": reader}
     identity = encoder_identity(encoder_name, weights or weights_description(checkpoint), cfg, precision,
@@ -302,6 +307,7 @@ def extract_features(
     dm = _ShardedData(ok, input_size, cfg["mean"], cfg["std"], batch_size, workers, writer, identity, overwrite,
                       reader)
     dm.data_config = cfg
+    shown = [TileProgress(sum(job.n for job in ok), interval=progress_interval)] if progress else []
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -309,9 +315,9 @@ def extract_features(
         num_nodes=num_nodes,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=False,  # TileProgress counts tiles (a bar, or lines in a log file)
         enable_model_summary=False,
-        callbacks=[writer, *(callbacks or [])],
+        callbacks=[writer, *shown, *(callbacks or [])],
         use_distributed_sampler=False,
         inference_mode=True,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vapt.fileio.atomic import write_bytes_atomic
 
-__all__ = ["STATUSES", "count_statuses", "format_rows", "write_summary_files"]
+__all__ = ["STATUSES", "count_line", "count_statuses", "format_rows", "write_summary_files"]
 
 STATUSES = ("done", "cached", "skipped")
 
@@ -17,6 +17,22 @@ STATUSES = ("done", "cached", "skipped")
 def count_statuses(rows: list[dict]) -> dict[str, int]:
     """``{"done": n, "cached": n, "skipped": n}``."""
     return {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+
+
+def count_line(rows: list[dict], group=None, unit: str = "files") -> str:
+    """The head line of a summary, slides and magnifications counted apart.
+
+    ``group(row)`` names the row's magnification (or other group; None: one group). One group:
+    ``4 slides: 4 done, 0 cached, 0 skipped``; several: ``4 slides x 2 magnifications (10x, 5x) = 8 files:
+    8 done, 0 cached, 0 skipped``.
+    """
+    n = count_statuses(rows)
+    slides = len({r["slide_id"] for r in rows})
+    groups = sorted({g for g in (group(r) for r in rows) if g}) if group is not None else []
+    what = f"{slides} slide{'s' if slides != 1 else ''}"
+    if len(groups) > 1:
+        what += f" x {len(groups)} magnifications ({', '.join(groups)}) = {len(rows)} {unit}"
+    return f"{what}: {n['done']} done, {n['cached']} cached, {n['skipped']} skipped"
 
 
 def write_summary_files(rows: list[dict], out: Path, name: str, fields: list[str], json_doc=None) -> Path:

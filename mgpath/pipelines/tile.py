@@ -27,7 +27,7 @@ import numpy as np
 from mgpath.io import COORDS_FORMAT, read_coords_header, write_coords
 from mgpath.pipelines.discovery import find_slides
 from mgpath.pipelines.locks import SlideLock, clean_temp
-from mgpath.pipelines.summary import count_statuses, format_rows, write_summary_files
+from mgpath.pipelines.summary import count_line, count_statuses, format_rows, write_summary_files
 from mgpath.slides import preview
 from mgpath.slides.grid import TileParams, tile_grid, tissue_fraction
 from mgpath.slides.reader import Slide, SlideError, slide_id_from_path
@@ -370,11 +370,9 @@ def write_summary(rows: list[dict], out: Path, tags: list[str]) -> None:
 
 def format_summary(rows: list[dict], tags: list[str]) -> str:
     """Human-readable per-run summary."""
-    n = count_statuses(rows)
-
     def details(r):
         tiles = ", ".join(f"{t}: {r.get(f'tiles_{t}')}" for t in tags if r.get(f"tiles_{t}") is not None)
         return r["slide_id"] + (f" ({tiles})" if tiles else "")
 
-    head = f"{len(rows)} slides: {n['done']} done, {n['cached']} cached (already done), {n['skipped']} skipped"
+    head = count_line(rows) + (f" (each tiled at {', '.join(tags)})" if len(tags) > 1 else "")
     return "\n".join([head] + format_rows(rows, details))

@@ -39,12 +39,17 @@ def _pts(a: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
     return np.round(p * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
 
 
-def caption_bar(img: np.ndarray, lines: list[str]) -> np.ndarray:
-    """``img`` with a white bar of text lines on top (font scaled to the image width)."""
+def caption_bar(img: np.ndarray, lines: list[str], scale: float | None = None) -> np.ndarray:
+    """``img`` with a white bar of text lines on top (font scaled to the image width unless ``scale`` is given;
+    lines longer than the width are wrapped)."""
+    import textwrap
+
     import cv2
 
     w = img.shape[1]
-    scale = max(0.4, min(1.2, w / 1400))
+    scale = max(0.4, min(1.2, w / 1400)) if scale is None else scale
+    width = max(10, int(w / (19 * scale)))  # characters per line at this font scale
+    lines = [part for line in lines for part in (textwrap.wrap(line, width) or [""])]
     lh = int(30 * scale) + 6
     bar = np.full((lh * len(lines) + 8, w, 3), 255, np.uint8)
     for i, text in enumerate(lines):
@@ -141,15 +146,21 @@ def write_contact_sheet(
     cell: int = 480,
     columns: int = 4,
     max_cells: int = 240,
+    title: str = "Slide previews",
+    legend: str = "green: tissue outline, blue: holes, red: kept tiles.",
+    key: np.ndarray | None = None,
 ) -> tuple[Path, Path]:
     """All previews of a run on one page and one PNG.
 
     Parameters
     ----------
-    items : ``{"slide_id", "png" (path of its preview), "caption" (optional text)}`` per slide; a missing
-        PNG shows as a grey cell naming the slide (e.g. a slide that failed).
+    items : ``{"slide_id", "png" (path of its preview), "caption" (optional text), "thumb" (optional: a
+        smaller picture shown instead, still linking to "png")}`` per slide; a missing PNG shows as a grey
+        cell naming the slide (e.g. a slide that failed).
     out_dir : where ``<name>.html`` (links relative to it) and ``<name>.png`` are written.
     max_cells : the PNG grid shows the first ``max_cells`` items (the page shows all).
+    title, legend : the page's heading and the line under it (also drawn above the PNG grid).
+    key : an RGB strip (e.g. a colour key) drawn between the legend and the grid of the PNG.
 
     Returns
     -------
@@ -161,16 +172,17 @@ def write_contact_sheet(
     cards, cells = [], []
     for it in items:
         png = Path(it["png"]) if it.get("png") else None
+        shown = Path(it["thumb"]) if it.get("thumb") else png
         cap = str(it.get("caption", ""))
-        if png is not None and png.is_file():
-            rel = os.path.relpath(png, out_dir)
+        if png is not None and png.is_file() and shown.is_file():
+            rel, rel_shown = os.path.relpath(png, out_dir), os.path.relpath(shown, out_dir)
             cards.append(
-                f'<figure><a href="{html.escape(rel)}"><img src="{html.escape(rel)}" loading="lazy"></a>'
+                f'<figure><a href="{html.escape(rel)}"><img src="{html.escape(rel_shown)}" loading="lazy"></a>'
                 f"<figcaption><b>{html.escape(it['slide_id'])}</b> {html.escape(cap)}</figcaption></figure>"
             )
             if len(cells) >= max_cells:
                 continue
-            im = cv2.cvtColor(cv2.imread(str(png), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            im = cv2.cvtColor(cv2.imread(str(shown), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
             f = cell / max(im.shape[:2])
             im = cv2.resize(im, (max(1, int(im.shape[1] * f)), max(1, int(im.shape[0] * f))),
                             interpolation=cv2.INTER_AREA)
@@ -184,14 +196,14 @@ def write_contact_sheet(
                         (60, 60, 60), 1, cv2.LINE_AA)
         c = np.full((cell, cell, 3), 255, np.uint8)
         c[: im.shape[0], : im.shape[1]] = im
-        c = caption_bar(c, [str(it["slide_id"])[:40]])
+        c = caption_bar(c, [f"{it['slide_id']} {cap}"[:48]], scale=max(0.5, cell / 800))
         cells.append(c)
     page = (
-        "<!doctype html><meta charset=utf-8><title>slide previews</title><style>"
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:12px}figure{display:inline-block;width:31%;margin:0 1% 16px 0;"
         "vertical-align:top}img{width:100%;border:1px solid #ccc}.missing{background:#eee;padding:24px}"
-        "</style><h1>Slide previews</h1><p>green: tissue outline, blue: holes, red: kept tiles. "
-        f"{len(items)} previews" + (f"; the PNG grid shows the first {max_cells}" if len(items) > max_cells else "")
+        f"</style><h1>{html.escape(title)}</h1><p>{html.escape(legend)} "
+        f"{len(items)} slides" + (f"; the PNG grid shows the first {max_cells}" if len(items) > max_cells else "")
         + ".</p>" + "".join(cards)
     )
     html_path, png_path = out_dir / f"{name}.html", out_dir / f"{name}.png"
@@ -199,9 +211,16 @@ def write_contact_sheet(
     if cells:
         ch = max(c.shape[0] for c in cells)
         rows = []
+        columns = min(columns, len(cells))
         for r in range(0, len(cells), columns):
             row = [np.pad(c, ((0, ch - c.shape[0]), (0, 4), (0, 0)), constant_values=255) for c in cells[r:r + columns]]
             row += [np.full_like(row[0], 255)] * (columns - len(row))
             rows.append(np.concatenate(row, axis=1))
-        write_bytes_atomic(png_path, encode_png(np.concatenate(rows, axis=0)))
+        grid = np.concatenate(rows, axis=0)
+        if key is not None:
+            strip = np.full((key.shape[0], grid.shape[1], 3), 255, np.uint8)
+            strip[:, : min(key.shape[1], grid.shape[1])] = key[:, : grid.shape[1]]
+            grid = np.concatenate([strip, grid], axis=0)
+        header = caption_bar(caption_bar(grid, [legend], scale=0.6), [title], scale=0.9)
+        write_bytes_atomic(png_path, encode_png(header))
     return html_path, png_path

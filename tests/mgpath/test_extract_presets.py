@@ -49,9 +49,13 @@ def _extract(root, out, encoder, checkpoint, *extra):
 
 
 def _reference(model, tiles, size, crop, interp=T.InterpolationMode.BILINEAR):
-    steps = [T.Resize(size, interpolation=interp, antialias=True), T.CenterCrop(size)] if crop else \
-        [T.Resize((size, size), interpolation=interp, antialias=True)]
-    x = T.Compose([*steps, T.Normalize(*IMAGENET)])(torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255)
+    """The publisher's eval transform (torchvision on 8-bit PIL images), then the publisher's model."""
+    from PIL import Image
+
+    steps = [T.Resize(size, interpolation=interp), T.CenterCrop(size)] if crop else \
+        [T.Resize((size, size), interpolation=interp)]
+    tf = T.Compose([*steps, T.ToTensor(), T.Normalize(*IMAGENET)])
+    x = torch.stack([tf(Image.fromarray(t)) for t in tiles])
     with torch.no_grad():
         return model(x).numpy()
 
@@ -74,7 +78,8 @@ def test_extract_uni_v1_equals_timm_recipe_and_records_identity(one_slide, tmp_p
     np.testing.assert_allclose(d["features"], _reference(ref, tiles, 224, True), atol=1e-4, rtol=1e-4)
     assert ident["encoder"] == "uni_v1" and ident["weights"].startswith("sha256:")
     assert ident["mean"] == list(IMAGENET[0]) and ident["extra"]["overrides"] == {"depth": "1"}
-    assert ident["extra"]["transform"] == {"resize": 224, "crop": True, "interpolation": "bilinear"}
+    assert ident["extra"]["transform"] == {"resize": 224, "crop": True, "interpolation": "bilinear",
+                                           "pixels": "8-bit PIL"}
     # another option is another identity: the cached file is reported stale, not reused
     assert _extract(one_slide, tmp_path / "uni", "uni_v1", tmp_path / "pytorch_model.bin",
                     "--encoder-kwargs", '{"depth": 1}', "--mean", "0.5", "0.5", "0.5") == 1

@@ -45,7 +45,9 @@ def _model_and_bags():
     return model, xy, feats, bags
 
 
-def test_figure_has_colour_bars_and_clips_to_tissue():
+@pytest.fixture(scope="module")
+def page():
+    """The page of one slide (untrained tiny model): figure, scores, tissue mask; closed after the module."""
     import matplotlib.pyplot as plt
 
     model, xy, _, bags = _model_and_bags()
@@ -54,16 +56,74 @@ def test_figure_has_colour_bars_and_clips_to_tissue():
     tissue = np.zeros((96, 128), bool)
     tissue[30:70, 30:90] = True
     fig = heatmap_figure(thumb, (3072, 2304), scores, xy, {"5x": 512, "10x": 256}, ["A", "B"], "t", tissue)
+    yield fig, scores, tissue
+    plt.close(fig)
+
+
+def _panels_and_bars(fig):
+    panels = [ax for ax in fig.axes if ax.images]
+    bars = [ax for ax in fig.axes if not ax.images]
+    return panels, bars
+
+
+def test_page_panels_are_large_with_translucent_overlay_on_tissue(page):
+    fig, _, tissue = page
+    panels, bars = _panels_and_bars(fig)
+    assert len(panels) == 2 * 3 and len(bars) == len(panels)  # one colour bar per panel
+    for ax in panels:
+        box = ax.get_window_extent()
+        assert max(box.width, box.height) >= 1023  # >= 1024 px on the long side in the saved PNG
+    overlay = np.asarray(panels[0].images[1].get_array())
+    assert overlay.shape == (96, 128, 4)
+    alpha = overlay[..., 3]
+    assert (alpha[~tissue] == 0).all() and np.allclose(alpha[40:60, 40:80], 0.45)  # tissue shows through
+
+
+def test_colour_bars_span_the_real_values_in_plain_numbers(page):
+    fig, scores, _ = page
+    _, bars = _panels_and_bars(fig)
+    expected = []
+    for m in ("5x", "10x"):
+        s = scores[m]
+        contrast = s["transport"] - s["transport"].mean(0, keepdims=True)
+        expected += [s["attention"], contrast[0], contrast[1]]
+    for cax, vals in zip(bars, expected):
+        lo, hi = cax.get_ylim()
+        assert lo == pytest.approx(float(vals.min()), rel=1e-6, abs=1e-12)
+        assert hi == pytest.approx(float(vals.max()), rel=1e-6, abs=1e-12)
+        fmt = cax.yaxis.get_major_formatter()
+        assert fmt.get_offset() == ""  # no stray "1e-3" over the bar
+        ticks = [fmt(t, i) for i, t in enumerate(cax.get_yticks())]
+        assert ticks and all("e" not in t and "\u00d7" not in t for t in ticks)
+
+
+def test_labels_are_plain_language(page):
+    fig, _, _ = page
+    panels, bars = _panels_and_bars(fig)
+    labels = [ax.get_ylabel() for ax in bars]
+    assert labels[0].startswith("attention per tile (share of the slide's total")
+    assert labels[1] == "supports A (+) or the other class (-)"
+    assert labels[2] == "supports B (+) or the other class (-)"
+    assert not any("transport" in lab or "class mean" in lab for lab in labels)
+    titles = [ax.get_title(loc="left") for ax in panels]
+    assert titles[0] == "5x: where the model looks" and titles[1].startswith("5x: evidence for A (slide p = ")
+
+
+def test_rank_colouring_says_so_on_the_bar():
+    import matplotlib.pyplot as plt
+
+    from mgpath.heatmap_draw import panel_values
+
+    v, lo, hi = panel_values(np.array([0.3, 0.1, 0.2, 0.2]), "rank")
+    assert (lo, hi) == (0.0, 100.0) and np.allclose(v, [100, 0, 50, 50])
+    model, xy, _, bags = _model_and_bags()
+    fig = heatmap_figure(np.full((96, 128, 3), 255, np.uint8), (3072, 2304), heatmap_scores(model, bags), xy,
+                         {"5x": 512, "10x": 256}, ["A", "B"], colouring="rank")
     try:
-        panels = [ax for ax in fig.axes if ax.images]
-        bars = [ax for ax in fig.axes if not ax.images]
-        assert len(panels) == 2 * 3 and len(bars) == len(panels)  # one colour bar per panel
-        labels = {ax.get_ylabel() for ax in bars}
-        assert "attention weight" in labels and "transport to A - class mean" in labels
-        overlay = panels[0].images[1].get_array()
-        assert overlay.shape == (96, 128, 4)
-        alpha = np.asarray(overlay[..., 3])
-        assert (alpha[~tissue] == 0).all() and (alpha[40:60, 40:80] > 0).all()
+        _, bars = _panels_and_bars(fig)
+        assert all(ax.get_ylim() == (0.0, 100.0) for ax in bars)
+        assert all(ax.get_ylabel().startswith("percentile rank") for ax in bars)
+        assert any("percentile rank among the slide's tiles, not the value" in t.get_text() for t in fig.texts)
     finally:
         plt.close(fig)
 
@@ -88,8 +148,45 @@ def test_heatmap_folder_one_png_per_slide_and_index(synthetic, tmp_path):
     assert "no features for slide 'hb'" in rows[1]["reason"]
     assert (out / "ha.png").stat().st_size > 1000 and not (out / "hb.png").exists()
     page = (out / "index.html").read_text()
-    assert 'href="ha.png"' in page and "hb" in page
+    assert 'href="ha.png"' in page and 'src="overview/ha.png"' in page and "hb" in page
+    assert "<title>MGPATH heatmaps</title>" in page and "attention" in page and "Slide previews" not in page
     table = list(csv.DictReader((out / "index.csv").open()))
     assert [r["slide_id"] for r in table] == ["ha", "hb"]
     assert float(table[0]["p_A"]) + float(table[0]["p_B"]) == pytest.approx(1, abs=1e-3)
     assert (out / "index.png").is_file()
+
+
+def test_report_plot_has_a_chance_line_and_the_legend_beside_the_bars(tmp_path):
+    import json
+
+    import matplotlib.pyplot as plt
+    import yaml
+    from matplotlib.patches import Rectangle
+
+    from mgpath.report import collect, n_classes, plot_figure, summary_table
+
+    for method, a in (("mgpath", 0.9), ("abmil", 0.8)):
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "config.yaml").write_text(yaml.safe_dump({"data": {"classes": ["A", "B", "C"]}}))
+        for k in range(3):
+            (tmp_path / method / f"fold_{k}").mkdir()
+            (tmp_path / method / f"fold_{k}" / "result.json").write_text(json.dumps(
+                {"fold": k, "auc": a + 0.01 * k, "f1": a - 0.1, "acc": a - 0.05}))
+    per_fold = collect(tmp_path)
+    assert n_classes(tmp_path) == 3
+    fig = plot_figure(per_fold, summary_table(per_fold), classes=n_classes(tmp_path))
+    try:
+        fig.canvas.draw()
+        axes = [ax for ax in fig.axes if ax.patches]
+        chance = {ax.get_title(): [ln.get_ydata()[0] for ln in ax.lines if ln.get_linestyle() == "--"]
+                  for ax in axes}
+        assert chance == {"test AUC": [0.5], "test macro-F1": [pytest.approx(1 / 3)],
+                          "test accuracy": [pytest.approx(1 / 3)]}
+        legend = fig.legends[0]
+        box = legend.get_window_extent()
+        bars = [p.get_window_extent() for ax in axes for p in ax.patches if isinstance(p, Rectangle)]
+        assert bars and not any(box.overlaps(b) for b in bars)
+        assert box.x1 <= fig.bbox.x1 and box.x0 >= max(b.x1 for b in bars)  # beside the bars, not cut off
+        assert any(t.get_text() == "chance (3 classes):\nAUC 0.5, accuracy and F1 1/3" for t in legend.get_texts())
+    finally:
+        plt.close(fig)

@@ -87,3 +87,18 @@ def test_demo_end_to_end(tmp_path):
                        "--features-root", str(tmp_path / "demo" / "features"), "--out", str(tmp_path / "h.png"),
                        "--max-size", "256"])
     assert rc == 0 and (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_readme_tile_settings_find_tissue_on_every_demo_slide(tmp_path):
+    """`mgpath tile ... --magnification 10 5 --tile-size 256 --min-tissue 0.5` (the README's quick start) on the
+    slides `mgpath demo` writes: every slide gets tiles at both magnifications."""
+    from mgpath.demo import write_demo_slides
+    from mgpath.pipelines.tile import tile_slides
+    from mgpath.slides.grid import TileParams
+
+    slides, _ = write_demo_slides(tmp_path / "slides", slides_per_class=2)
+    rows = tile_slides(slides, tmp_path / "tiles", [TileParams(256, 10.0, min_tissue=0.5),
+                                                    TileParams(256, 5.0, min_tissue=0.5)], workers=1,
+                       progress=False)
+    assert [r["status"] for r in rows] == ["done"] * 4
+    assert all(r["tiles_5x"] >= 3 and r["tiles_10x"] >= 12 for r in rows)

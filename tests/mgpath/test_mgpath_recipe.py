@@ -164,7 +164,7 @@ def test_fold_summary_reports_the_official_std_and_the_sample_std(tmp_path):
     assert f"auc {np.mean(vals):.4f} ± {np.std(vals):.4f}" in md
 
 
-def test_start_from_plip_g_alignment_through_the_cli(tmp_path):
+def test_start_from_plip_g_alignment_through_the_cli(tmp_path, capsys):
     """The official few-shot training starts from the PLIP-G alignment file: adaptors, temperature and tower
     load, context / visual prompts / graph / norm keep their fresh initialisation; then `mgpath fit` runs."""
     from pathlib import Path
@@ -230,8 +230,11 @@ def test_start_from_plip_g_alignment_through_the_cli(tmp_path):
             "--data.split_csv", str(tmp_path / "splits" / "splits_{fold}.csv"),
             "--data.features_root", str(tmp_path / "features"), "--trainer.max_epochs", "1",
             "--trainer.default_root_dir", str(tmp_path / "run")]
+    capsys.readouterr()
     assert mgpath_main(["fit", *args]) == 0
     best = sorted((tmp_path / "run").rglob("best-*.ckpt"))
+    shown = [line for line in capsys.readouterr().out.splitlines() if line.startswith("best checkpoint")]
+    assert len(best) == 1 and shown and shown[0].endswith(f": {best[0]}")  # fit says where the best model went
     assert best and mgpath_main(["test", *args, "--ckpt_path", str(best[0])]) == 0
     assert DESC["5x"]["LUAD"] in ROWS
 

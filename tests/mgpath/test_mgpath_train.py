@@ -199,6 +199,11 @@ def test_every_shipped_config_runs(tmp_path, config):
         assert main(["predict", *args]) == 0
         pred = pd.read_csv(tmp_path / "run" / "predictions.csv")
         assert len(pred) > 0 and np.allclose(pred[[f"p_{c}" for c in classes]].sum(1), 1, atol=1e-5)
+        logs = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+        assert main(["predict", *args]) == 0  # a second prediction goes beside the first, and logs nothing
+        assert pd.read_csv(tmp_path / "run" / "predictions_2.csv").equals(pred)
+        assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == sorted(
+            [*logs, (tmp_path / "run" / "predictions_2.csv").relative_to(tmp_path)])
 
 
 def test_feature_dim_disagreeing_with_config(tmp_path):

@@ -157,7 +157,7 @@ def test_known_layout_cli_two_magnifications(synthetic, tmp_path, capsys):
     assert (out / "10x" / "previews" / "layout.png").exists() and (
         out / "5x" / "previews" / "layout.png"
     ).exists()
-    assert "1 slides: 1 done" in capsys.readouterr().out
+    assert "1 slide: 1 done" in capsys.readouterr().out
     # overlap and mpp target
     main(
         [

@@ -2,7 +2,7 @@
 
 Each test writes random weights in the publisher's file layout, builds the preset from that file, and compares
 ``enc(enc.preprocess(tiles))`` with the publisher's model (timm / transformers / open_clip / torchvision /
-timm_ctp built directly) after the publisher's transform (torchvision ``transforms``). Large models run at
+timm_ctp built directly) after the publisher's transform (torchvision ``transforms`` on PIL images). Large models run at
 reduced depth with every other keyword equal.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 from timm.layers import SwiGLUPacked
 from torch import nn
 from torchvision import transforms as T
@@ -36,11 +37,11 @@ def tiles() -> torch.Tensor:
 
 
 def reference_input(tiles, size, norm, interp, crop, resize=None):
-    """The publisher's eval transform with torchvision's transforms API (independent of vapt.backbones)."""
-    steps = [T.Resize(resize or size, interpolation=interp, antialias=True), T.CenterCrop(size)] if crop else \
-        [T.Resize((size, size), interpolation=interp, antialias=True)]
-    tf = T.Compose([*steps, T.Normalize(*norm)])
-    return tf(tiles.permute(0, 3, 1, 2).float() / 255.0)
+    """The publisher's eval transform (torchvision ``transforms`` on 8-bit PIL images, independent of vapt.backbones)."""
+    steps = [T.Resize(resize or size, interpolation=interp), T.CenterCrop(size)] if crop else \
+        [T.Resize((size, size), interpolation=interp)]
+    tf = T.Compose([*steps, T.ToTensor(), T.Normalize(*norm)])
+    return torch.stack([tf(Image.fromarray(t.numpy())) for t in tiles])
 
 
 

@@ -67,7 +67,7 @@ def test_vapt_on_uni_forward_counts_and_one_step(uni_file):
 
 def test_bad_inputs_name_the_fix(uni_file, tmp_path):
     path, src = uni_file
-    with pytest.raises(BackboneError, match=r"Unknown encoder preset 'uni_v3'.*Did you mean: uni_v2, uni_v1"):
+    with pytest.raises(BackboneError, match=r"Unknown encoder preset 'uni_v3'.*Did you mean: uni_v1, uni_v2"):
         from vapt.backbones import get_preset
 
         get_preset("uni_v3")

@@ -66,9 +66,9 @@ def embed(model, x):
     return tm._pos_embed(tm.patch_embed(x))
 
 
-def head(model, h, pool_skip=None):
+def head(model, h, pool_skip=None, pooled=False):
     h = ln(h, model.backbone.model.norm)
-    return model.head(h[:, 0])
+    return h[:, 0] if pooled else model.head(h[:, 0])
 
 
 def ref_lora(model, x):
@@ -173,6 +173,23 @@ def ref_gated(model, x):
     return head(model, h)
 
 
+def ref_mlp(model, x):
+    """VPT's MLP head restated: (Linear, ReLU, BatchNorm1d with running statistics) per hidden layer."""
+    f = head(model, ref_trunk(model, x), pooled=True)
+    for i in range(0, len(model.method.hidden), 3):
+        fc, bn = model.method.hidden[i], model.method.hidden[i + 2]
+        f = F.batch_norm(F.relu(f @ fc.weight.T + fc.bias), bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                         False, 0.0, bn.eps)
+    return model.head(f)
+
+
+def ref_trunk(model, x):
+    h = embed(model, x)
+    for blk in model.backbone.model.blocks:
+        h = ref_block(blk, h)
+    return h
+
+
 CASES = {
     "lora": ({}, ref_lora),
     "adapter": ({}, ref_adapter),
@@ -182,6 +199,7 @@ CASES = {
     "replora": ({"rank": 2, "hidden_dim": 4}, ref_replora),
     "gated_prompt": ({"num_tokens": 3}, ref_gated),
     "gated_prompt_nonlinear": ({"num_tokens": 3, "prompt_type": "nonlinear", "hidden_dim": 4}, ref_gated),
+    "mlp": ({"num_layers": 3, "dropout": 0.0}, ref_mlp),
 }
 
 
@@ -245,6 +263,8 @@ def test_lora_init_and_frozen_prefix():
     ("e2vpt", 92_245),           # 12*5*768 visual + 12*12*5*64 kv + 5 + 5*16 masks
     ("gatevpt", 76_823),         # 100*768 + 11 gates + 12 temperatures
     ("bitfit", 102_912),
+    ("mlp", 1_184_256),          # VPT MLP-3: 2 x (768*768 + 768) + 2 x 2*768 BatchNorm
+    ("sidetune", 9_547_585),     # VPT Sidetune: AlexNet features + 9216 x 768 projection + alpha
 ])
 def test_summary_counts_vit_b16(method, expected, capsys):
     assert summary_main(["vit_base_patch16_224", "--method", method]) == 0
@@ -257,6 +277,8 @@ def test_bad_method_options_are_refused(capsys):
     assert e.value.code == 2 and "has no option(s) rnk" in capsys.readouterr().err
     with pytest.raises(ValueError, match="targets must be one of"):
         make_config("lora", targets="qk")
+    with pytest.raises(ValueError, match="1 is the linear probe"):
+        make_config("mlp", num_layers=1)
     with pytest.raises(ValueError, match="Unknown method 'lorra'"):
         make_config("lorra")
     assert {"vpt", "vapt", "lora", "adapter", "vfpt", "e2vpt", "gatevpt", "replora", "gated_prompt"} <= set(
@@ -271,3 +293,42 @@ def test_e2vpt_prune_zeroes_and_freezes_masks_and_they_are_saved():
     assert not g.token_mask.requires_grad and not g.piece_mask.requires_grad
     sd = model.trainable_state_dict()  # frozen masks still travel with the trainable tensors
     assert torch.equal(sd["peft.token_mask"], g.token_mask) and "peft.kv_prompts" in sd
+
+
+def test_sidetune_blends_torchvision_alexnet_loaded_from_its_file_and_trains(tmp_path):
+    import safetensors.torch
+    import torchvision
+
+    torch.manual_seed(3)
+    alex = torchvision.models.alexnet(weights=None).eval()  # an independent side network with the file's weights
+    path = tmp_path / "alexnet.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in alex.state_dict().items()}, str(path))
+    with pytest.warns(UserWarning, match="side network starts from random weights"):
+        random_side = build_model(TINY["backbone"], num_classes=5, prompt=make_config("sidetune"), img_size=64,
+                                  depth=2, embed_dim=32, num_heads=2)
+    assert random_side.method.frozen_prefix_blocks == 2
+    torch.manual_seed(0)
+    model = build_model(TINY["backbone"], num_classes=5, img_size=64, depth=2, embed_dim=32, num_heads=2,
+                        prompt=make_config("sidetune", side_checkpoint=str(path))).eval()
+    with torch.no_grad():
+        model.method.alpha.fill_(0.7)
+        model.method.projection.weight.mul_(30.0)  # make the side branch count in the logits
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+
+    def ref(m):
+        f = head(m, ref_trunk(m, x), pooled=True)
+        s = alex.avgpool(alex.features(x)).flatten(1) @ m.method.projection.weight.T
+        a = torch.sigmoid(m.method.alpha)
+        return m.head(a * f + (1 - a) * s)
+
+    with torch.no_grad():
+        assert (model(x) - ref(model)).abs().max().item() <= 1e-5
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(params) == 1 + 10 + 1 + 2  # alpha, 5 convs, projection, head
+    F.cross_entropy(model(x), torch.tensor([1, 4])).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    bad = tmp_path / "bad.safetensors"
+    safetensors.torch.save_file({"features.0.weight": torch.zeros(1)}, str(bad))
+    with pytest.raises(ValueError, match="do not fit torchvision's AlexNet features"):
+        build_model(TINY["backbone"], num_classes=5, img_size=64, depth=2, embed_dim=32, num_heads=2,
+                    prompt=make_config("sidetune", side_checkpoint=str(bad)))

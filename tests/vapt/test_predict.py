@@ -120,3 +120,38 @@ def test_class_names_from_classes_txt(tmp_path):
     cub.mkdir()
     (cub / "classes.txt").write_text("".join(f"{i + 1} {i + 1:03d}.Bird_{i}\n" for i in range(200)))  # CUB's own
     assert FGVCDataModule(root=str(cub), dataset="cub").class_names()[:2] == ["001.Bird_0", "002.Bird_1"]
+
+
+def test_predicting_a_run_leaves_its_logs_and_earlier_predictions_alone(tree, capsys):
+    """A run fitted with default loggers, then predicted from its own config.yaml (which pins logger version 0)
+    and from a config with other hyper-parameters (the checkpoint's own are used)."""
+    runs = tree / "runs"
+    fit = [a for a in _args(tree, tree / "unused.csv") if not a.startswith(("--trainer.logger", "--predictions_csv"))]
+    assert main(["fit", *fit, "--trainer.max_epochs=1"]) == 0
+    run = next(runs.rglob("version_0"))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert "metrics.csv" in before and "config.yaml" in before
+    ckpt = str(next(run.rglob("last.ckpt")))
+    own = ["--config", str(run / "config.yaml"), f"--ckpt_path={ckpt}", f"--predict_images={tree / 'unlabelled'}"]
+    assert main(["predict", *own]) == 0
+    assert main(["predict", "--config", str(run), *own[2:]]) == 0  # the run folder works as --config too
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before and sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
+    first, second = runs / "predictions.csv", runs / "predictions_2.csv"
+    assert first.read_text() == second.read_text()  # the second run went beside the first, not over it
+    out = capsys.readouterr().out
+    assert f"wrote {first}" in out and f"wrote {second}" in out
+    # an explicit file that exists is refused before any work, in one line (exit 2)
+    assert main(["predict", *own, f"--predictions_csv={first}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists; predictions never replace an earlier file" in err[0]
+    # other hyper-parameters on the command line: the checkpoint's are used, same predictions
+    other = _args(tree, tree / "other.csv", f"--ckpt_path={ckpt}", f"--predict_images={tree / 'unlabelled'}")
+    other = [a.replace("--model.num_tokens=2", "--model.num_tokens=5") for a in other]
+    assert main(["predict", *other]) == 0
+    assert (tree / "other.csv").read_text() == first.read_text()
+    # testing from the run's config.yaml logs into a new version, never over version_0's metrics.csv
+    assert main(["test", "--config", str(run / "config.yaml"), f"--ckpt_path={ckpt}",
+                 "--data.test_split=train"]) == 0
+    assert (run / "metrics.csv").read_bytes() == before["metrics.csv"]
+    assert (run.parent / "version_1" / "metrics.csv").is_file()

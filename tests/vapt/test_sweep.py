@@ -4,12 +4,15 @@
   and trained tensors of its own run, with dropout on too (per-configuration random streams);
 - a sweep through submitit with 2 local worker processes gives the sequential runner's summary, and after a
   job dies it resumes: finished runs kept, the dead run resumed from its checkpoint;
+- ``vapt tune --help`` imports neither torch nor Lightning;
 - ``--estimate`` predicts the sweep from measured steps.
 """
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,7 @@ from vapt.training.tune import final_spec, main, tune
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2}
-GRID = {"grid": "lr=2,0.5;wd=0", "seeds": [1]}
+GRID = {"grid": "lr=2,0.5;wd=0", "seeds": [1, 2]}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,7 @@ def test_cached_trunk_and_stacked_linear_equal_separate_runs(tree, backbone_file
     assert stacked == summary
     assert_same_runs(reference, out)
     engines = {json.loads(p.read_text())["engine"] for p in out.rglob("result.json")}
-    assert engines == {"stacked x2 + cached trunk", "stacked x1 + cached trunk"}
+    assert engines == {"stacked x2 + cached trunk"}  # two lrs, then two seeds, each stage in one pass
     # one file per (split, key): train800, val200, train800val200, test
     files = sorted((out / "trunk_cache").glob("*.safetensors"))
     assert len(files) == 4
@@ -154,6 +157,10 @@ class KillOnce(Callback):
 
 def test_local_cluster_sweep_equals_sequential_and_resumes(tree, backbone_file, sequential_linear, tmp_path, capsys,
                                                            monkeypatch):
+    """The grid stage's finished runs are the sequential runner's (copied: each worker process costs a torch +
+    Lightning import), so the seeds stage is the one that goes through the engine: 2 seeds on 2 local workers."""
+    import shutil
+
     reference, summary = sequential_linear
     helpers = tmp_path / "helpers"
     helpers.mkdir()
@@ -162,22 +169,26 @@ def test_local_cluster_sweep_equals_sequential_and_resumes(tree, backbone_file, 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(helpers), os.environ.get("PYTHONPATH", "")]))
     marker = tmp_path / "kill-once"
     marker.touch()
-    killer = {"class_path": "killonce.KillOnce", "init_args": {"marker": str(marker), "run": "lr0.5_wd0"}}
+    killer = {"class_path": "killonce.KillOnce", "init_args": {"marker": str(marker), "run": "seed2"}}
     out = tmp_path / "cluster"
+    grid = out / "eurosat/linear/grid"
+    shutil.copytree(reference / "eurosat/linear/grid", grid)
+    kept = {p: p.stat().st_mtime_ns for p in grid.rglob("result.json")}
+    assert len(kept) == 2
     argv = [*run_args("linear", tree, backbone_file), f"--trainer.callbacks+={json.dumps(killer)}",
-            "--grid", GRID["grid"], "--seeds", "1", "--out", str(out), "--cluster", "local", "--workers", "2"]
-    # the worker training lr=0.5 is killed (SIGKILL) as its epoch 2 starts; the other worker finishes lr=2
+            "--grid", GRID["grid"], "--seeds", "1,2", "--out", str(out), "--cluster", "local", "--workers", "2"]
+    # the worker training seed 2 is killed (SIGKILL) as its epoch 2 starts; the other worker finishes seed 1
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vapt tune: SweepError: 1 of 2 job(s) failed") and "Rerun the same command" in err
     assert not marker.exists()
-    other = out / "eurosat/linear/grid/lr2_wd0/result.json"
-    assert other.is_file() and not (out / "eurosat/linear/grid/lr0.5_wd0/result.json").exists()
+    other = out / "eurosat/linear/final/seed1/result.json"
+    assert other.is_file() and not (out / "eurosat/linear/final/seed2/result.json").exists()
     assert not (out / "eurosat/linear/summary.json").exists()
-    stamp = other.stat().st_mtime_ns
+    kept[other] = other.stat().st_mtime_ns
     assert main(argv) == 0
-    assert other.stat().st_mtime_ns == stamp  # finished run kept
-    resumed = json.loads((out / "eurosat/linear/grid/lr0.5_wd0/result.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished runs kept
+    resumed = json.loads((out / "eurosat/linear/final/seed2/result.json").read_text())
     assert resumed["resumed_from"] and "epoch=1" in Path(resumed["resumed_from"]).name
     assert json.loads((out / "eurosat/linear/summary.json").read_text()) == summary
     assert_same_runs(reference, out, tensors=False)
@@ -227,3 +238,13 @@ def test_frozen_prefix_and_deterministic_transforms(tmp_path):
     assert images.shape == (1, 3, 8, 8) and labels.tolist() == [3]
     with pytest.raises(SweepError, match="draws random numbers"):
         decoded_split(ListDataset([(str(tmp_path / "a.png"), 0)], fgvc_train_transform(8)))
+
+
+def test_tune_help_imports_neither_torch_nor_lightning():
+    code = ("import sys\nfrom vapt.cli import main\ntry:\n    main(['tune', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'pytorch_lightning'}))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "--cluster" in proc.stdout and "--estimate" in proc.stdout  # the help was printed
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

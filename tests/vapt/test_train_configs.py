@@ -1,4 +1,4 @@
-"""Every shipped YAML config (19 VTAB-1k tasks + 5 FGVC datasets, x 11 methods, + the demo) trains one step on a
+"""Every shipped YAML config (19 VTAB-1k tasks + 5 FGVC datasets, x 13 methods, + the demo) trains one step on a
 tiny random ViT: the VPT/VAPT/linear configs and the VTAB cifar100 config of every other method through the
 LightningCLI (fast_dev_run, generated data in the real on-disk layout), every other config by building its
 module from the YAML and taking one optimiser step."""
@@ -21,10 +21,11 @@ from vapt.training.module import PromptTuningModule
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "vtab").glob("*/*.yaml")) + sorted((REPO / "configs" / "fgvc").glob("*/*.yaml"))
 CLI_METHODS = ("vapt", "vpt_deep", "vpt_shallow", "linear")
-METHODS = CLI_METHODS + ("adapter", "lora", "vfpt", "e2vpt", "gatevpt", "replora", "gated_prompt")
+METHODS = CLI_METHODS + ("adapter", "lora", "vfpt", "e2vpt", "gatevpt", "replora", "gated_prompt", "mlp", "sidetune")
 CLI_CONFIGS = [p for p in CONFIGS if p.parent.name in CLI_METHODS or p.stem == "cifar100"]
 STEP_CONFIGS = [p for p in CONFIGS if p not in CLI_CONFIGS]
 TINY = json.dumps({"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 1})
+TINY_SIDE = json.dumps({"patch_size": 16, "embed_dim": 16, "depth": 1, "num_heads": 1})  # 64 px, 16 patches
 QUIET = ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
          "--trainer.enable_model_summary=false", "--trainer.accelerator=cpu", "--trainer.devices=1"]
 
@@ -43,7 +44,7 @@ def test_shipped_config_set_is_complete():
     names = {(p.parent.parent.name, p.parent.name, p.stem) for p in CONFIGS}
     expected = {("vtab", m, t) for m in METHODS for t in VTAB_TASKS}
     expected |= {("fgvc", m, d) for m in METHODS for d in FGVC_DATASETS}
-    assert names == expected  # 264 files
+    assert names == expected  # 312 files
     spec = importlib.util.spec_from_file_location("make_vapt_configs", REPO / "scripts" / "make_vapt_configs.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
@@ -75,8 +76,11 @@ def test_config_fast_dev_run(config: Path, trees: Path, tmp_path: Path):
     family = config.parent.parent.name
     root = trees / "vtab" if family == "vtab" else trees / "fgvc" / config.stem
     # run=False builds one parser instead of four (the `fit` subcommand path is tested with the demo config)
-    cli = build_cli(["--config", str(config), f"--data.root={root}", "--model.checkpoint=null",
-                     f"--model.backbone_kwargs={TINY}", "--data.img_size=16", "--data.batch_size=2",
+    side = config.parent.name == "sidetune"  # AlexNet needs >= 63 px; its weights file is not shipped
+    extra = ['--model.method_kwargs={"side_checkpoint": null}'] if side else []
+    cli = build_cli(["--config", str(config), f"--data.root={root}", "--model.checkpoint=null", *extra,
+                     f"--model.backbone_kwargs={TINY_SIDE if side else TINY}", f"--data.img_size={64 if side else 16}",
+                     "--data.batch_size=2",
                      "--data.num_workers=0", "--trainer.fast_dev_run=true", *QUIET], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 1
@@ -87,7 +91,7 @@ def test_config_fast_dev_run(config: Path, trees: Path, tmp_path: Path):
     init = spec["model"]["init_args"]
     assert cli.model.prompt_config.method == init["method"]
     for key, value in (init.get("method_kwargs") or {}).items():
-        assert getattr(cli.model.prompt_config, key) == value
+        assert getattr(cli.model.prompt_config, key) == (None if side else value)
     scale = 2 / 256 if init.get("scale_lr", True) else 1.0  # x batch / 256
     assert cli.model.effective_lr == pytest.approx(init["lr"] * scale)
 
@@ -99,7 +103,11 @@ def test_config_builds_and_steps(config: Path):
     init = dict(spec["model"]["init_args"])
     data = spec["data"]["init_args"]
     classes = (VTAB_TASKS[data["task"]] if "task" in data else FGVC_DATASETS[data["dataset"]]).num_classes
-    init.update(checkpoint=None, backbone_kwargs=json.loads(TINY), img_size=16, num_classes=classes)
+    size, tiny = 16, TINY
+    if init["method"] == "sidetune":  # AlexNet needs >= 63 px; its weights file is not shipped
+        init["method_kwargs"] = {**init["method_kwargs"], "side_checkpoint": None}
+        size, tiny = 64, TINY_SIDE
+    init.update(checkpoint=None, backbone_kwargs=json.loads(tiny), img_size=size, num_classes=classes)
     module = PromptTuningModule(**init)
     assert module.prompt_config.method == init["method"]
     for key, value in (init.get("method_kwargs") or {}).items():
@@ -107,7 +115,7 @@ def test_config_builds_and_steps(config: Path):
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.1)
     before = [p.detach().clone() for p in params]
-    loss = torch.nn.functional.cross_entropy(module(torch.randn(2, 3, 16, 16)), torch.tensor([0, classes - 1]))
+    loss = torch.nn.functional.cross_entropy(module(torch.randn(2, 3, size, size)), torch.tensor([0, classes - 1]))
     loss.backward()
     opt.step()
     assert torch.isfinite(loss) and any((a != b).any() for a, b in zip(before, params))

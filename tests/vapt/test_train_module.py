@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -174,3 +175,17 @@ def test_compiled_model_trains_and_keeps_checkpoint_keys(tmp_path, demo_data):
     t = trainer(tmp_path)
     res = t.test(m, datamodule=dm, verbose=False)[0]
     assert 0.0 <= res["test/acc"] <= 1.0 and math.isfinite(res["test/loss"])
+
+
+def test_warmup_not_shorter_than_training_is_warned(tmp_path, demo_data):
+    m = tiny_module(lr=2.0, warmup_epochs=10)
+    t = trainer(tmp_path, max_epochs=2, limit_val_batches=0, limit_train_batches=1)
+    with pytest.warns(UserWarning, match=r"warmup_epochs \(10\) >= trainer.max_epochs \(2\): the learning rate "
+                                         r"never leaves its linear warmup \(it ends at 10% of lr\)"):
+        t.fit(m, DemoShapesDataModule(batch_size=8, **demo_data))
+    m = tiny_module(lr=2.0, warmup_epochs=1)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer(tmp_path, max_epochs=2, limit_val_batches=0, limit_train_batches=1).fit(
+            m, DemoShapesDataModule(batch_size=8, **demo_data))
+    assert not [w for w in seen if "warmup_epochs" in str(w.message)]

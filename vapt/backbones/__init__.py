@@ -28,6 +28,7 @@ _EXPORTS = {
     "Preset": "vapt.backbones.registry",
     "Preprocess": "vapt.backbones.preprocess",
     "preprocess_tiles": "vapt.backbones.preprocess",
+    "resize_tiles": "vapt.backbones.preprocess",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_getattr("vapt.backbones", _EXPORTS)

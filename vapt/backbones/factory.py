@@ -9,7 +9,6 @@ Importing this module fills the preset table (the preset modules register themse
 """
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from torch import nn
 from vapt.backbones import cnn, hf, timm_vits  # noqa: F401 - each registers its presets on import
 from vapt.backbones.cnn import build_generic_timm
 from vapt.backbones.errors import BackboneError
+from vapt.backbones.names import similar_names
 from vapt.backbones.registry import PRESETS, Preset
 from vapt.backbones.vit import IMAGENET_MEAN, IMAGENET_STD, OPEN_CLIP_PREFIX, ViTEncoder, build_vit
 
@@ -34,7 +34,7 @@ def get_preset(name: str) -> Preset:
     """The preset called ``name``; an unknown name raises with the closest preset names."""
     if name in PRESETS:
         return PRESETS[name]
-    close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.5)
+    close = similar_names(name, PRESETS)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise BackboneError(f"Unknown encoder preset {name!r}.{hint} `mgpath encoders` lists them.")
 

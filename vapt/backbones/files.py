@@ -106,17 +106,28 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_checked(model: nn.Module, sd: dict, path, preset: str, *, ignore_unexpected: tuple[str, ...] = (),
-                 identify: Callable[[dict], str | None] | None = None) -> None:
+                 identify: Callable[[dict], str | None] | None = None,
+                 resample: Callable[[dict], dict] | None = None) -> None:
     """Load ``sd`` into ``model`` strictly (keys and shapes), else raise one line naming the file and the fix.
 
     ``ignore_unexpected``: file key prefixes the preset knowingly drops (e.g. a classifier). ``identify(sd)``
-    names the preset the file belongs to, so a wrong-preset file says which it is.
+    names the preset(s) the file belongs to, so a wrong-preset file says which it is. ``resample(sd)`` adapts
+    the position embedding to the model's grid; it runs only after every other key and shape has been checked
+    against the preset, so a file of another preset is named as such instead of failing inside the resampling.
     """
     sd = {k: v for k, v in sd.items() if not k.startswith(ignore_unexpected)} if ignore_unexpected else sd
-    diff = diff_state_dict(model.state_dict(), sd)
+    own = model.state_dict()
+    diff = diff_state_dict(own, sd)
+    if resample is not None and "pos_embed" in own and "pos_embed" in sd and \
+            sd["pos_embed"].shape[-1] == own["pos_embed"].shape[-1]:
+        diff.wrong_shape = [w for w in diff.wrong_shape if not w.startswith("pos_embed:")]  # resampled below
+    if not diff and resample is not None:
+        sd = resample(sd)
+        diff = diff_state_dict(own, sd)
     if diff:
         other = identify(sd) if identify else None
-        which = (f"it is a {other} checkpoint, not {preset}; build it with --encoder {other}" if other and
-                 other != preset else f"is it the {preset} file?")
+        names = other.split(" or ") if other else []
+        which = (f"it is a {other} checkpoint, not {preset}; build it with --encoder {names[0]}"
+                 if other and preset not in names else f"is it the {preset} file?")
         raise BackboneError(f"Checkpoint {path} does not fit preset {preset}: {diff.describe(6)}; {which}.")
     model.load_state_dict(sd, strict=True)

@@ -7,6 +7,7 @@ HF ViT / DINOv2 folders are rebuilt as timm ``VisionTransformer`` (so they are v
 from __future__ import annotations
 
 import re
+import warnings
 from functools import partial
 
 import torch
@@ -97,18 +98,26 @@ def _build_hf_vit(preset: Preset, checkpoint, img_size, **overrides) -> ViTEncod
                             f"{preset.options['model_type']!r} of preset {preset.name}; check --encoder.")
     raw = files.read_state_dict(weights.file)
     model = _timm_from_hf_config(cfg, weights.folder, int(img_size or preset.preprocess.size))
-    sd = fit_pos_embed(model, hf_vit_to_timm(raw))
-    files.load_checked(model, sd, weights.file, preset.name, identify=lambda _: identify(raw))
+    files.load_checked(model, hf_vit_to_timm(raw), weights.file, preset.name, identify=lambda _: identify(raw),
+                       resample=lambda d: fit_pos_embed(model, d))
     return ViTEncoder(model, "timm", preset.name, data_config=preset.preprocess.data_config(img_size))
 
 
 def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViTEncoder:
-    """PLIP (HF CLIPModel folder) or QuiltNet (open_clip file / folder): the CLIP vision tower."""
+    """PLIP (HF CLIPModel folder) or QuiltNet (open_clip file / folder): the CLIP vision tower.
+
+    QuiltNet's activation (GELU or QuickGELU) comes from the publisher's ``open_clip_config.json`` beside the
+    weights; without it the tower is open_clip's ``ViT-B-32`` (GELU) unless ``activation="quick_gelu"`` is
+    passed, and a warning says so.
+    """
     import open_clip
 
+    activation = overrides.pop("activation", None) if preset.name == "quiltnet" else None
     if overrides or img_size:
         raise BackboneError(f"Preset {preset.name} is the CLIP tower as published; got overrides "
                             f"{sorted(overrides) + (['img_size'] if img_size else [])}.")
+    if activation not in (None, "gelu", "quick_gelu"):
+        raise BackboneError(f"quiltnet activation must be 'gelu' or 'quick_gelu'; got {activation!r}.")
     cfg = preset.preprocess.data_config()
     if preset.name == "plip":
         if checkpoint is None:
@@ -124,10 +133,20 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViT
     weights = files.resolve(checkpoint) if checkpoint is not None else None
     oc_cfg = weights.configs.get("open_clip_config.json") if weights else None
     if oc_cfg is not None:
-        model = open_clip.CLIP(**oc_cfg["model_cfg"])
+        model_cfg = oc_cfg["model_cfg"]
+        own = "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
+        if activation not in (None, own):
+            raise BackboneError(f"{weights.folder}/open_clip_config.json builds QuiltNet with {own}; got "
+                                f"activation={activation!r}. Drop the option (the publisher's config decides).")
+        model = open_clip.CLIP(**model_cfg)
     else:
+        if weights is not None and activation is None:
+            warnings.warn(f"{weights.file} has no open_clip_config.json beside it: QuiltNet built as open_clip "
+                          "ViT-B-32 with GELU activations. Put the publisher's open_clip_config.json next to the "
+                          "weights to use its settings, or pass activation='quick_gelu'.", stacklevel=3)
+        arch = preset.arch + ("-quickgelu" if activation == "quick_gelu" else "")
         with drop_log_records("No pretrained weights loaded", enabled=weights is not None):  # the file follows
-            model = open_clip.create_model(preset.arch, pretrained=None)
+            model = open_clip.create_model(arch, pretrained=None)
     visual = model.visual
     if weights is None:
         warn_random(preset.name)

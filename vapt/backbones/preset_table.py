@@ -4,20 +4,34 @@ One entry per preset, keyed by name, in listing order: output ``dim``, the publi
 (:class:`Preprocess`), ``arch``, weights ``layout``, ``source``, ``licence``, ``magnification``, ``vit`` (usable as
 a prompt-tuning backbone), ``unavailable`` (why it cannot be rebuilt here) and ``notes``. The builder modules
 (``timm_vits``, ``cnn``, ``hf``) register their presets from these entries, so ``mgpath encoders`` and the
-builders read one table; :mod:`vapt.backbones.preprocess` applies :class:`Preprocess` to tensors.
+builders read one table; :mod:`vapt.backbones.preprocess` applies :class:`Preprocess` to tiles.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HALF", "HIBOU", "HOPTIMUS", "HUB_CONFIG", "IMAGENET", "OPENAI_CLIP", "PRESET_INFO", "Preprocess"]
+__all__ = [
+    "GENBIO",
+    "HALF",
+    "HIBOU",
+    "HOPTIMUS",
+    "HUB_CONFIG",
+    "IMAGENET",
+    "OPENAI_CLIP",
+    "PIXELS",
+    "PRESET_INFO",
+    "Preprocess",
+]
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 HOPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 HIBOU = ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816))
+GENBIO = ((0.697, 0.575, 0.728), (0.188, 0.240, 0.187))
+#: how tiles are resampled (recorded with features, so features made another way are not mixed with these)
+PIXELS = "8-bit PIL"
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,7 @@ class Preprocess:
             "interpolation": self.interpolation,
             "mean": tuple(mean or self.norm[0]),
             "std": tuple(std or self.norm[1]),
+            "pixels": PIXELS,
         }
 
 
@@ -76,8 +91,8 @@ PRESET_INFO: dict[str, dict] = {
         "source": "hf MahmoodLab/conch (gated): pytorch_model.bin",
         "licence": "CC BY-NC-ND 4.0, gated",
         "magnification": "20x (unverified)",
-        "notes": "default output = encode_image(proj_contrast=True, normalize=False), the space of CONCH's text tower; "
-        "output='trident' = TRIDENT's (no projection), 'trunk_cls' = 768-d CLS",
+        "notes": "default output = encode_image(proj_contrast=True, normalize=False), the space of CONCH's "
+        "text tower; output='trident' = TRIDENT's (no projection), 'trunk_cls' = 768-d CLS",
     },
     "gigapath": {
         "dim": 1536,
@@ -260,29 +275,30 @@ PRESET_INFO: dict[str, dict] = {
         "source": "hf wisdomik/QuiltNet-B-32: open_clip_pytorch_model.bin",
         "licence": "MIT tag; research data terms",
         "magnification": "mixed (video frames)",
-        "notes": "open_clip ViT-B-32; the folder's open_clip_config.json decides the architecture when present",
+        "notes": "open_clip ViT-B-32; the folder's open_clip_config.json decides the architecture and "
+        "activation; without it GELU (warned; activation='quick_gelu' for QuickGELU)",
     },
     "conch_v15": {
         "dim": 768,
-        "preprocess": Preprocess(224, IMAGENET, "bilinear", crop=True),
+        "preprocess": Preprocess(448, IMAGENET, "bilinear", crop=True),
         "arch": "-",
         "layout": "-",
         "source": "see TRIDENT",
-        "unavailable": "needs TRIDENT's vendored conchv1_5 model (its iBOT position-embedding interpolation is not timm's); "
-        "use TRIDENT (github.com/mahmoodlab/TRIDENT)",
+        "unavailable": "needs TRIDENT's vendored conchv1_5 model (its iBOT position-embedding interpolation "
+        "is not timm's); use TRIDENT (github.com/mahmoodlab/TRIDENT)",
     },
     "hibou_l": {
         "dim": 1024,
-        "preprocess": Preprocess(224, IMAGENET, "bilinear", crop=True),
+        "preprocess": Preprocess(224, HIBOU, "bicubic", crop=False),
         "arch": "-",
         "layout": "-",
         "source": "see TRIDENT",
-        "unavailable": "needs the publisher's trust_remote_code model code (histai/hibou-L modeling_dinov2.py), "
-        "which is not rebuilt here",
+        "unavailable": "needs the publisher's trust_remote_code model code (histai/hibou-L "
+        "modeling_dinov2.py), which is not rebuilt here",
     },
     "musk": {
         "dim": 1024,
-        "preprocess": Preprocess(224, IMAGENET, "bilinear", crop=True),
+        "preprocess": Preprocess(384, HALF, "bicubic", crop=True),
         "arch": "-",
         "layout": "-",
         "source": "see TRIDENT",
@@ -290,7 +306,7 @@ PRESET_INFO: dict[str, dict] = {
     },
     "openmidnight": {
         "dim": 1536,
-        "preprocess": Preprocess(224, IMAGENET, "bilinear", crop=True),
+        "preprocess": Preprocess(224, IMAGENET, "bilinear", crop=False),
         "arch": "-",
         "layout": "-",
         "source": "see TRIDENT",
@@ -298,15 +314,15 @@ PRESET_INFO: dict[str, dict] = {
     },
     "keep": {
         "dim": 768,
-        "preprocess": Preprocess(224, IMAGENET, "bilinear", crop=True),
+        "preprocess": Preprocess(224, IMAGENET, "bicubic", crop=True),
         "arch": "-",
         "layout": "-",
         "source": "see TRIDENT",
-        "unavailable": "needs the publisher's trust_remote_code model code (Astaxanthin/KEEP)",
+        "unavailable": "needs the publisher's trust_remote_code model code (Astaxanthin/KEEP); 768-d unverified",
     },
     "genbio-pathfm": {
         "dim": 4608,
-        "preprocess": Preprocess(224, IMAGENET, "bilinear", crop=True),
+        "preprocess": Preprocess(224, GENBIO, "bilinear", crop=False),
         "arch": "-",
         "layout": "-",
         "source": "see TRIDENT",

@@ -7,11 +7,11 @@ complete wherever a preset is looked up or built.
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vapt.backbones.errors import BackboneError
+from vapt.backbones.names import similar_names
 from vapt.backbones.preset_table import Preprocess
 
 __all__ = ["PRESETS", "Preset", "register", "unknown_name"]
@@ -52,7 +52,7 @@ def register(preset: Preset) -> Preset:
 
 def unknown_name(name: str, timm_names: list[str]) -> BackboneError:
     """Error for a name that is neither a preset nor a timm / open_clip model (closest names of both)."""
-    close = difflib.get_close_matches(name, list(PRESETS) + timm_names, n=4, cutoff=0.5)
+    close = similar_names(name, list(PRESETS) + timm_names, n=4)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return BackboneError(f"Unknown encoder {name!r}: not a preset, timm model or open_clip:<name>.{hint} "
                          "`mgpath encoders` lists the presets.")

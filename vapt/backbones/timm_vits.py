@@ -48,6 +48,10 @@ def fit_pos_embed(model: nn.Module, sd: dict) -> dict:
     if own is None or pos is None or pos.shape == own.shape or pos.shape[-1] != own.shape[-1]:
         return sd
     prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    side = round((pos.shape[1] - prefix) ** 0.5)
+    if pos.ndim != 3 or side * side != pos.shape[1] - prefix:
+        raise BackboneError(f"The file's pos_embed {tuple(pos.shape)} is not a square grid after {prefix} prefix "
+                            f"token(s); it does not belong to this model ({type(model).__name__}).")
     return {**sd, "pos_embed": resample_abs_pos_embed(pos, new_size=list(model.patch_embed.grid_size),
                                                       num_prefix_tokens=prefix)}
 
@@ -72,8 +76,8 @@ def _build_timm_preset(preset: Preset, checkpoint, img_size, **overrides) -> ViT
     if sd is None:
         warn_random(preset.name)
     else:
-        sd = fit_pos_embed(model, sd)
-        files.load_checked(model, sd, weights.file, preset.name, ignore_unexpected=("head.",), identify=identify)
+        files.load_checked(model, sd, weights.file, preset.name, ignore_unexpected=("head.",), identify=identify,
+                           resample=lambda d: fit_pos_embed(model, d))
     return ViTEncoder(model, "timm", preset.name, data_config=pre.data_config(img_size), output=output)
 
 
@@ -140,7 +144,8 @@ def _build_conch(preset: Preset, checkpoint, img_size, **overrides) -> ViTEncode
         if not trunk_sd:
             raise BackboneError(f"Checkpoint {weights.file} has no 'visual.trunk.*' keys: not CONCH's "
                                 f"pytorch_model.bin{_other(sd, weights.file)}.")
-        files.load_checked(trunk, fit_pos_embed(trunk, trunk_sd), weights.file, preset.name, identify=identify)
+        files.load_checked(trunk, trunk_sd, weights.file, preset.name, identify=identify,
+                           resample=lambda d: fit_pos_embed(trunk, d))
         if head is not None:
             if head.proj is None:
                 head_sd.pop("proj", None)
@@ -167,7 +172,7 @@ def _signature(sd: dict) -> tuple | None:
 
 
 def identify(sd: dict) -> str | None:
-    """Name the preset a state dict belongs to (None when no preset matches)."""
+    """Name the preset a state dict belongs to (``"a or b"`` when several share its layout; None when none)."""
     keys = set(sd)
     if any(k.startswith("visual.attn_pool_contrast.") for k in keys):
         return "conch_v1"
@@ -182,13 +187,14 @@ def identify(sd: dict) -> str | None:
     sig = _signature(sd)
     if sig is None:
         return None
+    found = []
     for p in PRESETS.values():
         if p.build is _build_timm_preset and not p.options.get("hub_config"):
             with torch.device("meta"):
                 meta = create_timm(p.arch, p.options["kwargs"], None, {"depth": 1})
             if _signature(meta.state_dict()) == sig:
-                return p.name
-    return None
+                found.append(p.name)
+    return " or ".join(found) or None
 
 
 # ------------------------------------------------------------------------------------------------- table

@@ -18,7 +18,6 @@ Nothing is downloaded unless ``pretrained=True`` or an ``hf-hub:`` name is given
 """
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable, Sequence
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from vapt.backbones.errors import BackboneError
+from vapt.backbones.names import similar_names
 from vapt.backbones.preprocess import preprocess_tiles
 from vapt.backbones.vit_files import load_open_clip_checkpoint, load_timm_checkpoint
 from vapt.quiet import drop_log_records
@@ -135,11 +135,19 @@ class ViTEncoder(nn.Module):
             return m.norm_pre(x)
         return m._embeds(x)
 
-    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """One transformer block, (B, L, D) -> (B, L, D)."""
+    def run_block(self, block: nn.Module, x: torch.Tensor, tensors: dict[str, torch.Tensor] | None = None
+                  ) -> torch.Tensor:
+        """One transformer block, (B, L, D) -> (B, L, D).
+
+        ``tensors`` ({name inside the block: tensor}) stand in for the block's own parameters of those names for
+        this call only (`torch.func.functional_call`), e.g. a LoRA-merged projection weight.
+        """
+        def call(t: torch.Tensor) -> torch.Tensor:
+            return block(t) if tensors is None else torch.func.functional_call(block, tensors, (t,))
+
         if self.library == "open_clip" and not self.model.transformer.batch_first:
-            return block(x.transpose(0, 1)).transpose(0, 1)
-        return block(x)
+            return call(x.transpose(0, 1)).transpose(0, 1)
+        return call(x)
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm over all tokens (identity where the model normalises after pooling). (B, L, D)."""
@@ -240,7 +248,7 @@ def _as_hw(img_size) -> tuple[int, int] | None:
 
 
 def _unknown_name_error(name: str, candidates: Iterable[str], library: str) -> BackboneError:
-    close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.5)
+    close = similar_names(name, candidates, n=5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return BackboneError(f"Unknown {library} backbone {name!r}.{hint}")
 
@@ -291,7 +299,8 @@ def _build_open_clip(model_name, checkpoint, img_size, pretrained) -> ViTEncoder
     tag = pretrained if isinstance(pretrained, str) else None
     # open_clip logs "No pretrained weights loaded ... initialized randomly"; untrue when the user's file follows
     with drop_log_records("No pretrained weights loaded", enabled=checkpoint is not None):
-        model = open_clip.create_model(model_name, pretrained=tag, **kwargs)
+        # the current default device (cpu, or meta under ``with torch.device("meta")`` for shape-only counts)
+        model = open_clip.create_model(model_name, pretrained=tag, device=torch.get_default_device(), **kwargs)
     visual = model.visual
     if not isinstance(visual, OpenClipViT):
         raise BackboneError(f"open_clip model {model_name!r} has a {type(visual).__name__} vision tower; "

@@ -7,6 +7,7 @@
   prints one notice line on stderr naming the new spelling.
 - ``--folds`` has one grammar everywhere (:func:`parse_folds`): ``0 1 2``, ``0..4`` or both mixed.
 - Config-driven commands take ``-c/--config`` and ``--print_config`` (:func:`add_config_options`).
+- Help is plain text: docstring markup is stripped (:mod:`vapt.cli.help_text`).
 
 The table of names is ``docs/interface.md``.
 """
@@ -16,6 +17,8 @@ import argparse
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from vapt.cli.help_text import plain_formatter
 
 __all__ = ["DialectParser", "add_config_options", "parse_folds", "print_configs"]
 
@@ -47,7 +50,7 @@ class DialectParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         base = kwargs.pop("formatter_class", argparse.HelpFormatter)
-        kwargs["formatter_class"] = type(f"Dialect{base.__name__}", (_HideAliases, base), {})
+        kwargs["formatter_class"] = plain_formatter(type(f"Dialect{base.__name__}", (_HideAliases, base), {}))
         super().__init__(*args, **kwargs)
         self._deprecated: dict[str, str] = {}
 

@@ -73,7 +73,8 @@ def resolve_config(name_or_path: str | os.PathLike, prefixes: tuple[str, ...] = 
                    lister: str = "vapt configs") -> Path:
     """An existing config file, or the shipped config of that name.
 
-    ``name_or_path`` may be a path (returned unchanged when it exists), a shipped name (``vtab/vapt/cifar100``,
+    ``name_or_path`` may be a path (returned unchanged when it exists), a run folder holding the ``config.yaml``
+    that fit saved there, a shipped name (``vtab/vapt/cifar100``,
     ``demo``), a name with ``.yaml`` or the repository spelling ``configs/<name>.yaml``. ``prefixes`` are
     tried in order in front of a name (``mgpath`` passes ``("", "wsi/")`` so ``tcga_nsclc_16shot`` works).
 
@@ -85,6 +86,8 @@ def resolve_config(name_or_path: str | os.PathLike, prefixes: tuple[str, ...] = 
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
+    if path.is_dir() and (path / "config.yaml").is_file():  # a run folder: the config its fit saved there
+        return path / "config.yaml"
     name = path.as_posix()
     name = name.removeprefix("configs/")
     name = name.removesuffix(".yaml")
@@ -150,8 +153,8 @@ def configs_main(argv: list[str] | None = None, scope: str = "vapt") -> int:
 
     prog = f"{scope} configs"
     ap = DialectParser(prog=prog, description="List or print the shipped LightningCLI configs; a "
-                                 f"name works in place of a path, e.g. {scope} fit --config "
-                                 f"{'tcga_nsclc_16shot' if scope == 'mgpath' else 'vtab/vapt/cifar100'}.")
+                       f"name works in place of a path, e.g. {scope} fit --config "
+                       f"{'tcga_nsclc_16shot' if scope == 'mgpath' else 'vtab/vapt/cifar100'}.")
     ap.add_argument("name", nargs="?", help="print this shipped config")
     ap.add_argument("--list", action="store_true", help="list the shipped config names (the default)")
     ap.add_argument("--path", action="store_true", help="with NAME: print where the file is instead")

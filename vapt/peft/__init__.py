@@ -17,6 +17,8 @@ e2vpt      E2VPTConfig                      `vapt.peft.e2vpt`
 gatevpt    GateVPTConfig                    `vapt.peft.gatevpt`
 replora    RepLoraConfig                    `vapt.peft.replora`
 gated_prompt  GatedPromptConfig             `vapt.peft.gated`
+mlp        MlpHeadConfig                    `vapt.peft.mlp_head`
+sidetune   SideTuneConfig                   `vapt.peft.sidetune`
 =========  ===============================  ==========================
 """
 from __future__ import annotations
@@ -32,7 +34,10 @@ from vapt.peft.e2vpt import E2VPTConfig
 from vapt.peft.gatevpt import GateVPTConfig
 from vapt.peft.replora import RepLoraConfig
 from vapt.peft.gated import GatedPromptConfig
+from vapt.peft.mlp_head import MlpHeadConfig
+from vapt.peft.sidetune import SideTuneConfig
 
 __all__ = ["MethodConfig", "PeftMethod", "build_method", "make_config", "method_class", "method_names", "register",
            "PromptConfig", "PromptGenerator", "BitFitConfig", "PartialConfig", "LoraConfig", "AdapterConfig",
-           "VFPTConfig", "E2VPTConfig", "GateVPTConfig", "RepLoraConfig", "GatedPromptConfig"]
+           "VFPTConfig", "E2VPTConfig", "GateVPTConfig", "RepLoraConfig", "GatedPromptConfig", "MlpHeadConfig",
+           "SideTuneConfig"]

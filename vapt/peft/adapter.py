@@ -8,7 +8,9 @@ Pfeiffer style, after the MLP of every block and before its residual::
 ``reduction_factor`` rf = 8 (official default ``MODEL.ADAPTER.REDUCATION_FACTOR``; the paper searches
 {8, 64, 256}); exact-erf GELU. The VPT paper's Adapter numbers (VTAB-1k 70.67 / 77.80 / 33.09, FGVC 85.46) are
 the Adapter row of the VAPT / E2VPT / VFPT tables. The adapter is added by a forward hook on the frozen
-``mlp`` (its output is replaced by ``m + adapter(m)``), so the backbone's keys stay unchanged.
+``mlp`` (its output is replaced by ``m + adapter(m)``), so the backbone's keys stay unchanged. The same hook
+serves timm ViTs (``block.mlp``; a layer scale ``ls2`` then scales ``m + adapter(m)``) and open_clip towers
+(``block.mlp``, then ``ls_2``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vapt.peft.base import MethodConfig, OutputHook, PeftMethod, register, timm_only
+from vapt.peft.base import MethodConfig, OutputHook, PeftMethod, register
 
 
 @dataclass
@@ -60,7 +62,10 @@ class Adapter(PeftMethod):
 
     def __init__(self, cfg: AdapterConfig, encoder):
         super().__init__(cfg, encoder)
-        timm_only(encoder, "adapter")
+        if encoder.library not in ("timm", "open_clip") or not all(
+                isinstance(getattr(b, "mlp", None), nn.Module) for b in encoder.blocks):
+            raise ValueError(f"adapter needs blocks with an mlp module (timm ViT or open_clip tower); "
+                             f"{encoder.name} has {type(encoder.blocks[0]).__name__} blocks.")
         d = encoder.embed_dim
         hidden = d // cfg.reduction_factor
         if hidden < 1:

@@ -4,7 +4,8 @@ A method is an ``nn.Module`` built from its config dataclass and the frozen `ViT
 tuner layout: one module per method, registered by name). `PromptedViT` embeds the images, hands the tokens
 to :meth:`PeftMethod.forward_tokens` and pools what comes back, so a method may insert tokens (VPT, VAPT,
 VFPT, E2VPT, GateVPT), change how a block attends (E2VPT key-value prompts, gated prompts) or add to a
-frozen layer's output through forward hooks it owns (LoRA, RepLoRA, Adapter).
+frozen layer's output through forward hooks it owns (Adapter), run blocks with merged weights (LoRA, RepLoRA)
+or act on the pooled feature before the head (MLP-k).
 """
 from __future__ import annotations
 
@@ -85,6 +86,12 @@ class PeftMethod(nn.Module):
             h = encoder.run_block(block, h)
         return h, encoder.num_prefix_tokens
 
+    def head_input(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """What the classification head sees: the pooled features (B, F), changed by methods that act after
+        the trunk (MLP-k's hidden layers). ``images`` (B, 3, H, W) are the model's inputs. Default: ``features``.
+        """
+        return features
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role for ``vapt summary`` (default: by the first component of their name)."""
         groups: dict[str, list[nn.Parameter]] = {}
@@ -132,7 +139,8 @@ def timm_only(encoder, method: str) -> None:
     """Refuse encoders whose blocks the method cannot reach (it edits timm attention or linear layers)."""
     if encoder.library != "timm" or not hasattr(encoder.blocks[0], "attn") or not hasattr(encoder.blocks[0].attn, "qkv"):
         raise ValueError(f"{method} needs a timm ViT with fused qkv attention; {encoder.name} is not one "
-                         "(use vpt, vapt or linear for open_clip towers).")
+                         "(open_clip towers take vpt, vapt, vfpt, lora, replora, adapter, bitfit, partial, full, "
+                         "mlp, sidetune or linear).")
 
 
 class OutputHook:

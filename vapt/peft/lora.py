@@ -1,18 +1,23 @@
-"""LoRA on the fused qkv projection of every block, as the VTAB-1k LoRA row ran it (NOAH).
+"""LoRA on the fused q/k/v projection of every block, as the VTAB-1k LoRA row ran it (NOAH).
 
 Official source: ZhangYuanhan-AI/NOAH @ e9c55f3, ``model/module/qkv_super_prompt.py`` with
 ``experiments/LoRA/ViT-B_prompt_lora_8.yaml`` (rank 8 in all 12 blocks; AdamW lr 1e-3, wd 1e-4, batch 64,
 100 epochs). Its mean over the 19 VTAB-1k tasks, 72.25, is the LoRA row of the VAPT / E2VPT / VFPT tables.
-For a block with qkv weight ``W`` (3D, D)::
+For a block with q/k/v weight ``W`` (3D, D)::
 
-    qkv(x) = x W^T + b + s * x A B          A: (D, r) kaiming_uniform(a=sqrt 5) over its (D, r) shape
-                                             (bound 1 / sqrt(r)), B: (r, 3D) zeros, s = 1 in NOAH
+    W' = W + s (A B)^T          A: (D, r) kaiming_uniform(a=sqrt 5) over its (D, r) shape
+    qkv(x) = x W'^T + b                (bound 1 / sqrt(r)), B: (r, 3D) zeros, s = 1 in NOAH
 
-i.e. ``W' = W + s (A B)^T``; q, k and v are all adapted (``targets="qkv"``). ``targets="qv"`` adapts only q and v
-(the LoRA paper's choice, V-PETL Bench), still with one (D, r) / (r, D) pair per target. No dropout by default.
-NOAH's supernet stores qkv rows interleaved (``sample_weight``), which permutes the columns of B only; the
-function class, the init distribution and the gradients are those of the layout here.
-The update is added by a forward hook on the frozen ``attn.qkv`` (the backbone's keys stay unchanged).
+computed as NOAH computes it: the merged weight ``W'`` is formed first and used in one ``F.linear`` (so fp32
+logits equal the official model's bit for bit, not only up to rounding). q, k and v are all adapted
+(``targets="qkv"``); ``targets="qv"`` adapts only q and v (the LoRA paper's choice, V-PETL Bench), still with one
+(D, r) / (r, D) pair per target. No dropout (NOAH has none). NOAH's supernet stores qkv rows interleaved
+(``sample_weight``), which permutes the columns of B only; the function class, the init distribution and the
+gradients are those of the layout here.
+
+The merged weight stands in for the frozen one for the duration of each block call
+(`ViTEncoder.run_block` with ``tensors``), so the backbone's keys and values stay unchanged. Works on timm ViTs
+(``attn.qkv.weight``) and open_clip towers (``nn.MultiheadAttention.in_proj_weight``, the same q/k/v row order).
 """
 from __future__ import annotations
 
@@ -23,9 +28,62 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vapt.peft.base import MethodConfig, OutputHook, PeftMethod, register, timm_only
+from vapt.peft.base import MethodConfig, PeftMethod, register
 
 TARGETS = {"qkv": (0, 1, 2), "qv": (0, 2), "q": (0,), "v": (2,)}
+
+
+def qkv_weight_name(encoder, method: str) -> str:
+    """Name, inside a block, of the fused (3D, D) q/k/v projection weight.
+
+    ``attn.qkv.weight`` for timm ViTs, ``attn.in_proj_weight`` for open_clip towers (``nn.MultiheadAttention``);
+    any other block layout is refused with one line naming the encoder.
+    """
+    attn = getattr(encoder.blocks[0], "attn", None)
+    d = encoder.embed_dim
+    if encoder.library == "timm" and isinstance(getattr(attn, "qkv", None), nn.Linear):
+        name = "attn.qkv.weight"
+    elif encoder.library == "open_clip" and isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim:
+        name = "attn.in_proj_weight"
+    else:
+        raise ValueError(f"{method} needs a fused q/k/v projection (timm attn.qkv or open_clip in_proj_weight); "
+                         f"{encoder.name} has {type(attn).__name__} attention (use vpt, vapt or linear).")
+    for block in encoder.blocks:
+        if block.get_parameter(name).shape != (3 * d, d):
+            raise ValueError(f"{method}: {encoder.name} has a {name} of shape "
+                             f"{tuple(block.get_parameter(name).shape)}, not (3D, D) = ({3 * d}, {d}).")
+    return name
+
+
+class QKVUpdate(PeftMethod):
+    """Base of methods that add a (D, 3D) update ``delta(i)`` to block ``i``'s frozen q/k/v weight.
+
+    Block ``i < num_blocks`` runs with ``W' = W + delta(i)^T`` in place of ``W``; later blocks run frozen.
+    Subclasses set ``num_blocks`` and ``weight_name`` (from :func:`qkv_weight_name`) and define :meth:`delta`.
+    """
+
+    num_blocks: int = 0
+    weight_name: str = ""
+
+    def delta(self, i: int) -> torch.Tensor:
+        """Block ``i``'s update as a (D, 3D) matrix acting as ``x @ delta``."""
+        raise NotImplementedError
+
+    def forward_tokens(self, encoder, h: torch.Tensor) -> tuple[torch.Tensor, int]:
+        for i, block in enumerate(encoder.blocks):
+            if i < self.num_blocks:
+                w = block.get_parameter(self.weight_name)
+                merged = w + self.delta(i).T.to(w.dtype)
+                h = encoder.run_block(block, h, tensors={self.weight_name: merged})
+            else:
+                h = encoder.run_block(block, h)
+        return h, encoder.num_prefix_tokens
+
+
+def scatter_targets(parts: list[torch.Tensor], targets: tuple[int, ...], d: int) -> torch.Tensor:
+    """(D, D) updates of the projections in ``targets`` -> one (D, 3D) matrix, zeros elsewhere."""
+    cols = [parts[targets.index(t)] if t in targets else parts[0].new_zeros(d, d) for t in range(3)]
+    return torch.cat(cols, dim=1)
 
 
 @dataclass
@@ -40,8 +98,6 @@ class LoraConfig(MethodConfig):
         Which of the fused projections get an update.
     scaling : float
         s (NOAH: 1.0; ``alpha / r`` in the LoRA paper).
-    dropout : float
-        Dropout on the LoRA input (NOAH: none).
     blocks : int or None
         Adapt only the first ``blocks`` blocks (NOAH's "LoRA depth"); None = all.
     """
@@ -50,7 +106,6 @@ class LoraConfig(MethodConfig):
     rank: int = 8
     targets: str = "qkv"
     scaling: float = 1.0
-    dropout: float = 0.0
     blocks: int | None = None
 
     def __post_init__(self):
@@ -58,25 +113,21 @@ class LoraConfig(MethodConfig):
             raise ValueError(f"lora: rank must be >= 1; got {self.rank}.")
         if self.targets not in TARGETS:
             raise ValueError(f"lora: targets must be one of {', '.join(TARGETS)}; got {self.targets!r}.")
-
-
-def attach_qkv_hooks(method: PeftMethod, encoder, num_blocks: int) -> None:
-    """Make ``attn.qkv`` of the first ``num_blocks`` blocks return ``method.add_update(i, x, out)``."""
-    for i, block in enumerate(list(encoder.blocks)[:num_blocks]):
-        block.attn.qkv.register_forward_hook(OutputHook(method, "add_update", i))
+        if self.blocks is not None and self.blocks < 1:
+            raise ValueError(f"lora: blocks must be >= 1 (or null for all); got {self.blocks}.")
 
 
 @register
-class LoRA(PeftMethod):
-    """Low-rank updates of the frozen qkv projections. Parameters ``a.{i}`` (D, r * T) and ``b.{i}`` (T, r, D)
-    per adapted block, T = number of targets (for ``qkv`` stored as one (r, 3D) matrix as in NOAH)."""
+class LoRA(QKVUpdate):
+    """Low-rank updates of the frozen q/k/v projections. Parameters ``a.{i}`` and ``b.{i}`` per adapted block:
+    (D, r) and (r, 3D) for ``targets="qkv"`` (as in NOAH), else (T, D, r) and (T, r, D), T = number of targets."""
 
     names: ClassVar[tuple[str, ...]] = ("lora",)
     config_class: ClassVar[type] = LoraConfig
 
     def __init__(self, cfg: LoraConfig, encoder):
         super().__init__(cfg, encoder)
-        timm_only(encoder, "lora")
+        self.weight_name = qkv_weight_name(encoder, "lora")
         d, depth = encoder.embed_dim, len(encoder.blocks)
         self.num_blocks = depth if cfg.blocks is None else min(cfg.blocks, depth)
         self.targets = TARGETS[cfg.targets]
@@ -87,8 +138,6 @@ class LoRA(PeftMethod):
             a, b = self._init_pair(d, cfg.rank, len(self.targets))
             self.a.append(a)
             self.b.append(b)
-        self.dropout = nn.Dropout(cfg.dropout)
-        attach_qkv_hooks(self, encoder, self.num_blocks)
 
     @staticmethod
     def _init_pair(d: int, r: int, t: int) -> tuple[nn.Parameter, nn.Parameter]:
@@ -106,24 +155,5 @@ class LoRA(PeftMethod):
         a, b = self.a[i], self.b[i]
         if a.ndim == 2:
             return self.cfg.scaling * (a @ b)
-        d = self.embed_dim
-        out = a.new_zeros(d, 3 * d)
-        for j, t in enumerate(self.targets):
-            out[:, t * d:(t + 1) * d] = self.cfg.scaling * (a[j] @ b[j])
-        return out
-
-    def qkv_update(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) input of qkv -> (B, L, 3D) update."""
-        a, b = self.a[i], self.b[i]
-        x = self.dropout(x)
-        if a.ndim == 2:
-            return self.cfg.scaling * ((x @ a.to(x.dtype)) @ b.to(x.dtype))
-        d = self.embed_dim
-        parts = [x.new_zeros(*x.shape[:-1], d) for _ in range(3)]
-        for j, t in enumerate(self.targets):
-            parts[t] = self.cfg.scaling * ((x @ a[j].to(x.dtype)) @ b[j].to(x.dtype))
-        return torch.cat(parts, dim=-1)
-
-    def add_update(self, i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Forward hook body: frozen qkv output (B, L, 3D) plus the update of block ``i``."""
-        return out + self.qkv_update(i, x).to(out.dtype)
+        parts = [self.cfg.scaling * (a[j] @ b[j]) for j in range(len(self.targets))]
+        return scatter_targets(parts, self.targets, self.embed_dim)

@@ -12,7 +12,9 @@ For block ``i`` and each adapted projection ``t`` in ``targets`` (default q and 
 
 ``A~`` starts kaiming-uniform (a = sqrt 5), ``B~`` and the last layer ``W2, b2`` of every ``g_B`` start at zero,
 so the update is exactly zero at initialisation (as LoRA's). After training the MLPs can be folded away:
-:meth:`RepLoRA.merged` returns the plain ``(A_t, B_t)`` pairs, so inference costs what LoRA costs.
+:meth:`RepLoRA.merged` returns the plain ``(A_t, B_t)`` pairs, so inference costs what LoRA costs. Like LoRA the
+update is merged into the frozen weight before the projection (`vapt.peft.lora.QKVUpdate`), on timm ViTs and
+open_clip towers alike.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vapt.peft.base import MethodConfig, OutputHook, PeftMethod, register, timm_only
-from vapt.peft.lora import TARGETS
+from vapt.peft.base import MethodConfig, register
+from vapt.peft.lora import TARGETS, QKVUpdate, qkv_weight_name, scatter_targets
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh}
 
@@ -65,7 +67,7 @@ class Reparam(nn.Module):
 
 
 @register
-class RepLoRA(PeftMethod):
+class RepLoRA(QKVUpdate):
     """Per block: ``base_a.{i}`` (r, D), ``base_b.{i}`` (D, r); per block and target: ``mlp_a.{i}.{t}``,
     ``mlp_b.{i}.{t}`` (`Reparam`)."""
 
@@ -74,7 +76,8 @@ class RepLoRA(PeftMethod):
 
     def __init__(self, cfg: RepLoraConfig, encoder):
         super().__init__(cfg, encoder)
-        timm_only(encoder, "replora")
+        self.weight_name = qkv_weight_name(encoder, "replora")
+        self.num_blocks = len(encoder.blocks)
         d, r = encoder.embed_dim, cfg.rank
         self.embed_dim, self.targets = d, TARGETS[cfg.targets]
         self.base_a, self.base_b = nn.ParameterList(), nn.ParameterList()
@@ -86,18 +89,13 @@ class RepLoRA(PeftMethod):
             self.base_b.append(nn.Parameter(torch.zeros(d, r)))
             self.mlp_a.append(nn.ModuleList(Reparam(d, cfg.hidden_dim, cfg.activation, False) for _ in self.targets))
             self.mlp_b.append(nn.ModuleList(Reparam(d, cfg.hidden_dim, cfg.activation, True) for _ in self.targets))
-        for i, block in enumerate(encoder.blocks):
-            block.attn.qkv.register_forward_hook(OutputHook(self, "add_update", i))
 
     def merged(self, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Block ``i``'s ``(A_t (r, D), B_t (D, r))`` per target, the MLPs applied."""
         a, b = self.base_a[i], self.base_b[i]
         return [(self.mlp_a[i][j](a), self.mlp_b[i][j](b.T).T) for j in range(len(self.targets))]
 
-    def add_update(self, i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Forward hook body: qkv output (B, L, 3D) plus ``s x A_t^T B_t^T`` in each target's slice."""
-        d = self.embed_dim
-        parts = list(out.split(d, dim=-1))
-        for (a, b), t in zip(self.merged(i), self.targets):
-            parts[t] = parts[t] + self.cfg.scaling * ((x @ a.T.to(x.dtype)) @ b.T.to(x.dtype))
-        return torch.cat(parts, dim=-1)
+    def delta(self, i: int) -> torch.Tensor:
+        """Block ``i``'s (D, 3D) update ``s (B_t A_t)^T`` in each target's columns."""
+        parts = [self.cfg.scaling * (b @ a).T for a, b in self.merged(i)]
+        return scatter_targets(parts, self.targets, self.embed_dim)

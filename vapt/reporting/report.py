@@ -31,11 +31,12 @@ from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 from vapt.fileio.resources import data_file
 from vapt.reporting.tables import markdown_table
 
-METHOD_ORDER = ("full", "linear", "bitfit", "partial", "adapter", "lora", "replora", "vpt_shallow", "vpt_deep",
-                "e2vpt", "vfpt", "gatevpt", "gated_prompt", "vapt")
-LABELS = {"full": "Full", "linear": "Linear", "bitfit": "BitFit", "partial": "Partial-1", "adapter": "Adapter",
-          "lora": "LoRA", "replora": "RepLoRA", "vpt_shallow": "VPT-shallow", "vpt_deep": "VPT-deep",
-          "e2vpt": "E2VPT", "vfpt": "VFPT", "gatevpt": "GateVPT", "gated_prompt": "Gated prompts", "vapt": "VAPT"}
+METHOD_ORDER = ("full", "linear", "partial", "mlp", "sidetune", "bitfit", "adapter", "lora", "replora",
+                "vpt_shallow", "vpt_deep", "e2vpt", "vfpt", "gatevpt", "gated_prompt", "vapt")
+LABELS = {"full": "Full", "linear": "Linear", "bitfit": "BitFit", "partial": "Partial-1", "mlp": "MLP-3",
+          "sidetune": "Sidetune", "adapter": "Adapter", "lora": "LoRA", "replora": "RepLoRA",
+          "vpt_shallow": "VPT-shallow", "vpt_deep": "VPT-deep", "e2vpt": "E2VPT", "vfpt": "VFPT", "gatevpt": "GateVPT",
+          "gated_prompt": "Gated prompts", "vapt": "VAPT"}
 
 
 def load_summaries(runs_dir: str | os.PathLike) -> list[dict]:

@@ -62,14 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "vapt (default), lora, adapter, ... (an unknown name lists them)")
     p.add_argument("--num_tokens", type=int, default=None, help="prompt tokens N (default: the method's)")
     p.add_argument("--shallow", action="store_true", help="VPT-shallow instead of deep")
-    p.add_argument("--kernel_size", type=int, default=None)
-    p.add_argument("--hidden_dim", type=int, default=None)
-    p.add_argument("--vpt_depth", type=int, default=None)
-    p.add_argument("--no_share_projector", action="store_true")
+    p.add_argument("--kernel_size", type=int, default=None, help="VAPT token-wise projector kernel (default: the method's)")
+    p.add_argument("--hidden_dim", type=int, default=None, help="VAPT channel-wise MLP width (default: the method's)")
+    p.add_argument("--vpt_depth", type=int, default=None,
+                   help="VAPT: layers with static prompt sets before the adaptive ones (default: the method's)")
+    p.add_argument("--no_share_projector", action="store_true", help="VAPT: one feature projector per layer")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="any other option of the method's config (repeatable)")
-    p.add_argument("--num_classes", type=int, default=100)
-    p.add_argument("--img_size", type=int, default=None)
+    p.add_argument("--num_classes", type=int, default=100, help="classes of the linear head (100)")
+    p.add_argument("--img_size", type=int, default=None, help="input size (default: the model's)")
     return p
 
 

@@ -14,7 +14,10 @@ import difflib
 import inspect
 import re
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
+
+from vapt.cli.help_text import plain_formatter
 
 __all__ = ["SuggestingArgumentParser", "suggestions"]
 
@@ -61,7 +64,12 @@ def suggestions(message: str, parser=None) -> list[str]:
 
 
 class SuggestingArgumentParser(LightningArgumentParser):
-    """``LightningArgumentParser`` whose errors end with did-you-mean lines (see :func:`suggestions`)."""
+    """``LightningArgumentParser`` whose errors end with did-you-mean lines (see :func:`suggestions`) and whose
+    help is plain text (docstring markup of the classes it documents stripped)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", plain_formatter(DefaultHelpFormatter))
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         hints = suggestions(message, self)

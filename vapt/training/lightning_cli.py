@@ -41,7 +41,7 @@ from vapt.training.resume import (
     resume_callbacks,
     use_atomic_checkpoints,
 )
-from vapt.training.run_folders import VERSION_ENV, default_loggers
+from vapt.training.run_folders import VERSION_ENV, default_loggers, fresh_path, unpin_used_versions
 
 _VERSION_ENV = VERSION_ENV  # the old name, still importable
 
@@ -86,7 +86,8 @@ class VaptCLI(LightningCLI):
                             help="write the subcommand's final metrics to this JSON file")
         parser.add_argument("--predictions_csv", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
                             help="predict: write path,label,label_name,pred,pred_name,prob rows here "
-                                 "(default <default_root_dir>/predictions.csv)")
+                                 "(default <default_root_dir>/predictions.csv, or predictions_2.csv ... when taken; "
+                                 "an existing file is never replaced)")
         parser.add_argument("--predict_images", type=Optional[str], default=None,  # noqa: UP045 (runtime type)
                             help="predict: a folder (recursive) or list file of images, labelled or not, instead "
                                  "of the DataModule's test split")
@@ -96,10 +97,16 @@ class VaptCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        if self.subcommand == "predict":
+            trainer.logger = False  # predicting writes its CSV only: never a log folder, never a run's logs,
+            self.save_config_callback = None  # and no config.yaml over one that is there
+            return
         if trainer.get("logger") in (None, True):
             root = trainer.get("default_root_dir") or "runs"
             name = experiment_name(config) if self.log_name is None else self.log_name
             trainer.logger = default_loggers(str(root), name)
+        elif self.subcommand in ("validate", "test"):
+            unpin_used_versions(trainer.get("logger"))
 
     def _config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -156,12 +163,17 @@ class VaptCLI(LightningCLI):
             self.datamodule.use_predict_images(source)
         # read before the loop, so a bad classes.txt stops the run before any work
         self._class_names = self.datamodule.class_names() if hasattr(self.datamodule, "class_names") else None
+        given = self._config().get("predictions_csv")
+        if given and Path(given).exists():
+            raise FileExistsError(f"--predictions_csv {given} exists; predictions never replace an earlier file: "
+                                  "give another path or move that one away")
+        self._predictions_path = Path(given) if given else fresh_path(
+            os.path.join(self.trainer.default_root_dir, "predictions.csv"))
 
     def after_predict(self) -> None:
         if not self.trainer.is_global_zero:
             return
-        config = self._config()
-        path = config.get("predictions_csv") or os.path.join(self.trainer.default_root_dir, "predictions.csv")
+        path = self._predictions_path
         preds = self.trainer.predict_loop.predictions or []
         dataset = getattr(self.datamodule, "datasets", {}).get("predict")
         write_predictions(path, preds, dataset.samples if dataset is not None else None,
@@ -234,7 +246,8 @@ def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) ->
 
 
 #: the exceptions that mean "this input cannot be used" in a training command (each module owns its error)
-USER_ERRORS = (DataError, ModelConfigError, CheckpointError, BackboneError, ResourceError, MisconfigurationException)
+USER_ERRORS = (DataError, ModelConfigError, CheckpointError, BackboneError, ResourceError, MisconfigurationException,
+               FileExistsError)
 
 
 def _run(argv: list[str]) -> int:

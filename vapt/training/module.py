@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -238,6 +239,12 @@ class PromptTuningModule(pl.LightningModule):
             opt = torch.optim.AdamW(groups, lr=lr)
         if hp.schedule == "constant":
             return opt
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and 0 < max_epochs <= hp.warmup_epochs:
+            warnings.warn(f"warmup_epochs ({hp.warmup_epochs}) >= trainer.max_epochs ({max_epochs}): the learning "
+                          f"rate never leaves its linear warmup (it ends at {(max_epochs - 1) / hp.warmup_epochs:.0%}"
+                          " of lr), so little or nothing trains; lower --model.init_args.warmup_epochs or raise "
+                          "--trainer.max_epochs.", UserWarning, stacklevel=2)
         if hp.schedule_interval == "epoch":
             total = self.trainer.max_epochs
             if total is None or total < 1:

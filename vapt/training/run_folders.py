@@ -4,6 +4,10 @@ Unless ``--trainer.logger`` is given, a run writes into ``<default_root_dir>/<ta
 (``default_root_dir`` defaults to ``runs``): ``metrics.csv`` (CSVLogger), TensorBoard events, ``config.yaml``
 and ``checkpoints/``. ``version_<n>`` is the next free number; processes started by a distributed launcher
 inherit it through an environment variable, so every rank writes into the same folder.
+
+A command started from a run's saved ``config.yaml`` (which names that run's version) logs into a new version
+(:func:`unpin_used_versions`); predictions go to a free file name (:func:`fresh_path`), never over an
+earlier one.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
-__all__ = ["VERSION_ENV", "default_loggers", "method_folder", "next_version"]
+__all__ = ["VERSION_ENV", "default_loggers", "fresh_path", "method_folder", "next_version", "unpin_used_versions"]
 
 VERSION_ENV = "VAPT_LOG_VERSION"
 
@@ -40,3 +44,24 @@ def method_folder(class_path: str) -> str:
     """``mgpath.module.MGPATHModule`` -> ``mgpath``; ``mgpath.baselines.ABMILModule`` -> ``abmil``."""
     name = str(class_path).rsplit(".", 1)[-1]
     return (name[:-len("Module")] if name.endswith("Module") and name != "Module" else name).lower()
+
+
+def unpin_used_versions(loggers) -> None:
+    """Loggers from a run's saved ``config.yaml`` name that run's ``version``; writing there would replace its
+    ``metrics.csv``. Each logger whose version folder already holds files gets the next free version."""
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if init is None or not isinstance(init.get("version"), int) or not init.get("save_dir"):
+            continue
+        folder = Path(init.save_dir) / str(init.get("name") or "")
+        if any((folder / f"version_{init.version}").glob("*")):
+            init.version = next_version(folder)
+
+
+def fresh_path(path: str | os.PathLike) -> Path:
+    """``path`` if no file is there, else the first free ``<stem>_<n><suffix>`` (n = 2, 3, ...)."""
+    path, n = Path(path), 2
+    candidate = path
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.stem}_{n}{path.suffix}"), n + 1
+    return candidate
