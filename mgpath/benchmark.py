@@ -213,7 +213,7 @@ def _record_settings(mdir: Path, folds: list[int], model: dict, settings: dict) 
 
 
 def run_benchmark(config: str, methods: list[str], folds: list[int], out: str,
-                  overrides: list[str] | None = None) -> dict:
+                  overrides: list[str] | None = None, overwrite: bool = False) -> dict:
     """Every method x fold (finished ones are read back); returns ``{method: summary table}``."""
     from mgpath.folds import run_folds
 
@@ -233,12 +233,13 @@ def run_benchmark(config: str, methods: list[str], folds: list[int], out: str,
         mdir = Path(out) / method
         path = mdir / "config.yaml"
         text = yaml.safe_dump(cfg, sort_keys=False)
-        if path.is_file() and path.read_text() != text and any(mdir.glob("fold_*/result.json")):
-            raise FileExistsError(f"mgpath benchmark: {path} was written for another config; finished folds "
-                                  f"would be mixed with new ones. Use another --out or remove {mdir}")
+        if (path.is_file() and path.read_text() != text and any(mdir.glob("fold_*/result.json"))
+                and not overwrite):
+            raise FileExistsError(f"mgpath benchmark: stale: {path} was written for another config; finished folds "
+                                  f"would be mixed with new ones. Pass --overwrite, use another --out or remove {mdir}")
         write_text_atomic(path, text)
         print(f"== {method}: {METHODS[method]} ({'fit + test' if train else 'test only'}) ==")
-        tables[method] = run_folds(str(path), folds, str(mdir), overrides, train=train)
+        tables[method] = run_folds(str(path), folds, str(mdir), overrides, train=train, overwrite=overwrite)
         _record_settings(mdir, folds, cfg["model"], settings.get(method, {}))
     return tables
 
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated, from: {', '.join(METHODS)}")
     ap.add_argument("--folds", nargs="+", default=["0..4"], help="folds to run: 0..4, or 0 1 2")
     ap.add_argument("--out", required=True, help="output folder: <method>/fold_k/ per method and fold")
+    ap.add_argument("--overwrite", action="store_true", help="redo finished folds made with other settings or data")
     a, overrides = ap.parse_known_args(argv)
     if a.print_config:
         return print_configs(a.config, lambda c: resolve_config(c, ("", "wsi/"), lister="mgpath configs"))
@@ -258,6 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         if m not in METHODS:
             raise _unknown_method(m)
-    run_benchmark(a.config, methods, parse_folds(a.folds), a.out, overrides)
+    run_benchmark(a.config, methods, parse_folds(a.folds), a.out, overrides, overwrite=a.overwrite)
     print(f"done; write the table with: mgpath report {a.out}")
     return 0

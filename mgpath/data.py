@@ -106,6 +106,9 @@ class WSIFeatureDataModule(pl.LightningDataModule):
         values, empty bags and a feature dimension that differs from the other files, naming each file;
         ``"shape"`` checks only the dimensions (h5 headers, cheap); ``"none"`` checks at load time only.
     batch_size : slides per step (official 1). cache : keep loaded bags in memory.
+    allow_invalid_split : train even when the split is scientifically invalid - a slide or patient
+        (``case_id``) both in train and in val/test, or a train part that lacks a class - with a warning;
+        by default such a split is refused naming the file and the first offenders.
 
     A split whose ``val`` column is empty is refused when validation runs (the "best" checkpoint would be
     selected on nothing): give validation slides, or turn validation off (``trainer.limit_val_batches: 0``,
@@ -117,8 +120,9 @@ class WSIFeatureDataModule(pl.LightningDataModule):
                  magnifications: list[str] | None = None, augmented: bool = False,
                  augmented_dirs: dict[str, str] | None = None,
                  on_missing: str = "raise", check_features: str = "full", batch_size: int = 1,
-                 num_workers: int = 0, cache: bool = False):
+                 num_workers: int = 0, cache: bool = False, allow_invalid_split: bool = False):
         super().__init__()
+        self.allow_invalid_split = bool(allow_invalid_split)
         self.labels_csv, self.classes, self.split_csv, self.fold = labels_csv, list(classes), split_csv, fold
         self.magnifications = list(magnifications or ["5x", "10x"])
         if feature_dirs is None:
@@ -149,6 +153,33 @@ class WSIFeatureDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def _check_split(self, split: dict[str, list[str]], table: pd.DataFrame) -> None:
+        """Refuse (or, with ``allow_invalid_split``, warn about) train/val/test overlap by slide or patient and
+        a train part that lacks a class."""
+        case = dict(zip(table["slide_id"], table["case_id"]))
+        lab = dict(zip(table["slide_id"], table["label"]))
+        problems = []
+        for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+            both = sorted(set(split[a]) & set(split[b]))
+            if both:
+                problems.append(f"slide(s) {both[:5]} are in both {a} and {b}")
+                continue
+            pa = {case.get(s, s) for s in split[a]}
+            shared = sorted(s for s in split[b] if case.get(s, s) in pa)
+            if shared:
+                problems.append(f"{b} slide(s) {shared[:5]} share a patient (case_id) with {a} slides")
+        present = {lab[s] for s in split["train"] if s in lab}
+        absent = [c for c in self.classes if c not in present]
+        if absent and present:
+            problems.append(f"the train part has no slide of class(es) {absent}")
+        if not problems:
+            return
+        msg = f"mgpath/data.py: split {self.split_path} is invalid: " + "; ".join(problems)
+        if not self.allow_invalid_split:
+            raise ValueError(msg + " (results would be meaningless); fix the split (mgpath splits makes "
+                             "patient-grouped, stratified ones) or set data.allow_invalid_split: true")
+        warnings.warn(msg + " (data.allow_invalid_split: true)", stacklevel=3)
 
     @property
     def split_path(self) -> str:
@@ -189,6 +220,7 @@ class WSIFeatureDataModule(pl.LightningDataModule):
             return
         table = read_labels(self.labels_csv)
         split = read_split_csv(self.split_path)
+        self._check_split(split, table)
         datasets = {}
         for part in ("train", "val", "test"):
             ids, labels, files = self._part(split[part], table, part, self.feature_dirs)

@@ -104,7 +104,7 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path or None
     log(f"[5/6] fitted {epochs} epochs; best val macro-F1 checkpoint: {best} ({time.perf_counter() - t0:.0f}s)")
-    res = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
+    res = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)[0]
     metrics = {k.split("/")[1]: round(float(v), 4) for k, v in res.items() if k.startswith("test/")}
     log("      test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     sid = split["test"][0]
@@ -175,7 +175,7 @@ def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BA
         if train:
             trainer.fit(module, datamodule=dm)
             best = trainer.checkpoint_callback.best_model_path or None
-        r = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
+        r = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)[0]
         res[name] = {k.split("/")[1]: round(float(v), 4) for k, v in r.items() if k.startswith("test/")}
     return res
 

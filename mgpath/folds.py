@@ -10,7 +10,10 @@ writes with ``np.std``, in a row it labels ``var``).
 
 Resuming: rerunning the same command skips every fold that has its ``result.json`` and restarts an unfinished
 (killed) fold from scratch in a clean folder, so no stale checkpoint of the killed run is left beside the new
-ones.
+ones. A finished fold is reused only when it was made with the same arguments and the same files (config,
+labels, splits: see :func:`vapt.training.resume.run_identity`); otherwise the run stops with ``stale: ... pass
+--overwrite``. Each fold is locked (``OUT/.locks/fold_k.lock``) while it trains: a second run into the same
+folder leaves it to the first and says so.
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mgpath.pipelines.locks import SlideLock
 from vapt.cli.flags import DialectParser, add_config_options, parse_folds, print_configs
-from vapt.fileio.atomic import write_text_atomic
+from vapt.fileio.atomic import read_json_file, write_text_atomic
 from vapt.fileio.resources import resolve_config
 from vapt.reporting.tables import markdown_table
+from vapt.training.resume import compare_run_identity, run_identity
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,7 +84,27 @@ def _clean_fold_dir(fold_dir: Path) -> None:
 def read_result(fold_dir: str | os.PathLike) -> dict | None:
     """The finished fold's ``result.json`` (or None)."""
     p = Path(fold_dir) / "result.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json_file(p, f"delete it (or {Path(fold_dir)}) to redo that fold") if p.is_file() else None
+
+
+def fold_identity(config: str, k: int, overrides: list[str] | None, train: bool) -> dict:
+    """The arguments and data files that make fold ``k``'s result (files named in the config are included)."""
+    import yaml
+
+    def strings(v):
+        if isinstance(v, dict):
+            return [s for x in v.values() for s in strings(x)]
+        if isinstance(v, list):
+            return [s for x in v for s in strings(x)]
+        return [v.format(fold=k) if "{fold}" in v else v] if isinstance(v, str) else []
+
+    try:
+        named = strings(yaml.safe_load(Path(config).read_text()))
+    except (OSError, yaml.YAMLError):
+        named = []
+    over = [o.format(fold=k) if "{fold}" in o else o for o in (overrides or [])]
+    ident = run_identity([config, *(overrides or []), f"fold={k}", f"train={train}"], [*named, *over])
+    return ident
 
 
 def run_fold(config: str, k: int, fold_dir: str | os.PathLike, overrides: list[str] | None = None,
@@ -100,25 +125,46 @@ def run_fold(config: str, k: int, fold_dir: str | os.PathLike, overrides: list[s
         trainer.fit(model, datamodule=dm)
         ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
         ckpt_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    res = trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False)[0]
-    row = {"fold": k, **{m: float(res[f"test/{m}"]) for m in METRICS}, "checkpoint": ckpt_path or "last"}
+    res = trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=True)[0]
+    row = {"fold": k, **{m: float(res[f"test/{m}"]) for m in METRICS}, "checkpoint": ckpt_path or "last",
+           "identity": fold_identity(config, k, overrides, train)}
     write_text_atomic(fold_dir / "result.json", json.dumps(row, indent=1))
     return row
 
 
 def run_folds(config: str, folds: list[int], out_dir: str, overrides: list[str] | None = None,
-              train: bool = True) -> pd.DataFrame:
-    """Fit + test every fold (finished folds are read back, not rerun); returns the summary table."""
-    per_fold = []
+              train: bool = True, overwrite: bool = False) -> pd.DataFrame:
+    """Fit + test every fold (finished folds made the same way are read back, not rerun); returns the summary
+    table. A finished fold made otherwise stops the run (``stale``) unless ``overwrite``; a fold another live
+    run is training is left to it (`FileExistsError` after the other folds)."""
+    per_fold, busy = [], []
     for k in folds:
         fold_dir = Path(out_dir) / f"fold_{k}"
-        row = read_result(fold_dir)
-        if row is not None:
-            log.info("fold %d: finished earlier (%s), skipped", k, fold_dir / "result.json")
-            print(f"fold {k}: finished earlier, read from {fold_dir / 'result.json'}")
-        else:
-            row = run_fold(config, k, fold_dir, overrides, train)
+        lock = SlideLock(Path(out_dir) / ".locks" / f"fold_{k}.lock")
+        if not lock.acquire():
+            print(f"fold {k}: busy: another run ({lock.owner}) is training it in {fold_dir}; left to it")
+            busy.append(k)
+            continue
+        try:
+            row = read_result(fold_dir)
+            if row is not None:
+                why = compare_run_identity(row.get("identity"), fold_identity(config, k, overrides, train))
+                if why and not overwrite:
+                    raise FileExistsError(f"stale: {fold_dir / 'result.json'} was made otherwise ({why}); pass "
+                                          "--overwrite to redo it, or use another --out")
+                if why:
+                    row = None
+            if row is not None:
+                log.info("fold %d: finished earlier (%s), skipped", k, fold_dir / "result.json")
+                print(f"fold {k}: finished earlier, read from {fold_dir / 'result.json'}")
+            else:
+                row = run_fold(config, k, fold_dir, overrides, train)
+        finally:
+            lock.release()
         per_fold.append(row)
+    if busy:
+        raise FileExistsError(f"fold(s) {busy} under {out_dir} are being trained by another run; rerun this "
+                              "command when it ends to collect every fold")
     return summarise(per_fold, out_dir)
 
 
@@ -128,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     add_config_options(ap, help="an MGPATH config (model + data + trainer blocks)")
     ap.add_argument("--folds", nargs="+", default=["0..4"], help="folds to run: 0..4, or 0 1 2")
     ap.add_argument("--out", required=True, help="output folder: fold_k/ per fold, results.md and results.csv")
+    ap.add_argument("--overwrite", action="store_true", help="redo finished folds made with other settings or data")
     a, overrides = ap.parse_known_args(argv)
     if a.print_config:
         return print_configs(a.config, lambda c: resolve_config(c, ("", "wsi/"), lister="mgpath configs"))
-    run_folds(a.config, parse_folds(a.folds), a.out, overrides)
+    run_folds(a.config, parse_folds(a.folds), a.out, overrides, overwrite=a.overwrite)
     print((Path(a.out) / "results.md").read_text())
     return 0

@@ -212,7 +212,7 @@ def run(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if not Path(a.slide).exists():
         ap.error(f"slide {a.slide} does not exist")
     try:
-        module = MGPATHModule.load_from_checkpoint(a.ckpt_path, map_location="cpu")
+        module = MGPATHModule.load_from_checkpoint(a.ckpt_path, map_location="cpu", weights_only=True)
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise ValueError(f"{a.ckpt_path} is not a readable MGPATH checkpoint ({type(e).__name__}); give a .ckpt "
                          "written by `mgpath fit`") from None

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mgpath.slides.reader import magnification_to_mpp
-from vapt.fileio.atomic import atomic_path
+from vapt.fileio.atomic import atomic_path, confined
 
 __all__ = [
     "COORDS_FORMAT",
@@ -57,13 +57,18 @@ def _encode_attr(v):
         return "none"
     if isinstance(v, dict):
         return json.dumps(v)
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # a file name that is not UTF-8: its bytes, read back by decode_attr
+            return np.bytes_(v.encode("utf-8", "surrogateescape"))
     return v
 
 
 def decode_attr(v):
     """An h5 attribute as a plain Python value (bytes -> str, 1-element arrays -> scalar, ``"none"`` -> None)."""
     if isinstance(v, bytes):
-        v = v.decode()
+        v = v.decode("utf-8", "surrogateescape")
     if isinstance(v, np.ndarray) and v.size == 1:
         v = v.reshape(-1)[0]
     if isinstance(v, np.generic):
@@ -71,6 +76,57 @@ def decode_attr(v):
     if isinstance(v, str) and v == "none":
         return None
     return v
+
+
+def plain_dataset(f, name: str, path: str | os.PathLike):
+    """``f[name]`` when it is a plain dataset stored inside the file, else `ValueError` naming ``path``.
+
+    Refused: a soft or external link, a dataset whose data lives in another file (external raw storage, such
+    as ``/etc/passwd``) and a virtual dataset (it reads other files, or another slide's data). Returns None
+    when there is no ``name``.
+    """
+    import h5py
+
+    link = f.get(name, getlink=True)
+    if link is None:
+        return None
+    if not isinstance(link, h5py.HardLink):
+        raise ValueError(  # noqa: TRY004 (a bad input file, not a programming error)
+            f"{path}: '{name}' is a {type(link).__name__} to another place; the tool reads only data stored in "
+            "the file itself (re-save it with the data copied in)")
+    ds = f[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise ValueError(f"{path}: '{name}' is a group, not a dataset")  # noqa: TRY004 (a bad input file)
+    if ds.is_virtual or ds.external:
+        kind = "a virtual dataset (it maps other files)" if ds.is_virtual else "stored in external files"
+        raise ValueError(f"{path}: '{name}' is {kind}; the tool reads only data stored in the file itself "
+                         "(re-save it with the data copied in)")
+    return ds
+
+
+def check_coords(coords: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """``coords`` as ``(N, 2)`` int64 level-0 top-left corners, or `ValueError` naming ``path`` when the array
+    is transposed ``(2, N)``, not two columns, not whole numbers, or negative."""
+    a = np.asarray(coords)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.size == 0:
+        return np.zeros((0, 2), np.int64)
+    if a.ndim == 2 and a.shape[0] == 2 and a.shape[1] != 2:
+        raise ValueError(f"{path}: coords have shape {a.shape}, a transposed (N, 2) array; re-save them as "
+                         "(N, 2) rows of x, y")
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"{path}: coords have shape {a.shape}; expected (N, 2) rows of x, y")
+    if a.dtype.kind not in "iu" and (a.dtype.kind != "f" or not np.all(np.isfinite(a))
+                                     or not np.all(a == np.round(a))):
+        raise ValueError(f"{path}: coords are not whole level-0 pixel numbers (dtype {a.dtype}); tile "
+                         "corners must be integers (regenerate them with mgpath tile)")
+    a = a.astype(np.int64)
+    if (a < 0).any():
+        i = int(np.flatnonzero((a < 0).any(axis=1))[0])
+        raise ValueError(f"{path}: coords row {i} {tuple(int(v) for v in a[i])} is outside the slide (negative); "
+                         "regenerate the coordinates (mgpath tile)")
+    return a
 
 
 def _attrs(obj) -> dict:
@@ -106,7 +162,10 @@ def read_coords_header(path: str | os.PathLike) -> tuple[dict, int]:
     import h5py
 
     with h5py.File(path, "r") as f:
-        return _attrs(f), int(f["coords"].shape[0])
+        ds = plain_dataset(f, "coords", path)
+        if ds is None:
+            raise KeyError(f"{path} has no 'coords' dataset")
+        return _attrs(f), int(ds.shape[0])
 
 
 def read_coords(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
@@ -131,11 +190,12 @@ def read_coords(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
-            if "coords" not in f:
+            ds = plain_dataset(f, "coords", path)
+            if ds is None:
                 raise ValueError(
                     f"{path} has no 'coords' dataset; is it a CLAM/TRIDENT/mgpath coordinates file?"
                 )
-            coords = np.asarray(f["coords"][()]).astype(np.int64).reshape(-1, 2)
+            coords = check_coords(ds[()], path)
             raw = _attrs(f)
             raw.update(_attrs(f["coords"]))
     except OSError as e:
@@ -208,8 +268,10 @@ def read_features_header(path: str | os.PathLike) -> tuple[dict, tuple, np.ndarr
     import h5py
 
     with h5py.File(path, "r") as f:
-        coords = np.asarray(f["coords"][()]) if "coords" in f else None
-        return _attrs(f), tuple(f["features"].shape), coords
+        feats, coords = plain_dataset(f, "features", path), plain_dataset(f, "coords", path)
+        if feats is None:
+            raise KeyError(f"{path} has no 'features' dataset")
+        return _attrs(f), tuple(feats.shape), None if coords is None else np.asarray(coords[()])
 
 
 def _step_from_attrs(attrs) -> float | None:
@@ -232,9 +294,13 @@ def read_features(path: str | os.PathLike) -> dict:
     """
     import torch
 
+    from vapt.fileio.weights import (
+        load_weights_file,  # torch-heavy: imported only when a features file is read
+    )
+
     path = Path(path)
     if path.suffix in (".pt", ".pth"):
-        feats = torch.load(path, map_location="cpu", weights_only=True)
+        feats = load_weights_file(path)  # names the file when it is damaged or holds pickled code
         if isinstance(feats, dict):
             feats = feats.get("features", next(iter(feats.values())))
         feats = np.asarray(torch.as_tensor(feats).float())
@@ -248,16 +314,17 @@ def read_features(path: str | os.PathLike) -> dict:
         import h5py
 
         with h5py.File(path, "r") as f:
-            if "features" not in f:
+            ds = {k: plain_dataset(f, k, path) for k in ("features", "coords", "adjacency")}
+            if ds["features"] is None:
                 raise KeyError(f"{path} has no 'features' dataset (it has {list(f.keys())}); is it a "
                                "coordinates-only h5? run `mgpath extract` first")
-            feats = np.asarray(f["features"][()], dtype=np.float32)
-            coords = np.asarray(f["coords"][()], dtype=np.int64) if "coords" in f else None
-            adjacency = np.asarray(f["adjacency"][()]) if "adjacency" in f else None
+            feats = np.asarray(ds["features"][()], dtype=np.float32)
+            coords = check_coords(ds["coords"][()], path) if ds["coords"] is not None else None
+            adjacency = np.asarray(ds["adjacency"][()]) if ds["adjacency"] is not None else None
             attrs = _attrs(f)
             step = _step_from_attrs(f.attrs)
-            if step is None and "coords" in f:
-                step = _step_from_attrs(f["coords"].attrs)
+            if step is None and ds["coords"] is not None:
+                step = _step_from_attrs(ds["coords"].attrs)
     if feats.ndim == 3 and feats.shape[0] == 1:
         feats = feats[0]
     if coords is not None and coords.ndim == 3 and coords.shape[0] == 1:
@@ -273,6 +340,7 @@ def find_feature_file(directory: str | os.PathLike, slide_id: str) -> Path:
     """The features file of a slide in a folder (``<id>.h5``, ``h5_files/<id>.h5``, ``<id>.pt``,
     ``pt_files/<id>.pt``); raises FileNotFoundError listing what was tried."""
     d = Path(directory)
+    confined(d, f"{slide_id}.h5", what=f"features of slide id {slide_id!r}:")  # a CSV cell never leads out of d
     tried = [d / f"{slide_id}.h5", d / "h5_files" / f"{slide_id}.h5", d / f"{slide_id}.pt",
              d / "pt_files" / f"{slide_id}.pt"]
     for p in tried:

@@ -20,7 +20,9 @@ from mgpath.data import WSIFeatureDataModule
 from mgpath.lit import SlideClassifier
 from vapt.cli.errors import report_error
 from vapt.fileio.resources import ResourceError, resolve_config_args
+from vapt.fileio.weights import safe_torch_load
 from vapt.training.config_keys import SuggestingArgumentParser
+from vapt.training.resume import use_atomic_checkpoints
 from vapt.training.run_folders import default_loggers, method_folder, unpin_used_versions
 
 __all__ = ["MGPATHCLI", "main", "make_cli"]
@@ -69,16 +71,20 @@ class MGPATHCLI(LightningCLI):
             trainer.logger = default_loggers(str(trainer.get("default_root_dir") or "runs"), name, VERSION_ENV)
 
 
+    def _instantiate_trainer(self, config, callbacks):
+        """The trainer, with checkpoints written atomically and loaded with ``weights_only=True``."""
+        trainer = super()._instantiate_trainer(config, callbacks)
+        use_atomic_checkpoints(trainer)
+        return trainer
+
     def _parse_ckpt_path(self) -> None:
         """Refuse, in one line naming the file, a ``--ckpt_path`` that is not an mgpath checkpoint (before
         Lightning applies its hyper-parameters to the model block, which fails with a parser dump)."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
         if path and Path(path).is_file():
-            import torch
-
             try:
-                ckpt = torch.load(path, weights_only=True, map_location="cpu")
+                ckpt = safe_torch_load(path)
             except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
                 raise ValueError(f"mgpath: --ckpt_path {path} is not a readable checkpoint ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else ''}); give a file written by "

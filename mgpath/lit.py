@@ -23,6 +23,8 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
 
+from vapt.training.module import check_loss, check_optimisation
+
 __all__ = ["SlideAUROC", "SlideClassifier", "get_rng_state", "set_rng_state"]
 
 
@@ -92,6 +94,7 @@ class SlideClassifier(pl.LightningModule):
         if not classes:
             raise ValueError(f"mgpath: {type(self).__name__}: `classes` is empty; set data.classes in the config")
         self.classes = list(classes)
+        check_optimisation(lr=lr, weight_decay=weight_decay)
         self.lr, self.weight_decay = lr, weight_decay
         base = slide_metrics(len(self.classes))
         self.metrics = torch.nn.ModuleDict({"val": base.clone(prefix="val/"), "test": base.clone(prefix="test/")})
@@ -126,6 +129,7 @@ class SlideClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, _ = self.loss(batch)
+        check_loss(loss, self.current_epoch, self.global_step)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 

@@ -22,6 +22,7 @@ from mgpath.lit import SlideAUROC, SlideClassifier
 from mgpath.model import Bag, build_mgpath
 from mgpath.ot import OTConfig
 from vapt.fileio.state_dict import check_state_dict, complete_state_dict
+from vapt.fileio.weights import safe_torch_load
 
 __all__ = ["CHECKPOINT_FORMAT", "MGPATHModule", "SlideAUROC", "load_init_checkpoint", "ot_config"]
 
@@ -57,7 +58,7 @@ def load_init_checkpoint(path: str) -> tuple[dict, list[str]]:
     fresh: list[str] = []
     if Path(path).suffix not in (".safetensors",) and Path(path).is_file():
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = safe_torch_load(path)
         except (RuntimeError, OSError, EOFError, ValueError, __import__("pickle").UnpicklingError):
             # not a plain tensor file: the general loader below says why
             obj = None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vapt.cli.flags import DialectParser
-from vapt.fileio.atomic import atomic_path, write_text_atomic
+from vapt.fileio.atomic import atomic_path, read_json_file, write_text_atomic
 from vapt.reporting.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def collect(runs: str | os.PathLike) -> pd.DataFrame:
             rows.append({"method": method, "fold": int(fold), **{m: float("nan") for m in METRICS},
                          "status": "unfinished", "settings": ""})
             continue
-        r = json.loads(res.read_text())
+        r = read_json_file(res, "delete it and rerun `mgpath benchmark` (that fold is redone, the others kept)")
         vals = {m: float(r[m]) if r.get(m) is not None else float("nan") for m in METRICS}
         rows.append({"method": method, "fold": int(r.get("fold", fold)), **vals,
                      "status": "nan" if any(np.isnan(v) for v in vals.values()) else "ok",
@@ -66,7 +66,7 @@ def collect(runs: str | os.PathLike) -> pd.DataFrame:
                                 "`mgpath benchmark` (or `mgpath folds --out RUNS/<method>`) first")
     df = pd.DataFrame(rows)
     index = Path(runs) / "benchmark.json"
-    order = json.loads(index.read_text())["methods"] if index.is_file() else []
+    order = read_json_file(index, "delete it (it only orders the methods)")["methods"] if index.is_file() else []
     rank = {m: i for i, m in enumerate([*order, *sorted(set(df["method"]) - set(order))])}
     return df.sort_values(["method", "fold"], key=lambda c: c.map(rank) if c.name == "method" else c,
                           kind="stable").reset_index(drop=True)

@@ -164,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     from mgpath.pipelines.extract import write_summary
     from mgpath.pipelines.jobs import find_jobs
     from mgpath.pipelines.summary import count_line, format_rows
+    from mgpath.slides.reader import check_mpp_override
 
     try:
+        if args.mpp is not None:
+            check_mpp_override(args.mpp, "--mpp")
         jobs, problems = find_jobs(args.coords, args.out, args.slides, args.mpp, args.recursive)
         encoder, weights = load_encoder(args, "mgpath extract")
     except (FileNotFoundError, ValueError, OSError) as e:

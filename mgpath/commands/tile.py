@@ -13,7 +13,7 @@ from pathlib import Path
 from mgpath.pipelines import tile as pipeline
 from mgpath.pipelines.tile import format_summary, tile_slides
 from mgpath.slides.grid import TileParams
-from mgpath.slides.reader import slide_id_from_path
+from mgpath.slides.reader import check_mpp_override, slide_id_from_path
 from mgpath.slides.tissue import TissueParams
 from vapt.cli.errors import report_error
 from vapt.cli.flags import DialectParser
@@ -25,11 +25,11 @@ def _read_mpp_csv(path: str) -> dict[str, float]:
     """``slide_id,mpp`` (or TRIDENT's ``wsi,mpp``) CSV -> dict."""
     out = {}
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
+        for row, r in enumerate(csv.DictReader(f), start=2):
             key = r.get("slide_id") or r.get("wsi") or r.get("slide")
             if key is None or "mpp" not in r:
                 raise ValueError(f"{path} needs columns slide_id (or wsi) and mpp")
-            out[slide_id_from_path(key)] = float(r["mpp"])
+            out[slide_id_from_path(key)] = check_mpp_override(r["mpp"], f"--mpp-csv {path} row {row} ({key})")
     return out
 
 
@@ -128,8 +128,8 @@ def tile_settings(args: argparse.Namespace) -> tuple[list[TileParams], TissuePar
         min_hole_mm2=args.min_hole_area,
     )
     mpp = _read_mpp_csv(args.mpp_csv) if args.mpp_csv else args.mpp
-    if args.mpp is not None and args.mpp <= 0:
-        raise ValueError(f"--mpp must be positive, got {args.mpp}")
+    if args.mpp is not None:
+        check_mpp_override(args.mpp, "--mpp")
     return tps, tissue, mpp
 
 

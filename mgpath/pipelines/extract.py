@@ -29,7 +29,13 @@ import torch
 
 from mgpath.graph import ADJACENCY_ORDER, tile_adjacency
 from mgpath.io import read_features_header, write_features
-from mgpath.pipelines.identity import compare_identity, encoder_identity, file_sha256, tiles_identity
+from mgpath.pipelines.identity import (
+    compare_identity,
+    encoder_identity,
+    file_sha256,
+    slide_identity,
+    tiles_identity,
+)
 from mgpath.pipelines.jobs import SlideJob
 from mgpath.pipelines.locks import SlideLock
 from mgpath.pipelines.progress import TileProgress
@@ -145,7 +151,8 @@ def _row(job: SlideJob, **kw) -> dict:
 
 
 def _job_identity(identity: dict, job: SlideJob) -> dict:
-    return {**identity, **tiles_identity(job.coords, job.attrs)}
+    """Encoder + tiles + slide file: a features file is reused only when all three match."""
+    return {**identity, **tiles_identity(job.coords, job.attrs), **slide_identity(job.slide_path)}
 
 
 def _cache_state(job: SlideJob, identity: dict) -> str | None:
@@ -154,7 +161,7 @@ def _cache_state(job: SlideJob, identity: dict) -> str | None:
         return None
     try:
         attrs, shape, _ = read_features_header(job.out_path)
-    except (OSError, KeyError):
+    except (OSError, KeyError, ValueError):
         return None  # unreadable (a torn file of another tool): redo it
     if shape[0] != job.n:
         return f"has {shape[0]} tiles, the coordinates file {job.n}"
@@ -295,6 +302,14 @@ def extract_features(
                         f"{job.slide_path} has mpp {s.mpp:g} but {job.coords_path} was made with mpp "
                         f"{job.attrs['mpp']:g}; retile it or pass the same --mpp"
                     )
+                w, h = s.dimensions
+                outside = (job.coords[:, 0] >= w) | (job.coords[:, 1] >= h)
+                if outside.any():
+                    i = int(np.flatnonzero(outside)[0])
+                    raise SlideError(
+                        f"{job.coords_path} lists {int(outside.sum())} tile(s) outside {job.slide_path} ({w} x {h} "
+                        f"px), e.g. row {i} {tuple(int(v) for v in job.coords[i])}; were the coordinates made for "
+                        "another slide? regenerate them with mgpath tile")
             ok.append(job)
         except SlideError as e:
             rows.append(_row(job, status="skipped", reason=str(e)))

@@ -1,8 +1,9 @@
 """What determines a features file, so that a cached output is reused only when all of it matches.
 
 A features h5 written by ``mgpath extract`` carries an ``identity`` attribute (JSON): the encoder (name,
-weights checksum or random-init seed, input size, mean/std, precision, extra settings) and the tiles (a
-checksum of the coordinates and of the tile footprint). A rerun compares it with what it would write now:
+weights checksum or random-init seed, input size, mean/std, precision, extra settings), the tiles (a
+checksum of the coordinates and of the tile footprint) and the slide file (size, modification time, checksum
+of its first MiB). A rerun compares it with what it would write now:
 equal -> ``cached``; different -> ``stale: made with X, now Y`` (``--overwrite`` redoes it).
 """
 
@@ -14,7 +15,7 @@ import os
 
 import numpy as np
 
-__all__ = ["compare_identity", "encoder_identity", "file_sha256", "tiles_identity"]
+__all__ = ["compare_identity", "encoder_identity", "file_sha256", "slide_identity", "tiles_identity"]
 
 _SHA_CACHE: dict[tuple, str] = {}
 
@@ -30,6 +31,16 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
                 h.update(block)
         _SHA_CACHE[key] = h.hexdigest()
     return _SHA_CACHE[key]
+
+
+def slide_identity(path: str | os.PathLike, head_bytes: int = 1 << 20) -> dict:
+    """The slide part: size, modification time and SHA-256 of the first ``head_bytes`` of the slide file (the
+    header and the first stored tiles; cheap for any slide size). A slide replaced under the same name
+    changes it."""
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        head = hashlib.sha256(f.read(head_bytes)).hexdigest()
+    return {"slide_bytes": int(st.st_size), "slide_mtime_ns": int(st.st_mtime_ns), "slide_head_sha256": head}
 
 
 def _plain(v):

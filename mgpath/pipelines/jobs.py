@@ -10,6 +10,7 @@ import numpy as np
 
 from mgpath.io import read_coords
 from mgpath.pipelines.discovery import index_slides
+from vapt.fileio.atomic import confined
 
 __all__ = ["SlideJob", "find_jobs"]
 
@@ -87,6 +88,11 @@ def find_jobs(
                 problems.append({"slide_id": f.stem, "status": "skipped", "reason": str(e), "path": str(f)})
                 continue
             sid = attrs["slide_id"]
+            try:  # the id comes from the file's attributes: never let it lead out of --out
+                out_path = str(confined(odir, f"{sid}.h5", what=f"features file of {f}"))
+            except ValueError as e:
+                problems.append({"slide_id": str(sid), "status": "skipped", "path": str(f), "reason": str(e)})
+                continue
             sp = index.get(sid)
             if sp is None and not slides:
                 sp = attrs["raw"].get("slide_path")
@@ -102,7 +108,6 @@ def find_jobs(
                     }
                 )
                 continue
-            out_path = str(odir / f"{sid}.h5")
             if out_path in claimed:
                 problems.append({"slide_id": sid, "status": "skipped", "path": str(f), "reason": (
                     f"duplicate slide id {sid!r}: {f} and {claimed[out_path]} would write the same {out_path}; "

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from vapt.fileio.atomic import write_bytes_atomic
+from vapt.fileio.atomic import printable, write_bytes_atomic
 
 __all__ = ["STATUSES", "count_line", "count_statuses", "format_rows", "write_summary_files"]
 
@@ -38,18 +38,30 @@ def count_line(rows: list[dict], group=None, unit: str = "files") -> str:
 def write_summary_files(rows: list[dict], out: Path, name: str, fields: list[str], json_doc=None) -> Path:
     """Write ``out/<name>.csv`` (``fields`` columns, empty for None) and ``out/<name>.json`` atomically.
 
-    ``json_doc`` is what the JSON holds (default: the rows); returns the CSV's path.
+    ``json_doc`` is what the JSON holds (default: the rows); returns the CSV's path. Text cells go through
+    :func:`vapt.fileio.atomic.printable`, so a file name that is not valid UTF-8 never stops the summary.
     """
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+        w.writerow({k: ("" if r.get(k) is None else _text(r.get(k))) for k in fields})
     out = Path(out)
     write_bytes_atomic(out / f"{name}.csv", buf.getvalue().encode())
     doc = rows if json_doc is None else json_doc
-    write_bytes_atomic(out / f"{name}.json", json.dumps(doc, indent=1, default=str).encode())
+    write_bytes_atomic(out / f"{name}.json", json.dumps(_text(doc), indent=1, default=str).encode())
     return out / f"{name}.csv"
+
+
+def _text(v):
+    """``v`` with every string made printable (nested lists and dicts too)."""
+    if isinstance(v, str):
+        return printable(v)
+    if isinstance(v, dict):
+        return {printable(k) if isinstance(k, str) else k: _text(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_text(x) for x in v]
+    return v
 
 
 def format_rows(rows: list[dict], details) -> list[str]:
@@ -57,5 +69,5 @@ def format_rows(rows: list[dict], details) -> list[str]:
     lines = []
     for r in rows:
         why = f" - {r['reason']}" if r["status"] == "skipped" else ""
-        lines.append(f"  {r['status']:<8} {details(r)}{why}")
+        lines.append(printable(f"  {r['status']:<8} {details(r)}{why}"))
     return lines

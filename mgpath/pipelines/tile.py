@@ -32,15 +32,17 @@ from mgpath.slides import preview
 from mgpath.slides.grid import TileParams, tile_grid, tissue_fraction
 from mgpath.slides.reader import Slide, SlideError, slide_id_from_path
 from mgpath.slides.tissue import TissueParams, segment_tissue, write_geojson
+from vapt.fileio.atomic import confined
 
 __all__ = ["format_summary", "tile_slide", "tile_slides", "write_summary"]
 
 
 def _paths(out: Path, slide_id: str, tag: str) -> dict[str, Path]:
+    """Output files of one slide, each confined to ``out`` (`ValueError` naming the slide otherwise)."""
     return {
-        "coords": out / tag / "coords" / f"{slide_id}.h5",
-        "preview": out / tag / "previews" / f"{slide_id}.png",
-        "geojson": out / "geojson" / f"{slide_id}.geojson",
+        "coords": confined(out / tag / "coords", f"{slide_id}.h5", what=f"coordinates of slide {slide_id!r}:"),
+        "preview": confined(out / tag / "previews", f"{slide_id}.png", what=f"preview of slide {slide_id!r}:"),
+        "geojson": confined(out / "geojson", f"{slide_id}.geojson", what=f"tissue of slide {slide_id!r}:"),
     }
 
 
@@ -81,7 +83,7 @@ def _existing(out: Path, slide_id: str, tps: list[TileParams], source: dict) -> 
             return None, ""
         try:
             a, n = read_coords_header(p["coords"])
-        except (OSError, KeyError):
+        except (OSError, KeyError, ValueError):
             return None, ""
         wanted = {**tp.key(), **source}
         stored = _stored_identity(a, tp, wanted)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["DCT_SCALES", "JpegLevel", "JpegTiles", "jpeg_levels", "plan_read", "tile_order"]
+__all__ = ["DCT_SCALES", "JpegLevel", "JpegTiles", "check_jpeg_stream", "jpeg_levels", "plan_read", "tile_order"]
 
 #: reduced-scale factors libjpeg decodes in the DCT domain
 DCT_SCALES = (1, 2, 4, 8)
@@ -224,6 +224,7 @@ class JpegTiles:
         if not data:
             return np.full((th, tw, 3), 255, np.uint8)
         try:
+            check_jpeg_stream(data)  # libjpeg only warns about damaged data and decodes garbage
             a = _decode(data, lv.rgb, k, (tw, th))
         except (OSError, RuntimeError, ValueError, SyntaxError) as e:  # imagecodecs / PIL on a corrupt stream
             raise OSError(f"{self.path}: level {level} tile of {len(data)} bytes does not decode ({e})") from None
@@ -316,6 +317,80 @@ class JpegTiles:
         if exact:
             return buf
         return np.array(Image.fromarray(buf).resize((ow, oh), Image.Resampling.BILINEAR, box=box))
+
+
+def check_jpeg_stream(data: bytes) -> None:
+    """`ValueError` unless ``data`` is a well-formed baseline JPEG stream.
+
+    Checked: SOI first and EOI last; every marker segment before the scan fits in the stream; a scan (SOS)
+    is present; inside the entropy-coded data every ``0xFF`` byte is followed by a stuffed ``0x00`` or by
+    the next restart marker ``RSTn`` in sequence. What libjpeg reports only as a warning ("Corrupt JPEG
+    data", "premature end of data segment") and decodes into garbage - a truncated tile, bytes overwritten
+    - fails here. (A damage whose bytes happen to form valid entropy data without any ``0xFF`` cannot be
+    told from image content by any decoder.)
+    """
+    n = len(data)
+    if n < 4 or data[:2] != b"\xff\xd8":
+        raise ValueError("no JPEG start marker")
+    if data[-2:] != b"\xff\xd9":
+        raise ValueError("no JPEG end marker (truncated data)")
+    i = 2
+    while True:
+        if i + 4 > n or data[i] != 0xFF:
+            raise ValueError(f"damaged marker segment at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if length < 2 or i + 2 + length > n - 2:
+            raise ValueError(f"marker 0x{marker:02X} at byte {i} runs past the data")
+        i += 2 + length
+        if marker == 0xDA:  # SOS: entropy-coded data follows
+            break
+    scan = np.frombuffer(data, np.uint8, count=n - 2 - i, offset=i)
+    ff = np.flatnonzero(scan[:-1] == 0xFF) if len(scan) > 1 else np.zeros(0, np.int64)
+    if len(scan) and scan[-1] == 0xFF:
+        raise ValueError("damaged entropy-coded data (a marker byte at its end)")
+    nxt = scan[ff + 1]
+    fill = nxt == 0xFF  # 0xFF 0xFF ... fill bytes before a marker are allowed
+    rst = (nxt >= 0xD0) & (nxt <= 0xD7)
+    bad = ~((nxt == 0x00) | rst | fill)
+    if bad.any():
+        raise ValueError(f"damaged entropy-coded data (marker 0xFF{int(nxt[bad][0]):02X} inside the scan at "
+                         f"byte {i + int(ff[bad][0])})")
+    seq = nxt[rst].astype(int) - 0xD0
+    if len(seq) and np.any(seq != np.arange(len(seq)) % 8):
+        raise ValueError("damaged entropy-coded data (restart markers out of sequence)")
+    warning = _libjpeg_warning(data)
+    if warning:
+        raise ValueError(f"damaged entropy-coded data (libjpeg: {warning})")
+
+
+def _libjpeg_warning(data: bytes) -> str:
+    """The warning libjpeg prints while entropy-decoding ``data`` ("Corrupt JPEG data: ...", "Premature end of
+    JPEG file"), or ``""``. OpenCV's decoder prints libjpeg's first warning on file descriptor 2; it is read
+    back through a pipe (a reduced grayscale decode: the whole Huffman stream, a fraction of the IDCT)."""
+    import cv2
+
+    r, w = os.pipe()
+    saved = os.dup(2)
+    try:
+        os.dup2(w, 2)
+        try:
+            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        finally:
+            os.dup2(saved, 2)
+            os.close(w)
+        os.set_blocking(r, False)
+        try:
+            text = os.read(r, 4096).decode("utf-8", "replace")
+        except BlockingIOError:
+            text = ""
+    finally:
+        os.close(saved)
+        os.close(r)
+    return " ".join(text.split())
 
 
 def _decode(data: bytes, rgb: bool, k: int, size: tuple[int, int]) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vapt.fileio.atomic import write_bytes_atomic, write_text_atomic
+from vapt.fileio.atomic import drawable, printable, write_bytes_atomic, write_text_atomic
 
 __all__ = ["encode_png", "render_preview", "write_contact_sheet", "write_preview"]
 
@@ -53,7 +53,7 @@ def caption_bar(img: np.ndarray, lines: list[str], scale: float | None = None) -
     lh = int(30 * scale) + 6
     bar = np.full((lh * len(lines) + 8, w, 3), 255, np.uint8)
     for i, text in enumerate(lines):
-        cv2.putText(bar, text, (8, lh * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20),
+        cv2.putText(bar, drawable(text), (8, lh * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20),
                     max(1, round(2 * scale)), cv2.LINE_AA)
     return np.concatenate([bar, img], axis=0)
 
@@ -177,22 +177,25 @@ def write_contact_sheet(
         if png is not None and png.is_file() and shown.is_file():
             rel, rel_shown = os.path.relpath(png, out_dir), os.path.relpath(shown, out_dir)
             cards.append(
-                f'<figure><a href="{html.escape(rel)}"><img src="{html.escape(rel_shown)}" loading="lazy"></a>'
-                f"<figcaption><b>{html.escape(it['slide_id'])}</b> {html.escape(cap)}</figcaption></figure>"
+                f'<figure><a href="{html.escape(printable(rel))}"><img src="{html.escape(printable(rel_shown))}" '
+                f'loading="lazy"></a><figcaption><b>{html.escape(printable(it["slide_id"]))}</b> '
+                f"{html.escape(printable(cap))}</figcaption></figure>"
             )
             if len(cells) >= max_cells:
                 continue
-            im = cv2.cvtColor(cv2.imread(str(shown), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            # decoded from bytes read by Python: OpenCV's own file opening fails on names that are not UTF-8
+            im = cv2.cvtColor(cv2.imdecode(np.frombuffer(shown.read_bytes(), np.uint8), cv2.IMREAD_COLOR),
+                              cv2.COLOR_BGR2RGB)
             f = cell / max(im.shape[:2])
             im = cv2.resize(im, (max(1, int(im.shape[1] * f)), max(1, int(im.shape[0] * f))),
                             interpolation=cv2.INTER_AREA)
         else:
-            cards.append(f"<figure class=missing><b>{html.escape(it['slide_id'])}</b> no preview "
-                         f"{html.escape(cap)}</figure>")
+            cards.append(f"<figure class=missing><b>{html.escape(printable(it['slide_id']))}</b> no preview "
+                         f"{html.escape(printable(cap))}</figure>")
             if len(cells) >= max_cells:
                 continue
             im = np.full((cell // 2, cell, 3), 200, np.uint8)
-            cv2.putText(im, f"no preview {cap}"[:48], (10, cell // 4), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+            cv2.putText(im, drawable(f"no preview {cap}")[:48], (10, cell // 4), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
                         (60, 60, 60), 1, cv2.LINE_AA)
         c = np.full((cell, cell, 3), 255, np.uint8)
         c[: im.shape[0], : im.shape[1]] = im

@@ -7,19 +7,28 @@ MPP parsing and the magnification convention live in :mod:`mgpath.slides.mpp`.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from mgpath.slides.mpp import MPP_RANGE, _float, magnification_to_mpp, mpp_from_properties, mpp_to_magnification
+from mgpath.slides.mpp import (
+    MPP_RANGE,
+    _float,
+    magnification_to_mpp,
+    mpp_from_properties,
+    mpp_to_magnification,
+)
 
 __all__ = [
+    "MPP_RANGE",
+    "OVERRIDE_MPP_RANGE",
+    "MPPError",
     "Slide",
     "SlideError",
-    "MPPError",
-    "MPP_RANGE",
+    "check_mpp_override",
     "magnification_to_mpp",
     "mpp_to_magnification",
     "slide_id_from_path",
@@ -33,6 +42,25 @@ class SlideError(RuntimeError):
 
 class MPPError(SlideError):
     """A slide has no usable MPP (microns per pixel) metadata."""
+
+
+#: accepted range of a user-given level-0 MPP (um/px): wider than :data:`MPP_RANGE` (coarse scans), narrow
+#: enough that a magnification typed as MPP (``--mpp 40``) is caught
+OVERRIDE_MPP_RANGE = (0.05, 20.0)
+
+
+def check_mpp_override(value, what: str = "--mpp") -> float:
+    """``value`` as a float when it is a plausible level-0 MPP, else `MPPError` saying why (naming ``what``)."""
+    try:
+        v = float(str(value).strip())
+    except (TypeError, ValueError):
+        raise MPPError(f"{what}: {value!r} is not a number of um/px") from None
+    lo, hi = OVERRIDE_MPP_RANGE
+    if not (math.isfinite(v) and lo <= v <= hi):
+        hint = (f"; it looks like a magnification: {v:g}x is about {10 / v:.3g} um/px" if v > hi else "")
+        raise MPPError(f"{what}: {value!r} um/px is outside the plausible {lo}-{hi} um/px{hint}. MPP is microns "
+                       "per level-0 pixel (0.25 for a 40x scan, 0.5 for 20x), not a magnification")
+    return v
 
 
 def slide_id_from_path(path: str | os.PathLike) -> str:
@@ -88,10 +116,8 @@ class Slide:
     ):
         self.path = str(path)
         self.slide_id = slide_id_from_path(self.path)
-        if mpp is not None and not (_float(mpp) and float(mpp) < 1e3):
-            raise MPPError(
-                f"mpp override for slide {self.path} must be a positive number of um/px, got {mpp!r}"
-            )
+        if mpp is not None:
+            check_mpp_override(mpp, f"mpp override for slide {self.path}")
         self._mpp_override = float(mpp) if mpp is not None else None
         self._osr = None
         osr = self._handle()

@@ -1,20 +1,22 @@
-"""The bad-input matrix of the mgpath command line, run as a user would (a subprocess per case).
+"""The bad-input matrix of the mgpath command line, run as a user would.
 
 Each case asserts the exit status (2 bad input, 1 some slides skipped), that the message names the file
-and fits on one line without a traceback, and that the good outputs made before are left intact.
+and fits on one line without a traceback, and that the good outputs made before are left intact. The cases
+run one after another in one interpreter (``tests/cli_driver.py``: each calls ``mgpath.cli.main(argv)`` as
+``python -m mgpath.cli`` does, with stdout and stderr caught at the file descriptors), which spares a torch
+import per case.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-import subprocess
-import sys
+from pathlib import Path
 
 import h5py
 import pytest
 import timm
 import torch
+from cli_driver import digest, run_cases
 
 ENC = "vit_tiny_patch16_224"
 
@@ -28,10 +30,25 @@ def good_run(slide_dir, tmp_path_factory):
     torch.manual_seed(0)
     timm_model = timm.create_model(ENC, pretrained=False, num_classes=0, img_size=64)
     torch.save(timm_model.state_dict(), root / "w.pth")
-    assert _run("tile", str(slides), "--out", str(root / "tiles"), "--magnification", "2.5", "--tile-size", "96",
-                "--no-progress").returncode == 0
-    assert _run("extract", *_extract_args(root), "--checkpoint", str(root / "w.pth")).returncode == 0
+    done = run_cases([
+        {"name": "tile", "prog": "mgpath", "argv": ["tile", str(slides), "--out", str(root / "tiles"),
+                                                     "--magnification", "2.5", "--tile-size", "96", "--no-progress"]},
+        {"name": "extract", "prog": "mgpath", "argv": ["extract", *_extract_args(root), "--checkpoint",
+                                                        str(root / "w.pth")]}])
+    assert [r["code"] for r in done.values()] == [0, 0], {k: r["stderr"][-2000:] for k, r in done.items()}
     return root
+
+
+@pytest.fixture(scope="module")
+def matrix(good_run):
+    """``(digest before, name -> (expected exit, named text, driver result))`` of every case, run in one go."""
+    before = _digest(good_run)
+    order = sorted(CASES, key=lambda n: not n.startswith("coords_"))  # before any case writes features/s0_ihc.h5
+    cases = {name: _case(good_run, name) for name in order}
+    results = run_cases([{"name": name, "prog": "mgpath", "argv": argv,
+                          "digest": [str(good_run / "tiles"), str(good_run / "features")]}
+                         for name, (argv, _, _) in cases.items()])
+    return before, {name: (code, named, results[name]) for name, (_, code, named) in cases.items()}
 
 
 def _extract_args(root, coords=None):
@@ -40,14 +57,10 @@ def _extract_args(root, coords=None):
             "--no-progress"]
 
 
-def _run(*argv):
-    return subprocess.run([sys.executable, "-m", "mgpath.cli", *argv], capture_output=True, text=True,
-                          timeout=300, check=False)
-
-
-def _digest(root):
-    files = sorted(p for d in ("tiles", "features") for p in (root / d).rglob("*.h5"))
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+def _digest(root, found=None):
+    """SHA-256 of every h5 under ``root``'s tiles and features folders (``found``: the driver's digests)."""
+    found = found or {str(root / d): digest(root / d) for d in ("tiles", "features")}
+    return {f"{Path(d).name}/{k}": v for d, files in found.items() for k, v in files.items() if k.endswith(".h5")}
 
 
 def _case(root, name):
@@ -82,27 +95,58 @@ def _case(root, name):
         (bad / "model.ckpt").write_bytes(b"garbage")
         return ["heatmap", "--ckpt_path", str(bad / "model.ckpt"), "--slide", str(root / "slides" / "s0_ihc.tiff"),
                 "--out", str(bad / "h.png")], 2, "model.ckpt"
+    if name in ("coords_escaping_name_and_external_storage", "coords_transposed_and_outside_slide"):
+        cdir = bad / name
+        shutil.copytree(root / "tiles" / "2.5x" / "coords", cdir, dirs_exist_ok=True)
+        first, second = (("name escapes --out", "external storage") if name.startswith("coords_escaping")
+                         else ("transposed", "outside the slide"))
+        for sid, damage in (("s0_ihc", first), ("s1_he", second)):
+            with h5py.File(cdir / f"{sid}.h5", "a") as f:
+                xy = f["coords"][()]
+                if damage == "name escapes --out":  # a slide name that would write outside --out
+                    f.attrs["name"] = f["coords"].attrs["name"] = "../../escaped"
+                    continue
+                del f["coords"]
+                if damage == "external storage":  # the coordinates "live" in another file
+                    (bad / "elsewhere.bin").write_bytes(xy.astype("<i8").tobytes())
+                    f.create_dataset("coords", shape=xy.shape, dtype="<i8",
+                                     external=[(str(bad / "elsewhere.bin"), 0, xy.nbytes)])
+                else:
+                    f["coords"] = xy.T if damage == "transposed" else xy + 10**6
+        return ["extract", *_extract_args(root, coords=cdir), "--checkpoint", str(root / "w.pth")], 1, str(cdir)
+    if name == "mpp_typed_as_magnification":
+        return ["tile", str(root / "slides"), "--out", str(root / "tiles"), "--magnification", "2.5",
+                "--tile-size", "96", "--mpp", "40", "--no-progress"], 2, "--mpp"
+    if name == "mpp_csv_non_numeric_cell":
+        (bad / "mpp_cells.csv").write_text("slide_id,mpp\ns0_ihc,0.5\ns1_he,n/a\n")
+        return ["tile", str(root / "slides"), "--out", str(root / "tiles"), "--magnification", "2.5",
+                "--tile-size", "96", "--mpp-csv", str(bad / "mpp_cells.csv"), "--no-progress"], 2, "mpp_cells.csv row 3"
     raise KeyError(name)
 
 
 CASES = ["garbage_checkpoint", "truncated_checkpoint", "missing_checkpoint", "no_coords_folder",
-         "corrupt_coords_h5", "mpp_csv_without_columns", "not_a_slide", "garbage_mgpath_checkpoint"]
+         "corrupt_coords_h5", "mpp_csv_without_columns", "not_a_slide", "garbage_mgpath_checkpoint",
+         "coords_escaping_name_and_external_storage", "coords_transposed_and_outside_slide",
+         "mpp_typed_as_magnification", "mpp_csv_non_numeric_cell"]
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_bad_input(name, good_run):
-    before = _digest(good_run)
-    argv, code, named = _case(good_run, name)
-    proc = _run(*argv)
-    assert proc.returncode == code, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout
+def test_bad_input(name, good_run, matrix):
+    before, cases = matrix
+    code, named, result = cases[name]
+    stdout, stderr = result["stdout"], result["stderr"]
+    assert result["code"] == code, (stdout[-2000:], stderr[-2000:])
+    assert "Traceback" not in stderr + stdout
     if code == 2:  # bad input: one line on stderr naming the file
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and named in lines[0], proc.stderr
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and named in lines[0], stderr
     else:  # some slides skipped: the skipped slide's line names the file
-        skipped = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("skipped")]
-        assert skipped and all(named in ln for ln in skipped), proc.stdout
-    after = _digest(good_run)
+        skipped = [ln for ln in stdout.splitlines() if ln.strip().startswith("skipped")]
+        assert skipped and all(named in ln for ln in skipped), stdout
+        if name.startswith("coords_"):  # both damaged files of the case are skipped, each with its own line
+            assert len(skipped) == 2 and "s0_ihc.h5" not in result["digest"][str(good_run / "features")], stdout
+    after = _digest(good_run, result["digest"])
     assert {k: after.get(k) for k in before} == before  # nothing lost: every earlier output is unchanged
+    assert not list(good_run.parent.glob("escaped*")) and not (good_run / "escaped.h5").exists()  # nothing left --out
     with h5py.File(good_run / "features" / "2.5x" / "s0_ihc.h5") as f:
         assert f["features"].shape[0] > 0

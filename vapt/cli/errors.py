@@ -56,8 +56,18 @@ def find_user_error(exc: BaseException | None, user_errors: tuple[type[BaseExcep
     return None
 
 
+#: how jsonargparse begins the message of an error it wraps around one raised while building a class
+_WRAPPER_PHRASES = ("Does not validate against any of the Union subtypes", "Problem with given class_path")
+
+
 def one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (KeyError quotes removed; a DataLoader worker's wrapper dropped)."""
+    """``Type: message`` on one line (KeyError quotes removed; a DataLoader worker's wrapper dropped; the error
+    behind a jsonargparse wrapper shown instead of its dump of the parsed values)."""
+    seen = set()
+    while (exc.__cause__ is not None and id(exc) not in seen
+           and str(exc).strip().startswith(_WRAPPER_PHRASES)):
+        seen.add(id(exc))
+        exc = exc.__cause__
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     text = text.strip()
     if "Original Traceback" in text:  # "Caught DataError in DataLoader worker process 0. Original Traceback ..."
@@ -90,6 +100,9 @@ def run_reporting_errors(prog: str | Callable[[list[str]], str], fn: Callable[[l
     """
     argv, debug = debug_requested(argv)
     name = prog(argv) if callable(prog) else prog
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as \udcxx, never raise
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     saved = {k: os.environ.get(k) for k in DEBUG_ENV}
     if debug:
         os.environ.update(dict.fromkeys(DEBUG_ENV, "1"))

@@ -22,7 +22,7 @@ from pathlib import Path
 from vapt.cli.errors import report_error
 from vapt.cli.flags import DialectParser
 
-__all__ = ["ResourceError", "config_names", "configs_main", "data_file", "resolve_config", "resolve_config_args",
+__all__ = ["ConfigFileError", "ResourceError", "check_yaml_file", "config_names", "configs_main", "data_file", "resolve_config", "resolve_config_args",
            "resolve_data_path", "shipped_dir"]
 
 _KINDS = ("configs", "data")
@@ -31,6 +31,10 @@ _MARKER = {"configs": "demo.yaml", "data": "vtab/published.csv"}  # a file that 
 
 class ResourceError(FileNotFoundError):
     """A shipped config or data file that does not exist (the message lists the close names)."""
+
+
+class ConfigFileError(ValueError):
+    """A config file that is not plain YAML (a damaged file, or a tag that would build Python objects)."""
 
 
 def shipped_dir(kind: str) -> Path:
@@ -108,6 +112,29 @@ def data_file(name: str) -> Path:
     return path
 
 
+def check_yaml_file(path: Path) -> Path:
+    """``path`` when it holds plain YAML; `ConfigFileError` naming the file, line and problem otherwise.
+
+    Read with ``yaml.safe_load``, which builds no Python objects: a ``!!python/object`` (or any other
+    non-standard) tag is refused here in one line instead of deep inside the argument parser.
+    """
+    import yaml
+
+    try:
+        yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"config {path} is not UTF-8 text ({e.reason}); pass a YAML file.") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        tag = "!!python" in problem or "python/" in problem or "tag" in problem
+        hint = ("YAML tags that build Python objects are never loaded; remove the tag" if tag
+                else "fix the YAML there")
+        raise ConfigFileError(f"config {path}{where}: {problem}; {hint}.") from e
+    return path
+
+
 def resolve_data_path(path: str | os.PathLike) -> Path:
     """``path`` when it exists, else the shipped file it names (``data/prompts/demo.json`` or
     ``prompts/demo.json``); unchanged when neither exists, so the caller's own error names it."""
@@ -128,7 +155,7 @@ def resolve_config_args(argv: list[str], prefixes: tuple[str, ...] = ("",), list
     """``argv`` with the value of every ``--config X`` / ``--config=X`` / ``-c X`` passed through
     :func:`resolve_config` (so a shipped name works wherever a YAML path does)."""
     def resolve(value: str) -> str:  # YAML / JSON text in place of a file stays as it is (jsonargparse reads it)
-        return value if _inline(value) else str(resolve_config(value, prefixes, lister))
+        return value if _inline(value) else str(check_yaml_file(resolve_config(value, prefixes, lister)))
 
     out, i = [], 0
     while i < len(argv):

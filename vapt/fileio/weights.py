@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TRUST_HINT", "WeightsFileError", "load_weights_file"]
+__all__ = ["TRUST_HINT", "WeightsFileError", "load_weights_file", "safe_torch_load"]
 
 TRUST_HINT = ("if you trust where it came from, re-save its tensors there as .safetensors "
               "(safetensors.torch.save_file) and pass that file")
@@ -43,6 +43,16 @@ def _safe_globals() -> list:
         from numpy.core.multiarray import scalar
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")] if hasattr(np, "dtypes") else []
     return [argparse.Namespace, scalar, np.dtype, *dtypes]
+
+
+def safe_torch_load(source, map_location="cpu"):
+    """``torch.load(source, weights_only=True)``: the one place vapt and mgpath call ``torch.load``.
+
+    ``weights_only=True`` is passed explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the environment
+    (which only changes torch's default) cannot turn full unpickling on. ``source`` is a path or a binary
+    file object; errors are torch's (callers name the file).
+    """
+    return torch.load(source, map_location=map_location, weights_only=True)
 
 
 def load_weights_file(path: str | os.PathLike):
@@ -76,7 +86,7 @@ def load_weights_file(path: str | os.PathLike):
         try:
             with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # torch's pickle-protocol notes on foreign files
-                return torch.load(path, map_location="cpu", weights_only=True)
+                return safe_torch_load(path)
         except Exception as err:  # distinguish "needs unpickling" (a global) from "corrupt" (bad opcodes)
             if "Weights only load failed" not in str(err) or "global" not in str(err).lower():
                 raise

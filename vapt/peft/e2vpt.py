@@ -13,10 +13,9 @@
 
       Attn_i(x) = softmax(s q [Drop(E_i); k]^T) [Drop(E_i); v]
 
-The pruning of E2VPT (token-wise and piece-wise, by the masks' importance scores) followed by rewinding is a
-separate multi-stage procedure; :meth:`E2VPT.prune` applies a chosen pruning (masks set to 0 and frozen, as
-the official ``mask_soft_tokens`` / ``mask_soft_tokens_pieces``) so a rewound run can be trained here, but the
-score search itself is not part of this package.
+The pruning search of E2VPT (mask importance scores, candidate prunings, rewind) is in
+:mod:`vapt.peft.e2vpt_pruning`; :meth:`E2VPT.prune` applies a chosen pruning (masks set to 0 and frozen, as
+the official ``mask_soft_tokens`` / ``mask_soft_tokens_pieces``).
 """
 from __future__ import annotations
 

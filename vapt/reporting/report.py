@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import sys
 from collections import defaultdict
@@ -26,7 +25,7 @@ from pathlib import Path
 from vapt.cli.errors import report_error
 from vapt.cli.flags import DialectParser
 from vapt.data.registry import FGVC_DATASETS, GROUPS, VTAB_TASKS
-from vapt.fileio.atomic import atomic_path
+from vapt.fileio.atomic import atomic_path, read_json_file
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
 from vapt.fileio.resources import data_file
 from vapt.reporting.tables import markdown_table
@@ -44,7 +43,8 @@ def load_summaries(runs_dir: str | os.PathLike) -> list[dict]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"vapt report: {runs_dir} is not a folder; pass the --out folder of vapt tune.")
-    out = [json.loads(p.read_text()) for p in sorted(runs_dir.rglob("summary.json"))]
+    out = [read_json_file(p, "delete it and rerun vapt tune for that run (finished seeds are kept)")
+           for p in sorted(runs_dir.rglob("summary.json"))]
     if not out:
         raise FileNotFoundError(f"vapt report: no summary.json under {runs_dir}; run vapt tune (or "
                                 "scripts/reproduce_vtab.py) first, or wait for the seeds of a run to finish.")

@@ -29,17 +29,21 @@ from vapt.data import (  # noqa: F401 - imported so that --data takes their shor
     VTABDataModule,
 )
 from vapt.data.base import ClassificationDataModule, DataError
+from vapt.fileio.atomic import JSONFileError
 from vapt.fileio.atomic import write_text_atomic as atomic_write_text
-from vapt.fileio.resources import ResourceError, resolve_config_args
+from vapt.fileio.resources import ConfigFileError, ResourceError, resolve_config_args
 from vapt.quiet import quiet_command
 from vapt.training.config_keys import SuggestingArgumentParser
 from vapt.training.module import ModelConfigError, PromptTuningModule
 from vapt.training.resume import (
     CheckpointError,
     check_checkpoint,
+    check_resume_identity,
     resolve_ckpt_path,
     resume_callbacks,
+    run_settings_identity,
     use_atomic_checkpoints,
+    write_resume_identity,
 )
 from vapt.training.run_folders import VERSION_ENV, default_loggers, fresh_path, unpin_used_versions
 
@@ -93,6 +97,9 @@ class VaptCLI(LightningCLI):
                                  "of the DataModule's test split")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the last-epoch model (the official protocol reports it)")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit --ckpt_path last: resume even when the settings or data differ from the "
+                                 "checkpoint's run")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -126,16 +133,28 @@ class VaptCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def _resolve_ckpt_path(self) -> None:
-        """``--ckpt_path last`` -> newest good checkpoint of this experiment's versions; a file is checked."""
+        """``--ckpt_path last`` -> newest good checkpoint of this experiment's versions, refused as stale when
+        that run was made with other settings or data (unless ``--overwrite``); ``fit`` records its own
+        settings and data in its version folder for the next ``last``."""
         config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") != "last":
-            return
         loggers = self.trainer.loggers
         log_dir = loggers[0].log_dir if loggers else None  # None for fast_dev_run's dummy logger
-        run_folder = Path(log_dir).parent if log_dir else Path(self.trainer.default_root_dir)
-        log = print if self.trainer.is_global_zero else (lambda *a: None)
-        config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), run_folder,
-                                                lambda m: log(f"vapt {self.subcommand}: {m}"))
+        identity = None
+        if self.subcommand == "fit":
+            identity = self._run_identity()
+            if log_dir and self.trainer.is_global_zero:
+                write_resume_identity(log_dir, identity)
+        if config.get("ckpt_path") == "last":
+            run_folder = Path(log_dir).parent if log_dir else Path(self.trainer.default_root_dir)
+            log = print if self.trainer.is_global_zero else (lambda *a: None)
+            config["ckpt_path"] = resolve_ckpt_path("last", run_folder, lambda m: log(f"vapt {self.subcommand}: {m}"))
+            if config["ckpt_path"] and identity is not None and not self._config().get("overwrite"):
+                check_resume_identity(config["ckpt_path"], identity)
+        self.model.checkpoint_source = config.get("ckpt_path")  # named when its shapes do not fit
+
+    def _run_identity(self) -> dict:
+        """The resolved settings of this run (as saved in ``config.yaml``) and the identity of its data."""
+        return run_settings_identity(self._config().clone().as_dict())
 
     before_fit = before_validate = before_test = _resolve_ckpt_path  # before_predict calls it too
 
@@ -246,8 +265,10 @@ def build_cli(argv: list[str], run: bool = True, log_name: str | None = None) ->
 
 
 #: the exceptions that mean "this input cannot be used" in a training command (each module owns its error)
+#: bad input of vapt fit|validate|test|predict (OSError: the file system said no - disk full, read-only folder;
+#: JSONFileError: a damaged result or summary file)
 USER_ERRORS = (DataError, ModelConfigError, CheckpointError, BackboneError, ResourceError, MisconfigurationException,
-               FileExistsError)
+               JSONFileError, OSError, ConfigFileError)
 
 
 def _run(argv: list[str]) -> int:

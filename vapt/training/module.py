@@ -23,12 +23,37 @@ from torchmetrics.classification import MulticlassAccuracy
 from vapt.fileio.state_dict import check_state_dict, complete_state_dict
 from vapt.model import PromptedViT, build_model
 from vapt.peft import PromptConfig, make_config, method_names
+from vapt.training.resume import CheckpointMismatchError
 
 CHECKPOINT_FORMAT = "vapt-trainable-v1"
 
 
 class ModelConfigError(ValueError):
     """The model / optimisation keywords of a config cannot be used; the message says how to fix it."""
+
+
+class NonFiniteLossError(ModelConfigError):
+    """Training produced a NaN or infinite loss; the message names the epoch and step."""
+
+
+def check_optimisation(prefix: str = "model.init_args.", **values: float) -> None:
+    """`ModelConfigError` naming the key when a learning rate / weight decay / momentum is NaN, infinite or
+    negative (``check_optimisation(lr=0.1, weight_decay=1e-4)``)."""
+    for name, value in values.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ModelConfigError(f"{prefix}{name}={value!r} is not a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise ModelConfigError(f"{prefix}{name}={value!r} is invalid: it must be a finite number >= 0")
+
+
+def check_loss(loss: torch.Tensor, epoch: int, step: int) -> None:
+    """`NonFiniteLossError` when the training ``loss`` is NaN or infinite (training stops before the update)."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteLossError(
+            f"the training loss is {float(loss.detach().float().mean())} at epoch {epoch} (step {step}); training "
+            "stopped before the weights were updated. Lower the learning rate or check the data for NaN/inf")
 
 
 def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
@@ -138,6 +163,7 @@ class PromptTuningModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_optimisation(lr=lr, weight_decay=weight_decay, momentum=momentum, label_smoothing=label_smoothing)
         named = dict(num_tokens=num_tokens, deep=deep, dropout=dropout, project=project, kernel_size=kernel_size,
                      hidden_dim=hidden_dim, mlp_dropout=mlp_dropout, conv_dropout=conv_dropout,
                      share_projector=share_projector, vpt_depth=vpt_depth)
@@ -179,7 +205,9 @@ class PromptTuningModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train", self.train_acc)
+        loss = self._shared_step(batch, "train", self.train_acc)
+        check_loss(loss, self.current_epoch, self.global_step)
+        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "val", self.val_acc)
@@ -286,11 +314,14 @@ class PromptTuningModule(pl.LightningModule):
         if meta.get("format") != CHECKPOINT_FORMAT:
             return
         sd, own = checkpoint["state_dict"], self.state_dict()
+        source = getattr(self, "checkpoint_source", None)  # set by the command line: the file to name
         check_state_dict(
-            own, sd, expected=self.trainable_keys(),
-            what=(f"Checkpoint does not fit this model (method {self.prompt_config.method!r}, backbone "
-                  f"{self.hparams.backbone!r})"),
-            hint="Build the model with the checkpoint's hyper-parameters (PromptTuningModule.load_from_checkpoint does).")
+            own, sd, expected=self.trainable_keys(), error=CheckpointMismatchError,
+            what=(f"Checkpoint {source + ' ' if source else ''}does not fit this model (method "
+                  f"{self.prompt_config.method!r}, backbone {self.hparams.backbone!r}, "
+                  f"{self.hparams.num_classes} classes)"),
+            hint=("Use the settings it was trained with (its task, num_tokens, ...) or another checkpoint; "
+                  "PromptTuningModule.load_from_checkpoint builds the model from the file."))
         checkpoint["state_dict"] = complete_state_dict(own, sd)
 
 
@@ -300,5 +331,5 @@ def load_trained_model(path: str, map_location: str | torch.device = "cpu", **ov
     ``overrides`` replace saved hyper-parameters, e.g. ``checkpoint="/new/place/ViT-B_16.npz"`` when the
     backbone weights moved. Returns the model in eval mode.
     """
-    module = PromptTuningModule.load_from_checkpoint(path, map_location=map_location, **overrides)
+    module = PromptTuningModule.load_from_checkpoint(path, map_location=map_location, weights_only=True, **overrides)
     return module.model.eval()

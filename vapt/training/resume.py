@@ -4,13 +4,16 @@
   and puts it back at the start of the first resumed epoch, so dropout draws continue as in an uninterrupted
   run. The data side needs no state: the training order depends on ``(seed, epoch)`` only and each training
   image's augmentation on ``(seed, epoch, index)`` (see `vapt.data.base`), whatever the number of workers.
-- `AtomicCheckpointIO` writes each checkpoint through a temporary file in the checkpoint's own folder and
+- `AtomicCheckpointIO` loads every checkpoint with ``weights_only=True`` and writes each checkpoint through a temporary file in the checkpoint's own folder and
   renames it into place: a full disk or a kill leaves the previous checkpoint, never a truncated one under
   the final name.
 - `find_resume_checkpoint` picks the newest checkpoint of a run folder that loads, naming those it skipped.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import random
 import re
@@ -23,7 +26,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from vapt.fileio.atomic import atomic_path
+from vapt.fileio.atomic import atomic_path, write_text_atomic
+from vapt.fileio.weights import safe_torch_load
 
 
 class CheckpointError(ValueError):
@@ -32,6 +36,13 @@ class CheckpointError(ValueError):
     def __init__(self, message: str, reason: str = ""):
         super().__init__(message)
         self.reason = reason or message
+
+
+class CheckpointMismatchError(CheckpointError, KeyError):
+    """A checkpoint whose tensors do not fit the model (a `KeyError` too, like every state-dict mismatch)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _short(e: BaseException) -> str:
@@ -89,15 +100,29 @@ class RNGStateCallback(Callback):
 
 # ---------------------------------------------------------------------------------------------- atomic files
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """`TorchCheckpointIO` whose files appear complete or not at all (temporary file beside the target)."""
+    """`TorchCheckpointIO` whose files appear complete or not at all (temporary file beside the target), and
+    whose loads never unpickle code (`vapt.weights.safe_torch_load`, whatever ``weights_only`` Lightning asks
+    for and whatever the environment says)."""
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return safe_torch_load(path, map_location=map_location or (lambda storage, loc: storage))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO takes no storage_options; got {storage_options!r}.")
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            torch.save(checkpoint, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:  # disk full, folder made read-only: name the file; the previous checkpoint stays
+            hint = "free space there" if e.errno == errno.ENOSPC else "make that folder writable"
+            raise OSError(e.errno, f"cannot write checkpoint {path} ({e.strerror or e}); the previous checkpoint "
+                                   f"is kept. {hint} or pass another --trainer.default_root_dir, then resume with "
+                                   "--ckpt_path last") from e
 
 
 def use_atomic_checkpoints(trainer) -> None:
@@ -107,6 +132,140 @@ def use_atomic_checkpoints(trainer) -> None:
         strategy.checkpoint_io = AtomicCheckpointIO()
 
 
+# ---------------------------------------------------------------------------------------------- run identity
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _folder_digest(path: Path) -> str:
+    """Names, sizes and modification times of the files directly in ``path`` (cheap; no content read)."""
+    entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+    return hashlib.sha256(repr(entries).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def run_identity(args: list[str], extra_paths: list[str] | None = None) -> dict[str, Any]:
+    """What makes a finished run: its arguments and the data they name.
+
+    ``args`` are the command-line arguments of the run (config files, overrides). Every value among them or in
+    ``extra_paths`` that names an existing file is recorded with its SHA-256 (config YAMLs, label and split
+    CSVs, weights); an existing folder with the names, sizes and modification times of its files.
+    """
+    files: dict[str, str] = {}
+    for token in [*args, *(extra_paths or [])]:
+        value = str(token).split("=", 1)[1] if str(token).startswith("--") and "=" in str(token) else str(token)
+        p = Path(value).expanduser()
+        try:
+            if p.is_file():
+                files[value] = "sha256:" + _file_digest(p)
+            elif p.is_dir():
+                files[value] = "listing:" + _folder_digest(p)
+        except OSError:
+            continue
+    return {"args": [str(a) for a in args], "files": files}
+
+
+def compare_run_identity(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> str:
+    """``""`` when ``stored`` equals ``wanted`` (or is absent: a result of an older version), else what differs."""
+    if not stored:
+        return ""
+    diff = []
+    if stored.get("args") != wanted.get("args"):
+        old, new = stored.get("args") or [], wanted.get("args") or []
+        diff.append(f"arguments {sorted(set(old) - set(new))[:4]} -> {sorted(set(new) - set(old))[:4]}")
+    sf, wf = stored.get("files") or {}, wanted.get("files") or {}
+    changed = sorted(k for k in set(sf) | set(wf) if sf.get(k) != wf.get(k))
+    if changed:
+        diff.append(f"changed file(s) {changed[:4]}")
+    return "; ".join(diff)
+
+
+# ---------------------------------------------------------------------------------------------- fit identity
+#: settings that do not change what training produces (or that may change on a resume: more epochs)
+_NOT_IDENTITY = ("config", "ckpt_path", "overwrite", "result_json", "predictions_csv", "predict_images",
+                 "test_after_fit", "trainer.logger", "trainer.max_epochs", "trainer.max_steps",
+                 "trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+_IDENTITY_FILE = "resume_identity.json"
+_MAX_LISTED = 200_000
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def path_identity(value: str) -> str | None:
+    """What a path in the settings holds: a file's SHA-256 (size and mtime above 16 MB), a folder's names,
+    sizes and modification times below it (the first 200,000 files); None when it names nothing."""
+    p = Path(value).expanduser()
+    try:
+        if p.is_file():
+            st = p.stat()
+            return f"size:{st.st_size}:mtime:{st.st_mtime_ns}" if st.st_size > 16 << 20 else "sha256:" + _file_digest(p)
+        if p.is_dir():
+            h, n = hashlib.sha256(), 0
+            for dirpath, dirs, files in os.walk(p):
+                dirs.sort()
+                for f in sorted(files)[:max(0, _MAX_LISTED - n)]:
+                    st = os.stat(os.path.join(dirpath, f))
+                    h.update(repr((os.path.relpath(os.path.join(dirpath, f), p), st.st_size, st.st_mtime_ns)).encode(
+                        "utf-8", "surrogateescape"))
+                    n += 1
+            return "listing:" + h.hexdigest()
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def run_settings_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"settings": {dotted key: value}, "data": {dotted key: identity}}`` of a resolved ``vapt fit`` config:
+    what the checkpoints of that run were made with (keys in ``_NOT_IDENTITY`` left out). A setting that names
+    a data or weights file or folder is recorded by what it holds (`path_identity`), not by its path, so a
+    data folder copied or moved elsewhere is the same data."""
+    flat = {k: v for k, v in _flat(config).items()
+            if not any(k == n or k.startswith(n + ".") for n in _NOT_IDENTITY)}
+    settings = json.loads(json.dumps(flat, default=str, sort_keys=True))
+    data = {}
+    for k, v in settings.items():
+        if isinstance(v, str) and v and (k.startswith("data.") or k.endswith("checkpoint")):
+            ident = path_identity(v)
+            if ident is not None:
+                data[k], settings[k] = ident, "<path>"
+    return {"settings": settings, "data": data}
+
+
+def write_resume_identity(log_dir: str | os.PathLike, identity: dict[str, Any]) -> None:
+    """Record ``identity`` in the run's version folder (read back by `check_resume_identity`)."""
+    write_text_atomic(Path(log_dir) / _IDENTITY_FILE, json.dumps(identity, indent=1, sort_keys=True) + "\n")
+
+
+def check_resume_identity(ckpt: str | os.PathLike, identity: dict[str, Any]) -> None:
+    """`CheckpointError` ``stale: ...`` when the run that wrote ``ckpt`` (``version_<n>/checkpoints/x.ckpt``)
+    recorded other settings or data than ``identity``; nothing when it recorded none (an older vapt)."""
+    recorded = Path(ckpt).resolve().parent.parent / _IDENTITY_FILE
+    if not recorded.is_file():
+        return
+    try:
+        old = json.loads(recorded.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{recorded} is damaged ({_short(e)}); delete it to resume from {ckpt} anyway.") from e
+    a, b = old.get("settings") or {}, identity.get("settings") or {}
+    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    da, db = old.get("data") or {}, identity.get("data") or {}
+    diff += [f"{k}: its files changed" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
+    if diff:
+        raise CheckpointError(f"stale: {ckpt} was made with other settings or data ({'; '.join(diff[:4])}); pass "
+                              "--overwrite to resume from it anyway, or leave out --ckpt_path last to start afresh.",
+                              "stale")
+
+
 # ---------------------------------------------------------------------------------------------- choosing one
 def check_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
     """Load ``path`` safely (``weights_only=True``, CPU); `CheckpointError` naming it when it cannot be used."""
@@ -114,7 +273,7 @@ def check_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist; pass an existing .ckpt file or 'last'.", "missing")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = safe_torch_load(path)
     except Exception as e:  # truncated zip, not a torch file, a pickle that needs code to run
         reason = f"cannot be loaded ({_short(e)})"
         raise CheckpointError(f"{what} {path} {reason}; it is truncated, damaged or not a vapt checkpoint. "

@@ -2,7 +2,8 @@
 
 Unless ``--trainer.logger`` is given, a run writes into ``<default_root_dir>/<task>/<method>/version_<n>/``
 (``default_root_dir`` defaults to ``runs``): ``metrics.csv`` (CSVLogger), TensorBoard events, ``config.yaml``
-and ``checkpoints/``. ``version_<n>`` is the next free number; processes started by a distributed launcher
+and ``checkpoints/``. ``version_<n>`` is the next free number, claimed with an atomic ``mkdir`` (runs started
+together never share one); processes started by a distributed launcher
 inherit it through an environment variable, so every rank writes into the same folder.
 
 A command started from a run's saved ``config.yaml`` (which names that run's version) logs into a new version
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
-__all__ = ["VERSION_ENV", "default_loggers", "fresh_path", "method_folder", "next_version", "unpin_used_versions"]
+__all__ = ["VERSION_ENV", "claim_version", "default_loggers", "fresh_path", "method_folder", "next_version",
+           "unpin_used_versions"]
 
 VERSION_ENV = "VAPT_LOG_VERSION"
 
@@ -27,11 +29,26 @@ def next_version(folder: Path) -> int:
     return max(versions, default=-1) + 1
 
 
+def claim_version(folder: str | os.PathLike) -> int:
+    """The next free ``version_<n>`` under ``folder``, created here (``mkdir`` is atomic: two runs starting at
+    once get different numbers)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        taken = [int(p.name.split("_", 1)[1]) for p in folder.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
+        n = max(taken, default=-1) + 1
+        try:
+            (folder / f"version_{n}").mkdir()
+            return n
+        except FileExistsError:
+            continue
+
+
 def default_loggers(save_dir: str, name: str, version_env: str = VERSION_ENV) -> list[Namespace]:
     """CSV and TensorBoard loggers writing into ``save_dir/name/version_<n>`` (LightningCLI config form)."""
     version = os.environ.get(version_env)
     if version is None:
-        version = str(next_version(Path(save_dir) / name))
+        version = str(claim_version(Path(save_dir) / name))  # two runs never share a version folder
         os.environ[version_env] = version  # DDP children re-run the CLI and inherit it
     kw = Namespace(save_dir=save_dir, name=name, version=int(version))
     return [

@@ -12,15 +12,17 @@ import gc
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vapt.fileio.atomic import write_text_atomic
+from vapt.fileio.atomic import read_json_file, write_text_atomic
+from vapt.fileio.locks import SlideLock
 from vapt.training.lightning_cli import build_cli
-from vapt.training.resume import find_resume_checkpoint
+from vapt.training.resume import compare_run_identity, find_resume_checkpoint, run_identity
 from vapt.training.run_folders import VERSION_ENV
 from vapt.training.stacked import build_member, group_members, run_stacked
 from vapt.training.trunk_cache import TrunkCache
@@ -55,17 +57,41 @@ def write_result(spec: RunSpec, result: dict) -> dict:
 
 
 def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], evaluate: str,
-            log=_log.info) -> dict:
+            log=_log.info, overwrite: bool = False) -> dict:
     """Train one configuration in ``run_dir`` and evaluate it (``validate`` or ``test``).
 
-    Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists;
-    resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and skipped).
+    Returns the result dict, also written to ``run_dir/result.json``. Skips when that file exists and was
+    made with the same arguments and files (:func:`vapt.training.resume.run_identity`); one made otherwise is a
+    `FileExistsError` (``stale: ... pass --overwrite``), or with ``overwrite`` is redone in an emptied
+    ``run_dir``. Resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer ones are named and
+    skipped). A run folder another live process is training (its lock: ``<task>/<method>/.locks/
+    grid_lr1_wd0.lock``) is a `FileExistsError` too.
     """
-    spec = RunSpec(Path(run_dir), dict(overrides), evaluate)
-    done = spec.finished()
-    if done is not None:
-        log(f"  done already: {run_dir}")
-        return done
+    lock = SlideLock(Path(run_dir).parent.parent / ".locks" / f"{Path(run_dir).parent.name}_{Path(run_dir).name}.lock")
+    if not lock.acquire():
+        raise FileExistsError(f"{run_dir} is being trained by another vapt tune ({lock.owner}); wait for it to "
+                              "finish and rerun (its result is then reused), or use another --out")
+    try:
+        return _run_one_locked(cli_args, Path(run_dir), overrides, evaluate, log, overwrite)
+    finally:
+        lock.release()
+
+
+def _run_one_locked(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], evaluate: str,
+                    log, overwrite: bool) -> dict:
+    spec = RunSpec(run_dir, dict(overrides), evaluate)
+    identity = run_identity(list(cli_args) + [f"--{k}={_cli_value(v)}" for k, v in overrides.items()])
+    if spec.result_path.is_file():
+        done = read_json_file(spec.result_path, f"delete it (or {run_dir}) to rerun that run")
+        why = compare_run_identity(done.get("identity"), identity)
+        if not why:
+            log(f"  done already: {run_dir}")
+            return done
+        if not overwrite:
+            raise FileExistsError(f"stale: {spec.result_path} was made otherwise ({why}); pass --overwrite to redo "
+                                  "it, or use another --out")
+        log(f"  stale, redone (--overwrite): {run_dir}")
+        shutil.rmtree(run_dir)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     args = list(cli_args) + [f"--trainer.default_root_dir={run_dir}"]
     args += [f"--{k}={_cli_value(v)}" for k, v in overrides.items()]
@@ -75,7 +101,7 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
     try:
         cli = build_cli(args, run=False, log_name="")
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
+        trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
         metrics = (trainer.validate if evaluate == "validate" else trainer.test)(
             model, datamodule=data, verbose=False)[0]
     finally:
@@ -87,6 +113,7 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
         "effective_lr": model.effective_lr,
         "resumed_from": str(resume) if resume else None,
         "seconds": round(time.time() - t0, 2),
+        "identity": identity,
     }
     write_result(spec, result)
     del cli, trainer, model, data
@@ -95,7 +122,8 @@ def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], e
 
 
 def run_specs(cli_args: Sequence[str], specs: Sequence[RunSpec], stack: int = 0,
-              trunk_cache: str | os.PathLike | None = None, log: Callable[[str], Any] = _log.info) -> list[dict]:
+              trunk_cache: str | os.PathLike | None = None, log: Callable[[str], Any] = _log.info,
+              overwrite: bool = False) -> list[dict]:
     """Run ``specs`` (skipping finished ones) and return their results in order.
 
     ``stack=0``: each as its separate Lightning run (`run_one`). ``stack=K>=1``: up to K configurations that
@@ -103,7 +131,7 @@ def run_specs(cli_args: Sequence[str], specs: Sequence[RunSpec], stack: int = 0,
     of head-only methods read from a `TrunkCache` in ``trunk_cache`` (None: computed in every pass).
     """
     if stack < 1:
-        return [run_one(cli_args, s.run_dir, s.overrides, s.evaluate, log) for s in specs]
+        return [run_one(cli_args, s.run_dir, s.overrides, s.evaluate, log, overwrite) for s in specs]
     todo = [s for s in specs if s.finished() is None]
     for s in specs:
         if s.finished() is not None:

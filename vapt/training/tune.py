@@ -163,6 +163,7 @@ def tune(
     stack: int = 0,
     trunk_cache: bool = True,
     runner: Runner | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Grid search then seeds for one (task, method) config; returns and writes ``summary.json``.
 
@@ -187,6 +188,8 @@ def tune(
     runner : callable, optional
         ``runner(specs) -> results`` that executes a stage's runs elsewhere (`vapt.training.sweep_engine`);
         by default they run here.
+    overwrite : bool
+        Redo finished separate runs made with other arguments or files (otherwise ``stale: ...``).
     """
     from vapt.training.decoded import forget_decoded
     from vapt.training.lightning_cli import experiment_name
@@ -204,7 +207,7 @@ def tune(
         raise TuneError(f"vapt tune: --stack {stack}: give 0 (separate runs) or K >= 1 configurations per pass.")
     protocol = PROTOCOLS[family]
     cache_dir = Path(out) / "trunk_cache" if stack and trunk_cache else None
-    run = runner or (lambda specs: run_specs(cli_args, specs, stack, cache_dir, log))
+    run = runner or (lambda specs: run_specs(cli_args, specs, stack, cache_dir, log, overwrite))
 
     scores: dict[tuple[float, float], float] = {}
 
@@ -300,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure a few steps on the configured device, print the predicted device-hours of the "
                          "whole sweep (grid, seeds, test evaluation) and exit")
     ap.add_argument("--estimate_steps", type=int, default=3, help="timed steps of --estimate (default 3)")
+    ap.add_argument("--overwrite", action="store_true", help="redo finished runs made with other settings or data")
     args, passthrough = ap.parse_known_args(argv)
     if args.print_config:
         return print_configs(args.config, resolve_config)
@@ -327,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                     runner = submitit_runner(cli, args.out, args.cluster, args.workers, args.stack, cache,
                                              parse_cluster_parameters(args.cluster_args), log=print)
                 tune(cli, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name, log=print,
-                     stack=args.stack, trunk_cache=trunk, runner=runner)
+                     stack=args.stack, trunk_cache=trunk, runner=runner, overwrite=args.overwrite)
         if args.estimate:
             print_estimate(report)
         return 0
