@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import h5py
 import numpy as np
@@ -20,7 +21,9 @@ def _datasets(path) -> dict[str, bytes]:
 
 def test_prepare_equals_tile_then_extract_and_resumes(synthetic, tmp_path, capsys):
     slide = synthetic("p0.tiff", size=(2048, 1536), mpp=0.5, levels=2, downsample=2, tissue_class=0)
-    folder = slide.path.parent
+    folder = tmp_path / "slides"  # its own folder: the synthetic fixture's folder holds other tests' slides
+    folder.mkdir()
+    shutil.copy2(slide.path, folder / "p0.tiff")
     steps = tmp_path / "steps"
     assert mgpath_main(["tile", str(folder), "--out", str(steps / "tiles"), *TILE]) == 0
     assert mgpath_main(["extract", "--coords", str(steps / "tiles"), "--out", str(steps / "features"), *ENCODE,
