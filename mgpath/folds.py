@@ -23,15 +23,16 @@ import logging
 import os
 import shutil
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from mgpath.pipelines.locks import SlideLock
 from vapt.cli.flags import DialectParser, add_config_options, parse_folds, print_configs
 from vapt.fileio.atomic import read_json_file, write_text_atomic
 from vapt.fileio.resources import resolve_config
 from vapt.reporting.tables import markdown_table
-from vapt.training.resume import compare_run_identity, run_identity
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["main", "run_fold", "run_folds", "summarise"]
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 def summarise(per_fold: list[dict], out_dir: str | os.PathLike) -> pd.DataFrame:
     """Write ``results.csv`` and ``results.md`` with the per-fold rows plus mean, std (ddof 1) and std_ddof0;
     returns the table."""
+    import pandas as pd
     df = pd.DataFrame(per_fold).set_index("fold")
     cols = [c for c in METRICS if c in df.columns]
     table = pd.concat([df[cols], df[cols].mean().to_frame("mean").T,
@@ -100,6 +102,8 @@ def fold_identity(config: str, k: int, overrides: list[str] | None, train: bool)
     except (OSError, yaml.YAMLError):
         named = []
     over = [o.format(fold=k) if "{fold}" in o else o for o in (overrides or [])]
+    from vapt.training.resume import run_identity  # torch + Lightning: not for --help
+
     ident = run_identity([config, *(overrides or []), f"fold={k}", f"train={train}"], [*named, *over])
     return ident
 
@@ -134,6 +138,8 @@ def run_folds(config: str, folds: list[int], out_dir: str, overrides: list[str] 
     """Fit + test every fold (finished folds made the same way are read back, not rerun); returns the summary
     table. A finished fold made otherwise stops the run (``stale``) unless ``overwrite``; a fold another live
     run is training is left to it (`FileExistsError` after the other folds)."""
+    from vapt.training.resume import compare_run_identity  # torch + Lightning: not for --help
+
     per_fold, busy = [], []
     for k in folds:
         fold_dir = Path(out_dir) / f"fold_{k}"

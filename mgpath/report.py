@@ -23,13 +23,14 @@ import difflib
 import json
 import os
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path, read_json_file, write_text_atomic
 from vapt.reporting.tables import markdown_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["chance_levels", "collect", "main", "n_classes", "plot_figure", "read_published", "summary_table",
            "write_report"]
@@ -43,6 +44,8 @@ def collect(runs: str | os.PathLike) -> pd.DataFrame:
 
     ``status`` is ``"ok"``, ``"nan"`` (a metric is NaN) or ``"unfinished"`` (a ``fold_k`` folder without
     ``result.json``; metrics NaN); ``settings`` is the method's recorded settings as JSON text."""
+    import numpy as np
+    import pandas as pd
     rows = []
     for d in sorted(p for p in Path(runs).glob("*/fold_*") if p.is_dir()):
         method, fold = d.parent.name, d.name.removeprefix("fold_")
@@ -71,6 +74,8 @@ def collect(runs: str | os.PathLike) -> pd.DataFrame:
 
 def read_published(path: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
     """Validated paper numbers: (table ``method, auc, f1, acc, source`` on a 0–1 scale, notes to print)."""
+    import numpy as np
+    import pandas as pd
     try:
         pub = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -120,6 +125,7 @@ def summary_table(per_fold: pd.DataFrame, published: pd.DataFrame | None = None)
     """One row per method: finished / unfinished folds, per metric the folds with a finite value (``_n``),
     mean, std (ddof 1; NaN for one fold), std_ddof0, the recorded settings, and paper values if given
     (matched case-insensitively; methods only in ``published`` become ``paper only`` rows)."""
+    import pandas as pd
     order = list(dict.fromkeys(per_fold["method"]))
     done = per_fold[per_fold["status"] != "unfinished"]
     out = pd.DataFrame(index=order)
@@ -153,6 +159,7 @@ def summary_table(per_fold: pd.DataFrame, published: pd.DataFrame | None = None)
 
 
 def _cell(r, m: str) -> str:
+    import pandas as pd
     n, folds = int(r[f"{m}_n"]), int(r["folds"])
     if n == 0:
         return "–"
@@ -161,6 +168,7 @@ def _cell(r, m: str) -> str:
 
 
 def _notes(per_fold: pd.DataFrame) -> list[str]:
+    import numpy as np
     lines = []
     for _, r in per_fold[per_fold["status"] == "nan"].iterrows():
         bad = [m for m in METRICS if np.isnan(r[m])]
@@ -173,6 +181,7 @@ def _notes(per_fold: pd.DataFrame) -> list[str]:
 
 
 def _markdown(table: pd.DataFrame, per_fold: pd.DataFrame) -> str:
+    import pandas as pd
     head = ["method", "folds", *[f"test {m} (mean ± std)" for m in METRICS], *[f"paper {m}" for m in METRICS],
             "source"]
     body = []
@@ -218,6 +227,8 @@ def plot_figure(per_fold: pd.DataFrame, table: pd.DataFrame, classes: int | None
     """The report figure: per metric, mean bars with std error bars, the folds as points, a dashed chance line,
     paper stars when given; the legend sits to the right of the panels, clear of the bars."""
     import matplotlib
+    import numpy as np
+    import pandas as pd
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

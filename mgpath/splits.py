@@ -10,18 +10,20 @@ import argparse
 import os
 import warnings
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from vapt.cli.flags import DialectParser
 from vapt.fileio.atomic import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["check_no_leakage", "main", "make_kshot_splits", "read_labels", "read_split_csv", "write_split_csv"]
 
 
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     """Labels CSV with columns ``slide_id, case_id, label`` (extra columns kept; ids as strings)."""
+    import pandas as pd
     if not Path(path).is_file():
         raise FileNotFoundError(f"labels CSV {path} does not exist; set data.labels_csv (columns "
                                 "slide_id, case_id, label)")
@@ -43,6 +45,7 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
 
 def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     """Official/CLAM split CSV -> ``{"train": [...], "val": [...], "test": [...]}`` (any column order)."""
+    import pandas as pd
     if not Path(path).is_file():
         raise FileNotFoundError(f"split CSV {path} does not exist; make one with `mgpath splits` "
                                 "or set data.split_csv / data.fold")
@@ -81,6 +84,7 @@ def make_kshot_splits(labels: pd.DataFrame, k: int, n_folds: int = 5, val_frac: 
     -------
     one ``{"train", "val", "test"}`` dict of slide-id lists per fold.
     """
+    import numpy as np
     if k < 1:
         raise ValueError(f"mgpath/splits.py: k must be >= 1, got {k}")
     if not 0 <= val_frac < 1:
@@ -130,6 +134,7 @@ def check_no_leakage(split: dict[str, list[str]], labels: pd.DataFrame) -> None:
 def write_split_csv(split: dict[str, list[str]], path: str | os.PathLike) -> None:
     """Write the official format (columns train, val, test; ragged columns padded with empty cells),
     atomically."""
+    import pandas as pd
     n = max(len(v) for v in split.values())
     df = pd.DataFrame({p: pd.Series(split[p] + [None] * (n - len(split[p])), dtype=object)
                        for p in ("train", "val", "test")})
@@ -150,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder for splits_{fold}.csv")
     ap.add_argument("--check", default=None, help="only check an existing split CSV for patient leakage")
     a = ap.parse_args(argv)
+    import pandas as pd  # after parsing: ``--help`` and usage errors do not load pandas
+
     labels = read_labels(a.labels)
     if a.check:
         check_no_leakage(read_split_csv(a.check), labels)

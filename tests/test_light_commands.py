@@ -92,9 +92,10 @@ def results(tmp_path_factory):
         "mgpath configs --list": ["mgpath", ["configs", "--list"]],
         "vapt report": ["vapt", ["report", i["runs"], "--out", str(d / "vapt_report")]],
         "vapt configs --list": ["vapt", ["configs", "--list"]],
-    }
-    models = {  # these build or list torch models: torch is theirs to use, Lightning is not
         "mgpath encoders": ["mgpath", ["encoders"]],
+        "mgpath encoders --format json": ["mgpath", ["encoders", "--format", "json"]],
+    }
+    models = {  # this builds a torch model: torch is its to use, Lightning is not
         "vapt summary": ["vapt", ["summary", "vit_tiny_patch16_224", "--method", "vapt", "--num-classes", "10"]],
     }
     res = _run(light, ["numpy", "pandas", "yaml", "matplotlib.pyplot"], d)
@@ -117,7 +118,8 @@ def test_help_imports_neither_lightning_nor_torch(results):
 
 def test_tables_and_configs_import_neither_lightning_nor_torch(results):
     res, d = results
-    for label in ("mgpath splits", "mgpath report", "mgpath configs --list", "vapt report", "vapt configs --list"):
+    for label in ("mgpath splits", "mgpath report", "mgpath configs --list", "vapt report", "vapt configs --list",
+                  "mgpath encoders", "mgpath encoders --format json"):
         assert res[label]["heavy"] == [], label
     # and they did their job: 2 folds written, both reports written
     assert sorted(p.name for p in (d / "splits").glob("splits_*.csv")) == ["splits_0.csv", "splits_1.csv"]
@@ -126,10 +128,27 @@ def test_tables_and_configs_import_neither_lightning_nor_torch(results):
 
 def test_model_commands_do_not_import_lightning(results):
     res, _ = results
-    assert "lightning" not in res["mgpath encoders"]["heavy"]
     assert "plus any timm model name" in res["mgpath encoders"]["out"]
+    listed = res["mgpath encoders --format json"]["out"]  # its last 2000 characters: the last preset
+    assert '"name": "genbio-pathfm",\n  "dim": 4608,' in listed and listed.rstrip().endswith("]")
     assert "lightning" not in res["vapt summary"]["heavy"] and "torch" in res["vapt summary"]["heavy"]
     assert "| **all** |" in res["vapt summary"]["out"]
+
+
+def test_encoder_listing_reads_the_builders_table():
+    """``mgpath encoders`` (no torch) lists exactly the presets the builders register, with their metadata."""
+    from mgpath.commands.encoders import preset_rows
+    from vapt.backbones import list_presets
+
+    rows, presets = preset_rows(), list_presets()
+    assert [r["name"] for r in rows] == [p.name for p in presets]
+    for r, p in zip(rows, presets, strict=True):
+        assert (r["dim"], r["architecture"], r["weights"], r["source"], r["licence"], r["magnification"],
+                r["notes"], r["vapt_backbone"]) == (p.dim, p.arch, p.layout, p.source, p.licence, p.magnification,
+                                                    p.notes, p.vit and not p.unavailable)
+        assert r["status"] == ("available" if p.unavailable is None else f"unavailable: {p.unavailable}")
+        hub = p.options.get("hub_config", False)
+        assert r["input"] == ("config.json" if hub else p.preprocess.size)
 
 
 @pytest.mark.parametrize("prog,config", [("vapt", "configs/demo.yaml"), ("mgpath", "configs/wsi/demo_tiny.yaml")])
@@ -160,3 +179,15 @@ def test_quick_help_names_only_options_lightningcli_accepts(prog, config, capsys
         for part in parts:
             assert part in node, (key, part)
             node = node[part]
+
+
+@pytest.mark.parametrize("command", ["folds", "report", "splits"])
+def test_table_command_help_imports_no_pandas(command):
+    """``mgpath folds/report/splits --help`` load neither pandas nor matplotlib (pandas is imported by the work)."""
+    code = (f"import sys\nfrom mgpath.cli import main\ntry:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint([m for m in ('pandas', 'matplotlib', 'torch') if m in sys.modules])")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                       check=True)
+    assert "usage: mgpath " + command in p.stdout
+    assert p.stdout.strip().splitlines()[-1] == "[]"

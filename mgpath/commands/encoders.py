@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from vapt.backbones import preset_table
 from vapt.cli.flags import DialectParser
 from vapt.reporting.tables import markdown_table as _markdown_rows
 
@@ -12,36 +13,36 @@ _NORMS = {"IMAGENET": "ImageNet", "OPENAI_CLIP": "OpenAI CLIP", "HALF": "0.5/0.5
 
 
 def _norm_name(norm) -> str:
-    from vapt.backbones import preprocess
-
     for attr, label in _NORMS.items():
-        if tuple(norm) == getattr(preprocess, attr):
+        if tuple(norm) == getattr(preset_table, attr):
             return label
     return "from config.json"
 
 
 def preset_rows() -> list[dict]:
-    """One dict per preset: name, dim, input, transform, mean/std, vit, status, weights, licence, magnification."""
-    from vapt.backbones import list_presets
+    """One dict per preset: name, dim, input, transform, mean/std, vit, status, weights, licence, magnification.
 
+    Read from :data:`vapt.backbones.preset_table.PRESET_INFO` (the builders' table), so torch is not imported.
+    """
     rows = []
-    for p in list_presets():
-        pre = p.preprocess
-        hub = p.options.get("hub_config", False)
+    for name, info in preset_table.PRESET_INFO.items():
+        pre, unavailable = info["preprocess"], info.get("unavailable")
+        hub = name in preset_table.HUB_CONFIG
         resize = f"{pre.resize or pre.size} " if pre.crop and (pre.resize or pre.size) != pre.size else ""
         transform = (f"resize {resize}{pre.interpolation}" + (f" + crop {pre.size}" if pre.crop else f" {pre.size}"))
         cfg = None if hub else pre.data_config()  # hub-config presets: known only from the publisher's folder
-        rows.append({"name": p.name, "dim": p.dim, "input": "config.json" if hub else pre.size,
+        rows.append({"name": name, "dim": info["dim"], "input": "config.json" if hub else pre.size,
                      "transform": "from config.json" if hub else transform,
                      "mean_std": "from config.json" if hub else _norm_name(pre.norm),
                      "input_size": None if hub else cfg["input_size"][-1],
                      "resize": None if hub else cfg["resize"], "crop": None if hub else cfg["crop"],
                      "interpolation": None if hub else cfg["interpolation"],
                      "mean": None if hub else list(cfg["mean"]), "std": None if hub else list(cfg["std"]),
-                     "vapt_backbone": p.vit and not p.unavailable,
-                     "status": "available" if not p.unavailable else f"unavailable: {p.unavailable}",
-                     "architecture": p.arch, "weights": p.layout, "source": p.source, "licence": p.licence,
-                     "magnification": p.magnification, "notes": p.notes})
+                     "vapt_backbone": info.get("vit", True) and not unavailable,
+                     "status": "available" if not unavailable else f"unavailable: {unavailable}",
+                     "architecture": info["arch"], "weights": info["layout"], "source": info["source"],
+                     "licence": info.get("licence", "unverified"),
+                     "magnification": info.get("magnification", "unverified"), "notes": info.get("notes", "")})
     return rows
 
 

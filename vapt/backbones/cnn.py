@@ -12,7 +12,8 @@ from torch import nn
 
 from vapt.backbones import files
 from vapt.backbones.errors import BackboneError
-from vapt.backbones.preprocess import IMAGENET, Preprocess, preprocess_tiles
+from vapt.backbones.preprocess import preprocess_tiles
+from vapt.backbones.preset_table import PRESET_INFO, Preprocess
 from vapt.backbones.registry import Preset, register, unknown_name
 from vapt.backbones.timm_vits import identify, warn_random
 from vapt.backbones.vit import build_vit
@@ -145,14 +146,5 @@ def build_generic_timm(name, checkpoint, img_size, pretrained, **overrides) -> n
     return TileEncoder(model, name, model.num_features, pre.data_config())
 
 
-register(Preset("resnet50", 1024, Preprocess(224, IMAGENET, "bilinear", crop=True), _build_resnet50,
-                "timm resnet50 (layer3 + global average pool, CLAM's truncation)",
-                "timm / torchvision ResNet-50 state dict (layer4 and fc ignored)",
-                "timm resnet50.tv_in1k or torchvision resnet50 ImageNet weights", licence="BSD-3 (torchvision)",
-                magnification="any (ImageNet)", vit=False))
-register(Preset("ctranspath", 768, Preprocess(224, IMAGENET, "bilinear", crop=False), _build_ctranspath,
-                "Swin-T/4 window 7 + ConvStem (timm SwinTransformer)",
-                "TransPath ctranspath.pth / CHIEF_CTransPath.pth ('model' wrapper, timm 0.5 Swin keys)",
-                "hf dataset MahmoodLab/hest-bench fm_v1/ctranspath/CHIEF_CTransPath.pth",
-                licence="GPL-3.0 (TransPath repo, unverified)", magnification="20x (unverified)", vit=False,
-                notes="final norm -> average pool; rebuilt on timm 1.x Swin with the keys remapped"))
+register(Preset("resnet50", **PRESET_INFO["resnet50"], build=_build_resnet50))
+register(Preset("ctranspath", **PRESET_INFO["ctranspath"], build=_build_ctranspath))

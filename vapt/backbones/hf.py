@@ -16,7 +16,7 @@ from torch import nn
 from vapt.backbones import files
 from vapt.backbones.errors import BackboneError
 from vapt.backbones.hf_clip import hf_clip_to_open_clip, open_clip_from_hf_config
-from vapt.backbones.preprocess import GENBIO, HALF, HIBOU, IMAGENET, OPENAI_CLIP, Preprocess
+from vapt.backbones.preset_table import PRESET_INFO
 from vapt.backbones.registry import Preset, register
 from vapt.backbones.timm_vits import fit_pos_embed, identify, warn_random
 from vapt.backbones.vit import ViTEncoder
@@ -155,43 +155,10 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViT
     return ViTEncoder(visual, "open_clip", preset.name, data_config=cfg)
 
 
-_clip_pre = Preprocess(224, OPENAI_CLIP, "bicubic", crop=True)
-register(Preset("phikon", 768, Preprocess(224, IMAGENET, "bilinear", crop=False), _build_hf_vit, "HF ViTModel",
-                "HF folder (config.json + pytorch_model.bin / model.safetensors)", "hf owkin/phikon: the folder",
-                licence="Owkin non-commercial", magnification="20x (unverified)",
-                notes="last_hidden_state[:, 0]; rebuilt as a timm ViT", options={"model_type": "vit"}))
-register(Preset("phikon_v2", 1024, Preprocess(224, IMAGENET, "bilinear", crop=True), _build_hf_vit,
-                "HF Dinov2Model", "HF folder (config.json + model.safetensors)", "hf owkin/phikon-v2: the folder",
-                licence="Owkin non-commercial", magnification="20x (unverified)",
-                notes="last_hidden_state[:, 0]; rebuilt as a timm ViT with layer scale",
-                options={"model_type": "dinov2"}))
-register(Preset("plip", 512, _clip_pre, _build_clip_visual, "HF CLIPModel ViT-B/32",
-                "HF folder (config.json + pytorch_model.bin)", "hf vinid/plip: the folder",
-                licence="research only (unverified)", magnification="mixed (Twitter images)",
-                notes="get_image_features: post-LN CLS @ visual_projection; rebuilt as an open_clip tower"))
-register(Preset("quiltnet", 512, _clip_pre, _build_clip_visual, "ViT-B-32",
-                "open_clip file or folder (open_clip_pytorch_model.bin [+ open_clip_config.json])",
-                "hf wisdomik/QuiltNet-B-32: open_clip_pytorch_model.bin", licence="MIT tag; research data terms",
-                magnification="mixed (video frames)",
-                notes="open_clip ViT-B-32; the folder's open_clip_config.json decides the architecture and activation; "
-                      "without it GELU (warned; activation='quick_gelu' for QuickGELU)"))
-
-#: presets that cannot be rebuilt here: dim, the publisher's transform (TRIDENT's), why
-_NEEDS = {
-    "conch_v15": (768, Preprocess(448, IMAGENET, "bilinear", crop=True),
-                  "needs TRIDENT's vendored conchv1_5 model (its iBOT position-embedding interpolation is not "
-                  "timm's); use TRIDENT (github.com/mahmoodlab/TRIDENT)"),
-    "hibou_l": (1024, Preprocess(224, HIBOU, "bicubic", crop=False),
-                "needs the publisher's trust_remote_code model code (histai/hibou-L modeling_dinov2.py), which is "
-                "not rebuilt here"),
-    "musk": (1024, Preprocess(384, HALF, "bicubic", crop=True),
-             "needs the musk package (git only: github.com/lilab-stanford/MUSK) and fairscale"),
-    "openmidnight": (1536, Preprocess(224, IMAGENET, "bilinear", crop=False),
-                     "needs the facebookresearch/dinov2 torch.hub code (dinov2_vitg14_reg)"),
-    "keep": (768, Preprocess(224, IMAGENET, "bicubic", crop=True),
-             "needs the publisher's trust_remote_code model code (Astaxanthin/KEEP); 768-d unverified"),
-    "genbio-pathfm": (4608, Preprocess(224, GENBIO, "bilinear", crop=False),
-                      "needs TRIDENT's vendored genbio_pathfm model (RoPE ViT, one channel at a time)"),
-}
-for _name, (_dim, _pre, _why) in _NEEDS.items():
-    register(Preset(_name, _dim, _pre, None, "-", "-", "see TRIDENT", unavailable=_why))
+register(Preset("phikon", **PRESET_INFO["phikon"], build=_build_hf_vit, options={"model_type": "vit"}))
+register(Preset("phikon_v2", **PRESET_INFO["phikon_v2"], build=_build_hf_vit, options={"model_type": "dinov2"}))
+for _name in ("plip", "quiltnet"):
+    register(Preset(_name, **PRESET_INFO[_name], build=_build_clip_visual))
+for _name, _info in PRESET_INFO.items():  # listed, refused when built: the reason is their ``unavailable``
+    if _info.get("unavailable"):
+        register(Preset(_name, **_info, build=None))

@@ -9,39 +9,23 @@ resize is to (H, W) exactly, which equals ``Resize(int)`` for square tiles); ``i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-#: how tiles are resampled (recorded with features, so features made another way are not mixed with these)
-PIXELS = "8-bit PIL"
-HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-HOPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
-HIBOU = ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816))
-GENBIO = ((0.697, 0.575, 0.728), (0.188, 0.240, 0.187))
+from vapt.backbones.preset_table import (
+    GENBIO,
+    HALF,
+    HIBOU,
+    HOPTIMUS,
+    IMAGENET,
+    OPENAI_CLIP,
+    PIXELS,
+    Preprocess,
+)
 
-
-@dataclass(frozen=True)
-class Preprocess:
-    """A publisher's eval transform: Resize(resize, interpolation) [-> CenterCrop(size)] -> Normalize."""
-
-    size: int
-    norm: tuple[tuple[float, float, float], tuple[float, float, float]]
-    interpolation: str = "bilinear"
-    crop: bool = True
-    resize: int | None = None
-
-    def data_config(self, size: int | None = None, mean=None, std=None) -> dict:
-        """The dict encoders carry; ``size`` / ``mean`` / ``std`` override the publisher's values."""
-        s = int(size or self.size)
-        resize = round(s * (self.resize or self.size) / self.size)  # the publisher's resize/crop ratio kept
-        return {"input_size": (3, s, s), "resize": int(resize), "crop": bool(self.crop),
-                "interpolation": self.interpolation, "mean": tuple(mean or self.norm[0]),
-                "std": tuple(std or self.norm[1]), "pixels": PIXELS}
+__all__ = ["GENBIO", "HALF", "HIBOU", "HOPTIMUS", "IMAGENET", "OPENAI_CLIP", "PIXELS", "Preprocess", "preprocess_tiles",
+           "resize_tiles"]
 
 
 def resize_tiles(tiles: torch.Tensor, data_config: dict) -> list[Image.Image]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from vapt.backbones.errors import BackboneError
 from vapt.backbones.names import similar_names
-from vapt.backbones.preprocess import Preprocess
+from vapt.backbones.preset_table import Preprocess
 
 __all__ = ["PRESETS", "Preset", "register", "unknown_name"]
 

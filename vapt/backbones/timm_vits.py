@@ -14,7 +14,7 @@ from torch import nn
 
 from vapt.backbones import files
 from vapt.backbones.errors import BackboneError
-from vapt.backbones.preprocess import HALF, HOPTIMUS, IMAGENET, OPENAI_CLIP, Preprocess
+from vapt.backbones.preset_table import HUB_CONFIG, IMAGENET, PRESET_INFO, Preprocess
 from vapt.backbones.registry import PRESETS, Preset, register
 from vapt.backbones.vit import ViTEncoder
 
@@ -198,69 +198,30 @@ def identify(sd: dict) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------- table
-def _vit(name, dim, arch, kwargs, pre, *, layout="timm state dict (pytorch_model.bin / model.safetensors)",
-         source, licence, magnification="20x (unverified)", output="token", outputs=None, hub_config=False,
-         notes=""):
-    register(Preset(name=name, dim=dim, preprocess=pre, build=_build_timm_preset, arch=arch, layout=layout,
-                    source=source, licence=licence, magnification=magnification, notes=notes,
+def _vit(name, kwargs, *, output="token", outputs=None):
+    """Register a timm-built preset: its metadata from :data:`PRESET_INFO`, its ``timm.create_model`` keywords."""
+    register(Preset(name=name, **PRESET_INFO[name], build=_build_timm_preset,
                     options={"kwargs": kwargs, "output": output, "outputs": outputs or (output,),
-                             "hub_config": hub_config}))
+                             "hub_config": name in HUB_CONFIG}))
 
 
 _dyn = {"img_size": 224, "dynamic_img_size": True}
-_crop224 = Preprocess(224, IMAGENET, "bilinear", crop=True)
-_vit("uni_v1", 1024, "vit_large_patch16_224", {**_dyn, "patch_size": 16, "init_values": 1e-5}, _crop224,
-     source="hf MahmoodLab/UNI (gated): pytorch_model.bin", licence="CC BY-NC-ND 4.0, gated")
-_vit("uni_v2", 1536, "vit_giant_patch14_224",
-     {**_dyn, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5, "embed_dim": 1536,
-      "mlp_ratio": 2.66667 * 2, "no_embed_class": True, "reg_tokens": 8, **_swiglu()}, _crop224,
-     source="hf MahmoodLab/UNI2-h (gated): pytorch_model.bin", licence="CC BY-NC-ND 4.0, gated",
-     notes="CLS after norm; the 8 registers are not pooled")
-register(Preset(name="conch_v1", dim=512, preprocess=Preprocess(448, OPENAI_CLIP, "bicubic", crop=True),
-                build=_build_conch, arch="vit_base_patch16_224",
-                layout="CONCH pytorch_model.bin (full CoCa: visual.trunk.*, visual.attn_pool_contrast.*, ...)",
-                source="hf MahmoodLab/conch (gated): pytorch_model.bin", licence="CC BY-NC-ND 4.0, gated",
-                magnification="20x (unverified)",
-                notes="default output = encode_image(proj_contrast=True, normalize=False), the space of CONCH's "
-                      "text tower; output='trident' = TRIDENT's (no projection), 'trunk_cls' = 768-d CLS",
+_vit("uni_v1", {**_dyn, "patch_size": 16, "init_values": 1e-5})
+_vit("uni_v2", {**_dyn, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5, "embed_dim": 1536,
+                "mlp_ratio": 2.66667 * 2, "no_embed_class": True, "reg_tokens": 8, **_swiglu()})
+register(Preset(name="conch_v1", **PRESET_INFO["conch_v1"], build=_build_conch,
                 options={"kwargs": {"img_size": 448, "patch_size": 16, "embed_dim": 768, "depth": 12,
                                     "num_heads": 12, "mlp_ratio": 4, "dynamic_img_size": True}}))
-_vit("gigapath", 1536, "vit_giant_patch14_dinov2",
-     {**_dyn, "in_chans": 3, "patch_size": 16, "embed_dim": 1536, "depth": 40, "num_heads": 24,
-      "mlp_ratio": 5.33334}, Preprocess(224, IMAGENET, "bicubic", crop=True, resize=256),
-     source="hf prov-gigapath/prov-gigapath (gated): pytorch_model.bin", licence="Apache-2.0 code; weights gated",
-     magnification="20x, 0.5 mpp", notes="timm's entrypoint adds init_values=1e-5 and the SwiGLU MLP")
+_vit("gigapath", {**_dyn, "in_chans": 3, "patch_size": 16, "embed_dim": 1536, "depth": 40, "num_heads": 24,
+                  "mlp_ratio": 5.33334})
 _virchow = {**_dyn, "init_values": 1e-5, "mlp_ratio": 5.3375, "global_pool": "", **_swiglu()}
-_bicubic224 = Preprocess(224, IMAGENET, "bicubic", crop=False)
-_vit("virchow", 2560, "vit_huge_patch14_224", _virchow, _bicubic224, output="cls_mean",
-     outputs=("cls_mean", "token"), source="hf paige-ai/Virchow (gated): pytorch_model.bin",
-     licence="Apache-2.0, gated", notes="CLS concatenated with the mean of the patch tokens; output='token' = CLS")
-_vit("virchow2", 2560, "vit_huge_patch14_224", {**_virchow, "reg_tokens": 4}, _bicubic224, output="cls_mean",
-     outputs=("cls_mean", "token"), source="hf paige-ai/Virchow2 (gated): pytorch_model.bin",
-     licence="CC BY-NC-ND 4.0, gated", magnification="5/10/20/40x (unverified)",
-     notes="CLS concatenated with the mean of the patch tokens, the 4 registers excluded")
+_vit("virchow", _virchow, output="cls_mean", outputs=("cls_mean", "token"))
+_vit("virchow2", {**_virchow, "reg_tokens": 4}, output="cls_mean", outputs=("cls_mean", "token"))
 _hopt = {**_dyn, "global_pool": "token", "init_values": 1e-5}
-_hopt_pre = Preprocess(224, HOPTIMUS, "bicubic", crop=False)
-_vit("hoptimus0", 1536, "vit_giant_patch14_reg4_dinov2", _hopt, _hopt_pre,
-     source="hf bioptimus/H-optimus-0 (gated): pytorch_model.bin", licence="Apache-2.0, gated",
-     magnification="20x, 0.5 mpp", notes="bicubic as the hub pretrained_cfg (TRIDENT resizes bilinear)")
-_vit("hoptimus1", 1536, "vit_giant_patch14_reg4_dinov2", _hopt, _hopt_pre,
-     source="hf bioptimus/H-optimus-1 (gated): pytorch_model.bin", licence="unverified (non-commercial?), gated",
-     magnification="20x, 0.5 mpp")
-_vit("h0-mini", 768, "from config.json", {**_dyn, **_swiglu()}, _hopt_pre, outputs=("token", "cls_mean"),
-     hub_config=True, layout="timm hub folder (config.json + model.safetensors)",
-     source="hf bioptimus/H0-mini (gated): the model folder", licence="CC BY-NC-ND 4.0 (unverified), gated",
-     magnification="20x, 0.5 mpp", notes="output='cls_mean' gives Bioptimus' 1536-d CLS + patch mean")
-_kaiko = Preprocess(224, HALF, "bilinear", crop=True)
-for _n, _a, _d in (("vits8", "vit_small_patch8_224", 384), ("vits16", "vit_small_patch16_224", 384),
-                   ("vitb8", "vit_base_patch8_224", 768), ("vitb16", "vit_base_patch16_224", 768),
-                   ("vitl14", "vit_large_patch14_reg4_dinov2", 1024)):
-    _vit(f"kaiko-{_n}", _d, _a, dict(_dyn), _kaiko, licence="kaiko non-commercial",
-         source=f"hf 1aurent/{_a}.kaiko_ai_towards_large_pathology_fms: model.safetensors",
-         notes="ViT-L/14 file is at 518 px; its position embeddings are resampled to 224 once" if _n == "vitl14"
-         else "")
-_vit("lunit-vits8", 384, "from config.json", dict(_dyn), _kaiko, hub_config=True,
-     layout="timm hub folder (config.json + model.safetensors)", licence="Lunit non-commercial (unverified)",
-     source="hf 1aurent/vit_small_patch8_224.lunit_dino: the model folder")
-_vit("gpfm", 1024, "vit_large_patch14_dinov2", {**_dyn, "init_values": 1e-5}, _bicubic224, licence="unverified",
-     source="hf majiabo/GPFM: GPFM.pth", layout="GPFM.pth (state_dict wrapper unwrapped)")
+_vit("hoptimus0", _hopt)
+_vit("hoptimus1", _hopt)
+_vit("h0-mini", {**_dyn, **_swiglu()}, outputs=("token", "cls_mean"))
+for _n in ("vits8", "vits16", "vitb8", "vitb16", "vitl14"):
+    _vit(f"kaiko-{_n}", dict(_dyn))
+_vit("lunit-vits8", dict(_dyn))
+_vit("gpfm", {**_dyn, "init_values": 1e-5})

@@ -19,10 +19,12 @@ the official ``mask_soft_tokens`` / ``mask_soft_tokens_pieces``).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Iterable
+from typing import ClassVar
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from vapt.peft.attention import require_timm_blocks, run_block
@@ -48,6 +50,14 @@ class E2VPTConfig(MethodConfig):
         The trainable masks (``CLS_TOKEN_MASK``, ``CLS_TOKEN_MASK_PIECES``).
     num_pieces : int
         S (``CLS_TOKEN_P_PIECES_NUM``).
+    rewind_from : str, optional
+        A ``.safetensors`` file of the method's initial tensors (written by the pruning search of
+        ``vapt tune --e2vpt_prune``): they replace the fresh initialisation (the official rewind).
+    prune_tokens : list of int
+        Visual prompt tokens pruned (token mask 0 and frozen).
+    prune_pieces : list of list of int
+        Per token, its pruned pieces (piece mask 0 and frozen). With ``prune_tokens`` empty too, nothing is
+        pruned and the masks train.
     """
 
     method: str = "e2vpt"
@@ -59,6 +69,9 @@ class E2VPTConfig(MethodConfig):
     token_mask: bool = True
     piece_mask: bool = True
     num_pieces: int = 16
+    rewind_from: str | None = None
+    prune_tokens: Sequence[int] = ()
+    prune_pieces: Sequence[Sequence[int]] = ()
 
     def __post_init__(self):
         if self.num_tokens < 1 or self.num_kv_tokens < 0:
@@ -95,6 +108,22 @@ class E2VPT(PeftMethod):
         self.kv_prompts = nn.Parameter(kv) if cfg.num_kv_tokens > 0 else None
         self.prompt_dropout = nn.Dropout(cfg.dropout)
         self.kv_dropout = nn.Dropout(cfg.kv_dropout)
+        if cfg.rewind_from is not None:
+            self.load_initial(cfg.rewind_from)
+        if cfg.prune_tokens or cfg.prune_pieces:
+            self.prune(tokens=cfg.prune_tokens, pieces=dict(enumerate(cfg.prune_pieces)))
+
+    @torch.no_grad()
+    def load_initial(self, path: str) -> None:
+        """Copy the tensors of a ``.safetensors`` file (names and shapes of :meth:`named_parameters`) into the
+        parameters; refuse a file that does not fit."""
+        sd = load_file(path)
+        params = dict(self.named_parameters())
+        if set(sd) != set(params) or any(sd[k].shape != p.shape for k, p in params.items()):
+            raise ValueError(f"e2vpt: {path} does not hold this method's initial tensors (names "
+                             f"{sorted(params)}); rerun the pruning search with this config.")
+        for k, p in params.items():
+            p.copy_(sd[k])
 
     def _visual(self, prompt: torch.Tensor, batch: int) -> torch.Tensor:
         """(N_p, D) -> masked, dropped-out prompts (B, N_p, D)."""

@@ -101,25 +101,27 @@ def reusable_result(spec: RunSpec, identity: dict, overwrite: bool, log=_log.inf
 
 
 def run_one(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], evaluate: str,
-            log=_log.info, overwrite: bool = False) -> dict:
+            log=_log.info, overwrite: bool = False, before_fit: Callable[[Any, Path], None] | None = None,
+            after_fit: Callable[[Any, Any, Any], dict] | None = None) -> dict:
     """Train one configuration in ``run_dir`` and evaluate it (``validate`` or ``test``).
 
     Returns the result dict, also written to ``run_dir/result.json``. A finished run is reused or refused as
     stale by `reusable_result`. Resumes from the newest checkpoint in ``run_dir`` that loads (damaged newer
     ones are named and skipped). A run folder another live process is training (its `unit_lock`) is a
-    `FileExistsError` too.
+    `FileExistsError` too. ``before_fit(module, run_dir)`` runs before training and
+    ``after_fit(trainer, module, datamodule) -> dict`` after the evaluation, its entries added to the result.
     """
     lock = unit_lock(run_dir)
     if not lock.acquire():
         raise _held(Path(run_dir), lock)
     try:
-        return _run_one_locked(cli_args, Path(run_dir), overrides, evaluate, log, overwrite)
+        return _run_one_locked(cli_args, Path(run_dir), overrides, evaluate, log, overwrite, before_fit, after_fit)
     finally:
         lock.release()
 
 
 def _run_one_locked(cli_args: Sequence[str], run_dir: Path, overrides: dict[str, Any], evaluate: str,
-                    log, overwrite: bool) -> dict:
+                    log, overwrite: bool, before_fit=None, after_fit=None) -> dict:
     spec = RunSpec(run_dir, dict(overrides), evaluate)
     identity = spec_identity(cli_args, overrides)
     done = reusable_result(spec, identity, overwrite, log)
@@ -134,9 +136,12 @@ def _run_one_locked(cli_args: Sequence[str], run_dir: Path, overrides: dict[str,
     try:
         cli = build_cli(args, run=False, log_name="")
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        if before_fit is not None:
+            before_fit(model, run_dir)
         trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
         metrics = (trainer.validate if evaluate == "validate" else trainer.test)(
             model, datamodule=data, verbose=False)[0]
+        extra = after_fit(trainer, model, data) if after_fit is not None else {}
     finally:
         os.environ.pop(VERSION_ENV, None)
     result = {
@@ -147,6 +152,7 @@ def _run_one_locked(cli_args: Sequence[str], run_dir: Path, overrides: dict[str,
         "resumed_from": str(resume) if resume else None,
         "seconds": round(time.time() - t0, 2),
         "identity": identity,
+        **extra,
     }
     write_result(spec, result)
     del cli, trainer, model, data

@@ -7,6 +7,8 @@
 4. write ``<out>/<task>/<method>/summary.json`` (mean and std over seeds), read by ``vapt report``.
 
 ``--fast`` (VAPT): sweep wd at lr = 5.0 first, then lr at the best wd (13 runs instead of 40).
+``--e2vpt_prune`` (E2VPT): between 2 and 3, the official pruning search, rewind runs and choice on the
+validation split (`vapt.training.e2vpt_prune`); the final runs use the chosen pruning.
 
 Every run writes ``result.json`` atomically when it finishes and is skipped when that file exists; a run
 that was killed resumes from its newest checkpoint that loads, bit for bit as if never stopped (the RNG state
@@ -134,13 +136,13 @@ def grid_spec(base: Path, protocol: dict, lr: float, wd: float) -> RunSpec:
     return RunSpec(base / "grid" / f"lr{_fmt(lr)}_wd{_fmt(wd)}", overrides, "validate")
 
 
-def final_spec(base: Path, protocol: dict, lr: float, wd: float, seed: int) -> RunSpec:
-    """The final run of one seed: final split, scored on the test split."""
+def final_spec(base: Path, protocol: dict, lr: float, wd: float, seed: int, extra: dict | None = None) -> RunSpec:
+    """The final run of one seed: final split, scored on the test split (``extra``: further overrides)."""
     from vapt.training.runs import RunSpec
 
     overrides = {"model.init_args.lr": lr, "model.init_args.weight_decay": wd,
                  "seed_everything": seed, "data.init_args.seed": seed,
-                 **{f"data.init_args.{k}": v for k, v in protocol["final"].items()}}
+                 **{f"data.init_args.{k}": v for k, v in protocol["final"].items()}, **(extra or {})}
     return RunSpec(base / "final" / f"seed{seed}", overrides, "test")
 
 
@@ -163,6 +165,7 @@ def tune(
     stack: int = 0,
     trunk_cache: bool = True,
     runner: Runner | None = None,
+    e2vpt_prune: str | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Grid search then seeds for one (task, method) config; returns and writes ``summary.json``.
@@ -188,6 +191,10 @@ def tune(
     runner : callable, optional
         ``runner(specs) -> results`` that executes a stage's runs elsewhere (`vapt.training.sweep_engine`);
         by default they run here.
+    e2vpt_prune : str, optional
+        E2VPT only: between grid and seeds, the official pruning search and rewind runs
+        (`vapt.training.e2vpt_prune`) with these percentages (``official``: 10, 20, ..., 90); the final seeds
+        run with the best pruning. None: no pruning.
     overwrite : bool
         Redo finished separate runs made with other arguments or files (otherwise ``stale: ...``).
     """
@@ -206,6 +213,13 @@ def tune(
     if stack < 0:
         raise TuneError(f"vapt tune: --stack {stack}: give 0 (separate runs) or K >= 1 configurations per pass.")
     protocol = PROTOCOLS[family]
+    if e2vpt_prune is not None and str(config.model.init_args.method) != "e2vpt":
+        raise TuneError(f"vapt tune --e2vpt_prune: the config's method is {config.model.init_args.method!r}; "
+                        "pruning applies to e2vpt only.")
+    if e2vpt_prune is not None:
+        from vapt.training.e2vpt_prune import parse_percents, prune_stage
+
+        percents = parse_percents(e2vpt_prune)
     cache_dir = Path(out) / "trunk_cache" if stack and trunk_cache else None
     run = runner or (lambda specs: run_specs(cli_args, specs, stack, cache_dir, log, overwrite))
 
@@ -227,7 +241,12 @@ def tune(
     best_lr, best_wd = _best(scores, lrs, wds)
     log(f"  best: lr={_fmt(best_lr)} wd={_fmt(best_wd)} (val/acc {scores[(best_lr, best_wd)]:.4f})")
 
-    results = run([final_spec(base, protocol, best_lr, best_wd, seed) for seed in seeds])
+    pruning, extra = None, None
+    if e2vpt_prune is not None:
+        pruning = prune_stage(cli_args, base, grid_spec(base, protocol, best_lr, best_wd).overrides,
+                              config.model.init_args.method_kwargs, percents, run, log, overwrite)
+        extra = pruning["method_kwargs"]
+    results = run([final_spec(base, protocol, best_lr, best_wd, seed, extra) for seed in seeds])
     forget_decoded()  # kept for this task's sweep only
     tests = [res["metrics"]["test/acc"] for res in results]
     for seed, acc in zip(seeds, tests):
@@ -241,6 +260,8 @@ def tune(
         "seeds": list(seeds), "test_acc": tests,
         "test_acc_mean": mean, "test_acc_std": std,
     }
+    if pruning is not None:
+        summary["pruning"] = {"candidates": pruning["candidates"], "best": pruning["best"]}
     atomic_write_text(base / "summary.json", json.dumps(summary, indent=2) + "\n")
     log(f"  {name}: test/acc {100 * mean:.2f} +- {100 * std:.2f} over {len(tests)} seed(s) -> {base / 'summary.json'}")
     return summary
@@ -284,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", default=None, help="'official' (default) or 'lr=50,25,...;wd=0.01,0'")
     ap.add_argument("--seeds", default=",".join(map(str, OFFICIAL_SEEDS)), help="comma-separated final seeds")
     ap.add_argument("--fast", action="store_true", help="wd sweep at lr 5, then lr sweep at the best wd")
+    ap.add_argument("--e2vpt_prune", nargs="?", const="official", default=None, metavar="PERCENTS",
+                    help="E2VPT: after the grid, the official pruning search (mask scores, one rewind run per "
+                         "candidate pruning, best on val) before the seeds; optional comma-separated percentages "
+                         "(default: official 10,20,...,90)")
     ap.add_argument("--name", default=None, help="<task>/<method> folder name (default: from the config)")
     ap.add_argument("--stack", type=int, default=0, metavar="K",
                     help="train up to K configurations of a stage in one pass (same results as separate runs; "
@@ -332,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                                              parse_cluster_parameters(args.cluster_args), log=print,
                                              overwrite=args.overwrite)
                 tune(cli, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name, log=print,
-                     stack=args.stack, trunk_cache=trunk, runner=runner, overwrite=args.overwrite)
+                     stack=args.stack, trunk_cache=trunk, runner=runner, overwrite=args.overwrite,
+                     e2vpt_prune=args.e2vpt_prune)
         if args.estimate:
             print_estimate(report)
         return 0
