@@ -95,12 +95,25 @@ class MGPATHCLI(LightningCLI):
                 kind = "a vapt (ViT prompt-tuning) checkpoint" if vapt else "not an mgpath checkpoint"
                 raise ValueError(f"mgpath: --ckpt_path {path} is {kind} (state-dict keys such as {list(sd)[:2]}); "
                                  "give a checkpoint written by `mgpath fit`")
+            _check_ckpt_classes(path, ckpt.get("hyper_parameters") or {}, self.config[sub].get("data"))
         try:
             super()._parse_ckpt_path()
         except SystemExit:
             raise ValueError(f"mgpath: the hyper-parameters stored in --ckpt_path {path} do not fit this "
                              "config's model block (see the lines above); use the config the checkpoint was "
                              "trained with") from None
+
+
+def _check_ckpt_classes(path: str, hparams: dict, data) -> None:
+    """Refuse a checkpoint trained on other classes than the config's ``data.classes`` in one line (Lightning
+    puts the checkpoint's hyper-parameters over the command line, which otherwise fails later and unclearly)."""
+    init = data.get("init_args", data) if hasattr(data, "get") else {}
+    wanted = init.get("classes") if hasattr(init, "get") else None
+    stored = hparams.get("classes") if hasattr(hparams, "get") else None
+    if wanted is not None and stored is not None and list(map(str, wanted)) != list(map(str, stored)):
+        raise ValueError(f"mgpath: --ckpt_path {path} was trained on {len(stored)} classes {list(stored)}, the "
+                         f"config gives {len(list(wanted))} classes {list(wanted)}; use the config (data.classes, "
+                         "labels) the checkpoint was trained with, or train a checkpoint on these classes")
 
 
 DEFAULT_MODEL = "mgpath.module.MGPATHModule"

@@ -19,6 +19,7 @@ import torch
 from cli_driver import digest, run_cases
 
 ENC = "vit_tiny_patch16_224"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,21 @@ def _case(root, name):
         (bad / "model.ckpt").write_bytes(b"garbage")
         return ["heatmap", "--ckpt_path", str(bad / "model.ckpt"), "--slide", str(root / "slides" / "s0_ihc.tiff"),
                 "--out", str(bad / "h.png")], 2, "model.ckpt"
+    if name in ("test_with_other_classes", "predict_with_other_classes"):
+        ckpt = bad / "two_class.ckpt"
+        if not ckpt.is_file():  # a 2-class module saved in Lightning's checkpoint layout (no fit needed)
+            from mgpath.module import MGPATHModule
+
+            torch.manual_seed(0)
+            module = MGPATHModule(str(ROOT / "data/prompts/demo.json"), 32, ["class_a", "class_b"], embed_dim=32,
+                                  text_model="mgpath-tiny", n_ctx=4, n_sets=2, n_prompts=8)
+            torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                        "epoch": 0, "global_step": 0}, ckpt)
+        return [name.split("_")[0], "--config", str(ROOT / "configs/wsi/demo_tiny.yaml"), "--data.classes",
+                "[class_a, class_b, class_c]", "--model.descriptions", str(ROOT / "data/prompts/demo.json"),
+                "--data.labels_csv", str(bad / "labels.csv"), "--ckpt_path", str(ckpt)], 2, (
+            f"{ckpt} was trained on 2 classes ['class_a', 'class_b'], the config gives 3 classes "
+            "['class_a', 'class_b', 'class_c']")
     if name in ("coords_escaping_name_and_external_storage", "coords_transposed_and_outside_slide"):
         cdir = bad / name
         shutil.copytree(root / "tiles" / "2.5x" / "coords", cdir, dirs_exist_ok=True)
@@ -127,7 +143,8 @@ def _case(root, name):
 CASES = ["garbage_checkpoint", "truncated_checkpoint", "missing_checkpoint", "no_coords_folder",
          "corrupt_coords_h5", "mpp_csv_without_columns", "not_a_slide", "garbage_mgpath_checkpoint",
          "coords_escaping_name_and_external_storage", "coords_transposed_and_outside_slide",
-         "mpp_typed_as_magnification", "mpp_csv_non_numeric_cell"]
+         "mpp_typed_as_magnification", "mpp_csv_non_numeric_cell", "test_with_other_classes",
+         "predict_with_other_classes"]
 
 
 @pytest.mark.parametrize("name", CASES)

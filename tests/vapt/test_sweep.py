@@ -173,6 +173,8 @@ def test_local_cluster_sweep_equals_sequential_and_resumes(tree, backbone_file, 
     out = tmp_path / "cluster"
     grid = out / "eurosat/linear/grid"
     shutil.copytree(reference / "eurosat/linear/grid", grid)
+    for p in grid.rglob("result.json"):  # made without the killing callback: kept as results without identity
+        p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "identity"}))
     kept = {p: p.stat().st_mtime_ns for p in grid.rglob("result.json")}
     assert len(kept) == 2
     argv = [*run_args("linear", tree, backbone_file), f"--trainer.callbacks+={json.dumps(killer)}",
@@ -248,3 +250,41 @@ def test_tune_help_imports_neither_torch_nor_lightning():
     assert proc.returncode == 0, proc.stderr
     assert "--cluster" in proc.stdout and "--estimate" in proc.stdout  # the help was printed
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_stacked_rerun_with_changed_settings_is_stale_and_a_held_run_is_not_retrained(
+        tree, backbone_file, sequential_linear, tmp_path, capsys):
+    """``--stack 2`` applies the sequential runner's checks: a finished run made with other settings is refused
+    (one line, exit 2, results untouched) and a run folder locked by a live process is not trained."""
+    import hashlib
+    import shutil
+    import socket
+
+    reference, _ = sequential_linear
+    out = tmp_path / "rerun"
+    shutil.copytree(reference, out)
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("result.json")}
+    assert len(digest) == 4
+    changed = [*run_args("linear", tree, backbone_file, "--model.warmup_epochs=2"), "--grid", GRID["grid"],
+               "--seeds", "1,2", "--out", str(out), "--stack", "2"]
+    assert main(changed) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vapt tune: ") and "stale: " in err[0]
+    assert "warmup_epochs=2" in err[0] and "pass --overwrite" in err[0]
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("result.json")} == digest
+
+    fresh = tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = fresh / "eurosat/linear/.locks/grid_lr2_wd0.lock"
+        lock.parent.mkdir(parents=True)
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))
+        argv = [*run_args("linear", tree, backbone_file), "--grid", GRID["grid"], "--seeds", "1,2",
+                "--out", str(fresh), "--stack", "2"]
+        assert main(argv) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"being trained by another vapt tune (pid {holder.pid}" in err[0]
+    assert not list(fresh.rglob("result.json")) and not list(fresh.rglob("*.safetensors"))

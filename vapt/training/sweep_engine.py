@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vapt.training.runs import RunSpec, run_specs
+from vapt.training.runs import RunSpec, reusable_result, run_specs, spec_identity
 from vapt.training.sweep_errors import SweepError
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -34,12 +34,13 @@ def _submitit():
     return submitit
 
 
-def run_chunk(cli_args: Sequence[str], specs: Sequence[RunSpec], stack: int, trunk_cache: str | None) -> int:
+def run_chunk(cli_args: Sequence[str], specs: Sequence[RunSpec], stack: int, trunk_cache: str | None,
+              overwrite: bool = False) -> int:
     """The body of one job: run its share of a stage; returns how many runs it finished."""
     from vapt.quiet import quiet_command
 
     with quiet_command():
-        done = run_specs(cli_args, specs, stack, trunk_cache, log=print)
+        done = run_specs(cli_args, specs, stack, trunk_cache, log=print, overwrite=overwrite)
     return sum(r is not None for r in done)
 
 
@@ -60,8 +61,8 @@ def chunks_for(specs: Sequence[RunSpec], cluster: str, workers: int, stack: int)
 
 def submitit_runner(cli_args: Sequence[str], out: str | os.PathLike, cluster: str = "local", workers: int = 2,
                     stack: int = 0, trunk_cache: str | os.PathLike | None = None,
-                    parameters: dict[str, Any] | None = None, log: Callable[[str], Any] = print
-                    ) -> Callable[[list[RunSpec]], list[dict]]:
+                    parameters: dict[str, Any] | None = None, log: Callable[[str], Any] = print,
+                    overwrite: bool = False) -> Callable[[list[RunSpec]], list[dict]]:
     """A ``runner(specs) -> results`` for `vapt.training.tune.tune` that executes each stage as submitit jobs.
 
     Parameters
@@ -76,6 +77,9 @@ def submitit_runner(cli_args: Sequence[str], out: str | os.PathLike, cluster: st
         Jobs running at once (Slurm: the array's parallelism).
     stack, trunk_cache
         Passed to `run_specs` inside every job.
+    overwrite : bool
+        Redo finished runs made with other arguments or files (else such a run is refused as stale before any
+        job is submitted, as in `vapt.training.runs.reusable_result`).
     parameters : dict, optional
         Extra submitit executor parameters, e.g. ``{"slurm_partition": "gpu", "gpus_per_node": 1,
         "timeout_min": 240, "slurm_additional_parameters": {"account": "x"}}``.
@@ -103,15 +107,17 @@ def submitit_runner(cli_args: Sequence[str], out: str | os.PathLike, cluster: st
         return ex
 
     def run(specs: list[RunSpec]) -> list[dict]:
-        todo = [s for s in specs if s.finished() is None]
+        todo = [s for s in specs
+                if reusable_result(s, spec_identity(cli_args, s.overrides), overwrite, log, clear=False) is None]
         chunks = chunks_for(todo, cluster, workers, stack)
         if chunks:
             log(f"  submitting {len(todo)} run(s) as {len(chunks)} {cluster} job(s)")
             if cluster == "slurm":
                 jobs = executor().map_array(run_chunk, [list(cli_args)] * len(chunks), chunks,
-                                            [stack] * len(chunks), [cache] * len(chunks))
+                                            [stack] * len(chunks), [cache] * len(chunks),
+                                            [overwrite] * len(chunks))
             else:
-                jobs = [executor(_local_gpu(i)).submit(run_chunk, list(cli_args), chunk, stack, cache)
+                jobs = [executor(_local_gpu(i)).submit(run_chunk, list(cli_args), chunk, stack, cache, overwrite)
                         for i, chunk in enumerate(chunks)]
             _wait(jobs, folder)
         results = [s.finished() for s in specs]

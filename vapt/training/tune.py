@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
 
                     cache = Path(args.out) / "trunk_cache" if args.stack and trunk else None
                     runner = submitit_runner(cli, args.out, args.cluster, args.workers, args.stack, cache,
-                                             parse_cluster_parameters(args.cluster_args), log=print)
+                                             parse_cluster_parameters(args.cluster_args), log=print,
+                                             overwrite=args.overwrite)
                 tune(cli, args.out, grid=args.grid, seeds=seeds, fast=args.fast, name=args.name, log=print,
                      stack=args.stack, trunk_cache=trunk, runner=runner, overwrite=args.overwrite,
                      e2vpt_prune=args.e2vpt_prune)
