@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sysconfig
 import sys
 from pathlib import Path
 
@@ -53,10 +54,17 @@ def test_wheel_installs_with_its_data_and_runs_outside_the_checkout(tmp_path):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)], check=True)
     wheel = next(dist.glob("vapt_mgpath-*.whl"))
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py, bindir = venv / "bin" / "python", venv / "bin"
-    subprocess.run([str(py), "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
-                    "--no-index", str(wheel)], check=True)
+    # The throw-away venv sees this environment's dependencies (a path line, so the checkout's editable-install
+    # hook is not run there) whether the suite runs from a venv or a system Python; the package comes from the wheel.
+    new_site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   check=True, capture_output=True, text=True).stdout.strip())
+    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (new_site / "_test_dependencies.pth").write_text("\n".join(sorted(deps)) + "\n")
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # pip must not see the checkout's egg-info
+    subprocess.run([*pip, "--python", str(py), "install", "--no-deps", "--no-index", str(wheel)], check=True,
+                   cwd=tmp_path, env=clean)
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VAPT_LOG_VERSION")}
     env["MPLBACKEND"] = "Agg"
