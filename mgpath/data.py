@@ -154,6 +154,13 @@ class WSIFeatureDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def _check_labels_known(self, ids: list[str], lab: dict[str, str]) -> None:
+        """Refuse slides whose label is not among ``classes`` (before any check that counts classes)."""
+        bad = sorted({lab[s] for s in ids if s in lab} - set(self.classes))
+        if bad:
+            raise KeyError(f"mgpath/data.py: label(s) {bad} in {self.labels_csv} are not among classes "
+                           f"{self.classes}; add them to `classes` (and to the description file)")
+
     def _check_split(self, split: dict[str, list[str]], table: pd.DataFrame) -> None:
         """Refuse (or, with ``allow_invalid_split``, warn about) train/val/test overlap by slide or patient and
         a train part that lacks a class."""
@@ -198,10 +205,7 @@ class WSIFeatureDataModule(pl.LightningDataModule):
             self._drop_or_raise(f"mgpath/data.py: {len(unknown)} {part} slide(s) of {self.split_path} are not in "
                                 f"{self.labels_csv}: {unknown[:10]}", KeyError)
             ids = [s for s in ids if s in lab]
-        bad = sorted({lab[s] for s in ids} - set(self.classes))
-        if bad:
-            raise KeyError(f"mgpath/data.py: label(s) {bad} in {self.labels_csv} are not among classes "
-                           f"{self.classes}; add them to `classes` (and to the description file)")
+        self._check_labels_known(ids, lab)
         files, kept, errors = [], [], []
         for s in ids:
             try:
@@ -220,6 +224,8 @@ class WSIFeatureDataModule(pl.LightningDataModule):
             return
         table = read_labels(self.labels_csv)
         split = read_split_csv(self.split_path)
+        self._check_labels_known([s for part in ("train", "val", "test") for s in split[part]],
+                                 dict(zip(table["slide_id"], table["label"])))
         self._check_split(split, table)
         datasets = {}
         for part in ("train", "val", "test"):
