@@ -56,6 +56,9 @@ def check_mpp_override(value, what: str = "--mpp") -> float:
     except (TypeError, ValueError):
         raise MPPError(f"{what}: {value!r} is not a number of um/px") from None
     lo, hi = OVERRIDE_MPP_RANGE
+    if math.isfinite(v) and v <= 0:
+        raise MPPError(f"{what}: {value!r} um/px: MPP must be positive (microns per level-0 pixel, e.g. 0.25 for "
+                       "a 40x scan, 0.5 for 20x)")
     if not (math.isfinite(v) and lo <= v <= hi):
         hint = (f"; it looks like a magnification: {v:g}x is about {10 / v:.3g} um/px" if v > hi else "")
         raise MPPError(f"{what}: {value!r} um/px is outside the plausible {lo}-{hi} um/px{hint}. MPP is microns "
