@@ -21,6 +21,15 @@ from mgpath.text import build_text_tower, load_descriptions
 __all__ = ["TOPModule", "TowerZeroShotModule", "ViLaMILModule"]
 
 
+
+def read_magnification(magnifications: list[str] | None, magnification: str | None) -> str:
+    """The one magnification a single-scale prompt model reads: ``magnification``, else the data's highest."""
+    mags = list(magnifications or ["5x", "10x"])
+    chosen = magnification or mags[-1]
+    if chosen not in mags:
+        raise ValueError(f"mgpath/baselines: magnification {chosen!r} is not among the data's {mags}")
+    return chosen
+
 class ViLaMILModule(SlideClassifier):
     """ViLa-MIL (:class:`mgpath.baselines.vila.ViLaMIL`) on the two magnifications of ``magnifications``
     (low, high), with the text tower ``text_model`` (the paper's: open_clip ``RN50``, QuickGELU, OpenAI weights
@@ -98,10 +107,7 @@ class TOPModule(SlideClassifier):
             raise ValueError(f"mgpath/baselines: TOPModule: recipe must be one of {RECIPES}, got {recipe!r}")
         super().__init__(classes, lr, weight_decay)
         self.save_hyperparameters()
-        mags = list(magnifications or ["5x", "10x"])
-        self.magnification = magnification or mags[-1]
-        if self.magnification not in mags:
-            raise ValueError(f"mgpath/baselines: magnification {self.magnification!r} is not among the data's {mags}")
+        self.magnification = read_magnification(magnifications, magnification)
         bag, instance = read_top_prompts(prompts, self.classes)
         tower = build_text_tower(text_model, text_checkpoint, text_model_cfg, quick_gelu)
         proj = text_projection(text_model, text_checkpoint, text_model_cfg, tower.width)
@@ -153,10 +159,7 @@ class TowerZeroShotModule(SlideClassifier):
                  lr: float = 0.0, weight_decay: float = 0.0):
         super().__init__(classes, lr, weight_decay)
         self.save_hyperparameters()
-        mags = list(magnifications or ["5x", "10x"])
-        self.magnification = magnification or mags[-1]
-        if self.magnification not in mags:
-            raise ValueError(f"mgpath/baselines: magnification {self.magnification!r} is not among the data's {mags}")
+        self.magnification = read_magnification(magnifications, magnification)
         classnames, templates = read_zeroshot_prompts(prompts, self.classes)
         tower = build_text_tower(text_model, text_checkpoint, text_model_cfg, quick_gelu, tokenizer=text_tokenizer)
         self.model = TowerZeroShot(tower, classnames, templates, tower_logit_scale(text_checkpoint), topj)
