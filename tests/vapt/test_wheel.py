@@ -7,8 +7,8 @@ import json
 import os
 import shutil
 import subprocess
-import sysconfig
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools.config.pyprojecttoml import load_file
