@@ -69,6 +69,8 @@ class _BagModule(SlideClassifier):
 
     LR: ClassVar[dict[str, float]] = {"fewshot": 2e-4, "official": 2e-4}
     WD: ClassVar[dict[str, float]] = {"fewshot": 1e-5, "official": 1e-5}
+    #: the official recipe samples slides with class-balanced weights (CLAM's README commands: --weighted_sample)
+    CLASS_BALANCED_OFFICIAL: ClassVar[bool] = False
 
     def __init__(self, feature_dim: int, classes, magnifications, magnification, lr, weight_decay, recipe):
         if recipe not in RECIPES:
@@ -111,6 +113,11 @@ class _BagModule(SlideClassifier):
     def eval_loss(self, batch):
         return self._objective(batch, train=False)
 
+    @property
+    def class_balanced_sampling(self) -> bool:
+        """Whether the recipe draws training slides with class-balanced weights (read by the data module)."""
+        return self.recipe == "official" and self.CLASS_BALANCED_OFFICIAL
+
     def _official_stopping(self, patience: int, start_epoch: int = 0, ties: str = "latest") -> list:
         """Early stopping on ``val/loss`` and checkpoint selection on its minimum (they replace the config's)."""
         return [EarlyStoppingAfter(monitor="val/loss", mode="min", patience=patience, start_epoch=start_epoch),
@@ -121,7 +128,10 @@ class _BagModule(SlideClassifier):
 class ABMILModule(_BagModule):
     """Gated-attention MIL (:class:`mgpath.baselines.mil.ABMIL`). Official recipe: CLAM's ``main.py`` for its
     attention MIL without instance clustering (``--no_inst_cluster``): CE, Adam lr 2e-4 (README commands),
-    wd 1e-5 (``--reg``), early stopping on the validation loss (patience 20, not before epoch 50)."""
+    wd 1e-5 (``--reg``), early stopping on the validation loss (patience 20, not before epoch 50),
+    class-balanced slide sampling (``--weighted_sample``)."""
+
+    CLASS_BALANCED_OFFICIAL = True
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None, hidden: int = 512,
@@ -141,7 +151,10 @@ class CLAMModule(_BagModule):
     (``validate_clam``). ``inst_loss`` unset: ``"ce"`` (fewshot) or ``"svm"`` (official, CLAM's README
     commands). ``subtyping`` True as CLAM's README command for subtyping tasks (``CLAM_SB``'s own default is
     False). Official recipe: lr 2e-4, wd 1e-5, early stopping on the validation loss (patience 20, not before
-    epoch 50; the checkpoint is the lowest validation loss, ties to the later epoch)."""
+    epoch 50; the checkpoint is the lowest validation loss, ties to the later epoch), class-balanced slide
+    sampling (``--weighted_sample``)."""
+
+    CLASS_BALANCED_OFFICIAL = True
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None, hidden: int = 512,
