@@ -43,7 +43,13 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 
 from mgpath.baselines.mil import ABMIL, CLAMSB, DSMIL, PoolingLinear
-from mgpath.baselines.recipes import EarlyStoppingAfter, Lookahead, no_decay_groups, orthogonal_init_
+from mgpath.baselines.recipes import (
+    EarlyStoppingAfter,
+    Lookahead,
+    dsmil_selection_score,
+    no_decay_groups,
+    orthogonal_init_,
+)
 from mgpath.baselines.transmil import TransMIL
 from mgpath.lit import SlideClassifier
 from mgpath.module import MGPATHModule
@@ -118,11 +124,12 @@ class _BagModule(SlideClassifier):
         """Whether the recipe draws training slides with class-balanced weights (read by the data module)."""
         return self.recipe == "official" and self.CLASS_BALANCED_OFFICIAL
 
-    def _official_stopping(self, patience: int, start_epoch: int = 0, ties: str = "latest") -> list:
-        """Early stopping on ``val/loss`` and checkpoint selection on its minimum (they replace the config's)."""
-        return [EarlyStoppingAfter(monitor="val/loss", mode="min", patience=patience, start_epoch=start_epoch),
-                BestCheckpoint(monitor="val/loss", mode="min", ties=ties, save_last=True, save_top_k=1,
-                               filename="best-{epoch}-{val/loss:.4f}", auto_insert_metric_name=False)]
+    def _official_stopping(self, patience: int, start_epoch: int = 0, ties: str = "latest",
+                           monitor: str = "val/loss", mode: str = "min") -> list:
+        """Early stopping on ``monitor`` and checkpoint selection on its best value (they replace the config's)."""
+        return [EarlyStoppingAfter(monitor=monitor, mode=mode, patience=patience, start_epoch=start_epoch),
+                BestCheckpoint(monitor=monitor, mode=mode, ties=ties, save_last=True, save_top_k=1,
+                               filename=f"best-{{epoch}}-{{{monitor}:.4f}}", auto_insert_metric_name=False)]
 
 
 class ABMILModule(_BagModule):
@@ -215,7 +222,9 @@ class DSMILModule(_BagModule):
     Fewshot: cross-entropy, softmax probabilities. Official (binli123/dsmil-wsi ``train_tcga.py``, 80465ed):
     ``BCEWithLogitsLoss`` on one-hot labels for both terms (train and validation), orthogonal weights and
     zero biases, Adam lr 1e-4, betas (0.5, 0.9), wd 1e-3, ``CosineAnnealingLR(T_max=max_epochs,
-    eta_min=5e-6)`` stepped per epoch, probabilities ``sigmoid(bag logits)``."""
+    eta_min=5e-6)`` stepped per epoch, probabilities ``sigmoid(bag logits)``; model selection and early
+    stopping on ``val/dsmil_score`` (:func:`~mgpath.baselines.recipes.dsmil_selection_score`, the first best
+    epoch kept, stop after 11 epochs without a better score: ``counter > stop_epochs`` with ``stop_epochs`` 10)."""
 
     LR: ClassVar[dict[str, float]] = {"fewshot": 2e-4, "official": 1e-4}
     WD: ClassVar[dict[str, float]] = {"fewshot": 5e-3, "official": 1e-3}
@@ -227,6 +236,7 @@ class DSMILModule(_BagModule):
         super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay, recipe)
         self.save_hyperparameters()
         self.model = DSMIL(feature_dim, len(self.classes), q_dim, dropout_v, passing_v)
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         if recipe == "official":
             orthogonal_init_(self.model)
 
@@ -242,6 +252,24 @@ class DSMILModule(_BagModule):
 
     def probabilities(self, logits):
         return torch.sigmoid(logits) if self.recipe == "official" else logits.softmax(-1)
+
+    def eval_outputs(self, stage, probs, labels):
+        if stage == "val" and self.recipe == "official":
+            self._val_outputs.append((probs.float().cpu(), labels.cpu()))
+
+    def on_validation_epoch_start(self):
+        self._val_outputs = []
+
+    def on_validation_epoch_end(self):
+        if self.recipe == "official" and self._val_outputs:
+            probs, labels = (torch.cat(t).numpy() for t in zip(*self._val_outputs))
+            self.log("val/dsmil_score", dsmil_selection_score(probs, labels))
+        self._val_outputs = []
+        super().on_validation_epoch_end()
+
+    def configure_callbacks(self):
+        return (self._official_stopping(11, ties="first", monitor="val/dsmil_score", mode="max")
+                if self.recipe == "official" else [])
 
     def configure_optimizers(self):
         opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr, betas=(0.5, 0.9),
