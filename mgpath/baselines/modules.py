@@ -14,15 +14,18 @@ Each MIL module trains by one of two recipes (``recipe``):
 class_path             ``recipe: fewshot``                           ``recipe: official``
 =====================  ============================================  =============================================
 ``ABMILModule``        CE; Adam lr 2e-4, wd 1e-5 (CLAM's defaults)   CLAM ``main.py --no_inst_cluster``: the same,
-                                                                      early stopping on val loss (20 / from 50)
+                                                                      early stopping on val loss (20 / from 50),
+                                                                      class-balanced slide sampling
 ``CLAMModule``         0.7 CE + 0.3 instance CE; Adam 2e-4, 1e-5      CLAM README: instance loss smooth top-1 SVM,
-                                                                      early stopping on val loss (20 / from 50)
+                                                                      early stopping on val loss (20 / from 50),
+                                                                      class-balanced slide sampling
 ``TransMILModule``     CE; RAdam lr 2e-4, wd 1e-5 (L2)                Lookahead(RAdam) lr 2e-4, wd 1e-5 decoupled,
                                                                       none on biases / norms; grad accumulation 2;
                                                                       early stopping on val loss (patience 10)
 ``DSMILModule``        0.5 CE + 0.5 max-instance CE; Adam 2e-4,       0.5 BCE + 0.5 max-instance BCE on one-hot
                        betas (0.5, 0.9), wd 5e-3 (train_tcga.py       labels, orthogonal init, Adam 1e-4, betas
-                       before 2024-03)                                (0.5, 0.9), wd 1e-3, cosine to 5e-6; sigmoid
+                       before 2024-03)                                (0.5, 0.9), wd 1e-3, cosine to 5e-6; sigmoid;
+                                                                      selection / early stopping on its val score
 ``PoolingModule``      CE; Adam lr 1e-3, wd 1e-5                     (no official code: same as fewshot)
 ``CoOpModule``         CoOp: learnable context, mean-pooled slide feature, cosine logits; Adam (MGPATH's lr / wd)
 ``ViLaMILModule``,     the vision-language few-shot MIL methods: :mod:`mgpath.baselines.prompt_modules`
