@@ -185,3 +185,14 @@ def test_check_checkpoint_refuses_what_is_not_a_checkpoint(tmp_path):
     torch.save({"w": torch.ones(1)}, tmp_path / "plain.ckpt")
     with pytest.raises(CheckpointError, match="is not a Lightning checkpoint"):
         check_checkpoint(tmp_path / "plain.ckpt")
+
+
+def test_resume_of_a_first_run_that_generated_its_data(tmp_path, capsys):
+    """The run's identity is recorded after the data module made the demo data, so the first run's own
+    checkpoint is not called stale when it resumes."""
+    args = demo_args(tmp_path / "not_yet_generated", tmp_path / "a", "vapt")
+    assert main([*args, "--trainer.max_epochs=1"]) == 0
+    assert main([*args, "--ckpt_path=last"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "stale" not in out
+    assert final_state(tmp_path / "a", 1)["epoch"] == 1

@@ -37,13 +37,13 @@ from vapt.training.config_keys import SuggestingArgumentParser
 from vapt.training.module import ModelConfigError, PromptTuningModule
 from vapt.training.resume import (
     CheckpointError,
+    RecordRunIdentity,
     check_checkpoint,
     check_resume_identity,
     resolve_ckpt_path,
     resume_callbacks,
     run_settings_identity,
     use_atomic_checkpoints,
-    write_resume_identity,
 )
 from vapt.training.run_folders import VERSION_ENV, default_loggers, fresh_path, unpin_used_versions
 
@@ -142,8 +142,8 @@ class VaptCLI(LightningCLI):
         identity = None
         if self.subcommand == "fit":
             identity = self._run_identity()
-            if log_dir and self.trainer.is_global_zero:
-                write_resume_identity(log_dir, identity)
+            if log_dir:  # recorded once the data is prepared (a generated data set exists only then)
+                self.trainer.callbacks.append(RecordRunIdentity(log_dir, self._run_identity))
         if config.get("ckpt_path") == "last":
             run_folder = Path(log_dir).parent if log_dir else Path(self.trainer.default_root_dir)
             log = print if self.trainer.is_global_zero else (lambda *a: None)

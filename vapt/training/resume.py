@@ -246,6 +246,19 @@ def write_resume_identity(log_dir: str | os.PathLike, identity: dict[str, Any]) 
     write_text_atomic(Path(log_dir) / _IDENTITY_FILE, json.dumps(identity, indent=1, sort_keys=True) + "\n")
 
 
+class RecordRunIdentity(Callback):
+    """Write the run's identity (`write_resume_identity`) when fitting sets up: after the data module's
+    ``prepare_data`` / ``setup``, so data that the run itself generates or downloads is recorded as it is
+    then, not as the empty folder it was before."""
+
+    def __init__(self, log_dir: str | os.PathLike, make_identity: Callable[[], dict[str, Any]]):
+        self.log_dir, self.make_identity = log_dir, make_identity
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero:
+            write_resume_identity(self.log_dir, self.make_identity())
+
+
 def check_resume_identity(ckpt: str | os.PathLike, identity: dict[str, Any]) -> None:
     """`CheckpointError` ``stale: ...`` when the run that wrote ``ckpt`` (``version_<n>/checkpoints/x.ckpt``)
     recorded other settings or data than ``identity``; nothing when it recorded none (an older vapt)."""
