@@ -34,9 +34,10 @@ CLASSES = {"class_a": "blue_fine", "class_b": "he_coarse"}
 _log = logging.getLogger(__name__)
 
 
-#: the demo's comparison: every method of `mgpath benchmark` besides MGPATH itself and the zero-shot rows that
-#: need a publisher's weights (CONCH, QuiltNet, PLIP), which the offline demo does not have
-DEMO_BASELINES = tuple(m for m in METHODS if m != "mgpath" and m not in TOWER_ZEROSHOT)
+#: the demo's comparison: every method of `mgpath benchmark` besides MGPATH itself and the methods that need a
+#: publisher's CLIP weights (the zero-shot rows of CONCH, QuiltNet, PLIP; MSCPT, which also needs CLIP-tower
+#: features), which the offline demo does not have
+DEMO_BASELINES = tuple(m for m in METHODS if m not in ("mgpath", "mscpt") and m not in TOWER_ZEROSHOT)
 
 
 def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs: int = 10,

@@ -10,6 +10,8 @@ from mgpath.baselines.modules import (
     TransMILModule,
     count_parameters,
 )
+from mgpath.baselines.mscpt import MSCPT
+from mgpath.baselines.mscpt_module import MSCPTModule
 from mgpath.baselines.prompt_modules import TOPModule, TowerZeroShotModule, ViLaMILModule
 from mgpath.baselines.top import TOP
 from mgpath.baselines.transmil import TransMIL
@@ -24,6 +26,8 @@ __all__ = [
     "CLAMModule",
     "CoOpModule",
     "DSMILModule",
+    "MSCPT",
+    "MSCPTModule",
     "PoolingLinear",
     "PoolingModule",
     "TOPModule",
