@@ -267,17 +267,6 @@ PRESET_INFO: dict[str, dict] = {
         "magnification": "mixed (Twitter images)",
         "notes": "get_image_features: post-LN CLS @ visual_projection; rebuilt as an open_clip tower",
     },
-    "plip_pooled": {
-        "dim": 768,
-        "preprocess": Preprocess(224, OPENAI_CLIP, "bicubic", crop=True),
-        "arch": "HF CLIPModel ViT-B/32",
-        "layout": "HF folder (config.json + pytorch_model.bin)",
-        "source": "hf vinid/plip: the folder",
-        "licence": "research only (unverified)",
-        "magnification": "mixed (Twitter images)",
-        "notes": "vision_model pooler_output: post-LN CLS before visual_projection (MSCPT's 20x input); "
-        "rebuilt as an open_clip tower without its projection",
-    },
     "quiltnet": {
         "dim": 512,
         "preprocess": Preprocess(224, OPENAI_CLIP, "bicubic", crop=True),
@@ -340,3 +329,10 @@ PRESET_INFO: dict[str, dict] = {
         "unavailable": "needs TRIDENT's vendored genbio_pathfm model (RoPE ViT, one channel at a time)",
     },
 }
+
+#: PLIP's image tower without its projection (MSCPT's 20x input): the same files and transform as ``plip``, listed
+#: after it
+_PLIP_POOLED = {**PRESET_INFO["plip"], "dim": 768, "notes": "vision_model pooler_output: post-LN CLS before "
+                "visual_projection (MSCPT's 20x input); rebuilt as an open_clip tower without its projection"}
+PRESET_INFO = {k: v for name, info in PRESET_INFO.items()
+               for k, v in ((name, info), *((("plip_pooled", _PLIP_POOLED),) if name == "plip" else ()))}
