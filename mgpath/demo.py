@@ -99,7 +99,7 @@ def run_demo(out: str | Path, slides_per_class: int = 10, shots: int = 4, epochs
             "--data.features_root", str(out / "features"),
             "--model.descriptions", str(data_file("prompts/demo.json")),
             "--model.feature_dim", str(dim), "--trainer.max_epochs", str(epochs), "--seed_everything", str(seed),
-            *extra]
+            "--trainer.enable_model_summary", "false", *extra]
     cli = make_cli([*base, "--trainer.default_root_dir", str(out / "run")], run=False)
     trainer, module, dm = cli.trainer, cli.model, cli.datamodule
     trainer.fit(module, datamodule=dm)
@@ -165,7 +165,8 @@ def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BA
     cfg["methods"] = {"vilamil": {"feature_adaptor": True, "n_ctx": 4, "n_prototypes": 4, "hidden": 16},
                       "top": {"prompts": str(top), "feature_adaptor": True}}
     res = {}
-    for name in names:
+    for i, name in enumerate(names, 1):
+        t0 = time.perf_counter()
         method, train = method_config(cfg, name)
         path = out / f"run_{name}.yaml"
         path.write_text(yaml.safe_dump(method, sort_keys=False))
@@ -178,6 +179,8 @@ def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BA
             best = trainer.checkpoint_callback.best_model_path or None
         r = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)[0]
         res[name] = {k.split("/")[1]: round(float(v), 4) for k, v in r.items() if k.startswith("test/")}
+        log(f"      method {i}/{len(names)} {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in res[name].items())
+            + f" ({time.perf_counter() - t0:.0f}s)")
     return res
 
 

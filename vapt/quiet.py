@@ -1,7 +1,8 @@
 """Noise the vapt commands silence, for the duration of a command only (nothing is changed at import time).
 
 - :func:`quiet_command`: the known harmless Lightning / jsonargparse warnings of a prompt-tuning run and
-  Lightning's promotional "Tip" lines, while a ``vapt`` command runs.
+  Lightning's promotional "Tip" lines, while a ``vapt`` command runs; :func:`no_lightning_tips` drops the Tip
+  lines alone (every ``vapt`` and ``mgpath`` subcommand runs inside it).
 - :func:`drop_log_records`: hide log records that start with a given text while a block runs (e.g. open_clip's
   "No pretrained weights loaded ... initialized randomly" when the user's own file is loaded right after).
 """
@@ -12,7 +13,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["KNOWN_WARNINGS", "drop_log_records", "quiet_command"]
+__all__ = ["KNOWN_WARNINGS", "drop_log_records", "no_lightning_tips", "quiet_command"]
 
 #: warning-message patterns that say nothing useful in a prompt-tuning run
 KNOWN_WARNINGS = (
@@ -52,10 +53,15 @@ def drop_log_records(*prefixes: str, loggers: tuple[str, ...] = ("",), enabled: 
             lg.removeFilter(filt)
 
 
+def no_lightning_tips() -> contextlib.AbstractContextManager:
+    """Drop Lightning's promotional "Tip" lines inside the block (every ``vapt`` / ``mgpath`` subcommand)."""
+    return drop_log_records("💡 Tip", "Tip:", loggers=_TIP_LOGGERS)
+
+
 @contextlib.contextmanager
 def quiet_command() -> Iterator[None]:
     """Ignore :data:`KNOWN_WARNINGS` and drop Lightning's "Tip" lines inside the block."""
-    with warnings.catch_warnings(), drop_log_records("💡 Tip", "Tip:", loggers=_TIP_LOGGERS):
+    with warnings.catch_warnings(), no_lightning_tips():
         for pattern in KNOWN_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         yield

@@ -55,12 +55,17 @@ def test_tile_augment_encoder_rotates_and_flips():
     assert enc(x).shape == (32, 48)
 
 
-def test_demo_end_to_end(tmp_path):
+def test_demo_end_to_end(tmp_path, capsys):
     from mgpath.demo import run_demo
     from mgpath.commands.heatmap import main as heatmap_main
+    lines = []
     res = run_demo(tmp_path / "demo", slides_per_class=5, shots=2, epochs=3, size=(2048, 1536), augment=True,
-                   baselines=("abmil", "zeroshot"),
-                   log=lambda *a: None)
+                   baselines=("abmil", "zeroshot"), log=lines.append)
+    # a progress line per step and per compared method; no Lightning model-summary tables in between
+    assert [ln.split()[0] for ln in lines if ln.startswith("[")] == [f"[{i}/6]" for i in range(1, 7)]
+    assert any(ln.strip().startswith("method 1/2 abmil: loss") for ln in lines)
+    assert any(ln.strip().startswith("method 2/2 zeroshot: loss") for ln in lines)
+    assert "Trainable params" not in capsys.readouterr().out
     t = res["test"]
     assert set(t) >= {"auc", "f1", "acc"} and all(0 <= t[k] <= 1 for k in ("auc", "f1", "acc"))
     assert res["n_train"] == 4 and res["n_test"] > 0

@@ -139,3 +139,19 @@ def test_no_random_init_line_when_the_users_open_clip_file_is_loaded(tiny_open_c
     with caplog.at_level(logging.WARNING), drop_log_records("No pretrained", enabled=False):
         logging.getLogger().warning("No pretrained weights loaded")
     assert len(caplog.records) == 1
+
+
+def test_every_subcommand_of_both_tools_runs_without_lightning_tips(tmp_path, monkeypatch, caplog):
+    """`vapt.cli.subcommands.dispatch` (used by `vapt` and `mgpath`) drops the Tip lines of any subcommand."""
+    from vapt.cli.subcommands import dispatch
+    (tmp_path / "tipping_command.py").write_text(
+        "import logging\n"
+        "def main(argv):\n"
+        "    lg = logging.getLogger('lightning.fabric.utilities.rank_zero')\n"
+        "    lg.info('💡 Tip: For seamless cloud logging, try installing [litlogger]')\n"
+        "    lg.info('GPU available: False')\n"
+        "    return len(argv)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.INFO, logger="lightning.fabric.utilities.rank_zero"):
+        rc = dispatch("mgpath", {"demo": ("tipping_command", "main", "")}, ["demo", "--out", "x"], set())
+    assert rc == 2 and [r.getMessage() for r in caplog.records] == ["GPU available: False"]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from vapt.cli.errors import run_reporting_errors
 from vapt.cli.lightning_help import HELP_ALL, quick_help
+from vapt.quiet import no_lightning_tips
 
 #: subcommand -> (module, function taking argv list, one-line help)
 SUBCOMMANDS = {
@@ -65,7 +66,8 @@ def dispatch(prog: str, subcommands: dict, argv: list[str] | None, pass_name: se
             return 0
     module_name, func_name, _ = subcommands[name]
     func = getattr(importlib.import_module(module_name), func_name)
-    return int(func([name, *rest] if name in pass_name else rest) or 0)
+    with no_lightning_tips():
+        return int(func([name, *rest] if name in pass_name else rest) or 0)
 
 
 def run_tool(tool: str, subcommands: dict, argv: list[str] | None, pass_name: set[str], **help_options) -> int:
