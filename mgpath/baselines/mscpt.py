@@ -105,7 +105,7 @@ def run_layer(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> t
 def text_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Causal + padding additive mask (P, 1, L, L) from the tokenizer's (P, L) 0/1 mask, as HF CLIP's text model
     (``finfo.min`` where masked)."""
-    p, n = attention_mask.shape
+    n = attention_mask.shape[1]
     low = torch.finfo(dtype).min
     causal = torch.full((n, n), low, dtype=dtype).triu(1)[None, None]
     pad = (1.0 - attention_mask[:, None, None, :].to(dtype)) * low

@@ -2,11 +2,12 @@
 files) and an MSCPT description file, for the MSCPT tests (and for the comparison with the official code)."""
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import torch
+
+from mgpath.demo_clip import write_clip_tokenizer
 
 CLASSES = ["LUAD", "LUSC"]
 DESCRIPTIONS = {
@@ -19,31 +20,6 @@ DESCRIPTIONS = {
              "big_mag": ["Intercellular bridges are visible.", "Cells have abundant eosinophilic cytoplasm.",
                          "Individual cells are keratinised.", "Nuclei are hyperchromatic."]},
 }
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def write_clip_tokenizer(folder: Path) -> None:
-    """CLIP's BPE (open_clip's bundled merges) as HF ``vocab.json`` + ``merges.txt`` + ``tokenizer.json``."""
-    import open_clip
-    from transformers import CLIPTokenizerFast
-
-    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = [tuple(m.split()) for m in gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
-    vocab = list(_bytes_to_unicode().values())
-    vocab = [*vocab, *(v + "</w>" for v in vocab), *("".join(m) for m in merges), "<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    CLIPTokenizerFast(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
 
 
 def tiny_clip(seed: int = 0):

@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from mscpt_tiny import CLASSES, DESCRIPTIONS, inputs, our_name, trainable_values, write_descriptions, write_tiny_clip
+from mscpt_tiny import (
+    CLASSES,
+    DESCRIPTIONS,
+    inputs,
+    our_name,
+    trainable_values,
+    write_descriptions,
+    write_tiny_clip,
+)
 
 from mgpath.baselines.mscpt import MSCPT, gcn_propagate
 
@@ -87,7 +95,7 @@ def test_gcn_equals_dense_normalised_adjacency():
 def test_official_defects_and_corrected(clip_folder):
     """Official: the last n_vpro tiles are replaced by prompts (their images do not matter) and class columns are
     mixed before the top-k; corrected: every tile is seen and each class pools its own descriptions."""
-    images, feats = inputs()
+    images, _feats = inputs()
     changed = images.clone()
     changed[-2:] = torch.randn_like(changed[-2:])
     for corrected in (False, True):
@@ -181,7 +189,7 @@ def test_bad_inputs_give_one_line(tmp_path, clip_folder):
     from mgpath.benchmark import method_config
 
     config = _cohort(tmp_path, clip_folder)
-    args = dict(clip_checkpoint=str(clip_folder), select_prompts=str(tmp_path / "select.json"), classes=CLASSES)
+    args = {"clip_checkpoint": str(clip_folder), "select_prompts": str(tmp_path / "select.json"), "classes": CLASSES}
     with pytest.raises(ValueError, match=r"cannot read the MSCPT description file .*nothere.json"):
         MSCPTModule(str(tmp_path / "nothere.json"), feature_dim=32, **args)
     (tmp_path / "partial.json").write_text(json.dumps({"LUAD": DESCRIPTIONS["LUAD"]}))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from mgpath.baselines import TowerZeroShotModule
 from mgpath.baselines.tower_zeroshot import read_zeroshot_prompts
-from mgpath.benchmark import method_config, run_benchmark
+from mgpath.benchmark import method_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["LUAD", "LUSC"]
