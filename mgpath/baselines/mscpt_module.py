@@ -36,7 +36,15 @@ def load_hf_clip(folder: str):
     if not any((Path(folder) / f).is_file() for f in ("tokenizer.json", "vocab.json")):
         raise FileNotFoundError(f"mgpath/baselines: {folder} has no tokenizer files (tokenizer.json or vocab.json + "
                                 "merges.txt); download the whole model folder")
-    return CLIPModel.from_pretrained(folder).float().eval(), AutoTokenizer.from_pretrained(folder)
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a run's output
+    try:
+        return CLIPModel.from_pretrained(folder).float().eval(), AutoTokenizer.from_pretrained(folder)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 class MSCPTModule(SlideClassifier):
