@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from mgpath.graph import bag_neighbours
 from mgpath.io import find_feature_file, read_features
@@ -106,6 +107,11 @@ class WSIFeatureDataModule(pl.LightningDataModule):
         values, empty bags and a feature dimension that differs from the other files, naming each file;
         ``"shape"`` checks only the dimensions (h5 headers, cheap); ``"none"`` checks at load time only.
     batch_size : slides per step (official 1). cache : keep loaded bags in memory.
+    weighted_sample : draw training slides with replacement, each with weight ``N / N_c`` (``N`` training bags,
+        ``N_c`` of its class), ``N`` draws per epoch, as CLAM's ``--weighted_sample``
+        (``make_weights_for_balanced_classes_split`` + ``WeightedRandomSampler``). ``None`` (default): as the
+        model's recipe asks (its ``class_balanced_sampling``: CLAM-SB and ABMIL with ``recipe: official``);
+        otherwise a shuffle without replacement.
     allow_invalid_split : train even when the split is scientifically invalid - a slide or patient
         (``case_id``) both in train and in val/test, or a train part that lacks a class - with a warning;
         by default such a split is refused naming the file and the first offenders.
@@ -120,8 +126,10 @@ class WSIFeatureDataModule(pl.LightningDataModule):
                  magnifications: list[str] | None = None, augmented: bool = False,
                  augmented_dirs: dict[str, str] | None = None,
                  on_missing: str = "raise", check_features: str = "full", batch_size: int = 1,
-                 num_workers: int = 0, cache: bool = False, allow_invalid_split: bool = False):
+                 num_workers: int = 0, cache: bool = False, weighted_sample: bool | None = None,
+                 allow_invalid_split: bool = False):
         super().__init__()
+        self.weighted_sample = weighted_sample
         self.allow_invalid_split = bool(allow_invalid_split)
         self.labels_csv, self.classes, self.split_csv, self.fold = labels_csv, list(classes), split_csv, fold
         self.magnifications = list(magnifications or ["5x", "10x"])
@@ -265,13 +273,23 @@ class WSIFeatureDataModule(pl.LightningDataModule):
         ds = self.datasets["train"]
         return int(read_features(ds.files[0][self.magnifications[0]])["features"].shape[1])
 
-    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+    def _loader(self, part: str, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         self.setup()
-        return DataLoader(self.datasets[part], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=collate_slides)
+        return DataLoader(self.datasets[part], batch_size=self.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, num_workers=self.num_workers, collate_fn=collate_slides)
+
+    def _uses_weighted_sampling(self) -> bool:
+        if self.weighted_sample is not None:
+            return bool(self.weighted_sample)
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        return bool(getattr(module, "class_balanced_sampling", False))
 
     def train_dataloader(self):
-        return self._loader("train", True)
+        self.setup()
+        if not self._uses_weighted_sampling():
+            return self._loader("train", True)
+        weights = class_balanced_weights(self.datasets["train"].labels)
+        return self._loader("train", True, WeightedRandomSampler(weights, len(weights), replacement=True))
 
     def val_dataloader(self):
         self.setup()
@@ -288,10 +306,15 @@ class WSIFeatureDataModule(pl.LightningDataModule):
         return self._loader("test", False)
 
 
+def class_balanced_weights(labels: list[int]) -> torch.Tensor:
+    """Sampling weight ``N / N_c`` of each of ``N`` bags, ``N_c`` the count of its class; (N,) float64."""
+    counts = Counter(int(y) for y in labels)
+    return torch.tensor([len(labels) / counts[int(y)] for y in labels], dtype=torch.float64)
+
+
 def _check_feature_files(paths: list[Path], full: bool = True) -> None:
     """Refuse unusable feature files before training, naming each: unreadable, empty, NaN/inf values (``full``)
     or a feature dimension other than the one most files have."""
-    from collections import Counter
 
     from mgpath.io import read_features_header
 

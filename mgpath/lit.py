@@ -142,10 +142,16 @@ class SlideClassifier(pl.LightningModule):
         """Class probabilities (B, C) of logits (B, C) for the metrics and predictions; softmax by default."""
         return logits.softmax(-1)
 
+    def eval_outputs(self, stage: str, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Called with each validation / test batch's probabilities (B, C) and labels (B,); nothing by default
+        (a model selecting on a score of its own collects them here)."""
+
     def _eval_step(self, batch, stage: str):
         y = batch["labels"]
         loss, logits = self.eval_loss(batch)
-        self.metrics[stage].update(self.probabilities(logits), y)
+        probs = self.probabilities(logits)
+        self.metrics[stage].update(probs, y)
+        self.eval_outputs(stage, probs.detach(), y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 

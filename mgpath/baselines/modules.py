@@ -14,15 +14,18 @@ Each MIL module trains by one of two recipes (``recipe``):
 class_path             ``recipe: fewshot``                           ``recipe: official``
 =====================  ============================================  =============================================
 ``ABMILModule``        CE; Adam lr 2e-4, wd 1e-5 (CLAM's defaults)   CLAM ``main.py --no_inst_cluster``: the same,
-                                                                      early stopping on val loss (20 / from 50)
+                                                                      early stopping on val loss (20 / from 50),
+                                                                      class-balanced slide sampling
 ``CLAMModule``         0.7 CE + 0.3 instance CE; Adam 2e-4, 1e-5      CLAM README: instance loss smooth top-1 SVM,
-                                                                      early stopping on val loss (20 / from 50)
+                                                                      early stopping on val loss (20 / from 50),
+                                                                      class-balanced slide sampling
 ``TransMILModule``     CE; RAdam lr 2e-4, wd 1e-5 (L2)                Lookahead(RAdam) lr 2e-4, wd 1e-5 decoupled,
                                                                       none on biases / norms; grad accumulation 2;
                                                                       early stopping on val loss (patience 10)
 ``DSMILModule``        0.5 CE + 0.5 max-instance CE; Adam 2e-4,       0.5 BCE + 0.5 max-instance BCE on one-hot
                        betas (0.5, 0.9), wd 5e-3 (train_tcga.py       labels, orthogonal init, Adam 1e-4, betas
-                       before 2024-03)                                (0.5, 0.9), wd 1e-3, cosine to 5e-6; sigmoid
+                       before 2024-03)                                (0.5, 0.9), wd 1e-3, cosine to 5e-6; sigmoid;
+                                                                      selection / early stopping on its val score
 ``PoolingModule``      CE; Adam lr 1e-3, wd 1e-5                     (no official code: same as fewshot)
 ``CoOpModule``         CoOp: learnable context, mean-pooled slide feature, cosine logits; Adam (MGPATH's lr / wd)
 ``ViLaMILModule``,     the vision-language few-shot MIL methods: :mod:`mgpath.baselines.prompt_modules`
@@ -43,7 +46,13 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 
 from mgpath.baselines.mil import ABMIL, CLAMSB, DSMIL, PoolingLinear
-from mgpath.baselines.recipes import EarlyStoppingAfter, Lookahead, no_decay_groups, orthogonal_init_
+from mgpath.baselines.recipes import (
+    EarlyStoppingAfter,
+    Lookahead,
+    dsmil_selection_score,
+    no_decay_groups,
+    orthogonal_init_,
+)
 from mgpath.baselines.transmil import TransMIL
 from mgpath.lit import SlideClassifier
 from mgpath.module import MGPATHModule
@@ -69,6 +78,8 @@ class _BagModule(SlideClassifier):
 
     LR: ClassVar[dict[str, float]] = {"fewshot": 2e-4, "official": 2e-4}
     WD: ClassVar[dict[str, float]] = {"fewshot": 1e-5, "official": 1e-5}
+    #: the official recipe samples slides with class-balanced weights (CLAM's README commands: --weighted_sample)
+    CLASS_BALANCED_OFFICIAL: ClassVar[bool] = False
 
     def __init__(self, feature_dim: int, classes, magnifications, magnification, lr, weight_decay, recipe):
         if recipe not in RECIPES:
@@ -111,17 +122,26 @@ class _BagModule(SlideClassifier):
     def eval_loss(self, batch):
         return self._objective(batch, train=False)
 
-    def _official_stopping(self, patience: int, start_epoch: int = 0, ties: str = "latest") -> list:
-        """Early stopping on ``val/loss`` and checkpoint selection on its minimum (they replace the config's)."""
-        return [EarlyStoppingAfter(monitor="val/loss", mode="min", patience=patience, start_epoch=start_epoch),
-                BestCheckpoint(monitor="val/loss", mode="min", ties=ties, save_last=True, save_top_k=1,
-                               filename="best-{epoch}-{val/loss:.4f}", auto_insert_metric_name=False)]
+    @property
+    def class_balanced_sampling(self) -> bool:
+        """Whether the recipe draws training slides with class-balanced weights (read by the data module)."""
+        return self.recipe == "official" and self.CLASS_BALANCED_OFFICIAL
+
+    def _official_stopping(self, patience: int, start_epoch: int = 0, ties: str = "latest",
+                           monitor: str = "val/loss", mode: str = "min") -> list:
+        """Early stopping on ``monitor`` and checkpoint selection on its best value (they replace the config's)."""
+        return [EarlyStoppingAfter(monitor=monitor, mode=mode, patience=patience, start_epoch=start_epoch),
+                BestCheckpoint(monitor=monitor, mode=mode, ties=ties, save_last=True, save_top_k=1,
+                               filename=f"best-{{epoch}}-{{{monitor}:.4f}}", auto_insert_metric_name=False)]
 
 
 class ABMILModule(_BagModule):
     """Gated-attention MIL (:class:`mgpath.baselines.mil.ABMIL`). Official recipe: CLAM's ``main.py`` for its
     attention MIL without instance clustering (``--no_inst_cluster``): CE, Adam lr 2e-4 (README commands),
-    wd 1e-5 (``--reg``), early stopping on the validation loss (patience 20, not before epoch 50)."""
+    wd 1e-5 (``--reg``), early stopping on the validation loss (patience 20, not before epoch 50),
+    class-balanced slide sampling (``--weighted_sample``)."""
+
+    CLASS_BALANCED_OFFICIAL = True
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None, hidden: int = 512,
@@ -141,7 +161,10 @@ class CLAMModule(_BagModule):
     (``validate_clam``). ``inst_loss`` unset: ``"ce"`` (fewshot) or ``"svm"`` (official, CLAM's README
     commands). ``subtyping`` True as CLAM's README command for subtyping tasks (``CLAM_SB``'s own default is
     False). Official recipe: lr 2e-4, wd 1e-5, early stopping on the validation loss (patience 20, not before
-    epoch 50; the checkpoint is the lowest validation loss, ties to the later epoch)."""
+    epoch 50; the checkpoint is the lowest validation loss, ties to the later epoch), class-balanced slide
+    sampling (``--weighted_sample``)."""
+
+    CLASS_BALANCED_OFFICIAL = True
 
     def __init__(self, feature_dim: int, classes: list[str] | None = None, *,
                  magnifications: list[str] | None = None, magnification: str | None = None, hidden: int = 512,
@@ -202,7 +225,9 @@ class DSMILModule(_BagModule):
     Fewshot: cross-entropy, softmax probabilities. Official (binli123/dsmil-wsi ``train_tcga.py``, 80465ed):
     ``BCEWithLogitsLoss`` on one-hot labels for both terms (train and validation), orthogonal weights and
     zero biases, Adam lr 1e-4, betas (0.5, 0.9), wd 1e-3, ``CosineAnnealingLR(T_max=max_epochs,
-    eta_min=5e-6)`` stepped per epoch, probabilities ``sigmoid(bag logits)``."""
+    eta_min=5e-6)`` stepped per epoch, probabilities ``sigmoid(bag logits)``; model selection and early
+    stopping on ``val/dsmil_score`` (:func:`~mgpath.baselines.recipes.dsmil_selection_score`, the first best
+    epoch kept, stop after 11 epochs without a better score: ``counter > stop_epochs`` with ``stop_epochs`` 10)."""
 
     LR: ClassVar[dict[str, float]] = {"fewshot": 2e-4, "official": 1e-4}
     WD: ClassVar[dict[str, float]] = {"fewshot": 5e-3, "official": 1e-3}
@@ -214,6 +239,7 @@ class DSMILModule(_BagModule):
         super().__init__(feature_dim, classes, magnifications, magnification, lr, weight_decay, recipe)
         self.save_hyperparameters()
         self.model = DSMIL(feature_dim, len(self.classes), q_dim, dropout_v, passing_v)
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         if recipe == "official":
             orthogonal_init_(self.model)
 
@@ -229,6 +255,24 @@ class DSMILModule(_BagModule):
 
     def probabilities(self, logits):
         return torch.sigmoid(logits) if self.recipe == "official" else logits.softmax(-1)
+
+    def eval_outputs(self, stage, probs, labels):
+        if stage == "val" and self.recipe == "official":
+            self._val_outputs.append((probs.float().cpu(), labels.cpu()))
+
+    def on_validation_epoch_start(self):
+        self._val_outputs = []
+
+    def on_validation_epoch_end(self):
+        if self.recipe == "official" and self._val_outputs:
+            probs, labels = (torch.cat(t).numpy() for t in zip(*self._val_outputs))
+            self.log("val/dsmil_score", dsmil_selection_score(probs, labels))
+        self._val_outputs = []
+        super().on_validation_epoch_end()
+
+    def configure_callbacks(self):
+        return (self._official_stopping(11, ties="first", monitor="val/dsmil_score", mode="max")
+                if self.recipe == "official" else [])
 
     def configure_optimizers(self):
         opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr, betas=(0.5, 0.9),

@@ -12,6 +12,9 @@
   synchronisation leaves the weights unchanged.
 - :class:`EarlyStoppingAfter`: Lightning ``EarlyStopping`` that may stop only after ``start_epoch``
   (CLAM's ``EarlyStopping(patience=20, stop_epoch=50)`` on the validation loss).
+- :func:`dsmil_selection_score`: the score DSMIL's ``train_tcga.py`` (80465ed) selects its model on,
+  ``(sum of per-class AUCs + exact-match accuracy at the per-class optimal thresholds) / 2``
+  (``multi_label_roc``, ``optimal_thresh``, ``test``, ``get_current_score``).
 
 TransMIL's RAdam (``MyOptimizer/radam.py``, from LiyuanLucasLiu/RAdam) applies weight decay to the weights
 (``p -= lr * wd * p``) before the update, which is ``torch.optim.RAdam(decoupled_weight_decay=True)``.
@@ -21,11 +24,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 
-__all__ = ["EarlyStoppingAfter", "Lookahead", "no_decay_groups", "orthogonal_init_", "smooth_top1_svm"]
+__all__ = ["EarlyStoppingAfter", "Lookahead", "dsmil_selection_score", "no_decay_groups", "orthogonal_init_",
+           "smooth_top1_svm"]
 
 
 def smooth_top1_svm(logits: torch.Tensor, target: torch.Tensor, tau: float = 1.0, alpha: float = 1.0,
@@ -46,6 +51,43 @@ def smooth_top1_svm(logits: torch.Tensor, target: torch.Tensor, tau: float = 1.0
     hard = (top2[:, 0] - top2[:, 1] >= tau * math.log(thresh)).detach()
     smooth = tau * torch.logsumexp(shifted / tau, dim=1)
     return torch.where(hard, shifted.max(1).values, smooth).sum() / logits.shape[0]
+
+
+def _auc_and_optimal_threshold(target: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """ROC AUC of binary ``target`` (N,) against ``score`` (N,) and the threshold minimising ``fpr - tpr`` over
+    the ROC points (the first, i.e. highest, among equals). When ``target`` has one value only: AUC 1.0 and
+    threshold ``inf`` (DSMIL's fallback; its ``fpr - tpr`` is all NaN then and ``argmin`` takes the first)."""
+    pos, neg = int(target.sum()), int(len(target) - target.sum())
+    if pos == 0 or neg == 0:
+        return 1.0, float("inf")
+    thresholds = np.concatenate([[np.inf], np.unique(score)[::-1]])
+    tpr = np.array([(score[target == 1] >= t).sum() for t in thresholds]) / pos
+    fpr = np.array([(score[target == 0] >= t).sum() for t in thresholds]) / neg
+    best = float(thresholds[int(np.argmin(fpr - tpr))])
+    diff = score[target == 1][:, None] - score[target == 0][None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / (pos * neg)), best
+
+
+def dsmil_selection_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """DSMIL's model-selection score of one validation pass.
+
+    Parameters
+    ----------
+    probs : (N, C) per-class probabilities (``sigmoid`` of the bag logits).
+    labels : (N,) class indices.
+
+    Returns
+    -------
+    ``(sum_c AUC_c + acc) / 2``: ``AUC_c`` one class against the rest, ``acc`` the fraction of slides whose
+    thresholded vector (``probs[:, c] >= t_c``, ``t_c`` the optimal threshold of class ``c``) equals the one-hot
+    label.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.eye(probs.shape[1], dtype=np.int64)[np.asarray(labels, dtype=np.int64)]
+    aucs, thresholds = zip(*(_auc_and_optimal_threshold(onehot[:, c], probs[:, c]) for c in range(probs.shape[1])))
+    predicted = (probs >= np.asarray(thresholds)[None]).astype(np.int64)
+    accuracy = float((predicted == onehot).all(axis=1).mean())
+    return (sum(aucs) + accuracy) / 2
 
 
 def orthogonal_init_(module: nn.Module) -> nn.Module:

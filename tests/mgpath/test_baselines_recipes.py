@@ -20,6 +20,9 @@ class _Bag:
     def __init__(self, features):
         self.features = features
 
+    def to(self, device):
+        return _Bag(self.features.to(device))
+
 
 def _batch(x, y):
     return {"slides": [{"10x": _Bag(x)}], "labels": torch.tensor([y])}
@@ -203,3 +206,37 @@ def test_official_callbacks_early_stopping_and_checkpoint_on_val_loss():
     assert out == [False, False, False, False, True, True]
     with pytest.raises(ValueError, match="recipe must be one of"):
         DSMILModule(D, ["a", "b"], recipe="authors")
+
+
+def test_dsmil_selection_score_is_auc_sum_plus_thresholded_accuracy_over_two():
+    """A case worked by hand: per class AUC 3/4; optimal thresholds 0.9 and 0.8 (the first minimum of fpr - tpr);
+    2 of 4 thresholded vectors equal the one-hot label; (0.75 + 0.75 + 0.5) / 2."""
+    from mgpath.baselines.recipes import dsmil_selection_score
+
+    probs = torch.tensor([[0.9, 0.2], [0.6, 0.5], [0.4, 0.8], [0.7, 0.3]]).numpy()
+    assert dsmil_selection_score(probs, [0, 0, 1, 1]) == pytest.approx(1.0, abs=1e-12)
+    # one class only: each AUC counts 1 and each threshold is inf (train_tcga.multi_label_roc's fallback), so no
+    # slide matches its one-hot label
+    assert dsmil_selection_score(probs, [0, 0, 0, 0]) == pytest.approx((1 + 1 + 0) / 2, abs=1e-12)
+
+
+def test_dsmil_official_selects_and_stops_on_its_score(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from mgpath.baselines.recipes import dsmil_selection_score
+
+    mod = DSMILModule(D, ["a", "b"], q_dim=8, recipe="official")
+    stop = next(c for c in mod.configure_callbacks() if isinstance(c, EarlyStoppingAfter))
+    ck = next(c for c in mod.configure_callbacks() if isinstance(c, BestCheckpoint))
+    assert (stop.monitor, stop.mode, stop.patience) == ("val/dsmil_score", "max", 11)  # counter > stop_epochs 10
+    assert (ck.monitor, ck.mode, ck.ties) == ("val/dsmil_score", "max", "first")  # score > best, strictly
+    assert DSMILModule(D, ["a", "b"]).configure_callbacks() == []
+    torch.manual_seed(0)
+    bags = [(torch.randn(5, D) + (2 * y - 1), y) for y in (0, 1, 0, 1, 1)]
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      default_root_dir=tmp_path, enable_model_summary=False)
+    batches = [_batch(x, y) for x, y in bags]
+    res = trainer.validate(mod, dataloaders=torch.utils.data.DataLoader(batches, batch_size=None), verbose=False)
+    with torch.no_grad():
+        probs = torch.sigmoid(torch.stack([mod.model.streams(x)[1] for x, _ in bags])).numpy()
+    assert res[0]["val/dsmil_score"] == pytest.approx(dsmil_selection_score(probs, [y for _, y in bags]), abs=1e-6)

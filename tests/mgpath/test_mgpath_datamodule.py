@@ -123,3 +123,42 @@ def test_augmented_bags_double_the_training_set_and_missing_ones_are_named(tmp_p
                                  augmented=True)
     with pytest.raises(FileNotFoundError, match=rf"1 training slide\(s\) have no augmented bag.*{gone}.*--augment"):
         again.setup()
+
+
+def test_official_clam_and_abmil_draw_slides_class_balanced_as_clams_weighted_sample(tmp_path):
+    """CLAM's ``--weighted_sample``: ``WeightedRandomSampler(weights, len(weights))`` (with replacement), each
+    slide weighted ``N / N_c`` (``make_weights_for_balanced_classes_split``, re-stated here)."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import RandomSampler, WeightedRandomSampler
+
+    from mgpath.baselines import ABMILModule, CLAMModule, TransMILModule
+    from mgpath.data import class_balanced_weights
+
+    w = class_balanced_weights([0, 1, 0, 0, 2, 1])
+    assert w.dtype == torch.float64 and w.tolist() == [2.0, 3.0, 2.0, 2.0, 6.0, 3.0]
+    dm = _datamodule(tmp_path, n_per_class=8)
+    dm.setup()
+    labels = [1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0][:len(dm.datasets["train"])]
+    dm.datasets["train"].labels = labels  # an unbalanced train part: 3 of class 1
+    n = len(labels)
+    cases = [(CLAMModule(D, ["a", "b"], recipe="official"), True),
+             (ABMILModule(D, ["a", "b"], recipe="official"), True),
+             (CLAMModule(D, ["a", "b"]), False),
+             (TransMILModule(D, ["a", "b"], recipe="official"), False)]
+    for module, balanced in cases:
+        dm.trainer = SimpleNamespace(lightning_module=module)
+        sampler = dm.train_dataloader().sampler
+        assert isinstance(sampler, WeightedRandomSampler if balanced else RandomSampler)
+        if balanced:
+            ref = torch.tensor([n / labels.count(y) for y in labels], dtype=torch.float64)
+            assert torch.equal(sampler.weights, ref) and sampler.replacement and sampler.num_samples == n
+            torch.manual_seed(7)
+            drawn = list(sampler)
+            torch.manual_seed(7)
+            assert drawn == torch.multinomial(ref, n, True).tolist()  # the order CLAM's loader draws
+    dm.weighted_sample = False  # data.weighted_sample overrides the recipe
+    dm.trainer = SimpleNamespace(lightning_module=CLAMModule(D, ["a", "b"], recipe="official"))
+    assert isinstance(dm.train_dataloader().sampler, RandomSampler)
+    dm.weighted_sample, dm.trainer = True, None
+    assert isinstance(dm.train_dataloader().sampler, WeightedRandomSampler)
