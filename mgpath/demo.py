@@ -35,7 +35,8 @@ _log = logging.getLogger(__name__)
 
 
 #: the demo's comparison: every method of `mgpath benchmark` besides MGPATH itself and the zero-shot rows that
-#: need a publisher's weights (CONCH, QuiltNet, PLIP), which the offline demo does not have
+#: need a publisher's weights (CONCH, QuiltNet, PLIP), which the offline demo does not have (MSCPT runs a tiny
+#: random HF CLIP written by the demo, on features of that CLIP's image tower)
 DEMO_BASELINES = tuple(m for m in METHODS if m != "mgpath" and m not in TOWER_ZEROSHOT)
 
 
@@ -163,13 +164,17 @@ def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BA
                                             "an image of coarse pink texture. * * * *"]}))
     cfg["methods"] = {"vilamil": {"feature_adaptor": True, "n_ctx": 4, "n_prototypes": 4, "hidden": 16},
                       "top": {"prompts": str(top), "feature_adaptor": True}}
+    data = {}
+    if "mscpt" in names:
+        cfg["methods"]["mscpt"], data["mscpt"] = _mscpt_inputs(out)
     res = {}
     for i, name in enumerate(names, 1):
         t0 = time.perf_counter()
         method, train = method_config(cfg, name)
         path = out / f"run_{name}.yaml"
         path.write_text(yaml.safe_dump(method, sort_keys=False))
-        cli = make_cli(["--config", str(path), *rest, "--trainer.default_root_dir", str(out / f"run_{name}")],
+        flags = [v for f, x in zip(rest[::2], rest[1::2]) for v in (f, data.get(name, {}).get(f, x))]
+        cli = make_cli(["--config", str(path), *flags, "--trainer.default_root_dir", str(out / f"run_{name}")],
                        run=False)
         trainer, module, dm = cli.trainer, cli.model, cli.datamodule
         best = None
@@ -183,11 +188,39 @@ def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BA
     return res
 
 
+def _mscpt_inputs(out: Path) -> tuple[dict, dict]:
+    """MSCPT's settings and data flags on the demo: a tiny random HF CLIP (``out/clip_tiny``), the demo tiles'
+    features before its projection (``out/features_clip``, ``plip_pooled``), tile-selection prompts naming the
+    two textures and the demo's descriptions (one per class and magnification)."""
+    from mgpath.demo_clip import write_demo_clip
+    from mgpath.pipelines.extract import extract_features, weights_description
+    from mgpath.pipelines.jobs import find_jobs
+    from vapt.backbones import build_backbone
+    from vapt.backbones.files import resolve
+    from vapt.fileio.resources import data_file
+
+    folder = write_demo_clip(out / "clip_tiny")
+    jobs, problems = find_jobs(out / "tiles", out / "features_clip")
+    if problems:
+        raise RuntimeError(f"mgpath/demo.py: feature extraction problems: {problems[:3]}")
+    enc = build_backbone("plip_pooled", checkpoint=str(folder))
+    extract_features(jobs, enc, "plip_pooled", checkpoint=str(folder), batch_size=64, workers=0,
+                     accelerator="cpu", progress=False, weights=weights_description(str(resolve(folder).file)))
+    prompts = out / "mscpt_select.json"
+    prompts.write_text(json.dumps({"classnames": {c: t.replace("_", " ") + " texture" for c, t in CLASSES.items()},
+                                   "templates": ["tissue with a CLASSNAME.", "an image of CLASSNAME."]}))
+    settings = {"descriptions": str(data_file("prompts/demo.json")), "clip_checkpoint": str(folder),
+                "select_prompts": str(prompts), "feature_dim": int(enc.feature_dim), "n_tiles": 8}
+    # the augmented bags (if any) are the demo encoder's features, not this CLIP's: MSCPT trains without them
+    return settings, {"--data.features_root": str(out / "features_clip"), "--data.augmented_dirs": "null"}
+
+
 def method_table(methods: dict[str, dict]) -> str:
     """Markdown table: one row per method, test AUC / macro-F1 / accuracy."""
     lines = markdown_table(["method", "test auc", "test f1", "test acc"],
                            ([m, f"{r['auc']:.4f}", f"{r['f1']:.4f}", f"{r['acc']:.4f}"] for m, r in methods.items()))
     note = ("zero-shot here runs the demo's random tiny text tower and random adaptors, so its numbers say nothing "
-            "about zero-shot with an aligned tower (a PLIP-G import), which is the paper's zero-shot baseline; "
+            "about zero-shot with an aligned tower (a PLIP-G import), which is the paper's zero-shot baseline; MSCPT runs a "
+            "tiny random CLIP (its tiles and features from that CLIP's image tower); "
             f"{', '.join(TOWER_ZEROSHOT)} need the publishers' weights and are not run here")
     return "\n".join(["      methods on the demo split:", *("      " + x for x in lines), "      " + note])

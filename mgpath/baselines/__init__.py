@@ -10,6 +10,8 @@ from mgpath.baselines.modules import (
     TransMILModule,
     count_parameters,
 )
+from mgpath.baselines.mscpt import MSCPT
+from mgpath.baselines.mscpt_module import MSCPTModule
 from mgpath.baselines.prompt_modules import TOPModule, TowerZeroShotModule, ViLaMILModule
 from mgpath.baselines.top import TOP
 from mgpath.baselines.transmil import TransMIL
@@ -19,11 +21,13 @@ __all__ = [
     "ABMIL",
     "CLAMSB",
     "DSMIL",
+    "MSCPT",
     "TOP",
     "ABMILModule",
     "CLAMModule",
     "CoOpModule",
     "DSMILModule",
+    "MSCPTModule",
     "PoolingLinear",
     "PoolingModule",
     "TOPModule",

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import torch
+import yaml
 
 from mgpath.benchmark import METHODS, TOWER_ZEROSHOT
 from mgpath.demo import DEMO_BASELINES
@@ -60,11 +61,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     from mgpath.commands.heatmap import main as heatmap_main
     lines = []
     res = run_demo(tmp_path / "demo", slides_per_class=5, shots=2, epochs=3, size=(2048, 1536), augment=True,
-                   baselines=("abmil", "zeroshot"), log=lines.append)
+                   baselines=("abmil", "zeroshot", "mscpt"), log=lines.append)
     # a progress line per step and per compared method; no Lightning model-summary tables in between
     assert [ln.split()[0] for ln in lines if ln.startswith("[")] == [f"[{i}/6]" for i in range(1, 7)]
-    assert any(ln.strip().startswith("method 1/2 abmil: loss") for ln in lines)
-    assert any(ln.strip().startswith("method 2/2 zeroshot: loss") for ln in lines)
+    assert any(ln.strip().startswith("method 1/3 abmil: loss") for ln in lines)
+    assert any(ln.strip().startswith("method 2/3 zeroshot: loss") for ln in lines)
+    assert any(ln.strip().startswith("method 3/3 mscpt: loss") for ln in lines)
     assert "Trainable params" not in capsys.readouterr().out
     t = res["test"]
     assert set(t) >= {"auc", "f1", "acc"} and all(0 <= t[k] <= 1 for k in ("auc", "f1", "acc"))
@@ -76,12 +78,20 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert f0["features"].shape == f1["features"].shape
         np.testing.assert_array_equal(f0["coords"][()], f1["coords"][()])
         assert not np.allclose(f0["features"][()], f1["features"][()])
-    assert list(res["methods"]) == ["mgpath", "abmil", "zeroshot"] and res["methods"]["mgpath"] == t
+    assert list(res["methods"]) == ["mgpath", "abmil", "zeroshot", "mscpt"] and res["methods"]["mgpath"] == t
     # `mgpath demo` itself compares every method but those needing a publisher's weights (named in its note)
     assert ("mgpath", *DEMO_BASELINES, *TOWER_ZEROSHOT) == tuple(METHODS)
     assert all(0 <= r[k] <= 1 for r in res["methods"].values() for k in ("auc", "f1", "acc"))
     from mgpath.demo import method_table
-    assert "| abmil |" in method_table(res["methods"]) and "| zeroshot |" in method_table(res["methods"])
+    assert all(f"| {m} |" in method_table(res["methods"]) for m in ("abmil", "zeroshot", "mscpt"))
+    # MSCPT ran on the tiny CLIP's own features (before its projection: the vision width) and its chosen 5x tiles
+    mscpt = yaml.safe_load((tmp_path / "demo" / "run_mscpt.yaml").read_text())["model"]["init_args"]
+    assert mscpt["feature_dim"] == 32 and mscpt["n_tiles"] == 8
+    record = next((tmp_path / "demo" / "run_mscpt" / "mscpt_tiles").glob("*/selection.json"))
+    with h5py.File(tmp_path / "demo" / "features_clip" / "5x" / f"{record.parent.name}.h5") as f:
+        assert f["features"].shape[1] == 32 and f.attrs["encoder"] == "plip_pooled"
+        n = f["features"].shape[0]
+    assert len(json.loads(record.read_text())["files"]) == 2 * min(8, n)  # per class the n_tiles most similar
     assert "zeroshot_conch" in method_table(res["methods"])
     saved = json.loads((tmp_path / "demo" / "demo_result.json").read_text())
     assert saved["test"] == t

@@ -63,6 +63,7 @@ PUBLISHER = {
     "phikon": lambda: torchvision_card(224, BIL, False, IMAGENET),
     "phikon_v2": lambda: torchvision_card(224, BIL, True, IMAGENET),
     "plip": lambda: open_clip_eval(224),
+    "plip_pooled": lambda: open_clip_eval(224),
     "quiltnet": lambda: open_clip_eval(224),
     "resnet50": lambda: torchvision_card(224, BIL, True, IMAGENET),
     "ctranspath": lambda: torchvision_card(224, BIL, False, IMAGENET),

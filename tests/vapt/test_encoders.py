@@ -187,6 +187,11 @@ def test_plip_and_quiltnet_match_clip(tiles, tmp_path, randomise, plip_folder):
         ref = plip.visual_projection(plip.vision_model(pixel_values=x).pooler_output)
     assert enc.feature_dim == 48
     torch.testing.assert_close(features(enc, tiles), ref, atol=1e-4, rtol=1e-4)
+    pooled = built("plip_pooled", folder)  # before visual_projection: the vision width (MSCPT's 20x input)
+    with torch.no_grad():
+        ref = plip.vision_model(pixel_values=x).pooler_output
+    assert pooled.feature_dim == 96
+    torch.testing.assert_close(features(pooled, tiles), ref, atol=1e-4, rtol=1e-4)
 
     # QuiltNet's hub folder: open_clip_config.json (here a narrow ViT-B/32) + open_clip_pytorch_model.bin
     model_cfg = {"embed_dim": 48, "vision_cfg": {"image_size": 224, "layers": 2, "width": 96, "patch_size": 32},

@@ -104,7 +104,8 @@ def _build_hf_vit(preset: Preset, checkpoint, img_size, **overrides) -> ViTEncod
 
 
 def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViTEncoder:
-    """PLIP (HF CLIPModel folder) or QuiltNet (open_clip file / folder): the CLIP vision tower.
+    """PLIP (HF CLIPModel folder; ``plip_pooled``: without its projection) or QuiltNet (open_clip file / folder):
+    the CLIP vision tower.
 
     QuiltNet's activation (GELU or QuickGELU) comes from the publisher's ``open_clip_config.json`` beside the
     weights; without it the tower is open_clip's ``ViT-B-32`` (GELU) unless ``activation="quick_gelu"`` is
@@ -119,7 +120,7 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViT
     if activation not in (None, "gelu", "quick_gelu"):
         raise BackboneError(f"quiltnet activation must be 'gelu' or 'quick_gelu'; got {activation!r}.")
     cfg = preset.preprocess.data_config()
-    if preset.name == "plip":
+    if preset.name in ("plip", "plip_pooled"):
         if checkpoint is None:
             raise BackboneError(f"Preset plip is built from the HF folder (config.json + weights); pass "
                                 f"--checkpoint FOLDER ({preset.source}).")
@@ -129,6 +130,8 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViT
         visual = open_clip_from_hf_config(weights.config(), weights.folder).visual
         sd = hf_clip_to_open_clip(files.read_state_dict(weights.file), "visual")
         files.load_checked(visual, sd, weights.file, preset.name)
+        if preset.name == "plip_pooled":
+            visual.proj = None  # the pooled output before visual_projection
         return ViTEncoder(visual, "open_clip", preset.name, data_config=cfg)
     weights = files.resolve(checkpoint) if checkpoint is not None else None
     oc_cfg = weights.configs.get("open_clip_config.json") if weights else None
@@ -157,7 +160,7 @@ def _build_clip_visual(preset: Preset, checkpoint, img_size, **overrides) -> ViT
 
 register(Preset("phikon", **PRESET_INFO["phikon"], build=_build_hf_vit, options={"model_type": "vit"}))
 register(Preset("phikon_v2", **PRESET_INFO["phikon_v2"], build=_build_hf_vit, options={"model_type": "dinov2"}))
-for _name in ("plip", "quiltnet"):
+for _name in ("plip", "plip_pooled", "quiltnet"):
     register(Preset(_name, **PRESET_INFO[_name], build=_build_clip_visual))
 for _name, _info in PRESET_INFO.items():  # listed, refused when built: the reason is their ``unavailable``
     if _info.get("unavailable"):

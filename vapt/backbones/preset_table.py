@@ -329,3 +329,10 @@ PRESET_INFO: dict[str, dict] = {
         "unavailable": "needs TRIDENT's vendored genbio_pathfm model (RoPE ViT, one channel at a time)",
     },
 }
+
+#: PLIP's image tower without its projection (MSCPT's 20x input): the same files and transform as ``plip``, listed
+#: after it
+_PLIP_POOLED = {**PRESET_INFO["plip"], "dim": 768, "notes": "vision_model pooler_output: post-LN CLS before "
+                "visual_projection (MSCPT's 20x input); rebuilt as an open_clip tower without its projection"}
+PRESET_INFO = {k: v for name, info in PRESET_INFO.items()
+               for k, v in ((name, info), *((("plip_pooled", _PLIP_POOLED),) if name == "plip" else ()))}
