@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -165,6 +166,7 @@ def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BA
     cfg["methods"] = {"vilamil": {"feature_adaptor": True, "n_ctx": 4, "n_prototypes": 4, "hidden": 16},
                       "top": {"prompts": str(top), "feature_adaptor": True}}
     data = {}
+    names = runnable_methods(names, log)
     if "mscpt" in names:
         cfg["methods"]["mscpt"], data["mscpt"] = _mscpt_inputs(out)
     res = {}
@@ -186,6 +188,15 @@ def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BA
         log(f"      method {i}/{len(names)} {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in res[name].items())
             + f" ({time.perf_counter() - t0:.0f}s)")
     return res
+
+
+def runnable_methods(names: tuple[str, ...], log) -> tuple[str, ...]:
+    """``names`` without those whose optional packages are missing (MSCPT needs ``transformers``), each said
+    via ``log``."""
+    if "mscpt" in names and importlib.util.find_spec("transformers") is None:
+        log('      MSCPT left out: it runs a Hugging Face CLIP model; pip install "vapt-mgpath[hf]" to include it')
+        return tuple(n for n in names if n != "mscpt")
+    return tuple(names)
 
 
 def _mscpt_inputs(out: Path) -> tuple[dict, dict]:

@@ -117,3 +117,16 @@ def test_readme_tile_settings_find_tissue_on_every_demo_slide(tmp_path):
                        progress=False)
     assert [r["status"] for r in rows] == ["done"] * 4
     assert all(r["tiles_5x"] >= 3 and r["tiles_10x"] >= 12 for r in rows)
+
+
+def test_demo_leaves_mscpt_out_with_one_line_without_transformers(monkeypatch):
+    import importlib.util
+
+    import mgpath.demo as demo
+    real = importlib.util.find_spec
+    lines = []
+    assert demo.runnable_methods(("abmil", "mscpt"), lines.append) == ("abmil", "mscpt") and lines == []
+    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda n, *a: None if n == "transformers" else real(n, *a))
+    assert demo.runnable_methods(("abmil", "mscpt", "top"), lines.append) == ("abmil", "top")
+    assert lines == ['      MSCPT left out: it runs a Hugging Face CLIP model; pip install "vapt-mgpath[hf]" to '
+                     'include it']
