@@ -14,12 +14,19 @@ from mgpath.baselines.mscpt_data import (
     select_tiles,
     selection_classifier,
 )
+from mgpath.baselines.recipes import EarlyStoppingAfter
 from mgpath.lit import SlideClassifier
+from mgpath.selection import BestCheckpoint
 
-__all__ = ["MSCPTModule", "load_hf_clip"]
+__all__ = ["MSCPTModule", "load_hf_clip", "mscpt_selection_score"]
 
 #: the key under which a slide's selected low-magnification tile images travel in a batch
 IMAGES = "mscpt_images"
+RECIPES = ("fewshot", "official")
+#: selection_score -> the metric averaged with macro-F1 (model/model_interface.py: f1_acc for RCC)
+_SCORES = {"f1_auc": "auc", "f1_acc": "acc"}
+#: state-dict prefix of the frozen CLIP (left out of checkpoints)
+_CLIP = "model.clip."
 
 
 def load_hf_clip(folder: str):
@@ -58,15 +65,29 @@ class MSCPTModule(SlideClassifier):
     (``select_5X_pic.py --top_k``), ``n_tpro`` = ``n_vpro`` = 2 (``scripts/mscpt/*.sh``), top-5 / top-100
     pooling, Adam lr 1e-4, weight decay 1e-5, ``accumulate`` (``--gc``) 1 (``main.py``); the scripts train 50
     (PLIP) / 100 (CLIP) epochs. ``corrected``: see :mod:`mgpath.baselines.mscpt`.
+
+    ``recipe: official`` also selects the model as ``model/model_interface.py`` does: the epoch with the best
+    ``val/mscpt_score`` = (macro-F1 + AUC) / 2 (``selection_score: f1_acc``: (macro-F1 + accuracy) / 2, its RCC
+    rule), the first of equal scores, and stops after ``patience`` epochs without a better one (``main.py``: 10
+    for PLIP, 20 for CLIP). ``fewshot`` (default): the config's checkpoint callback decides.
+
+    Checkpoints leave out the frozen CLIP weights (rebuilt from ``clip_checkpoint``, whose SHA-256 they record;
+    loading with another CLIP file is refused).
     """
 
     def __init__(self, descriptions: str, clip_checkpoint: str, select_prompts: str, feature_dim: int,
                  classes: list[str] | None = None, *, magnifications: list[str] | None = None,
                  tiles_dir: str | None = None, n_tiles: int = 30, n_tpro: int = 2, n_vpro: int = 2,
                  topk_low: int = 5, topk_high: int = 100, gcn_dropout: float = 0.5, corrected: bool = False,
-                 accumulate: int = 1, lr: float = 1e-4, weight_decay: float = 1e-5):
+                 accumulate: int = 1, lr: float = 1e-4, weight_decay: float = 1e-5, recipe: str = "fewshot",
+                 selection_score: str = "f1_auc", patience: int = 10):
         super().__init__(classes, lr, weight_decay)
         self.save_hyperparameters()
+        if recipe not in RECIPES or selection_score not in _SCORES or int(patience) < 1:
+            raise ValueError(f"mgpath/baselines: MSCPTModule: recipe must be one of {RECIPES}, selection_score one "
+                             f"of {sorted(_SCORES)} and patience >= 1; got {recipe!r}, {selection_score!r}, "
+                             f"{patience}")
+        self.recipe = recipe
         self.magnifications = list(magnifications or ["5x", "20x"])
         if len(self.magnifications) != 2:
             raise ValueError(f"mgpath/baselines: MSCPT reads two magnifications (low: tile images, high: "
@@ -137,10 +158,54 @@ class MSCPTModule(SlideClassifier):
         out = [self.model.loss(*self._inputs(s), int(y)) for s, y in zip(batch["slides"], batch["labels"])]
         return torch.stack([o[0] for o in out]).mean(), torch.stack([o[1] for o in out])
 
+    def on_validation_epoch_end(self):
+        if self.recipe == "official":
+            values = {k.removeprefix("val/"): float(v) for k, v in self.metrics["val"].compute().items()}
+            self.log("val/mscpt_score", mscpt_selection_score(values, self.hparams.selection_score))
+        super().on_validation_epoch_end()
+
     def configure_callbacks(self):
-        """Gradient accumulation over ``accumulate`` slides (official ``--gc``; Lightning divides the loss)."""
+        """Gradient accumulation over ``accumulate`` slides (official ``--gc``; Lightning divides the loss) and,
+        with ``recipe: official``, selection and early stopping on ``val/mscpt_score``."""
         n = int(self.hparams.accumulate)
-        return [GradientAccumulationScheduler({0: n})] if n > 1 else []
+        callbacks = [GradientAccumulationScheduler({0: n})] if n > 1 else []
+        if self.recipe == "official":
+            patience = int(self.hparams.patience)
+            callbacks += [EarlyStoppingAfter(monitor="val/mscpt_score", mode="max", patience=patience),
+                          BestCheckpoint(monitor="val/mscpt_score", mode="max", ties="first", save_last=True,
+                                         save_top_k=1, filename="best-{epoch}-{val/mscpt_score:.4f}",
+                                         auto_insert_metric_name=False)]
+        return callbacks
+
+    # ------------------------------------------------------------------ checkpoints without the frozen CLIP
+    def _clip_keys(self) -> set[str]:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k for k in self.state_dict() if k.startswith(_CLIP) and k not in trainable}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        frozen = self._clip_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        checkpoint["mscpt"] = {"clip_weights": _weights_sha(self.hparams.clip_checkpoint)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        meta = checkpoint.get("mscpt")
+        if meta is None:
+            return  # a whole state dict: Lightning loads it strictly
+        now = _weights_sha(self.hparams.clip_checkpoint)
+        if meta.get("clip_weights") != now:
+            raise ValueError(f"mgpath/baselines: this MSCPT checkpoint was trained on a CLIP whose weights have "
+                             f"SHA-256 {meta.get('clip_weights')}, but {self.hparams.clip_checkpoint} holds {now}; "
+                             "give the CLIP folder it was trained with (clip_checkpoint)")
+        own = self.state_dict()
+        checkpoint["state_dict"] = {**{k: own[k] for k in self._clip_keys()}, **checkpoint["state_dict"]}
+
+
+def mscpt_selection_score(values: dict[str, float], kind: str = "f1_auc") -> float:
+    """MSCPT's model-selection score of one validation epoch from ``values`` (``f1`` macro, ``auc``, ``acc``):
+    ``(f1 + auc) / 2`` (``f1_auc``) or ``(f1 + acc) / 2`` (``f1_acc``)."""
+    return (values["f1"] + values[_SCORES[kind]]) / 2
 
 
 def _weights_sha(folder: str) -> str:

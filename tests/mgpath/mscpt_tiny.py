@@ -42,10 +42,10 @@ def tiny_clip(seed: int = 0):
     return model.eval()
 
 
-def write_tiny_clip(folder: Path) -> Path:
-    """The tiny CLIP saved as an HF folder with its tokenizer; returns ``folder``."""
+def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """The tiny CLIP (weights from ``seed``) saved as an HF folder with its tokenizer; returns ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    tiny_clip().save_pretrained(folder)
+    tiny_clip(seed).save_pretrained(folder)
     write_clip_tokenizer(folder)
     return folder
 

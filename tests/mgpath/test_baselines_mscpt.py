@@ -216,3 +216,39 @@ def test_bad_inputs_give_one_line(tmp_path, clip_folder):
     base["methods"]["mscpt"]["n_tile"] = 3
     with pytest.raises(ValueError, match="'n_tile' is not a setting of mscpt .*did you mean 'n_tiles'"):
         method_config(base, "mscpt")
+
+
+def test_official_recipe_selects_on_its_score_and_checkpoints_leave_out_the_clip(tmp_path, clip_folder):
+    """``recipe: official``: the best (macro-F1 + AUC) / 2 epoch, first of equals, early stopping; the checkpoint
+    holds no frozen CLIP tensor and loads only with the CLIP it was trained on."""
+    from mgpath.baselines import MSCPTModule
+    from mgpath.baselines.mscpt_module import mscpt_selection_score
+    from mgpath.cli import main
+    from mgpath.selection import BestCheckpoint
+
+    assert mscpt_selection_score({"f1": 0.5, "auc": 0.9, "acc": 0.75}) == pytest.approx(0.7)
+    assert mscpt_selection_score({"f1": 0.5, "auc": 0.9, "acc": 0.75}, "f1_acc") == pytest.approx(0.625)
+    config = _cohort(tmp_path, clip_folder)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["methods"]["mscpt"].update(recipe="official", patience=3)
+    cfg["trainer"]["max_epochs"] = 2
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "runs"
+    assert main(["benchmark", "--config", str(config), "--methods", "mscpt", "--folds", "0", "--out", str(out)]) == 0
+    result = json.loads((out / "mscpt" / "fold_0" / "result.json").read_text())
+    ckpt = torch.load(result["checkpoint"], weights_only=True, map_location="cpu")
+    (ck_key,) = [k for k in ckpt["callbacks"] if k.startswith("BestCheckpoint")]
+    assert "val/mscpt_score" in ck_key and "'mode': 'max'" in ck_key
+    assert not [k for k in ckpt["state_dict"] if k.startswith("model.clip.")]
+    assert "model.p_input" in ckpt["state_dict"] and "model.text_zs" in ckpt["state_dict"]
+    module = MSCPTModule.load_from_checkpoint(result["checkpoint"], weights_only=True)
+    assert torch.equal(module.model.p_input, ckpt["state_dict"]["model.p_input"])
+    cbs = module.configure_callbacks()
+    best = next(c for c in cbs if isinstance(c, BestCheckpoint))
+    assert (best.monitor, best.mode, best.ties) == ("val/mscpt_score", "max", "first")
+    other = write_tiny_clip(tmp_path / "other_clip", seed=1)
+    with pytest.raises(ValueError, match="was trained on a CLIP whose weights have SHA-256"):
+        MSCPTModule.load_from_checkpoint(result["checkpoint"], weights_only=True, clip_checkpoint=str(other))
+    with pytest.raises(ValueError, match="selection_score one of"):
+        MSCPTModule(cfg["methods"]["mscpt"]["descriptions"], str(clip_folder), cfg["methods"]["mscpt"]["select_prompts"],
+                    32, CLASSES, selection_score="auc")
