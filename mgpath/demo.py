@@ -206,7 +206,7 @@ def _mscpt_inputs(out: Path) -> tuple[dict, dict]:
     from mgpath.demo_clip import write_demo_clip
     from mgpath.pipelines.extract import extract_features, weights_description
     from mgpath.pipelines.jobs import find_jobs
-    from vapt.backbones import build_backbone
+    from vapt.backbones import build_encoder
     from vapt.backbones.files import resolve
     from vapt.fileio.resources import data_file
 
@@ -214,7 +214,7 @@ def _mscpt_inputs(out: Path) -> tuple[dict, dict]:
     jobs, problems = find_jobs(out / "tiles", out / "features_clip")
     if problems:
         raise RuntimeError(f"mgpath/demo.py: feature extraction problems: {problems[:3]}")
-    enc = build_backbone("plip_pooled", checkpoint=str(folder))
+    enc = build_encoder("plip_pooled", checkpoint=str(folder))  # as `mgpath extract --encoder plip_pooled`
     extract_features(jobs, enc, "plip_pooled", checkpoint=str(folder), batch_size=64, workers=0,
                      accelerator="cpu", progress=False, weights=weights_description(str(resolve(folder).file)))
     prompts = out / "mscpt_select.json"

@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["KNOWN_WARNINGS", "drop_log_records", "no_lightning_tips", "quiet_command"]
+__all__ = ["KNOWN_WARNINGS", "drop_log_records", "lightning_info_hidden", "no_lightning_tips", "quiet_command"]
 
 #: warning-message patterns that say nothing useful in a prompt-tuning run
 KNOWN_WARNINGS = (
@@ -22,6 +23,7 @@ KNOWN_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",
     r".*Total length of `list` across ranks is zero.*",
     r".*LightningCLI's args parameter is intended to run from within Python.*",
+    r".*overridden `transfer_batch_to_device` in `LightningModule` but have passed in a `LightningDataModule`.*",
 )
 #: Lightning loggers that print the "💡 Tip: ... try installing [litlogger] / [litmodels]" lines
 _TIP_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
@@ -56,6 +58,24 @@ def drop_log_records(*prefixes: str, loggers: tuple[str, ...] = ("",), enabled: 
 def no_lightning_tips() -> contextlib.AbstractContextManager:
     """Drop Lightning's promotional "Tip" lines inside the block (every ``vapt`` / ``mgpath`` subcommand)."""
     return drop_log_records("💡 Tip", "Tip:", loggers=_TIP_LOGGERS)
+
+
+@contextlib.contextmanager
+def lightning_info_hidden(enabled: bool = True) -> Iterator[None]:
+    """Hide Lightning's INFO lines ("GPU available", "Seed set", "Restoring states ...") inside the block, for a
+    command that prints its own progress; warnings and errors still show. Lightning is imported first (its
+    import sets these loggers to INFO), so use it in commands that run Lightning anyway."""
+    if enabled:
+        importlib.import_module("lightning.pytorch")
+    targets = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")] if enabled else []
+    levels = [lg.level for lg in targets]
+    for lg in targets:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(targets, levels):
+            lg.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,10 @@
 """End-to-end MGPATH demo on generated slides, on the CPU.
 
-Writes --slides-per-class slides of two visibly different generated tissues, tiles them at 10x and 5x,
+Writes --slides_per_class slides of two visibly different generated tissues, tiles them at 10x and 5x,
 extracts features with a small randomly initialised ViT, makes K-shot patient-grouped splits, fits MGPATH
-(configs/wsi/demo_tiny.yaml), tests the best-validation checkpoint, draws heatmaps and compares with ABMIL
-and zero-shot on the same split. The classes differ in colour: this checks the pipeline, not the method.
+(configs/wsi/demo_tiny.yaml), tests the best-validation checkpoint, draws heatmaps and compares every other
+method of `mgpath benchmark` that needs no publisher's weights on the same split, one progress line each.
+The classes differ in colour: this checks the pipeline, not the method.
 
 example:
   mgpath demo --out demo_run
@@ -28,15 +29,20 @@ def build_parser() -> DialectParser:
     ap.add_argument("--epochs", type=int, default=10, help="training epochs (10)")
     ap.add_argument("--seed", type=int, default=0, help="seed of slides, split and training (0)")
     ap.add_argument("--augment", action="store_true", help="add bags of rotated/flipped tiles to training")
+    ap.add_argument("--verbose", action="store_true", help="also show Lightning's own log lines and warnings")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     """``mgpath demo``: parse (``--help`` needs no model code), then run the demo and print its result."""
     a = build_parser().parse_args(argv)
-    from mgpath.demo import run_demo
+    import contextlib
 
-    res = run_demo(a.out, a.slides_per_class, a.shots, a.epochs, seed=a.seed, augment=a.augment, log=print)
+    from mgpath.demo import run_demo
+    from vapt.quiet import lightning_info_hidden, quiet_command
+
+    with quiet_command() if not a.verbose else contextlib.nullcontext(), lightning_info_hidden(not a.verbose):
+        res = run_demo(a.out, a.slides_per_class, a.shots, a.epochs, seed=a.seed, augment=a.augment, log=print)
     print(json.dumps(res))
     return 0
 

@@ -17,7 +17,7 @@ from vapt.fileio.resources import (
     resolve_config_args,
     resolve_data_path,
 )
-from vapt.quiet import drop_log_records, quiet_command
+from vapt.quiet import drop_log_records, lightning_info_hidden, quiet_command
 from vapt.training.config_keys import suggestions
 from vapt.training.lightning_cli import main as fit_main
 
@@ -155,3 +155,21 @@ def test_every_subcommand_of_both_tools_runs_without_lightning_tips(tmp_path, mo
     with caplog.at_level(logging.INFO, logger="lightning.fabric.utilities.rank_zero"):
         rc = dispatch("mgpath", {"demo": ("tipping_command", "main", "")}, ["demo", "--out", "x"], set())
     assert rc == 2 and [r.getMessage() for r in caplog.records] == ["GPU available: False"]
+
+
+def test_lightning_info_is_hidden_only_inside_the_block(caplog):
+    """`mgpath demo` prints its own progress: Lightning's INFO lines are hidden while it runs, its warnings are
+    not, and the loggers' levels are put back afterwards."""
+    lg = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    parent = logging.getLogger("lightning.pytorch")
+    before = parent.level
+    with caplog.at_level(logging.INFO):
+        with lightning_info_hidden():
+            lg.info("GPU available: False, used: False")
+            lg.warning("a real warning")
+        lg.info("Seed set to 0")
+        with lightning_info_hidden(enabled=False):
+            lg.info("shown with --verbose")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("lightning")] == [
+        "a real warning", "Seed set to 0", "shown with --verbose"]
+    assert parent.level == before
