@@ -164,7 +164,9 @@ def _baselines(base: list[str], out: Path, log, names: tuple[str, ...] = DEMO_BA
                                "instance": ["an image of fine blue texture. * * * *",
                                             "an image of coarse pink texture. * * * *"]}))
     cfg["methods"] = {"vilamil": {"feature_adaptor": True, "n_ctx": 4, "n_prototypes": 4, "hidden": 16},
-                      "top": {"prompts": str(top), "feature_adaptor": True}}
+                      # TOP's SGD lr 0.02 drives the demo's trainable adaptor into saturated (logit scale 100)
+                      # logits on these random features: one class for every slide; 0.002 learns the split
+                      "top": {"prompts": str(top), "feature_adaptor": True, "lr": 0.002}}
     data = {}
     names = runnable_methods(names, log)
     if "mscpt" in names:
