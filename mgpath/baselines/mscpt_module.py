@@ -2,6 +2,8 @@
 optimiser, under the shared splits, metrics and fold runner."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 
@@ -123,7 +125,7 @@ class MSCPTModule(SlideClassifier):
         size = int(clip.config.vision_config.image_size)
         classifier = selection_classifier(clip.cpu(), self.tokenizer, self.prompt_sets)
         base = {"prompts_sha256": file_sha256(self.hparams.select_prompts), "n_tiles": int(self.hparams.n_tiles),
-                "clip_weights": _weights_sha(self.hparams.clip_checkpoint), "classes": self.classes}
+                "clip_weights": self.clip_weights_sha256, "classes": self.classes}
         low = self.magnifications[0]
         for ds in dm.datasets.values():
             for sid, files in zip(ds.slide_ids, ds.files):
@@ -178,6 +180,14 @@ class MSCPTModule(SlideClassifier):
         return callbacks
 
     # ------------------------------------------------------------------ checkpoints without the frozen CLIP
+    @functools.cached_property
+    def clip_weights_sha256(self) -> str:
+        """SHA-256 of the CLIP weights file (hashed once: checkpoints are saved every epoch)."""
+        from mgpath.pipelines.identity import file_sha256
+        from vapt.backbones.files import resolve
+
+        return file_sha256(resolve(self.hparams.clip_checkpoint).file)
+
     def _clip_keys(self) -> set[str]:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k for k in self.state_dict() if k.startswith(_CLIP) and k not in trainable}
@@ -186,14 +196,14 @@ class MSCPTModule(SlideClassifier):
         super().on_save_checkpoint(checkpoint)
         frozen = self._clip_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-        checkpoint["mscpt"] = {"clip_weights": _weights_sha(self.hparams.clip_checkpoint)}
+        checkpoint["mscpt"] = {"clip_weights": self.clip_weights_sha256}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         meta = checkpoint.get("mscpt")
         if meta is None:
             return  # a whole state dict: Lightning loads it strictly
-        now = _weights_sha(self.hparams.clip_checkpoint)
+        now = self.clip_weights_sha256
         if meta.get("clip_weights") != now:
             raise ValueError(f"mgpath/baselines: this MSCPT checkpoint was trained on a CLIP whose weights have "
                              f"SHA-256 {meta.get('clip_weights')}, but {self.hparams.clip_checkpoint} holds {now}; "
@@ -206,14 +216,3 @@ def mscpt_selection_score(values: dict[str, float], kind: str = "f1_auc") -> flo
     """MSCPT's model-selection score of one validation epoch from ``values`` (``f1`` macro, ``auc``, ``acc``):
     ``(f1 + auc) / 2`` (``f1_auc``) or ``(f1 + acc) / 2`` (``f1_acc``)."""
     return (values["f1"] + values[_SCORES[kind]]) / 2
-
-
-def _weights_sha(folder: str) -> str:
-    from pathlib import Path
-
-    from mgpath.pipelines.identity import file_sha256
-
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (Path(folder) / name).is_file():
-            return file_sha256(Path(folder) / name)
-    return "unknown"

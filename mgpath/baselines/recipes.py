@@ -61,8 +61,8 @@ def _auc_and_optimal_threshold(target: np.ndarray, score: np.ndarray) -> tuple[f
     if pos == 0 or neg == 0:
         return 1.0, float("inf")
     thresholds = np.concatenate([[np.inf], np.unique(score)[::-1]])
-    tpr = np.array([(score[target == 1] >= t).sum() for t in thresholds]) / pos
-    fpr = np.array([(score[target == 0] >= t).sum() for t in thresholds]) / neg
+    above = score[None, :] >= thresholds[:, None]  # (thresholds, N)
+    tpr, fpr = above[:, target == 1].sum(1) / pos, above[:, target == 0].sum(1) / neg
     best = float(thresholds[int(np.argmin(fpr - tpr))])
     diff = score[target == 1][:, None] - score[target == 0][None, :]
     return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / (pos * neg)), best

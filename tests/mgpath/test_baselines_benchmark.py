@@ -127,7 +127,7 @@ def test_per_method_settings_reach_the_model_and_the_results(tmp_path):
     dsmil = json.loads((out / "dsmil" / "fold_0" / "result.json").read_text())
     assert dsmil["settings"] == {"lr": 0.0007, "recipe": "official"}
     # DSMIL's official model selection: its own validation score
-    assert any("val/dsmil_score" in k for k in torch.load(dsmil["checkpoint"], weights_only=False)["callbacks"])
+    assert any("val/dsmil_score" in k for k in torch.load(dsmil["checkpoint"], weights_only=True)["callbacks"])
     written = yaml.safe_load((out / "clam" / "config.yaml").read_text())
     assert "methods" not in written and written["model"]["init_args"]["k_sample"] == 3
     hp = torch.load(clam["checkpoint"], weights_only=False)["hyper_parameters"]
